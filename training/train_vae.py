@@ -1,0 +1,166 @@
+"""Train the unconditional VAE once (``lcs train-vae``). Everything downstream freezes it.
+
+Writes into --out: train_log.jsonl, grids/ (reconstructions and prior samples as PNG),
+checkpoint.* (resumable with --resume), and the final artifact vae.safetensors + vae.json.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.artifacts import fingerprint, save_artifact
+from models.vae import ARCH, VAE, VAEConfig
+from training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from training.data import ImageDataset, load_dataset
+from training.images import batch_to_float, save_grid
+from training.runtime import autocast, resolve_device
+
+log = logging.getLogger("lcs.train_vae")
+
+
+@dataclass
+class TrainVAEConfig:
+    dataset: str = "avatars"
+    dataset_params: dict = field(default_factory=dict)
+    out: str = "runs/avatars"
+    latent_dim: int = 128
+    width: int = 32
+    sigma_x: float = 0.1
+    beta: float = 1.0
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    lr_final: float = 1e-5  # exponential decay from lr to lr_final over the run
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    grid_every: int = 1000  # steps between PNG grids
+    ckpt_every: int = 500  # steps between checkpoints
+    resume: bool = False
+    max_steps: int = 0  # stop early (tests, smoke runs); 0 = run all epochs
+
+
+@torch.no_grad()
+def evaluate_mse(vae: VAE, images: np.ndarray, device: torch.device, batch: int = 256) -> float:
+    """Per-pixel MSE of reconstructions from the posterior mean (the number the σ comparison uses)."""
+    vae.eval()
+    total, count = 0.0, 0
+    for s in range(0, len(images), batch):
+        x = batch_to_float(images[s: s + batch], device)
+        with autocast(device):
+            mu, _ = vae.encode(x)
+            xhat = vae.decode(mu)
+        total += (xhat.float() - x).pow(2).sum().item()
+        count += x.numel()
+    vae.train()
+    return total / max(count, 1)
+
+
+def vae_manifest(cfg: TrainVAEConfig, vae: VAE, data: ImageDataset, metrics: dict, command: list[str]) -> dict:
+    dec = {k: v for k, v in vae.decoder.state_dict().items()}
+    return {
+        "kind": "vae",
+        "arch": ARCH,
+        "config": vae.cfg.to_json(),
+        "dataset": {"name": data.name, "params": data.params, "attr_names": data.attr_names,
+                    "label_sets": {k: v.to_json() for k, v in data.label_sets.items()}},
+        "training": {k: v for k, v in cfg.__dict__.items() if k not in ("dataset", "dataset_params")},
+        "command": command,
+        "decoder_fingerprint": fingerprint({f"decoder.{k}": v for k, v in dec.items()}),
+        "metrics": metrics,
+    }
+
+
+def train_vae(cfg: TrainVAEConfig, command: list[str] | None = None) -> Path:
+    command = command or sys.argv
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device, cfg.threads)
+    torch.manual_seed(cfg.seed)
+
+    data = load_dataset(cfg.dataset, **cfg.dataset_params)
+    train_idx, val_idx = data.indices("train"), data.indices("val")
+    c, h, w = data.image_shape
+    if h != w:
+        raise ValueError(f"square images expected, got {h}x{w}")
+    vcfg = VAEConfig(channels=c, image_size=h, latent_dim=cfg.latent_dim, width=cfg.width, sigma_x=cfg.sigma_x, beta=cfg.beta)
+    vae = VAE(vcfg).to(device)
+    opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
+    steps_per_epoch = len(train_idx) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_idx)} training images is fewer than one batch of {cfg.batch_size}")
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    decay = (cfg.lr_final / cfg.lr) ** (1 / max(total_steps, 1))
+
+    step = 0
+    if cfg.resume and has_checkpoint(out):
+        step = load_checkpoint(out, vae, opt)["step"]
+        log.info("resumed from %s at step %d", out / "checkpoint.safetensors", step)
+    log.info("training VAE %s on %s (%d train / %d val images, %s) for %d steps on %s",
+             vcfg.to_json(), data.name, len(train_idx), len(val_idx), data.image_shape, total_steps, device)
+
+    fixed_x = batch_to_float(data.images[val_idx[:32]], device)
+    fixed_z = torch.randn(32, vcfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+    log_file = open(out / "train_log.jsonl", "a")
+    started, window = time.time(), []
+    bar = tqdm(total=total_steps, initial=step, desc=f"train-vae σx={cfg.sigma_x}", unit="step")
+    while step < total_steps:
+        epoch, offset = divmod(step, steps_per_epoch)
+        # Per-epoch permutation from (seed, epoch): resuming mid-epoch replays the same order.
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(train_idx)
+        for i in range(offset, steps_per_epoch):
+            if step >= total_steps:
+                break
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * decay ** step
+            x = batch_to_float(data.images[np.sort(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])], device)
+            with autocast(device):
+                parts = vae.loss(x)
+            opt.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1e4)
+            opt.step()
+            step += 1
+            window.append({k: v.item() for k, v in parts.items()})
+            bar.update()
+            if step % 50 == 0 or step == total_steps:
+                mean = {k: float(np.mean([wi[k] for wi in window])) for k in window[0]}
+                window.clear()
+                bar.set_postfix(loss=f"{mean['loss']:.0f}", kl=f"{mean['kl']:.1f}", mse=f"{mean['mse']:.4f}")
+                log_file.write(json.dumps({"step": step, "epoch": epoch, "lr": cfg.lr * decay ** step, **mean,
+                                           "elapsed_s": round(time.time() - started, 1)}) + "\n")
+                log_file.flush()
+            if step % cfg.grid_every == 0 or step == total_steps:
+                with torch.no_grad():
+                    vae.eval()
+                    recon = vae.decode(vae.encode(fixed_x)[0])
+                    save_grid(torch.cat([fixed_x[:16], recon[:16]]), out / "grids" / f"recon_{step:07d}.png", nrow=16)
+                    save_grid(vae.decode(fixed_z), out / "grids" / f"prior_{step:07d}.png", nrow=16)
+                    vae.train()
+            if step % cfg.ckpt_every == 0 or step == total_steps:
+                save_checkpoint(out, vae, opt, {"step": step, "config": vcfg.to_json()})
+    bar.close()
+    log_file.close()
+
+    metrics = {
+        "val_mse": evaluate_mse(vae, data.images[val_idx], device),
+        "test_mse": evaluate_mse(vae, data.images[data.indices("test")], device),
+        "steps": step,
+        "train_seconds": round(time.time() - started, 1),
+        "device": str(device),
+    }
+    vae = vae.cpu().eval()
+    save_artifact(out, "vae", vae.state_dict(), vae_manifest(cfg, vae, data, metrics, command))
+    log.info("wrote %s (val MSE %.5f, test MSE %.5f)", out / "vae.safetensors", metrics["val_mse"], metrics["test_mse"])
+    return out
