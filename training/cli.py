@@ -55,6 +55,31 @@ def cmd_train_vae(a: argparse.Namespace) -> None:
     train_vae(cfg, command=["lcs"] + sys.argv[1:])
 
 
+def cmd_encode(a: argparse.Namespace) -> None:
+    from training.data import load_dataset
+    from training.encode import encode_dataset
+
+    data = load_dataset(a.dataset, **parse_data_args(a.data_arg)) if a.dataset else None
+    encode_dataset(a.bundle, data=data, device=a.device, command=["lcs"] + sys.argv[1:])
+
+
+def cmd_train_judge(a: argparse.Namespace) -> None:
+    from training.train_judge import TrainJudgeConfig, train_judge
+
+    cfg = TrainJudgeConfig(
+        dataset=a.dataset, dataset_params=parse_data_args(a.data_arg), out=a.out, width=a.width, epochs=a.epochs,
+        batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device, threads=a.threads, max_steps=a.max_steps,
+    )
+    train_judge(cfg, command=["lcs"] + sys.argv[1:])
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    from training.evaluate import evaluate
+
+    evaluate(a.bundle, sampler=a.sampler, label_set=a.label_set, n=a.n, n_spec3=a.n_spec3, seed=a.seed, device=a.device,
+             out=a.out, compare_vae=a.compare_vae, boots=a.boots, command=["lcs"] + sys.argv[1:])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lcs", description="Latent-constraints conditioning: offline jobs and the server.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +107,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.* if present")
     add_device_args(p)
     p.set_defaults(func=cmd_train_vae)
+
+    p = sub.add_parser("encode", help="encode a dataset with the frozen VAE into the bundle's latent table")
+    p.add_argument("--bundle", required=True, help="directory holding vae.safetensors/json")
+    add_dataset_args(p, required=False)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("train-judge", help="train the image-space evaluation classifier")
+    add_dataset_args(p)
+    p.add_argument("--out", required=True, help="bundle directory to write judge.safetensors/json into")
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=0)
+    add_device_args(p)
+    p.set_defaults(func=cmd_train_judge)
+
+    p = sub.add_parser("eval", help="score a sampler on a bundle with the judge (JSON + PNG)")
+    p.add_argument("--bundle", required=True, help="directory with vae.* and judge.*")
+    p.add_argument("--sampler", default="prior", help="prior (more come with latent constraints and baselines)")
+    p.add_argument("--label-set", default="", help="label set to condition on (default: the dataset's first)")
+    p.add_argument("--n", type=int, default=10000, help="samples for accuracy and Fréchet distance")
+    p.add_argument("--n-spec3", type=int, default=2000, help="samples for 3-attribute specs")
+    p.add_argument("--boots", type=int, default=50, help="bootstrap resamples for the Fréchet interval")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compare-vae", default="", help="a second VAE bundle (e.g. σx=1) for the σ trade-off figure")
+    p.add_argument("--out", default="", help="output directory (default: BUNDLE/eval)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

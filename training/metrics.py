@@ -1,0 +1,66 @@
+"""Metrics shared by the judge trainer and the evaluation harness (numpy, no extra dependencies)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def binary_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """Accuracy, precision, recall, F1 of 0/1 predictions (precision/recall are 0 when undefined)."""
+    pred, target = pred.astype(bool), target.astype(bool)
+    tp = float((pred & target).sum())
+    fp = float((pred & ~target).sum())
+    fn = float((~pred & target).sum())
+    acc = float((pred == target).mean()) if len(pred) else 0.0
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"accuracy": acc, "precision": precision, "recall": recall, "f1": f1, "support": int(target.sum())}
+
+
+def auc(scores: np.ndarray, target: np.ndarray) -> float:
+    """ROC AUC by the rank-sum (Mann-Whitney) identity, ties given half credit; NaN with one class."""
+    target = target.astype(bool)
+    npos, nneg = int(target.sum()), int((~target).sum())
+    if npos == 0 or nneg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):  # average ranks over ties
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i: j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[target].sum() - npos * (npos + 1) / 2) / (npos * nneg))
+
+
+def best_threshold(probs: np.ndarray, target: np.ndarray) -> float:
+    """Threshold in (0, 1) that maximises accuracy (chosen on validation data)."""
+    grid = np.linspace(0.02, 0.98, 49)
+    accs = [((probs >= t) == target.astype(bool)).mean() for t in grid]
+    return float(grid[int(np.argmax(accs))])
+
+
+def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((a + a.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
+    """||μ1 − μ2||² + Tr(Σ1 + Σ2 − 2 (Σ1^½ Σ2 Σ1^½)^½) between Gaussian fits of two feature sets."""
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    r1 = _sqrtm_psd(s1)
+    cross = np.linalg.eigvalsh(r1 @ s2 @ r1)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(cross, 0, None)).sum())
+
+
+def frechet_with_ci(f1: np.ndarray, f2: np.ndarray, boots: int = 50, seed: int = 0) -> dict[str, float]:
+    """Fréchet distance with a bootstrap 95% interval (both sets resampled with replacement)."""
+    rng = np.random.default_rng(seed)
+    values = [frechet_distance(f1[rng.integers(len(f1), size=len(f1))], f2[rng.integers(len(f2), size=len(f2))])
+              for _ in range(boots)]
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return {"fd": frechet_distance(f1, f2), "ci95": [float(lo), float(hi)], "n1": len(f1), "n2": len(f2)}
