@@ -43,6 +43,7 @@ class TrainVAEConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 0
+    log_every: int = 50  # steps between lines of train_log.jsonl
     grid_every: int = 1000  # steps between PNG grids
     ckpt_every: int = 500  # steps between checkpoints
     resume: bool = False
@@ -134,7 +135,7 @@ def train_vae(cfg: TrainVAEConfig, command: list[str] | None = None) -> Path:
             step += 1
             window.append({k: v.item() for k, v in parts.items()})
             bar.update()
-            if step % 50 == 0 or step == total_steps:
+            if step % cfg.log_every == 0 or step == total_steps:
                 mean = {k: float(np.mean([wi[k] for wi in window])) for k in window[0]}
                 window.clear()
                 bar.set_postfix(loss=f"{mean['loss']:.0f}", kl=f"{mean['kl']:.1f}", mse=f"{mean['mse']:.4f}")

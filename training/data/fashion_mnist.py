@@ -17,7 +17,6 @@ DERIVED = {
     "footwear": ["sandal", "sneaker", "ankle_boot"],
     "upper_body": ["tshirt_top", "pullover", "coat", "shirt"],
 }
-VAL_SIZE = 5000  # the last 5,000 training images are the validation split
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -65,7 +64,7 @@ def load_fashion_mnist(root: str = "") -> ImageDataset:
     derived = np.stack([onehot[:, [CLASS_ATTRS.index(c) for c in cols]].max(1) for cols in DERIVED.values()], 1)
     split = np.full(len(x), 2, np.uint8)
     split[:n_train] = 0
-    split[n_train - VAL_SIZE: n_train] = 1
+    split[n_train - n_train // 12: n_train] = 1  # the last 5,000 of the 60,000 training images validate
     return ImageDataset(
         name="fashion-mnist",
         images=np.ascontiguousarray(x[:, None]),

@@ -1,0 +1,121 @@
+import json
+from itertools import product
+
+import numpy as np
+import pytest
+import torch
+
+from training.evaluate import evaluate
+from training.metrics import auc, best_threshold, binary_metrics, frechet_distance, frechet_with_ci
+from training.samplers import SAMPLERS, build_sampler
+from training.train_judge import TrainJudgeConfig, train_judge
+from training.train_vae import TrainVAEConfig, train_vae
+
+
+def test_auc_matches_pairwise_definition():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 60).astype(float)  # many ties
+    target = rng.integers(0, 2, 60)
+    pos, neg = scores[target == 1], scores[target == 0]
+    brute = np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p, n in product(pos, neg)])
+    assert auc(scores, target) == pytest.approx(brute)
+    assert np.isnan(auc(scores, np.ones(60)))
+
+
+def test_binary_metrics_and_threshold():
+    m = binary_metrics(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0]))
+    assert m == {"accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    probs = np.array([0.1, 0.2, 0.35, 0.4, 0.9])
+    t = best_threshold(probs, np.array([0, 0, 0, 1, 1]))
+    assert 0.35 < t <= 0.4
+
+
+def test_frechet_distance_known_values():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3))
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+    shifted = a + np.array([2.0, 0, 0])
+    assert frechet_distance(a, shifted) == pytest.approx(4.0, rel=1e-6)
+    scaled = rng.normal(size=(4000, 3)) * 2  # N(0, I) vs N(0, 4I): 3 * (1 + 4 - 2*2) = 3
+    r = frechet_with_ci(a, scaled, boots=20)
+    assert r["fd"] == pytest.approx(3.0, abs=0.3)
+    assert r["ci95"][0] <= r["fd"] <= r["ci95"][1]
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(fashion_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle")
+    params = {"root": str(fashion_root)}
+    train_vae(TrainVAEConfig(dataset="fashion-mnist", dataset_params=params, out=str(out), latent_dim=8, width=16,
+                             epochs=20, batch_size=32, lr=2e-3, lr_final=2e-3, device="cpu"))
+    train_judge(TrainJudgeConfig(dataset="fashion-mnist", dataset_params=params, out=str(out), width=16, epochs=10,
+                                 batch_size=32, device="cpu"))
+    return out
+
+
+def test_judge_learns_the_visible_class_and_records_a_ceiling(tiny_bundle):
+    m = json.loads((tiny_bundle / "judge.json").read_text())
+    assert m["arch"] == "resnet-judge-v1"
+    ceiling = m["ceiling"]
+    # The fixture's class is a bright band at a class-specific height: easy, so the ceiling is high.
+    assert ceiling["label_sets"]["category"]["accuracy"] > 0.8
+    assert set(ceiling["per_attribute"]) >= {"sandal", "footwear", "upper_body"}
+    assert all(0.0 < t < 1.0 for t in m["thresholds"].values())
+
+
+class OracleSampler:
+    """Encodes a real test image of the requested class: a conditional sampler that should score high."""
+
+    name, conditional = "oracle", True
+
+    def __init__(self, bundle, vae):
+        from models.vae import load_vae
+        from training.data import load_dataset
+        from training.images import batch_to_float
+
+        _, man = load_vae(bundle)
+        data = load_dataset(man["dataset"]["name"], **man["dataset"]["params"])
+        test = data.indices("test")
+        cls = data.columns(data.label_sets["category"].attrs)[test].argmax(1)
+        with torch.no_grad():
+            self.z_by_class = [vae.encode(batch_to_float(data.images[test[cls == c]]))[0] for c in range(10)]
+
+    def sample(self, labels, generator):
+        out = []
+        for row in labels:
+            zs = self.z_by_class[int(row.argmax())]
+            out.append(zs[torch.randint(len(zs), (1,), generator=generator)][0])
+        return torch.stack(out)
+
+
+def test_eval_prior_vs_conditional_oracle(tiny_bundle, monkeypatch):
+    prior = evaluate(tiny_bundle, sampler="prior", label_set="category", n=300, boots=5, device="cpu")
+    assert prior["label_set"]["kind"] == "categorical"
+    assert 0.0 <= prior["mean_accuracy"] < 0.5  # unconditional: near chance (0.1) for 10 classes
+    assert prior["frechet"]["fd"] > prior["frechet_real_test_vs_train"]["fd"] >= 0
+    assert 0 < prior["reconstruction_mse_test"] < 0.1
+    assert (tiny_bundle / "eval" / "eval-prior-category.json").exists()
+    assert (tiny_bundle / "eval" / "samples-prior-category.png").exists()
+
+    monkeypatch.setitem(SAMPLERS, "oracle", lambda bundle, ls, vae: OracleSampler(bundle, vae))
+    oracle = evaluate(tiny_bundle, sampler="oracle", label_set="category", n=300, boots=5, device="cpu")
+    assert oracle["mean_accuracy"] > prior["mean_accuracy"] + 0.3
+    for m in oracle["per_attribute"].values():
+        assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1 and 0 <= m["f1"] <= 1
+
+
+def test_eval_binary_label_set_and_sigma_figure(tiny_bundle, fashion_root, tmp_path):
+    other = train_vae(TrainVAEConfig(dataset="fashion-mnist", dataset_params={"root": str(fashion_root)}, out=str(tmp_path),
+                                     latent_dim=8, width=8, sigma_x=1.0, max_steps=5, batch_size=32, device="cpu"))
+    r = evaluate(tiny_bundle, label_set="footwear", n=200, boots=5, device="cpu", compare_vae=str(other), out=tmp_path / "ev")
+    assert set(r["per_attribute"]) == {"footwear"} and 0 <= r["exact_match"] <= 1
+    assert "exact_match_3attr" not in r  # one attribute: no 3-attribute specs
+    assert set(r["sigma_tradeoff"]["reconstruction_mse_test"]) == {"0.1", "1.0"}
+    assert (tmp_path / "ev" / "sigma_tradeoff.png").exists()
+
+
+def test_unknown_sampler_and_label_set_are_clear(tiny_bundle):
+    with pytest.raises(ValueError, match="unknown sampler"):
+        build_sampler("gan", tiny_bundle, "category", None)
+    with pytest.raises(ValueError, match="label set 'hats'"):
+        evaluate(tiny_bundle, label_set="hats", n=10, device="cpu")

@@ -1,0 +1,101 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.artifacts import ArtifactError, fingerprint
+from models.vae import VAE, VAEConfig, load_vae
+from training.train_vae import TrainVAEConfig, train_vae
+
+
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 64)])
+def test_shapes_and_loss_parts(channels, size):
+    vae = VAE(VAEConfig(channels=channels, image_size=size, latent_dim=8, width=8))
+    x = torch.rand(5, channels, size, size)
+    mu, sigma = vae.encode(x)
+    assert mu.shape == sigma.shape == (5, 8) and (sigma > 0).all()
+    xhat = vae.decode(mu)
+    assert xhat.shape == x.shape and xhat.min() >= 0 and xhat.max() <= 1
+    parts = vae.loss(x)
+    assert parts["kl"] >= 0 and torch.isfinite(parts["loss"])
+
+
+def test_fixed_sigma_scales_the_reconstruction_term():
+    torch.manual_seed(0)
+    a = VAE(VAEConfig(channels=1, image_size=28, latent_dim=4, width=8, sigma_x=0.1))
+    b = VAE(VAEConfig(channels=1, image_size=28, latent_dim=4, width=8, sigma_x=1.0))
+    b.load_state_dict(a.state_dict())
+    x = torch.rand(3, 1, 28, 28)
+    torch.manual_seed(1)
+    pa = a.loss(x)
+    torch.manual_seed(1)
+    pb = b.loss(x)
+    d = 28 * 28
+    sq = pa["mse"] * d  # summed squared error per image, identical for both
+    assert torch.allclose(pa["nll"] - d * np.log(0.1 * np.sqrt(2 * np.pi)), sq / (2 * 0.01), rtol=1e-4)
+    assert torch.allclose(pb["nll"] - d * np.log(np.sqrt(2 * np.pi)), sq / 2, rtol=1e-4)
+
+
+def tiny_cfg(root, out, **kw) -> TrainVAEConfig:
+    base = dict(dataset="fashion-mnist", dataset_params={"root": str(root)}, out=str(out), latent_dim=8, width=8,
+                epochs=10, batch_size=32, lr=2e-3, log_every=5, grid_every=10, ckpt_every=10, device="cpu")
+    return TrainVAEConfig(**{**base, **kw})
+
+
+def test_training_lowers_the_loss_and_writes_the_artifact(fashion_root, tmp_path):
+    out = train_vae(tiny_cfg(fashion_root, tmp_path, max_steps=60), command=["lcs", "train-vae", "test"])
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] < 0.8 * log[0]["loss"]
+    manifest = json.loads((out / "vae.json").read_text())
+    assert manifest["config"]["sigma_x"] == 0.1 and manifest["command"] == ["lcs", "train-vae", "test"]
+    assert manifest["dataset"]["name"] == "fashion-mnist" and "category" in manifest["dataset"]["label_sets"]
+    assert 0 < manifest["metrics"]["val_mse"] < 0.2
+    assert sorted(p.name for p in (out / "grids").iterdir())[:2] == ["prior_0000010.png", "prior_0000020.png"]
+
+
+def test_save_load_round_trip_is_exact(fashion_root, tmp_path):
+    out = train_vae(tiny_cfg(fashion_root, tmp_path, max_steps=5))
+    vae, manifest = load_vae(out)
+    tensors = load_file(str(out / "vae.safetensors"))
+    for k, v in vae.state_dict().items():
+        assert torch.equal(v, tensors[k]), k
+    assert manifest["decoder_fingerprint"] == fingerprint({k: v for k, v in tensors.items() if k.startswith("decoder.")})
+    z = torch.randn(4, 8)
+    again, _ = load_vae(out)
+    assert torch.equal(vae.decode(z), again.decode(z))
+
+
+def test_tampered_decoder_is_refused(fashion_root, tmp_path):
+    out = train_vae(tiny_cfg(fashion_root, tmp_path, max_steps=3))
+    tensors = load_file(str(out / "vae.safetensors"))
+    tensors["decoder.fc.bias"] = tensors["decoder.fc.bias"] + 1e-3
+    save_file(tensors, str(out / "vae.safetensors"))
+    with pytest.raises(ArtifactError, match="fingerprint"):
+        load_vae(out)
+    (out / "vae.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="not a valid safetensors"):
+        load_vae(out)
+
+
+def test_resume_after_a_kill_reproduces_an_uninterrupted_run(fashion_root, tmp_path, monkeypatch):
+    import training.train_vae as tv
+
+    straight = train_vae(tiny_cfg(fashion_root, tmp_path / "a", max_steps=20))
+    real_save = tv.save_checkpoint
+
+    def save_then_die(directory, model, opt, meta):
+        real_save(directory, model, opt, meta)
+        if meta["step"] == 10:
+            raise KeyboardInterrupt("killed right after the step-10 checkpoint")
+
+    monkeypatch.setattr(tv, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_vae(tiny_cfg(fashion_root, tmp_path / "b", max_steps=20))
+    assert not (tmp_path / "b" / "vae.safetensors").exists()
+    monkeypatch.setattr(tv, "save_checkpoint", real_save)
+    resumed = train_vae(tiny_cfg(fashion_root, tmp_path / "b", max_steps=20, resume=True))
+    a, b = load_file(str(straight / "vae.safetensors")), load_file(str(resumed / "vae.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert json.loads((resumed / "checkpoint.json").read_text())["step"] == 20
