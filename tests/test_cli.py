@@ -1,0 +1,52 @@
+"""The ``lcs`` entry point as a user runs it: real subprocesses, exit codes, one-line errors."""
+import json
+import subprocess
+import sys
+
+
+def lcs(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_help_lists_every_offline_job():
+    r = lcs("--help")
+    assert r.returncode == 0
+    for cmd in ("data", "train-vae", "encode", "train-judge", "eval"):
+        assert cmd in r.stdout
+
+
+def test_missing_fashion_mnist_is_one_clear_line(tmp_path):
+    r = lcs("data", "--dataset", "fashion-mnist", "--data-arg", f"root={tmp_path}")
+    assert r.returncode == 2
+    assert "apt-get install dataset-fashion-mnist" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_eval_on_a_missing_bundle_is_clear(tmp_path):
+    r = lcs("eval", "--bundle", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "vae.json does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_data_arg_syntax():
+    r = lcs("data", "--dataset", "avatars", "--data-arg", "n")
+    assert r.returncode != 0 and "KEY=VALUE" in r.stderr
+
+
+def test_train_encode_end_to_end(fashion_root, tmp_path):
+    out = tmp_path / "bundle"
+    r = lcs("train-vae", "--dataset", "fashion-mnist", "--data-arg", f"root={fashion_root}", "--out", str(out),
+            "--latent-dim", "4", "--width", "8", "--max-steps", "5", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "vae.json").read_text())
+    assert manifest["command"][:2] == ["lcs", "train-vae"] and "--max-steps" in manifest["command"]
+    r = lcs("encode", "--bundle", str(out), "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    from models.artifacts import load_artifact
+
+    tensors, lat = load_artifact(out, "latents")
+    assert tensors["mu"].shape == tensors["sigma"].shape == (900, 4)
+    assert tensors["attrs"].shape == (900, 12) and lat["attr_names"][-2:] == ["footwear", "upper_body"]
+    assert len(lat["sigma_bar"]) == 4 and all(0 < s for s in lat["sigma_bar"])
+    train = tensors["split"] == 0
+    assert abs(tensors["sigma"][train].mean(0) - __import__("torch").tensor(lat["sigma_bar"])).max() < 1e-6
+    assert lat["decoder_fingerprint"] == manifest["decoder_fingerprint"]
