@@ -99,3 +99,16 @@ def test_resume_after_a_kill_reproduces_an_uninterrupted_run(fashion_root, tmp_p
     a, b = load_file(str(straight / "vae.safetensors")), load_file(str(resumed / "vae.safetensors"))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert json.loads((resumed / "checkpoint.json").read_text())["step"] == 20
+
+
+def test_pack_to_fp16_keeps_outputs_and_rebinds_the_fingerprint(fashion_root, tmp_path):
+    from training.pack import pack
+
+    src = train_vae(tiny_cfg(fashion_root, tmp_path / "src", max_steps=5))
+    dst = pack(src, tmp_path / "dst", stems=("vae",))
+    a, ma = load_vae(src)
+    b, mb = load_vae(dst)
+    assert load_file(str(dst / "vae.safetensors"))["decoder.fc.weight"].dtype == torch.float16
+    assert mb["source_decoder_fingerprint"] == ma["decoder_fingerprint"] != mb["decoder_fingerprint"]
+    z = torch.randn(4, 8)
+    assert (a.decode(z) - b.decode(z)).abs().max() < 5e-3

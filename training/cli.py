@@ -73,6 +73,29 @@ def cmd_train_judge(a: argparse.Namespace) -> None:
     train_judge(cfg, command=["lcs"] + sys.argv[1:])
 
 
+def cmd_train_labelset(a: argparse.Namespace) -> None:
+    from training.train_labelset import TrainLabelSetConfig, train_labelset
+
+    table, label_set = "", a.label_set
+    if a.rule:  # zero-shot: labels from a rule on decoded prior samples
+        from training.rules import build_rule_table
+
+        table = str(build_rule_table(a.bundle, a.rule, n=a.rule_samples, seed=a.seed, command=["lcs"] + sys.argv[1:]))
+        label_set = a.rule
+    cfg = TrainLabelSetConfig(
+        bundle=a.bundle, label_set=label_set, table=table, out=a.out, width=a.width, depth=a.depth, label_embed=a.label_embed,
+        lambda_dist=a.lambda_dist, steps=a.steps, critic_steps=a.critic_steps, batch_size=a.batch_size, lr=a.lr,
+        gp_weight=a.gp_weight, diag_every=a.diag_every, seed=a.seed, threads=a.threads,
+    )
+    train_labelset(cfg, command=["lcs"] + sys.argv[1:])
+
+
+def cmd_pack(a: argparse.Namespace) -> None:
+    from training.pack import pack
+
+    pack(a.src, a.out, dtype=a.dtype, stems=tuple(a.stem or ("vae", "judge")), command=["lcs"] + sys.argv[1:])
+
+
 def cmd_eval(a: argparse.Namespace) -> None:
     from training.evaluate import evaluate
 
@@ -126,9 +149,36 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_args(p)
     p.set_defaults(func=cmd_train_judge)
 
+    p = sub.add_parser("train-labelset", help="train a label set's latent critic/actor/classifier on the latent table")
+    p.add_argument("--bundle", required=True, help="bundle with latents.safetensors/json (from lcs encode)")
+    p.add_argument("--label-set", default="realism", help="a label set of the latent table, or 'realism' for G(z)")
+    p.add_argument("--rule", default="", help="zero-shot label set from a rule on decoded prior samples: bright | warm")
+    p.add_argument("--rule-samples", type=int, default=20000, help="prior samples the rule labels")
+    p.add_argument("--out", default="", help="default: BUNDLE/labelsets/LABEL_SET")
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--label-embed", type=int, default=64)
+    p.add_argument("--lambda-dist", type=float, default=0.1)
+    p.add_argument("--steps", type=int, default=2000, help="actor steps")
+    p.add_argument("--critic-steps", type=int, default=10, help="critic steps per actor step")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--gp-weight", type=float, default=10.0)
+    p.add_argument("--diag-every", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=cmd_train_labelset)
+
+    p = sub.add_parser("pack", help="copy a bundle's VAE/judge into a shipping bundle (fp16 by default)")
+    p.add_argument("--src", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", default="float16", help="float16 | bfloat16 | float32")
+    p.add_argument("--stem", action="append", default=None, help="artifacts to copy (default: vae and judge)")
+    p.set_defaults(func=cmd_pack)
+
     p = sub.add_parser("eval", help="score a sampler on a bundle with the judge (JSON + PNG)")
     p.add_argument("--bundle", required=True, help="directory with vae.* and judge.*")
-    p.add_argument("--sampler", default="prior", help="prior (more come with latent constraints and baselines)")
+    p.add_argument("--sampler", default="prior", help="prior | realism | actor | optimize")
     p.add_argument("--label-set", default="", help="label set to condition on (default: the dataset's first)")
     p.add_argument("--n", type=int, default=10000, help="samples for accuracy and Fréchet distance")
     p.add_argument("--n-spec3", type=int, default=2000, help="samples for 3-attribute specs")

@@ -48,35 +48,46 @@ def encode_dataset(bundle: str | Path, data: ImageDataset | None = None, device:
                          f"{(vae.cfg.channels, vae.cfg.image_size, vae.cfg.image_size)}")
     started = time.time()
     mu, sigma = encode_images(vae, data.images, dev, desc=f"encode {data.name}")
-    train = torch.from_numpy(data.indices("train"))
-    sigma_bar = sigma[train].mean(0)
-    tensors = {
-        "mu": mu, "sigma": sigma,
-        "attrs": torch.from_numpy(data.attrs.astype("int8")),
-        "split": torch.from_numpy(data.split.astype("uint8")),
-    }
+    manifest = write_latent_table(
+        bundle, mu, sigma, data.attrs, data.split, attr_names=data.attr_names,
+        label_sets={k: v.to_json() for k, v in data.label_sets.items()},
+        decoder_fingerprint=vman["decoder_fingerprint"], dataset={"name": data.name, "params": data.params},
+        ids=data.ids, command=command or sys.argv, extra_stats={"seconds": round(time.time() - started, 1)},
+    )
+    log.info("wrote %s: %d x %d latents, mean σ̄_z %.4f, %d active dims", bundle / "latents.safetensors",
+             len(data), vae.cfg.latent_dim, manifest["stats"]["sigma_bar_mean"], manifest["stats"]["active_dims"])
+    return bundle / "latents.safetensors"
+
+
+def write_latent_table(bundle: str | Path, mu: torch.Tensor, sigma: torch.Tensor, attrs, split, *, attr_names: list[str],
+                       label_sets: dict, decoder_fingerprint: str, dataset: dict, ids=None, command=None,
+                       sigma_bar: torch.Tensor | None = None, extra_stats: dict | None = None) -> dict:
+    """Write latents.safetensors/json; σ̄_z defaults to the encoder σ averaged over the training split."""
+    split_t = torch.as_tensor(split).to(torch.uint8)
+    if sigma_bar is None:
+        sigma_bar = sigma[split_t == 0].mean(0)
+    train = split_t == 0
+    tensors = {"mu": mu.float(), "sigma": sigma.float(), "attrs": torch.as_tensor(attrs).to(torch.int8), "split": split_t}
     manifest = {
         "kind": "latents",
-        "latent_dim": vae.cfg.latent_dim,
-        "n": len(data),
-        "dataset": {"name": data.name, "params": data.params},
-        "attr_names": data.attr_names,
-        "label_sets": {k: v.to_json() for k, v in data.label_sets.items()},
-        "ids": data.ids,
+        "latent_dim": mu.shape[1],
+        "n": len(mu),
+        "dataset": dataset,
+        "attr_names": list(attr_names),
+        "label_sets": label_sets,
+        "ids": ids,
         "sigma_bar": sigma_bar.tolist(),
-        "decoder_fingerprint": vman["decoder_fingerprint"],
+        "decoder_fingerprint": decoder_fingerprint,
         "command": command or sys.argv,
         "stats": {
             "sigma_bar_mean": float(sigma_bar.mean()),
             "active_dims": int((sigma_bar < 0.5).sum()),  # dims the encoder actually uses
             "mu_std_mean": float(mu[train].std(0).mean()),
-            "seconds": round(time.time() - started, 1),
+            **(extra_stats or {}),
         },
     }
     save_artifact(bundle, "latents", tensors, manifest)
-    log.info("wrote %s: %d x %d latents, mean σ̄_z %.4f, %d active dims", bundle / "latents.safetensors",
-             len(data), vae.cfg.latent_dim, manifest["stats"]["sigma_bar_mean"], manifest["stats"]["active_dims"])
-    return bundle / "latents.safetensors"
+    return manifest
 
 
 def load_latents(bundle: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -1,0 +1,119 @@
+"""Latent-space networks of *Latent Constraints*: they condition a frozen VAE without touching it.
+
+- ``Critic``  D(z, y): an MLP on [z, Linear(y)] -> one realism logit (real encoding with its labels).
+- ``Actor``   G(z, y): the MLP emits dz and gate logits g; G = (1 − σ(g)) ⊙ z + σ(g) ⊙ dz, so it can
+  leave a latent untouched (gate closed) or move it where the critic wants.
+- ``AttrClassifier`` D_attr(z): attribute logits from a latent (used by optimisation mode).
+An empty label set (K = 0) gives the unconditional realism mapper G(z).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+ARCH = "latent-constraints-mlp-v1"
+
+
+@dataclass
+class LatentConfig:
+    latent_dim: int
+    attr_names: list[str] = field(default_factory=list)
+    kind: str = "binary"  # "binary" or "categorical"
+    width: int = 256
+    depth: int = 4
+    label_embed: int = 64
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.attr_names)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def mlp(d_in: int, width: int, depth: int, d_out: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [nn.Linear(d_in if i == 0 else width, width), nn.LeakyReLU(0.2)]
+    layers.append(nn.Linear(width if depth else d_in, d_out))
+    return nn.Sequential(*layers)
+
+
+class _Conditioned(nn.Module):
+    """[z, Linear(y)] input shared by critic and actor; y has K = 0 columns for the realism mapper."""
+
+    def __init__(self, cfg: LatentConfig, d_out: int):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Linear(cfg.n_labels, cfg.label_embed) if cfg.n_labels else None
+        self.net = mlp(cfg.latent_dim + (cfg.label_embed if cfg.n_labels else 0), cfg.width, cfg.depth, d_out)
+
+    def inputs(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if self.embed is None:
+            return z
+        if y is None or y.shape != (len(z), self.cfg.n_labels):
+            raise ValueError(f"labels must be {len(z)} x {self.cfg.n_labels}, got {None if y is None else tuple(y.shape)}")
+        return torch.cat([z, self.embed(y.to(z.dtype))], 1)
+
+
+class Critic(_Conditioned):
+    def __init__(self, cfg: LatentConfig):
+        super().__init__(cfg, 1)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Realism logit per row (positive: looks like a real encoding with these labels)."""
+        return self.net(self.inputs(z, y)).squeeze(1)
+
+
+class Actor(_Conditioned):
+    def __init__(self, cfg: LatentConfig):
+        super().__init__(cfg, 2 * cfg.latent_dim)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        dz, gate_logits = self.net(self.inputs(z, y)).chunk(2, dim=1)
+        gate = torch.sigmoid(gate_logits)
+        return (1 - gate) * z + gate * dz
+
+
+class AttrClassifier(nn.Module):
+    def __init__(self, cfg: LatentConfig):
+        super().__init__()
+        self.net = mlp(cfg.latent_dim, cfg.width, max(cfg.depth - 2, 1), max(cfg.n_labels, 1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class LatentMappers(nn.Module):
+    """Everything one label set adds to a frozen VAE; saved as one safetensors file."""
+
+    def __init__(self, cfg: LatentConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.critic = Critic(cfg)
+        self.actor = Actor(cfg)
+        self.attr = AttrClassifier(cfg) if cfg.n_labels else None
+
+
+def load_mappers(directory, decoder_fingerprint: str | None = None) -> tuple[LatentMappers, dict, dict[str, torch.Tensor]]:
+    """Load mapper.safetensors + mapper.json -> (mappers, manifest, extra tensors: label_table, sigma_bar).
+
+    Refuses a mapper trained for another decoder: its latents would mean something else.
+    """
+    from models.artifacts import ArtifactError, load_artifact, load_into
+
+    tensors, manifest = load_artifact(directory, "mapper")
+    if manifest.get("arch") != ARCH:
+        raise ArtifactError(f"{directory}/mapper.json: architecture {manifest.get('arch')!r} is not {ARCH!r}")
+    if decoder_fingerprint is not None and manifest.get("decoder_fingerprint") != decoder_fingerprint:
+        raise ArtifactError(f"{directory}: mapper was trained for decoder {str(manifest.get('decoder_fingerprint'))[:12]}…, "
+                            f"this decoder is {decoder_fingerprint[:12]}…")
+    try:
+        m = LatentMappers(LatentConfig(**manifest["config"]))
+    except TypeError as e:
+        raise ArtifactError(f"{directory}/mapper.json: bad config: {e}") from None
+    extra = {k: tensors.pop(k) for k in ("label_table", "sigma_bar") if k in tensors}
+    load_into(m, tensors, f"{directory}/mapper.safetensors")
+    return m.eval().requires_grad_(False), manifest, extra

@@ -1,0 +1,223 @@
+"""Latent constraints on a problem with a known answer: a 2-D Gaussian mixture whose component is the label.
+
+The mixture lives in the first 2 of 8 latent dimensions; the other 6 are uninformative (posterior
+N(0, 1), like a VAE's inactive dimensions). As in a real VAE, the distance penalty is a mean over
+all dimensions, so moving the two informative ones is affordable.
+"""
+import json
+
+import pytest
+import torch
+
+from models.artifacts import ArtifactError
+from models.latent import LatentConfig, LatentMappers, load_mappers
+from training.encode import write_latent_table
+from training.optimize import OptimizeConfig, edit_latents, optimize_latents
+from training.specs import SpecError, parse_spec, resolve
+from training.train_labelset import (TrainLabelSetConfig, critic_batch, critic_loss, load_table,
+                                     train_labelset)
+
+CENTRES = torch.tensor([[1.5, 1.5], [-1.5, 1.5], [-1.5, -1.5], [1.5, -1.5]])
+DIM = 8
+FINGERPRINT = "f" * 64
+
+
+def quadrant(z: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest mixture centre (informative dimensions only)."""
+    return torch.cdist(z[:, :2], CENTRES).argmin(1)
+
+
+@pytest.fixture(scope="module")
+def gmm_bundle(tmp_path_factory):
+    """Encodings from a 4-component mixture; labels: component (categorical) and right/top (binary)."""
+    bundle = tmp_path_factory.mktemp("gmm")
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    comp = torch.randint(4, (n,), generator=g)
+    mu = torch.cat([CENTRES[comp] + 0.3 * torch.randn(n, 2, generator=g), torch.zeros(n, DIM - 2)], 1)
+    sigma = torch.cat([torch.full((n, 2), 0.3), torch.ones(n, DIM - 2)], 1)
+    onehot = torch.nn.functional.one_hot(comp, 4)
+    binary = torch.stack([(CENTRES[comp, 0] > 0), (CENTRES[comp, 1] > 0)], 1).long()
+    split = (torch.arange(n) % 10 == 9).to(torch.uint8)  # 10% validation
+    write_latent_table(
+        bundle, mu, sigma, torch.cat([onehot, binary], 1), split,
+        attr_names=["q0", "q1", "q2", "q3", "right", "top"],
+        label_sets={"quadrant": {"name": "quadrant", "attrs": ["q0", "q1", "q2", "q3"], "kind": "categorical"},
+                    "sides": {"name": "sides", "attrs": ["right", "top"], "kind": "binary"}},
+        decoder_fingerprint=FINGERPRINT, dataset={"name": "gmm", "params": {}},
+    )
+    return bundle
+
+
+def fast_cfg(bundle, label_set, **kw) -> TrainLabelSetConfig:
+    base = dict(bundle=str(bundle), label_set=label_set, width=64, depth=2, label_embed=8, steps=400, critic_steps=10,
+                batch_size=128, lr=1e-3, diag_every=100)
+    return TrainLabelSetConfig(**{**base, **kw})
+
+
+def test_gate_interpolates_between_identity_and_dz():
+    m = LatentMappers(LatentConfig(latent_dim=3, attr_names=["a", "b"], width=16, depth=2, label_embed=4))
+    z, y = torch.randn(5, 3), torch.ones(5, 2)
+    last = m.actor.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias[:3] = 7.0  # dz
+        last.bias[3:] = -50.0  # gate closed -> G(z) = z
+        assert torch.allclose(m.actor(z, y), z)
+        last.bias[3:] = 50.0  # gate open -> G(z) = dz
+        assert torch.allclose(m.actor(z, y), torch.full((5, 3), 7.0))
+    assert m.critic(z, y).shape == (5,)
+    assert m.attr(z).shape == (5, 2)
+    with pytest.raises(ValueError, match="labels must be 5 x 2"):
+        m.critic(z, torch.ones(5, 3))
+    realism = LatentMappers(LatentConfig(latent_dim=3))
+    assert realism.actor(z).shape == (5, 3) and realism.attr is None
+
+
+def test_gradient_penalty_interpolates_real_with_fake(gmm_bundle):
+    t = load_table(gmm_bundle, "quadrant")
+    cfg = fast_cfg(gmm_bundle, "quadrant")
+    m = LatentMappers(LatentConfig(latent_dim=DIM, attr_names=t.attr_names, kind=t.kind, width=16, depth=2))
+    g = torch.Generator().manual_seed(1)
+    b = critic_batch(m, t, torch.arange(256), cfg, g)
+    real_means = t.mu[:256, :2]
+    assert (b["real"][:, :2] - real_means).abs().max() < 1.5  # real rows are posterior samples of these encodings
+    assert (b["fake"][:, :2] - real_means).norm(dim=1).mean() > 1.0  # fakes come from the prior / actor, not the data
+    a = b["alpha"]
+    assert a.shape == (256, 1) and a.min() >= 0 and a.max() <= 1 and a.std() > 0.2  # one α per sample
+    assert torch.allclose(b["interp"], a * b["real"] + (1 - a) * b["fake"])
+    assert 0.8 < b["use_actor"].float().mean() < 0.97  # ~90% actor outputs, ~10% raw prior samples
+
+
+def test_mismatched_negatives_reach_the_critic(gmm_bundle):
+    t = load_table(gmm_bundle, "quadrant")
+    m = LatentMappers(LatentConfig(latent_dim=DIM, attr_names=t.attr_names, kind=t.kind, width=16, depth=2))
+    b = critic_batch(m, t, torch.arange(400), fast_cfg(gmm_bundle, "quadrant"), torch.Generator().manual_seed(2))
+    keep = b["mismatched_keep"]
+    assert 0.6 < keep.float().mean() < 0.9  # 4 balanced classes: ~75% of random partners differ
+    assert (b["mismatched_labels"][keep] != b["labels"][keep]).any(1).all()
+    seen = []
+    original = m.critic.forward
+    m.critic.forward = lambda z, y=None: (seen.append(len(z)), original(z, y))[1]
+    critic_loss(m, b, 10.0)
+    assert seen == [400, 400, int(keep.sum()), 400]  # real, fake, mismatched, interpolations
+
+
+def test_categorical_constraint_learns_the_known_answer(gmm_bundle, tmp_path):
+    out = train_labelset(fast_cfg(gmm_bundle, "quadrant", out=str(tmp_path / "q")), command=["test"])
+    m, manifest, extra = load_mappers(out, FINGERPRINT)
+    g = torch.Generator().manual_seed(3)
+    target = torch.arange(4).repeat_interleave(250)
+    z = m.actor(torch.randn(1000, DIM, generator=g), torch.nn.functional.one_hot(target, 4).float())
+    acc = (quadrant(z) == target).float().mean().item()
+    assert acc > 0.9, acc
+    assert manifest["metrics"]["attr_val_accuracy"] > 0.95
+    assert manifest["metrics"]["D_actor"] > manifest["metrics"]["D_prior"]
+    assert extra["label_table"].shape == (3600, 4)
+
+
+@pytest.fixture(scope="module")
+def sides(gmm_bundle, tmp_path_factory):
+    out = train_labelset(fast_cfg(gmm_bundle, "sides", out=str(tmp_path_factory.mktemp("sides"))))
+    return load_mappers(out)[0]
+
+
+def test_binary_constraint_and_optimisation_mode(sides):
+    m = sides
+    g = torch.Generator().manual_seed(4)
+    y = torch.tensor([[1.0, 0.0]]).repeat(400, 1)  # right, bottom -> centre 3
+    z = m.actor(torch.randn(400, DIM, generator=g), y)
+    assert (quadrant(z) == 3).float().mean() > 0.9
+    # Optimisation mode on the same critics: only "top" is specified, so only y matters.
+    z0 = torch.randn(400, DIM, generator=g)
+    target = torch.tensor([[0.0, 1.0]]).repeat(400, 1)
+    mask = torch.tensor([[False, True]]).repeat(400, 1)
+    zo, info = optimize_latents(m, z0, target, mask, OptimizeConfig(steps=300, lr=5e-2))
+    conv = info["converged"]
+    assert conv.float().mean() > 0.9 and (info["steps"][conv] < 300).all()
+    # An example stops as soon as D_attr reads "top" (its learned boundary is near y = 0) and D is high enough.
+    assert (m.attr(zo[conv])[:, 1] > 0).all() and (torch.sigmoid(m.critic(zo[conv], target[conv])) > 0.3).all()
+    assert (zo[conv, 1] > 0).float().mean() > 0.85 and zo[conv, 1].mean() > z0[conv, 1].mean() + 0.5
+
+
+def test_realism_mapper_moves_prior_samples_onto_the_data(gmm_bundle, tmp_path):
+    out = train_labelset(fast_cfg(gmm_bundle, "realism", out=str(tmp_path / "r")))
+    m, manifest, _ = load_mappers(out, FINGERPRINT)
+    assert manifest["config"]["attr_names"] == [] and m.attr is None
+    z = torch.randn(2000, DIM, generator=torch.Generator().manual_seed(5))
+    near = lambda v: (torch.cdist(v[:, :2], CENTRES).min(1).values < 0.6).float().mean()  # noqa: E731
+    assert near(m.actor(z)) > near(z) + 0.2
+
+
+def test_manifest_round_trip_and_foreign_decoder_refused(gmm_bundle, tmp_path):
+    out = train_labelset(fast_cfg(gmm_bundle, "sides", out=str(tmp_path / "m"), steps=5), command=["lcs", "x"])
+    a, manifest, _ = load_mappers(out, FINGERPRINT)
+    b, _, _ = load_mappers(out)
+    z, y = torch.randn(7, DIM), torch.ones(7, 2)
+    assert torch.equal(a.actor(z, y), b.actor(z, y)) and torch.equal(a.critic(z, y), b.critic(z, y))
+    on_disk = json.loads((out / "mapper.json").read_text())
+    assert on_disk["config"]["attr_names"] == ["right", "top"] and on_disk["lambda_dist"] == 0.1
+    assert on_disk["decoder_fingerprint"] == FINGERPRINT and len(on_disk["data_fingerprint"]) == 64
+    assert on_disk["command"] == ["lcs", "x"]
+    with pytest.raises(ArtifactError, match="trained for decoder"):
+        load_mappers(out, "0" * 64)
+
+
+def test_edit_changes_only_the_requested_attribute(gmm_bundle, sides):
+    m = sides
+    t = load_table(gmm_bundle, "sides")
+    start = t.mu[t.labels[:, 0] == 1][:200]  # encodings on the right
+    edited, target = edit_latents(m, start, {"right": 0})
+    assert (target[:, 0] == 0).all()
+    assert (edited[:, 0] < 0).float().mean() > 0.9  # moved to the left ...
+    assert ((edited[:, 1] > 0) == (start[:, 1] > 0)).float().mean() > 0.9  # ... keeping top/bottom
+
+
+def test_spec_parsing_and_resolution():
+    names = ["Smiling", "Eyeglasses", "Wearing_Hat"]
+    assert parse_spec("smiling,-eyeglasses", names) == {"Smiling": 1, "Eyeglasses": 0}
+    with pytest.raises(SpecError) as e:
+        parse_spec("smiling,wings", names)
+    assert e.value.code == "unknown_attributes" and e.value.details["valid"] == names
+    with pytest.raises(SpecError) as e:
+        parse_spec("smiling,-Smiling", names)
+    assert e.value.code == "contradictory_attributes"
+    table = torch.tensor([[1, 0, 0], [1, 0, 1], [0, 1, 0]] * 10)
+    g = torch.Generator().manual_seed(0)
+    rows = resolve({"Smiling": 1}, names, table, 200, g)
+    assert (rows[:, 0] == 1).all() and (rows[:, 1] == 0).all()  # smilers in the data never wear glasses
+    assert 0.3 < rows[:, 2].mean() < 0.7  # hats follow the conditional rate among smilers (1/2)
+    with pytest.raises(SpecError) as e:
+        resolve({"Smiling": 1, "Eyeglasses": 1}, names, table, 5, g)
+    assert e.value.code == "unseen_combination"
+    rows = resolve({"Smiling": 1, "Eyeglasses": 1}, names, table, 300, g, allow_unseen=True)
+    assert (rows[:, :2] == 1).all() and 0.2 < rows[:, 2].mean() < 0.5  # hats from the marginal (1/3)
+    cat = torch.eye(3)[torch.tensor([0, 1, 2] * 5)]
+    assert (resolve({"Eyeglasses": 1}, names, cat, 10, g, kind="categorical")[:, 1] == 1).all()
+    with pytest.raises(SpecError):
+        resolve({"Smiling": 1, "Eyeglasses": 1}, names, cat, 1, g, kind="categorical")
+
+
+def test_rule_constraint_trains_without_labels(fashion_root, tmp_path):
+    """Zero-shot: 'bright' labels come from decoded prior samples; the actor learns to produce bright images."""
+    from models.vae import load_vae
+    from training.rules import build_rule_table, brightness
+    from training.train_vae import TrainVAEConfig, train_vae
+
+    bundle = train_vae(TrainVAEConfig(dataset="fashion-mnist", dataset_params={"root": str(fashion_root)}, out=str(tmp_path),
+                                      latent_dim=4, width=8, max_steps=40, batch_size=32, lr=2e-3, device="cpu"))
+    table = build_rule_table(bundle, "bright", n=3000, device="cpu")
+    t = load_table(table, "bright")
+    assert t.labels.shape == (3000, 1) and 0.45 < t.labels.mean() < 0.55  # median threshold: balanced
+    assert (t.sigma == 0).all()  # rule rows are exact latents, not posteriors
+    out = train_labelset(fast_cfg(bundle, "bright", table=str(table), steps=300))
+    m, manifest, _ = load_mappers(out)
+    vae, vman = load_vae(bundle)
+    assert manifest["decoder_fingerprint"] == vman["decoder_fingerprint"]
+    z = torch.randn(1000, 4, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        on = brightness(vae.decode(m.actor(z, torch.ones(1000, 1))))
+        off = brightness(vae.decode(m.actor(z, torch.zeros(1000, 1))))
+    thr = json.loads((table / "latents.json").read_text())["dataset"]["params"]["threshold"]
+    # Half of all prior samples pass the median threshold; the constrained actor moves most to the asked side.
+    assert (on > thr).float().mean() > 0.7 and (off <= thr).float().mean() > 0.7 and on.mean() > off.mean()
