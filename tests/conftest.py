@@ -25,10 +25,11 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 
 def class_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """28x28 images whose class is visible: a bright horizontal band at a class-specific height."""
+    """28x28 images whose class is visible: a bright band at a class-specific height and length
+    (so brightness varies with the class too)."""
     x = rng.integers(0, 40, size=(len(labels), 28, 28), dtype=np.uint8)
     for i, y in enumerate(labels):
-        x[i, 2 + 2 * y: 5 + 2 * y, 4:24] = 230
+        x[i, 2 + 2 * y: 5 + 2 * y, 4: 6 + 2 * y] = 230
     return x
 
 
@@ -42,3 +43,13 @@ def fashion_root(tmp_path_factory) -> Path:
         write_idx(root / f"{split}-images-idx3-ubyte.gz", class_images(y, rng))
         write_idx(root / f"{split}-labels-idx1-ubyte.gz", y)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_vae(fashion_root, tmp_path_factory) -> Path:
+    """A tiny VAE trained enough (400 steps) on the fixture to reconstruct the class band."""
+    from training.train_vae import TrainVAEConfig, train_vae
+
+    out = tmp_path_factory.mktemp("tiny-vae")
+    return train_vae(TrainVAEConfig(dataset="fashion-mnist", dataset_params={"root": str(fashion_root)}, out=str(out),
+                                    latent_dim=8, width=16, epochs=20, batch_size=32, lr=2e-3, lr_final=2e-3, device="cpu"))

@@ -43,11 +43,9 @@ def test_frechet_distance_known_values():
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(fashion_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundle")
+def tiny_bundle(tiny_vae, fashion_root):
+    out = tiny_vae
     params = {"root": str(fashion_root)}
-    train_vae(TrainVAEConfig(dataset="fashion-mnist", dataset_params=params, out=str(out), latent_dim=8, width=16,
-                             epochs=20, batch_size=32, lr=2e-3, lr_final=2e-3, device="cpu"))
     train_judge(TrainJudgeConfig(dataset="fashion-mnist", dataset_params=params, out=str(out), width=16, epochs=10,
                                  batch_size=32, device="cpu"))
     return out
