@@ -116,12 +116,6 @@ class VAE(nn.Module):
         loss = (nll + self.cfg.beta * kl).mean()
         return {"loss": loss, "nll": nll.mean().detach(), "kl": kl.mean().detach(), "mse": sq.mean().detach()}
 
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        device = next(self.parameters()).device
-        z = torch.randn(n, self.cfg.latent_dim, generator=generator, device="cpu").to(device)
-        return self.decode(z)
-
 
 def load_vae(directory, device: str | torch.device = "cpu") -> tuple[VAE, dict]:
     """Load vae.safetensors + vae.json; the manifest keeps the decoder fingerprint it was saved with."""

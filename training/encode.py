@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from models.artifacts import load_artifact, save_artifact
+from models.artifacts import save_artifact
 from models.vae import VAE, load_vae
 from training.data import ImageDataset, load_dataset
 from training.images import batch_to_float
@@ -88,7 +88,3 @@ def write_latent_table(bundle: str | Path, mu: torch.Tensor, sigma: torch.Tensor
     }
     save_artifact(bundle, "latents", tensors, manifest)
     return manifest
-
-
-def load_latents(bundle: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    return load_artifact(bundle, "latents")

@@ -77,7 +77,7 @@ class OptimizeSampler:
     def __init__(self, bundle: Path, label_set: str):
         from training.optimize import OptimizeConfig
 
-        self.m, self.manifest, extra = load_labelset(bundle, label_set)
+        self.m, self.manifest, _ = load_labelset(bundle, label_set)
         self.cfg = OptimizeConfig()
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -67,7 +67,6 @@ def evaluate_mse(vae: VAE, images: np.ndarray, device: torch.device, batch: int 
 
 
 def vae_manifest(cfg: TrainVAEConfig, vae: VAE, data: ImageDataset, metrics: dict, command: list[str]) -> dict:
-    dec = {k: v for k, v in vae.decoder.state_dict().items()}
     return {
         "kind": "vae",
         "arch": ARCH,
@@ -76,7 +75,7 @@ def vae_manifest(cfg: TrainVAEConfig, vae: VAE, data: ImageDataset, metrics: dic
                     "label_sets": {k: v.to_json() for k, v in data.label_sets.items()}},
         "training": {k: v for k, v in cfg.__dict__.items() if k not in ("dataset", "dataset_params")},
         "command": command,
-        "decoder_fingerprint": fingerprint({f"decoder.{k}": v for k, v in dec.items()}),
+        "decoder_fingerprint": fingerprint({f"decoder.{k}": v for k, v in vae.decoder.state_dict().items()}),
         "metrics": metrics,
     }
 
