@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -88,3 +89,21 @@ def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], what: s
     if missing or extra or bad:
         raise ArtifactError(f"{what}: weights do not fit the architecture (missing {missing[:3]}, unexpected {extra[:3]}, shape mismatch {bad[:3]})")
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
+
+
+def load_model(directory: str | Path, stem: str, arch: str, build: Callable[[dict], torch.nn.Module],
+               extra: tuple[str, ...] = ()) -> tuple[torch.nn.Module, dict, dict[str, torch.Tensor]]:
+    """Load ``stem.*``, check its architecture, build it from the manifest's config, load the weights.
+
+    Returns (module in eval mode without gradients, manifest, stored tensors as saved). Tensors named
+    in ``extra`` are stored beside the weights but are not part of the module.
+    """
+    tensors, manifest = load_artifact(directory, stem)
+    if manifest.get("arch") != arch:
+        raise ArtifactError(f"{directory}/{stem}.json: architecture {manifest.get('arch')!r} is not {arch!r}")
+    try:
+        module = build(manifest["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ArtifactError(f"{directory}/{stem}.json: bad config: {e}") from None
+    load_into(module, {k: v for k, v in tensors.items() if k not in extra}, f"{directory}/{stem}.safetensors")
+    return module.eval().requires_grad_(False), manifest, tensors

@@ -64,11 +64,7 @@ class Judge(nn.Module):
 
 
 def load_judge(directory, device: str | torch.device = "cpu") -> tuple[Judge, dict]:
-    from models.artifacts import ArtifactError, load_artifact, load_into
+    from models.artifacts import load_model
 
-    tensors, manifest = load_artifact(directory, "judge")
-    if manifest.get("arch") != ARCH:
-        raise ArtifactError(f"{directory}/judge.json: architecture {manifest.get('arch')!r} is not {ARCH!r}")
-    judge = Judge(JudgeConfig(**manifest["config"]))
-    load_into(judge, tensors, f"{directory}/judge.safetensors")
-    return judge.to(device).eval().requires_grad_(False), manifest
+    judge, manifest, _ = load_model(directory, "judge", ARCH, lambda cfg: Judge(JudgeConfig(**cfg)))
+    return judge.to(device), manifest

@@ -102,18 +102,12 @@ def load_mappers(directory, decoder_fingerprint: str | None = None) -> tuple[Lat
 
     Refuses a mapper trained for another decoder: its latents would mean something else.
     """
-    from models.artifacts import ArtifactError, load_artifact, load_into
+    from models.artifacts import ArtifactError, load_manifest, load_model
 
-    tensors, manifest = load_artifact(directory, "mapper")
-    if manifest.get("arch") != ARCH:
-        raise ArtifactError(f"{directory}/mapper.json: architecture {manifest.get('arch')!r} is not {ARCH!r}")
+    manifest = load_manifest(directory, "mapper")
     if decoder_fingerprint is not None and manifest.get("decoder_fingerprint") != decoder_fingerprint:
         raise ArtifactError(f"{directory}: mapper was trained for decoder {str(manifest.get('decoder_fingerprint'))[:12]}…, "
                             f"this decoder is {decoder_fingerprint[:12]}…")
-    try:
-        m = LatentMappers(LatentConfig(**manifest["config"]))
-    except TypeError as e:
-        raise ArtifactError(f"{directory}/mapper.json: bad config: {e}") from None
-    extra = {k: tensors.pop(k) for k in ("label_table", "sigma_bar") if k in tensors}
-    load_into(m, tensors, f"{directory}/mapper.safetensors")
-    return m.eval().requires_grad_(False), manifest, extra
+    extra = ("label_table", "sigma_bar")
+    m, manifest, tensors = load_model(directory, "mapper", ARCH, lambda cfg: LatentMappers(LatentConfig(**cfg)), extra)
+    return m, manifest, {k: tensors[k] for k in extra if k in tensors}

@@ -118,15 +118,11 @@ class VAE(nn.Module):
 
 
 def load_vae(directory, device: str | torch.device = "cpu") -> tuple[VAE, dict]:
-    """Load vae.safetensors + vae.json; the manifest keeps the decoder fingerprint it was saved with."""
-    from models.artifacts import ArtifactError, fingerprint, load_artifact, load_into
+    """Load vae.safetensors + vae.json, refusing weights that do not match the recorded decoder fingerprint."""
+    from models.artifacts import ArtifactError, fingerprint, load_model
 
-    tensors, manifest = load_artifact(directory, "vae")
-    if manifest.get("arch") != ARCH:
-        raise ArtifactError(f"{directory}/vae.json: architecture {manifest.get('arch')!r} is not {ARCH!r}")
-    vae = VAE(VAEConfig(**manifest["config"]))
-    load_into(vae, tensors, f"{directory}/vae.safetensors")
+    vae, manifest, tensors = load_model(directory, "vae", ARCH, lambda cfg: VAE(VAEConfig(**cfg)))
     found = fingerprint({k: v for k, v in tensors.items() if k.startswith("decoder.")})
     if found != manifest.get("decoder_fingerprint"):
         raise ArtifactError(f"{directory}: decoder weights do not match the fingerprint in vae.json")
-    return vae.to(device).eval().requires_grad_(False), manifest
+    return vae.to(device), manifest
