@@ -13,8 +13,8 @@ from models.artifacts import ArtifactError
 from models.latent import LatentConfig, LatentMappers, load_mappers
 from training.encode import write_latent_table
 from training.optimize import OptimizeConfig, edit_latents, optimize_latents
-from training.specs import SpecError, parse_spec, resolve
-from training.train_labelset import (TrainLabelSetConfig, critic_batch, critic_loss, load_table,
+from training.specs import SpecError, nearest_rows, parse_spec, resolve
+from training.train_labelset import (TrainLabelSetConfig, critic_batch, critic_loss, edit_labels, load_table,
                                      train_labelset)
 
 CENTRES = torch.tensor([[1.5, 1.5], [-1.5, 1.5], [-1.5, -1.5], [1.5, -1.5]])
@@ -103,6 +103,18 @@ def test_mismatched_negatives_reach_the_critic(gmm_bundle):
     assert seen == [400, 400, int(keep.sum()), 400]  # real, fake, mismatched, interpolations
 
 
+def test_actor_edit_rows_flip_one_attribute_to_a_seen_row():
+    rows = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 1, 1], [1, 0, 1], [0, 0, 0]])
+    y = rows[torch.randint(len(rows), (500,), generator=torch.Generator().manual_seed(0))]
+    edited = edit_labels(y, rows, torch.Generator().manual_seed(1))
+    assert ((edited[:, None] == rows).all(2).any(1)).all()  # every target is a row the data shows
+    changed = (edited != y).sum(1)
+    assert (changed >= 1).all() and changed.float().mean() < 2  # mostly one attribute, never none
+    constant = torch.tensor([[1.0, 0], [1, 1]])  # the first attribute never flips in this data
+    stay = edit_labels(constant.repeat(50, 1), constant, torch.Generator().manual_seed(2))
+    assert ((stay[:, None] == constant).all(2).any(1)).all()
+
+
 def test_categorical_constraint_learns_the_known_answer(gmm_bundle, tmp_path):
     out = train_labelset(fast_cfg(gmm_bundle, "quadrant", out=str(tmp_path / "q")), command=["test"])
     m, manifest, extra = load_mappers(out, FINGERPRINT)
@@ -167,7 +179,7 @@ def test_edit_changes_only_the_requested_attribute(gmm_bundle, sides):
     m = sides
     t = load_table(gmm_bundle, "sides")
     start = t.mu[t.labels[:, 0] == 1][:200]  # encodings on the right
-    edited, target = edit_latents(m, start, {"right": 0})
+    edited, target = edit_latents(m, start, {"right": 0}, t.labels)
     assert (target[:, 0] == 0).all()
     assert (edited[:, 0] < 0).float().mean() > 0.9  # moved to the left ...
     assert ((edited[:, 1] > 0) == (start[:, 1] > 0)).float().mean() > 0.9  # ... keeping top/bottom
@@ -192,6 +204,15 @@ def test_spec_parsing_and_resolution():
     assert e.value.code == "unseen_combination"
     rows = resolve({"Smiling": 1, "Eyeglasses": 1}, names, table, 300, g, allow_unseen=True)
     assert (rows[:, :2] == 1).all() and 0.2 < rows[:, 2].mean() < 0.5  # hats from the marginal (1/3)
+    # Edit targets: the nearest row the data shows that honours the spec.
+    hair = ["Black", "Blond", "Hat"]
+    seen = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 1, 1], [1, 0, 1], [0, 1, 0]])
+    now = torch.tensor([[1.0, 0, 0], [1, 0, 1]])
+    assert nearest_rows(now, {"Blond": 1}, hair, seen).tolist() == [[0, 1, 0], [0, 1, 1]]  # black off, hat kept
+    with pytest.raises(SpecError) as e:
+        nearest_rows(now, {"Blond": 1, "Black": 1}, hair, seen)
+    assert e.value.code == "unseen_combination"
+    assert nearest_rows(now, {"Blond": 1, "Black": 1}, hair, seen, allow_unseen=True).tolist() == [[1, 1, 0], [1, 1, 1]]
     cat = torch.eye(3)[torch.tensor([0, 1, 2] * 5)]
     assert (resolve({"Eyeglasses": 1}, names, cat, 10, g, kind="categorical")[:, 1] == 1).all()
     with pytest.raises(SpecError):

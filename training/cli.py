@@ -84,7 +84,7 @@ def cmd_train_labelset(a: argparse.Namespace) -> None:
         label_set = a.rule
     cfg = TrainLabelSetConfig(
         bundle=a.bundle, label_set=label_set, table=table, out=a.out, width=a.width, depth=a.depth, label_embed=a.label_embed,
-        lambda_dist=a.lambda_dist, steps=a.steps, critic_steps=a.critic_steps, batch_size=a.batch_size, lr=a.lr,
+        lambda_dist=a.lambda_dist, edit_prob=a.edit_prob, steps=a.steps, critic_steps=a.critic_steps, batch_size=a.batch_size, lr=a.lr,
         gp_weight=a.gp_weight, diag_every=a.diag_every, seed=a.seed, threads=a.threads,
     )
     train_labelset(cfg, command=["lcs"] + sys.argv[1:])
@@ -101,6 +101,20 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
     evaluate(a.bundle, sampler=a.sampler, label_set=a.label_set, n=a.n, n_spec3=a.n_spec3, seed=a.seed, device=a.device,
              out=a.out, compare_vae=a.compare_vae, boots=a.boots, command=["lcs"] + sys.argv[1:])
+
+
+def cmd_eval_edits(a: argparse.Namespace) -> None:
+    from training.edits import evaluate_edits
+
+    evaluate_edits(a.bundle, label_set=a.label_set, n=a.n, mode=a.mode, seed=a.seed, device=a.device, out=a.out,
+                   command=["lcs"] + sys.argv[1:])
+
+
+def cmd_figures(a: argparse.Namespace) -> None:
+    from training.figures import draw_all
+
+    for path in draw_all(a.bundle, a.label_set, a.out, a.spec, a.edit, seed=a.seed):
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--label-embed", type=int, default=64)
     p.add_argument("--lambda-dist", type=float, default=0.1)
+    p.add_argument("--edit-prob", type=float, default=0.5,
+                   help="share of real-encoding actor rows asked for a one-attribute edit (0 = reference recipe)")
     p.add_argument("--steps", type=int, default=2000, help="actor steps")
     p.add_argument("--critic-steps", type=int, default=10, help="critic steps per actor step")
     p.add_argument("--batch-size", type=int, default=256)
@@ -188,6 +204,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="output directory (default: BUNDLE/eval)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("eval-edits", help="flip one attribute of real test images; judge target reached and the rest kept")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--label-set", default="faces")
+    p.add_argument("--mode", default="actor", help="actor (amortised) | optimize")
+    p.add_argument("--n", type=int, default=1000, help="test images, one edit each")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="", help="output directory (default: BUNDLE/eval)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval_edits)
+
+    p = sub.add_parser("figures", help="PNG grids: prior vs realism-mapped, the same z under several specs, edits")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--label-set", default="faces")
+    p.add_argument("--out", required=True)
+    p.add_argument("--spec", action="append", default=[], help="one row of the spec grid, e.g. 'smiling,-eyeglasses'")
+    p.add_argument("--edit", action="append", default=[], help="an attribute to toggle in the edit grid")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_figures)
     return parser
 
 

@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from models.latent import LatentMappers
+from training.specs import nearest_rows
 
 
 @dataclass
@@ -81,27 +82,23 @@ def optimize_latents(m: LatentMappers, z0: torch.Tensor, y: torch.Tensor, mask: 
 
 
 @torch.no_grad()
-def edit_latents(m: LatentMappers, z0: torch.Tensor, changes: dict[str, int], mode: str = "actor",
-                 cfg: OptimizeConfig | None = None, sigma_bar: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Change only the named attributes of encoded images; the rest keep what D_attr reads now.
+def edit_latents(m: LatentMappers, z0: torch.Tensor, spec: dict[str, int], table: torch.Tensor, mode: str = "actor",
+                 cfg: OptimizeConfig | None = None, sigma_bar: torch.Tensor | None = None,
+                 allow_unseen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Identity-preserving edit of encoded images: D_attr reads each latent's current labels, the
+    target is the nearest label-table row honouring the spec (see ``specs.nearest_rows``), and the
+    latent moves to it by the actor (amortised) or by optimisation from z0 with a distance term.
 
     Returns (edited latents, the target label rows used).
     """
     if m.attr is None:
         raise ValueError("an edit needs a label set with attributes")
-    names = m.cfg.attr_names
     logits = m.attr(z0)
     if m.cfg.kind == "categorical":
-        current = F.one_hot(logits.argmax(1), len(names)).float()
+        current = F.one_hot(logits.argmax(1), m.cfg.n_labels).float()
     else:
         current = (logits > 0).float()
-    target = current.clone()
-    for a, v in changes.items():
-        target[:, names.index(a)] = float(v)
-    if m.cfg.kind == "categorical" and any(changes.values()):
-        on = [names.index(a) for a, v in changes.items() if v]
-        target.zero_()
-        target[:, on[0]] = 1.0
+    target = nearest_rows(current, spec, m.cfg.attr_names, table, allow_unseen)
     if mode == "actor":
         return m.actor(z0, target), target
     if mode == "optimize":

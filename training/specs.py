@@ -77,3 +77,36 @@ def resolve(spec: dict[str, int], attr_names: list[str], table: torch.Tensor, n:
 
 def format_spec(spec: dict[str, int]) -> str:
     return ",".join(a if v else f"-{a}" for a, v in spec.items()) or "(no attributes)"
+
+
+def nearest_rows(current: torch.Tensor, spec: dict[str, int], attr_names: list[str], table: torch.Tensor,
+                 allow_unseen: bool = False) -> torch.Tensor:
+    """Edit targets: per row of ``current`` (n x K), the label-table row that honours the spec and
+    differs from it in the fewest attributes (ties: the most frequent row in the data).
+
+    Why: an edit should change only what was asked, but some attributes constrain others (asking
+    a black-haired face for blond hair must also switch black hair off). The nearest row the data
+    actually shows is the smallest consistent change. Without any such row the spec is an
+    ``unseen_combination`` error, unless allowed; then only the named attributes are overwritten.
+    """
+    cols = torch.tensor([attr_names.index(a) for a in spec], dtype=torch.long)
+    want = torch.tensor(list(spec.values()), dtype=torch.float)
+    rows, counts = torch.unique(table.float(), dim=0, return_counts=True)
+    match = (rows[:, cols] == want).all(1) if len(cols) else torch.ones(len(rows), dtype=torch.bool)
+    if not match.any():
+        if not allow_unseen:
+            raise SpecError("unseen_combination", f"no example in the data has {format_spec(spec)}; "
+                            "pass allow_unseen to change only the named attributes", {"spec": spec})
+        out = current.float().clone()
+        out[:, cols] = want
+        return out
+    frequency = counts.float() / (counts.max() + 1)
+    return nearest_allowed(current, rows, match.expand(len(current), -1), frequency.expand(len(current), -1))
+
+
+def nearest_allowed(current: torch.Tensor, rows: torch.Tensor, allowed: torch.Tensor, tiebreak: torch.Tensor) -> torch.Tensor:
+    """Per row of ``current``: the allowed row of ``rows`` at the smallest Hamming distance; among
+    equals, the largest ``tiebreak`` (values in [0, 1)). allowed/tiebreak: n x len(rows)."""
+    score = torch.cdist(current.float(), rows, p=0) - tiebreak
+    score = score.masked_fill(~allowed, float("inf"))
+    return rows[score.argmin(1)].clone()

@@ -17,6 +17,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from tqdm import tqdm
 from models.artifacts import fingerprint, load_artifact, save_artifact
 from models.latent import ARCH, LatentConfig, LatentMappers
 from training.runtime import resolve_device
+from training.specs import nearest_allowed
 
 log = logging.getLogger("lcs.train_labelset")
 REALISM = "realism"  # the reserved name of the empty label set
@@ -49,6 +51,7 @@ class TrainLabelSetConfig:
     attr_lr: float = 1e-3
     gp_weight: float = 10.0
     fake_actor_prob: float = 0.9
+    edit_prob: float = 0.5  # share of the real-encoding actor rows asked for a one-attribute edit (see actor_loss)
     diag_every: int = 200
     seed: int = 0
     threads: int = 0  # latent MLPs are small: they train on CPU, also on a GPU host
@@ -70,6 +73,11 @@ class LatentTable:
 
     def rows(self, split: int) -> torch.Tensor:
         return torch.nonzero(self.split == split).squeeze(1)
+
+    @cached_property
+    def unique_rows(self) -> torch.Tensor:
+        """The distinct label rows of the training split (edit targets come from these)."""
+        return torch.unique(self.labels[self.rows(0)], dim=0)
 
 
 def load_table(bundle: str | Path, label_set: str) -> LatentTable:
@@ -132,12 +140,30 @@ def critic_loss(m: LatentMappers, b: dict, gp_weight: float) -> tuple[torch.Tens
     return ce + gp_weight * gp, {"critic_ce": ce.item(), "gp": gp.item()}
 
 
+def edit_labels(y: torch.Tensor, rows: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One-attribute edits of label rows: flip a random attribute of each row and move to the
+    nearest row the data shows that has the flipped value (random among equally near ones)."""
+    a = torch.randint(y.shape[1], (len(y),), generator=gen)
+    flipped = 1 - y[torch.arange(len(y)), a]
+    allowed = rows[:, a].T == flipped[:, None]
+    target = nearest_allowed(y, rows, allowed, 0.5 * torch.rand(len(y), len(rows), generator=gen))
+    return torch.where(allowed.any(1, keepdim=True), target, y)  # an attribute the data never flips stays
+
+
 def actor_loss(m: LatentMappers, t: LatentTable, idx: torch.Tensor, cfg: TrainLabelSetConfig, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
     y = t.labels[idx]
     z = torch.randn(len(idx), t.mu.shape[1], generator=gen)
-    if cfg.lambda_dist > 0:  # also map real encodings with their own labels (keeps them in place)
+    if cfg.lambda_dist > 0:
+        # Also map real encodings: with their own labels (the reference recipe: they stay in place) and,
+        # for a share edit_prob of them, with a one-attribute edit of their labels. Without the latter the
+        # actor never sees a real encoding asked for other labels and learns to leave every real z alone,
+        # so identity-preserving edits would not move; λ_dist keeps the edit small.
+        y_real = y.clone()
+        if y.shape[1] and cfg.edit_prob > 0:
+            ask = torch.rand(len(y), generator=gen) < cfg.edit_prob
+            y_real[ask] = edit_labels(y[ask], t.unique_rows, gen)
         z = torch.cat([z, posterior_sample(t, idx, gen)])
-        y = torch.cat([y, y])
+        y = torch.cat([y, y_real])
     yy = y if y.shape[1] else None
     g = m.actor(z, yy)
     realism = F.softplus(-m.critic(g, yy)).mean()  # −log D

@@ -1,0 +1,55 @@
+"""``lcs figures``: the grids a person looks at before reading numbers.
+
+- realism: raw prior samples above the same z mapped by the realism actor G(z);
+- specs: one row per attribute spec, the same prior z in every column (what the label changes);
+- edits: real test images, their reconstructions and attribute toggles (``edits.edit_figure``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from models.vae import load_vae
+from training.evaluate import decode_all
+from training.images import save_grid
+from training.samplers import load_labelset
+from training.specs import parse_spec, resolve
+
+CPU = torch.device("cpu")
+
+
+@torch.no_grad()
+def realism_figure(bundle: Path, path: Path, n: int = 12, pairs: int = 3, seed: int = 0) -> Path:
+    vae, _ = load_vae(bundle, CPU)
+    m, _, _ = load_labelset(bundle, "realism")
+    z = torch.randn(pairs, n, vae.cfg.latent_dim, generator=torch.Generator().manual_seed(seed))
+    rows = [decode_all(vae, zz, CPU) for p in range(pairs) for zz in (z[p], m.actor(z[p]))]
+    return save_grid(torch.cat(rows), path, nrow=n, scale=2)
+
+
+@torch.no_grad()
+def spec_figure(bundle: Path, label_set: str, specs: list[str], path: Path, n: int = 10, seed: int = 0) -> Path:
+    """Row r decodes G(z_c, y_rc) for the same z_c in every row; y_rc resolves spec r (one draw per column)."""
+    vae, _ = load_vae(bundle, CPU)
+    m, _, extra = load_labelset(bundle, label_set)
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, vae.cfg.latent_dim, generator=g)
+    rows = []
+    for text in specs:
+        y = resolve(parse_spec(text, m.cfg.attr_names), m.cfg.attr_names, extra["label_table"], n,
+                    torch.Generator().manual_seed(seed), m.cfg.kind)
+        rows.append(decode_all(vae, m.actor(z, y), CPU))
+    return save_grid(torch.cat(rows), path, nrow=n, scale=2)
+
+
+def draw_all(bundle: str | Path, label_set: str, out: str | Path, specs: list[str], edits: list[str],
+             seed: int = 0) -> list[Path]:
+    from training.edits import edit_figure
+
+    bundle, out = Path(bundle), Path(out)
+    paths = [realism_figure(bundle, out / "realism.png", seed=seed),
+             spec_figure(bundle, label_set, specs, out / f"specs-{label_set}.png", seed=seed)]
+    if edits:
+        paths.append(edit_figure(bundle, label_set, out / f"edits-{label_set}.png", edits, seed=seed))
+    return paths
