@@ -21,18 +21,20 @@ class OptimizeConfig:
     lr: float = 1e-2
     realism_weight: float = 0.05
     dist_weight: float = 0.0
-    threshold: float = 0.3
+    threshold: float = 0.3  # stop once D(z, y) > threshold ...
+    attr_confidence: float = 0.5  # ... and D_attr gives every specified attribute at least this probability
 
 
-def attributes_met(m: LatentMappers, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def attributes_met(m: LatentMappers, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, confidence: float = 0.5) -> torch.Tensor:
+    """D_attr gives each specified attribute's asked value at least ``confidence`` (categorical: the asked class)."""
     if m.attr is None:
         return torch.ones(len(z), dtype=torch.bool)
     logits = m.attr(z)
     if m.cfg.kind == "categorical":
-        pred = F.one_hot(logits.argmax(1), logits.shape[1]).float()
-    else:
-        pred = (logits > 0).float()
-    return ((pred == y) | ~mask).all(1)
+        p = torch.softmax(logits, 1)
+        return (p.gather(1, y.argmax(1, keepdim=True)).squeeze(1) >= confidence) | ~mask.any(1)
+    p = torch.sigmoid(logits)
+    return ((torch.where(y > 0, p, 1 - p) >= confidence) | ~mask).all(1)
 
 
 def optimize_latents(m: LatentMappers, z0: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None,
@@ -54,7 +56,7 @@ def optimize_latents(m: LatentMappers, z0: torch.Tensor, y: torch.Tensor, mask: 
     with torch.enable_grad():
         for step in range(cfg.steps):
             with torch.no_grad():
-                ok = (torch.sigmoid(m.critic(z, yy)) > cfg.threshold) & attributes_met(m, z, y, mask)
+                ok = (torch.sigmoid(m.critic(z, yy)) > cfg.threshold) & attributes_met(m, z, y, mask, cfg.attr_confidence)
                 newly = ok & ~done
                 frozen[newly] = z[newly]
                 steps_taken[newly] = step
