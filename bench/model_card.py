@@ -164,7 +164,8 @@ def markdown(card: dict) -> str:
 
 FIGURES = {
     "realism.png": "Rows in pairs: raw prior samples z ~ N(0, I), then the same z mapped by the realism actor G(z).",
-    "specs-{ls}.png": "The same prior z in every column; each row is one attribute spec (see the recipe for the specs, top to bottom).",
+    "specs-{ls}.png": "The same prior z in every column, mapped by the actor under one attribute spec per row "
+                      "(unspecified attributes drawn from the matching label rows).",
     "edits-{ls}.png": "Real test images (top), their reconstructions, then one row per attribute toggled by the actor.",
 }
 
@@ -183,12 +184,14 @@ def main() -> None:
             continue
         c = collect(Path(a.bundles) / name, Path(a.evals) / name, ls)
         c["figures"] = {}
+        rows = (read(Path(a.evals) / name / f"figures-{ls}.json") or {"rows": {}})["rows"]
         for pattern, caption in FIGURES.items():
             src = Path(a.evals) / name / pattern.format(ls=ls)
             if src.exists():
                 dst = docs / f"card_{name}_{src.name}"
                 shutil.copyfile(src, dst)
-                c["figures"][dst.name] = caption
+                order = f" Rows, top to bottom: {'; '.join(rows[src.name])}." if src.name in rows else ""
+                c["figures"][dst.name] = caption + order
         card["bundles"][name] = c
     card["bars"] = bars(card["bundles"])
     (docs / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -50,6 +51,9 @@ def draw_all(bundle: str | Path, label_set: str, out: str | Path, specs: list[st
     bundle, out = Path(bundle), Path(out)
     paths = [realism_figure(bundle, out / "realism.png", seed=seed),
              spec_figure(bundle, label_set, specs, out / f"specs-{label_set}.png", seed=seed)]
+    rows = {paths[0].name: ["prior z", "G(z)"] * 3, paths[1].name: [s or "(no attributes)" for s in specs]}
     if edits:
         paths.append(edit_figure(bundle, label_set, out / f"edits-{label_set}.png", edits, seed=seed))
+        rows[paths[-1].name] = ["original", "reconstruction"] + [f"toggle {e}" for e in edits]
+    (out / f"figures-{label_set}.json").write_text(json.dumps({"rows": rows, "seed": seed}, indent=2) + "\n")
     return paths
