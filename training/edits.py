@@ -17,13 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.judge import load_judge
 from models.vae import load_vae
 from training.data import load_dataset
-from training.evaluate import decode_all, encode_all
+from training.evaluate import decode_all, encode_all, open_bundle
 from training.images import batch_to_float, save_grid
 from training.optimize import OptimizeConfig, edit_latents
-from training.runtime import resolve_device
 from training.samplers import load_labelset
 from training.train_judge import decide, predict
 
@@ -50,18 +48,12 @@ def flip_edits(m, z0: torch.Tensor, attrs: list[int], table: torch.Tensor, mode:
 
 def evaluate_edits(bundle: str | Path, label_set: str = "faces", n: int = 1000, mode: str = "actor", seed: int = 0,
                    device: str = "auto", out: str | Path = "", command: list[str] | None = None) -> dict:
-    bundle = Path(bundle)
-    out = Path(out) if out else bundle / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
     started = time.time()
-    vae, vman = load_vae(bundle, dev)
-    judge, jman = load_judge(bundle, dev)
+    bundle, out, dev, vae, vman, judge, jman, data = open_bundle(bundle, device, out)
     m, _, extra = load_labelset(bundle, label_set)
     if m.cfg.kind != "binary":
         raise ValueError("edit evaluation flips binary attributes; this label set is categorical")
     names = m.cfg.attr_names
-    data = load_dataset(vman["dataset"]["name"], **vman["dataset"]["params"])
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(data.indices("test"), size=min(n, len(data.indices("test"))), replace=False))
     images = data.images[idx]

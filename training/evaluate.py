@@ -61,17 +61,23 @@ def sigma_tradeoff_figure(vae_a: VAE, vae_b: VAE, images: np.ndarray, path: Path
     return save_grid(torch.cat(rows), path, nrow=n, scale=2)
 
 
-def evaluate(bundle: str | Path, sampler: str = "prior", label_set: str = "", n: int = 10000, n_spec3: int = 2000,
-             seed: int = 0, device: str = "auto", out: str | Path = "", compare_vae: str = "", boots: int = 50,
-             command: list[str] | None = None) -> dict:
+def open_bundle(bundle: str | Path, device: str, out: str | Path):
+    """What every evaluation starts from: the output dir (default BUNDLE/eval), device, VAE, judge and dataset."""
     bundle = Path(bundle)
     out = Path(out) if out else bundle / "eval"
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
-    started = time.time()
     vae, vman = load_vae(bundle, dev)
     judge, jman = load_judge(bundle, dev)
     data = load_dataset(vman["dataset"]["name"], **vman["dataset"]["params"])
+    return bundle, out, dev, vae, vman, judge, jman, data
+
+
+def evaluate(bundle: str | Path, sampler: str = "prior", label_set: str = "", n: int = 10000, n_spec3: int = 2000,
+             seed: int = 0, device: str = "auto", out: str | Path = "", compare_vae: str = "", boots: int = 50,
+             command: list[str] | None = None) -> dict:
+    started = time.time()
+    bundle, out, dev, vae, vman, judge, jman, data = open_bundle(bundle, device, out)
     label_set = label_set or next(iter(data.label_sets))
     if label_set not in data.label_sets:
         raise ValueError(f"label set {label_set!r} not in {sorted(data.label_sets)}")
