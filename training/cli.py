@@ -223,7 +223,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edit", action="append", default=[], help="an attribute to toggle in the edit grid")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_figures)
+
+    from service.config import ServerConfig
+
+    d = ServerConfig()
+    p = sub.add_parser("serve", help="run the HTTP service (FastAPI + uvicorn) on a frozen bundle")
+    p.add_argument("--bundle", default=d.bundle, help="VAE bundle (default: the shipped avatars bundle)")
+    p.add_argument("--data-dir", default=d.data_dir, help="registry, jobs and admin token (share it between replicas)")
+    p.add_argument("--host", default=d.host)
+    p.add_argument("--port", type=int, default=d.port)
+    add_device_args(p)
+    p.add_argument("--max-batch", type=int, default=d.max_batch, help="samples per decoder forward")
+    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="how long a batch waits to fill")
+    p.add_argument("--max-queue", type=int, default=d.max_queue, help="waiting samples before 429")
+    p.add_argument("--timeout", type=float, default=d.request_timeout_s, help="per-request deadline in seconds (504 after)")
+    p.add_argument("--max-n", type=int, default=d.max_n, help="images per /sample request")
+    p.add_argument("--poll-interval", type=float, default=d.poll_interval_s, help="registry sync period in seconds")
+    p.add_argument("--job-workers", type=int, default=d.job_workers, help="training jobs at once")
+    p.add_argument("--job-threads", type=int, default=d.job_threads, help="torch threads per training job")
+    p.set_defaults(func=cmd_serve)
     return parser
+
+
+def cmd_serve(a: argparse.Namespace) -> None:
+    from service.app import serve
+    from service.config import ServerConfig
+
+    serve(ServerConfig(bundle=a.bundle, data_dir=a.data_dir, host=a.host, port=a.port, device=a.device, threads=a.threads,
+                       max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, max_queue=a.max_queue, request_timeout_s=a.timeout,
+                       max_n=a.max_n, poll_interval_s=a.poll_interval, job_workers=a.job_workers, job_threads=a.job_threads))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -211,7 +212,9 @@ def diagnostics(m: LatentMappers, t: LatentTable, gen: torch.Generator, n: int =
     return out
 
 
-def train_labelset(cfg: TrainLabelSetConfig, command: list[str] | None = None) -> Path:
+def train_labelset(cfg: TrainLabelSetConfig, command: list[str] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> Path:
+    """Train and write OUT/mapper.*; ``progress(step, steps)`` is called after every actor step (server jobs report it)."""
     resolve_device("cpu", cfg.threads)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -250,6 +253,8 @@ def train_labelset(cfg: TrainLabelSetConfig, command: list[str] | None = None) -
             opt_attr.zero_grad(set_to_none=True)
             loss_attr.backward()
             opt_attr.step()
+        if progress is not None:
+            progress(step, cfg.steps)
         if step % cfg.diag_every == 0 or step == cfg.steps:
             diag = diagnostics(m, t, gen)
             row = {"step": step, **info, **info_a, **diag, "elapsed_s": round(time.time() - started, 1)}

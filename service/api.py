@@ -1,0 +1,335 @@
+"""HTTP routes. Model work goes through the batcher's model thread, PNG encoding through the thread
+pool, so the event loop only parses, routes and answers."""
+from __future__ import annotations
+
+import base64
+import math
+import secrets
+import time
+from typing import Literal
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from service.auth import require_admin
+from service.batcher import SampleWork
+from service.engine import LabelSet
+from service.errors import ApiError, envelope
+from service.jobs import read_status, training_params
+from service.registry import check_name
+from service.uploads import decode_image, open_zip, parse_labels_csv
+from training.images import grid, png_bytes
+from training.rules import RULES
+from training.specs import SpecError, parse_spec, resolve
+
+router = APIRouter()
+REALISM = "realism"
+
+
+def state(request: Request):
+    st = request.app.state.lcs
+    if not st.ready:
+        raise ApiError(503, "not_ready", "the server is still starting" if st.startup_error is None else "start-up failed",
+                       {"pending": dict(st.pending), "error": st.startup_error}, headers={"Retry-After": "1"})
+    return st
+
+
+def _observe(st, route: str, started: float, status: int = 200) -> None:
+    st.metrics.latency.labels(route, str(status)).observe(time.perf_counter() - started)
+
+
+def pick_labelset(st, labelset: str | None, attrs: str | None) -> LabelSet:
+    """The named label set; else the one whose attributes include every requested name; else realism."""
+    sets = st.live.sets
+    if labelset:
+        ls = sets.get(labelset)
+        if ls is None:
+            raise ApiError(404, "unknown_labelset", f"no label set named {labelset!r}", {"available": sorted(sets)})
+        return ls
+    names = {p.strip().lstrip("+-").strip().lower() for p in (attrs or "").split(",") if p.strip().lstrip("+-").strip()}
+    if not names:
+        if REALISM not in sets:
+            raise ApiError(404, "unknown_labelset", "no attributes were asked for and no 'realism' label set is registered",
+                           {"available": sorted(sets)})
+        return sets[REALISM]
+    found = [ls for ls in sets.values() if names <= {a.lower() for a in ls.attr_names}]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise ApiError(422, "ambiguous_labelset", f"label sets {', '.join(sorted(ls.name for ls in found))} all have these "
+                       "attributes; pass labelset=", {"candidates": sorted(ls.name for ls in found)})
+    valid = {ls.name: ls.attr_names for ls in sets.values() if ls.attr_names}
+    known = {a.lower() for v in valid.values() for a in v}
+    raise ApiError(422, "unknown_attributes", f"no label set has all of {', '.join(sorted(names))}"
+                   + (f" (unknown: {', '.join(sorted(names - known))})" if names - known else ""),
+                   {"unknown": sorted(names - known), "valid": valid})
+
+
+def spec_for(ls: LabelSet, attrs: str | None) -> dict[str, int]:
+    try:
+        return parse_spec(attrs, ls.attr_names)
+    except SpecError as e:
+        raise ApiError(422, e.code, str(e), {**e.details, "labelset": ls.name, "valid": ls.attr_names}) from None
+
+
+def headers(st, ls: LabelSet | None, mode: str, **extra) -> dict[str, str]:
+    h = {"X-LCS-Decoder-Fingerprint": st.engine.decoder_fingerprint, "X-LCS-Mode": mode}
+    if ls is not None:
+        h.update({"X-LCS-Labelset": ls.name, "X-LCS-Labelset-Version": ls.version})
+    return {**h, **{f"X-LCS-{k.replace('_', '-').title()}": str(v) for k, v in extra.items()}}
+
+
+def label_rows(ls: LabelSet | None, y: torch.Tensor) -> list[dict[str, int]]:
+    return [] if ls is None else [{a: int(v) for a, v in zip(ls.attr_names, row.tolist())} for row in y]
+
+
+def _png(images: np.ndarray) -> bytes:
+    n = len(images)
+    if n == 1:
+        return png_bytes(images[0])
+    return png_bytes(grid(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, nrow=math.ceil(math.sqrt(n))))
+
+
+@router.get("/sample", summary="Conditional (or realism-mapped) samples as PNG or JSON")
+async def sample(request: Request,
+                 attrs: str | None = Query(None, description="comma-separated attributes, '-' negates: smiling,-eyeglasses"),
+                 labelset: str | None = Query(None, description="inferred when the attributes name exactly one label set"),
+                 n: int = Query(1, ge=1, description="images (a grid when > 1); at most the server's max_n"),
+                 seed: int | None = Query(None, ge=0, le=2 ** 63 - 1, description="same seed, same bytes"),
+                 mode: Literal["actor", "optimize", "prior"] = "actor",
+                 format: Literal["png", "json"] = "png",
+                 allow_unseen: bool = Query(False, description="allow attribute combinations the data never shows")):
+    started = time.perf_counter()
+    st = state(request)
+    if n > st.cfg.max_n:
+        raise ApiError(422, "n_out_of_range", f"n must be between 1 and {st.cfg.max_n}", {"max": st.cfg.max_n})
+    if mode == "prior" and attrs:
+        raise ApiError(422, "prior_ignores_attrs", "mode=prior draws unconditional prior samples; drop attrs or use actor/optimize")
+    ls = None if mode == "prior" else pick_labelset(st, labelset, attrs)
+    seed = secrets.randbits(63) if seed is None else seed
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, st.engine.latent_dim, generator=gen)
+    k = 0 if ls is None else len(ls.attr_names)
+    y, mask = torch.zeros(n, k), torch.zeros(n, k, dtype=torch.bool)
+    if ls is not None and k:
+        spec = spec_for(ls, attrs)
+        try:
+            y = resolve(spec, ls.attr_names, ls.table, n, gen, ls.kind, allow_unseen)
+        except SpecError as e:
+            raise ApiError(422, e.code, str(e), {**e.details, "labelset": ls.name}) from None
+        mask[:, [ls.attr_names.index(a) for a in spec]] = True
+    result = await st.batcher.sample(SampleWork(ls, mode, z, y, mask), st.cfg.request_timeout_s)
+    if ls is not None:
+        st.metrics.labelset_requests.labels(ls.name, mode).inc()
+        for s in result.realism.tolist():
+            st.metrics.realism.labels(ls.name).observe(s)
+    h = headers(st, ls, mode, seed=seed, batch_samples=result.batch_samples)
+    if format == "json":
+        pngs = await run_in_threadpool(lambda: [base64.b64encode(png_bytes(im)).decode() for im in result.images])
+        body = {"labelset": ls and ls.name, "version": ls and ls.version, "decoder_fingerprint": st.engine.decoder_fingerprint,
+                "seed": seed, "mode": mode, "attr_names": ls.attr_names if ls else [],
+                "images": [{"png_base64": p, "labels": lab, "realism": None if result.realism is None else round(float(r), 4)}
+                           for p, lab, r in zip(pngs, label_rows(ls, y) or [None] * n,
+                                                result.realism.tolist() if result.realism is not None else [None] * n)]}
+        _observe(st, "/sample", started)
+        return JSONResponse(body, headers=h)
+    if ls is not None and k:
+        h["X-LCS-Attrs"] = ",".join(ls.attr_names)
+        h["X-LCS-Labels"] = ";".join("".join(str(int(v)) for v in row.tolist()) for row in y)
+    body = await run_in_threadpool(_png, result.images)
+    _observe(st, "/sample", started)
+    return Response(body, media_type="image/png", headers=h)
+
+
+@router.post("/transform", summary="Identity-preserving edit of an uploaded image")
+async def transform(request: Request, image: UploadFile = File(..., description="PNG or JPEG"),
+                    attrs: str = Form(..., description="attributes to set, e.g. eyeglasses or -smiling"),
+                    labelset: str | None = Form(None), mode: Literal["actor", "optimize"] = Form("actor"),
+                    format: Literal["png", "json"] = Form("png"), allow_unseen: bool = Form(False)):
+    started = time.perf_counter()
+    st = state(request)
+    data = await image.read()
+    if len(data) > st.cfg.max_image_bytes:
+        raise ApiError(413, "payload_too_large", f"the image is {len(data)} bytes; the limit is {st.cfg.max_image_bytes}")
+    ls = pick_labelset(st, labelset, attrs)
+    spec = spec_for(ls, attrs)
+    if not spec:
+        raise ApiError(422, "nothing_to_edit", "name at least one attribute to change", {"valid": ls.attr_names})
+    c, size = st.engine.image_shape[0], st.engine.image_shape[1]
+    pixels = await run_in_threadpool(decode_image, data, c, size)
+
+    def edit():
+        z0 = st.engine.encode(torch.from_numpy(pixels)[None])
+        try:
+            z, target = st.engine.edit(ls, z0, spec, mode, allow_unseen)
+        except SpecError as e:
+            raise ApiError(422, e.code, str(e), {**e.details, "labelset": ls.name}) from None
+        images = st.engine.decode(torch.cat([z, z0]))
+        return images, target, st.engine.realism(ls, z, target)
+
+    images, target, realism = await st.batcher.call(edit, timeout=st.cfg.request_timeout_s)
+    st.metrics.labelset_requests.labels(ls.name, f"transform-{mode}").inc()
+    st.metrics.realism.labels(ls.name).observe(float(realism[0]))
+    h = headers(st, ls, mode, attrs=",".join(ls.attr_names), target="".join(str(int(v)) for v in target[0].tolist()))
+    if format == "json":
+        edited, recon = await run_in_threadpool(lambda: [base64.b64encode(png_bytes(im)).decode() for im in images])
+        _observe(st, "/transform", started)
+        return JSONResponse({"labelset": ls.name, "version": ls.version, "mode": mode, "target": label_rows(ls, target)[0],
+                             "edited_png_base64": edited, "reconstruction_png_base64": recon,
+                             "realism": round(float(realism[0]), 4), "decoder_fingerprint": st.engine.decoder_fingerprint},
+                            headers=h)
+    body = await run_in_threadpool(png_bytes, images[0])
+    _observe(st, "/transform", started)
+    return Response(body, media_type="image/png", headers=h)
+
+
+# ---- label sets -------------------------------------------------------------------------------
+
+def _summary(ls: LabelSet) -> dict:
+    return {"name": ls.name, "version": ls.version, "labels": ls.attr_names, "kind": ls.kind,
+            "trained_as": ls.manifest.get("name"), "metrics": ls.manifest.get("metrics", {})}
+
+
+@router.get("/labelsets", summary="Label sets serving now")
+async def list_labelsets(request: Request):
+    st = state(request)
+    return {"labelsets": [_summary(ls) for _, ls in sorted(st.live.sets.items())]}
+
+
+@router.get("/labelsets/{name}", summary="One label set: its versions, labels and metrics")
+async def get_labelset(request: Request, name: str):
+    st = state(request)
+    return await run_in_threadpool(st.registry.describe, check_name(name))
+
+
+@router.put("/labelsets/{name}", status_code=201, dependencies=[Depends(require_admin)],
+            summary="Register a new immutable version (mapper.json + mapper.safetensors from lcs train-labelset)")
+async def put_labelset(request: Request, name: str, manifest: UploadFile = File(..., description="mapper.json"),
+                       weights: UploadFile = File(..., description="mapper.safetensors")):
+    st = state(request)
+    check_name(name)
+    staged = st.registry.stage()
+    try:
+        for up, fname in ((manifest, "mapper.json"), (weights, "mapper.safetensors")):
+            with open(staged / fname, "wb") as f:
+                while chunk := await up.read(1 << 20):
+                    f.write(chunk)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    vid = await run_in_threadpool(st.registry.publish, name, staged, st.engine.decoder_fingerprint, st.engine.latent_dim, "upload")
+    await run_in_threadpool(st.live.sync)
+    ls = st.live.get(name)
+    return JSONResponse(_summary(ls) if ls is not None and ls.version == vid else {"name": name, "version": vid}, 201)
+
+
+@router.delete("/labelsets/{name}", dependencies=[Depends(require_admin)], summary="Delete a label set and all its versions")
+async def delete_labelset(request: Request, name: str):
+    st = state(request)
+    await run_in_threadpool(st.registry.delete, name)
+    await run_in_threadpool(st.live.sync)
+    return {"deleted": name}
+
+
+@router.delete("/labelsets/{name}/versions/{version}", dependencies=[Depends(require_admin)],
+               summary="Delete one earlier (not serving) version")
+async def delete_version(request: Request, name: str, version: str):
+    st = state(request)
+    await run_in_threadpool(st.registry.delete_version, name, version)
+    return {"deleted": name, "version": version}
+
+
+@router.post("/labelsets/{name}/rollback", dependencies=[Depends(require_admin)],
+             summary="Serve an earlier version again (default: the previous one)")
+async def rollback(request: Request, name: str, version: str | None = Query(None)):
+    st = state(request)
+    vid = await run_in_threadpool(st.registry.rollback, name, version)
+    await run_in_threadpool(st.live.sync)
+    return {"name": name, "version": vid}
+
+
+@router.post("/labelsets/{name}/jobs", status_code=202, dependencies=[Depends(require_admin)],
+             summary="Train a new label set on the frozen model from uploaded labels, images or a rule")
+async def create_job(request: Request, name: str,
+                     labels: UploadFile | None = File(None, description="CSV: id|file, then one 0/1 column per attribute"),
+                     images: UploadFile | None = File(None, description="zip of the images the CSV's 'file' column names"),
+                     rule: str | None = Form(None, description=f"label decoded prior samples by a rule: {', '.join(sorted(RULES))}"),
+                     kind: Literal["binary", "categorical"] = Form("binary"),
+                     steps: int | None = Form(None), lambda_dist: float | None = Form(None), width: int | None = Form(None),
+                     depth: int | None = Form(None), batch_size: int | None = Form(None), lr: float | None = Form(None),
+                     edit_prob: float | None = Form(None), rule_samples: int | None = Form(None)):
+    st = state(request)
+    check_name(name)
+    train = training_params({"steps": steps, "lambda_dist": lambda_dist, "width": width, "depth": depth, "batch_size": batch_size,
+                             "lr": lr, "edit_prob": edit_prob, "rule_samples": rule_samples})
+    files: dict[str, bytes] = {}
+    if rule is not None:
+        if labels is not None or images is not None:
+            raise ApiError(422, "invalid_request", "send either a rule or labels (with optional images), not both")
+        if rule not in RULES:
+            raise ApiError(422, "unknown_rule", f"unknown rule {rule!r}", {"valid": sorted(RULES)})
+        request_doc, rows = {"source": "rule", "rule": rule}, train["rule_samples"]
+    elif labels is not None:
+        files["labels.csv"] = await labels.read()
+        key = "file" if images is not None else "id"
+        keys, names, _ = await run_in_threadpool(parse_labels_csv, files["labels.csv"], key)
+        if images is not None:
+            files["images.zip"] = await images.read()
+            await run_in_threadpool(open_zip, files["images.zip"], keys, 8 * st.cfg.max_job_bytes)
+        request_doc, rows = {"source": "images" if images is not None else "ids", "attrs": names, "rows": len(keys)}, len(keys)
+    else:
+        raise ApiError(422, "invalid_request", "send a labels CSV (optionally with an images zip) or a rule")
+    if rows - rows // 10 < train["batch_size"]:
+        raise ApiError(422, "too_few_rows", f"{rows} rows leave fewer training rows than one batch of {train['batch_size']}; "
+                       "send more rows or a smaller batch_size", {"rows": rows, "batch_size": train["batch_size"]})
+    status = st.jobs.create(name, {**request_doc, "kind": kind, "train": train}, files)
+    st.jobs.pump()
+    return JSONResponse({**status, "status_url": f"/jobs/{status['id']}"}, 202, headers={"Location": f"/jobs/{status['id']}"})
+
+
+@router.get("/jobs/{job_id}", summary="A training job's state, progress, result or error")
+async def get_job(request: Request, job_id: str):
+    return await run_in_threadpool(read_status, request.app.state.lcs.cfg.data_dir, job_id)
+
+
+# ---- operations -------------------------------------------------------------------------------
+
+@router.get("/", summary="What this server serves")
+async def info(request: Request):
+    st = request.app.state.lcs
+    out = {"service": "latent-constraints", "ready": st.ready, "bundle": st.cfg.bundle}
+    if st.engine is not None:
+        out.update(dataset=st.engine.manifest["dataset"]["name"], image_shape=list(st.engine.image_shape),
+                   latent_dim=st.engine.latent_dim, device=str(st.engine.device), decoder_fingerprint=st.engine.decoder_fingerprint,
+                   live_decoder_fingerprint=await run_in_threadpool(st.engine.live_decoder_fingerprint))
+    if st.live is not None:
+        out["labelsets"] = {k: v.version for k, v in sorted(st.live.sets.items())}
+    return out
+
+
+@router.get("/livez", summary="The process is up")
+async def livez():
+    return {"status": "alive"}
+
+
+@router.get("/readyz", summary="Decoder loaded, warmed up and registry synced")
+async def readyz(request: Request):
+    st = request.app.state.lcs
+    if st.ready:
+        return {"ready": True}
+    return envelope(503, "not_ready", "not ready: " + (st.startup_error or ", ".join(f"{k} {v}" for k, v in st.pending.items())),
+                    {"pending": dict(st.pending), "error": st.startup_error}, headers={"Retry-After": "1"})
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics(request: Request):
+    st = request.app.state.lcs
+    if st.live is not None:
+        st.metrics.labelsets_loaded.set(len(st.live.sets))
+        st.metrics.versions_alive.set(st.live.live_versions)
+    return Response(st.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,169 @@
+"""The FastAPI app: start-up order, background loops, upload limits; routes live in ``service.api``.
+
+Start-up runs in the background so /livez and /readyz answer at once: load the frozen VAE, sweep
+and sync the registry (seeding it with the bundle's label sets the first time), warm the model
+up, start the batcher. /readyz says which of these is still missing.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import errors
+from service.auth import admin_token
+from service.batcher import Batcher
+from service.config import ServerConfig
+from service.engine import Engine
+from service.hotswap import LiveLabelSets
+from service.jobs import JobManager
+from service.metrics import Metrics
+from service.registry import Registry
+
+log = logging.getLogger("lcs.service")
+
+
+class State:
+    """Everything the routes use; filled in by start-up."""
+
+    def __init__(self, cfg: ServerConfig):
+        self.cfg = cfg
+        self.metrics = Metrics()
+        self.registry = Registry(cfg.data_dir)
+        self.jobs = JobManager(cfg.data_dir, cfg.bundle, self.metrics, cfg.job_workers, cfg.job_threads)
+        self.engine: Engine | None = None
+        self.live: LiveLabelSets | None = None
+        self.batcher: Batcher | None = None
+        self.pending = {"decoder": "loading", "registry": "not synced yet", "warmup": "not done yet"}
+        self.startup_error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return not self.pending and self.startup_error is None
+
+
+async def _start(app: FastAPI, st: State) -> None:
+    cfg = st.cfg
+    try:
+        st.engine = await asyncio.to_thread(Engine, cfg.bundle, cfg.device, cfg.threads)
+        st.pending.pop("decoder")
+        st.registry.sweep()
+        added = await asyncio.to_thread(st.registry.seed_from, Path(cfg.bundle), st.engine.decoder_fingerprint, st.engine.latent_dim)
+        if added:
+            log.info("seeded the registry with the bundle's label sets: %s", ", ".join(added))
+        st.live = LiveLabelSets(st.registry, st.engine)
+        await asyncio.to_thread(st.live.sync)
+        st.pending.pop("registry")
+        await asyncio.to_thread(_warmup, st)
+        st.pending.pop("warmup")
+        st.batcher = Batcher(st.engine, st.metrics, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue)
+        st.batcher.start()
+        app.state.tasks += [asyncio.create_task(_poll(st)), asyncio.create_task(st.jobs.run())]
+        log.info("ready: %d label set(s) serving: %s", len(st.live.sets), ", ".join(f"{k}@{v.version}" for k, v in st.live.sets.items()))
+    except Exception as e:  # noqa: BLE001 - reported by /readyz and the log; the process stays up to say so
+        st.startup_error = f"{type(e).__name__}: {e}"
+        log.exception("start-up failed")
+
+
+def _warmup(st: State) -> None:
+    """First calls allocate buffers and pick kernels; do it before traffic arrives."""
+    z = torch.zeros(st.cfg.max_batch, st.engine.latent_dim)
+    st.engine.decode(z)
+    st.engine.decode(z[:1])
+    for ls in st.live.sets.values():
+        y = ls.table[:1].float().expand(2, -1) if ls.m.cfg.n_labels else torch.zeros(2, 0)
+        st.engine.actor(ls, z[:2], y)
+
+
+async def _poll(st: State) -> None:
+    """Pick up other replicas' registry writes (and deletes) within a couple of poll periods."""
+    while True:
+        await asyncio.sleep(st.cfg.poll_interval_s)
+        try:
+            await asyncio.to_thread(st.live.sync)
+        except Exception:  # noqa: BLE001 - a bad pass is logged; the next one retries
+            log.exception("registry sync failed")
+        st.metrics.labelsets_loaded.set(len(st.live.sets))
+        st.metrics.versions_alive.set(st.live.live_versions)
+
+
+class BodyLimit:
+    """Refuse request bodies over the route's limit with 413, by Content-Length or while streaming."""
+
+    def __init__(self, app, cfg: ServerConfig):
+        self.app, self.cfg = app, cfg
+
+    def limit(self, method: str, path: str) -> int:
+        if path == "/transform":
+            return self.cfg.max_image_bytes + (64 << 10)
+        if path.startswith("/labelsets/") and path.endswith("/jobs"):
+            return self.cfg.max_job_bytes
+        if path.startswith("/labelsets/") and method == "PUT":
+            return self.cfg.max_artifact_bytes
+        return 1 << 20
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.limit(scope["method"], scope["path"])
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await errors.envelope(413, "payload_too_large", f"the body is {int(length)} bytes; this route takes at most {limit}",
+                                         {"limit": limit})(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:  # an HTTPException passes FastAPI's body parsing untouched and becomes the envelope
+                raise StarletteHTTPException(413, f"the body exceeds {limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def create_app(cfg: ServerConfig | None = None) -> FastAPI:
+    cfg = cfg or ServerConfig()
+    Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+    st = State(cfg)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.tasks = []
+        app.state.tasks.append(asyncio.create_task(_start(app, st)))
+        yield
+        for t in app.state.tasks:
+            t.cancel()
+        await asyncio.gather(*app.state.tasks, return_exceptions=True)
+        if st.batcher:
+            await st.batcher.stop()
+        st.jobs.stop()
+
+    from service.api import router
+
+    app = FastAPI(title="Latent constraints service", version="0.1.0", lifespan=lifespan,
+                  description="Conditional samples and identity-preserving edits from a frozen VAE with latent constraints "
+                              "(Engel, Hoffman, Roberts, ICLR 2018). Label sets are hot-registered without a restart.")
+    app.state.lcs = st
+    app.state.admin_token = admin_token(cfg.data_dir)
+    app.state.started = time.time()
+    errors.install(app)
+    app.add_middleware(BodyLimit, cfg=cfg)
+    app.include_router(router)
+    return app
+
+
+def serve(cfg: ServerConfig) -> None:
+    import uvicorn
+
+    from training.runtime import setup_logging
+
+    setup_logging()
+    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="info", timeout_graceful_shutdown=10)

@@ -1,0 +1,29 @@
+"""Server settings: one dataclass, filled from ``lcs serve`` flags (defaults suit a 2-core CPU box)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_BUNDLE = Path(__file__).parent / "bundles" / "avatars"
+
+
+@dataclass
+class ServerConfig:
+    bundle: str = str(DEFAULT_BUNDLE)
+    data_dir: str = "lcs-data"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str = "auto"  # auto: CUDA when present (bf16 autocast), else CPU
+    threads: int = 0  # CPU intra-op threads (0: PyTorch's default)
+    max_batch: int = 64  # samples per decoder forward
+    max_wait_ms: float = 5.0  # how long the batcher waits to fill a batch
+    max_queue: int = 1024  # samples waiting; beyond this requests get 429
+    request_timeout_s: float = 30.0  # per-request deadline -> 504
+    max_n: int = 64  # images per /sample request
+    max_image_bytes: int = 10 << 20  # /transform upload
+    max_artifact_bytes: int = 256 << 20  # PUT /labelsets upload
+    max_job_bytes: int = 512 << 20  # training-job upload
+    poll_interval_s: float = 0.5  # registry sync (replicas converge within ~2 poll periods)
+    job_workers: int = 1  # training jobs running at once (each in its own process)
+    job_threads: int = 1  # torch threads per training job, so serving keeps its cores
+    seed_bundle_labelsets: bool = True  # import the bundle's shipped label sets into an empty registry

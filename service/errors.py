@@ -1,0 +1,52 @@
+"""One JSON error envelope for every 4xx/5xx: ``{"error": {"code", "message", "details"}}``.
+
+Routes raise ``ApiError``; FastAPI's own errors (validation, unknown route, wrong method) and any
+unexpected exception are rewritten into the same envelope, so clients parse one shape and never
+see a traceback.
+"""
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("lcs.service")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: dict | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.details, self.headers = details or {}, headers or {}
+
+
+def envelope(status: int, code: str, message: str, details: dict | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "details": details or {}}}, status, headers=headers)
+
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+               409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 429: "too_many_requests"}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, e: ApiError):
+        return envelope(e.status, e.code, e.message, e.details, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, e: RequestValidationError):
+        errors = [{"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")} for err in e.errors()]
+        where = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in errors)
+        return envelope(422, "invalid_request", f"invalid request: {where}", {"errors": errors})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException):
+        return envelope(e.status_code, _HTTP_CODES.get(e.status_code, "http_error"), str(e.detail), headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, e: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return envelope(500, "internal_error", "the server hit an unexpected error; it is logged")

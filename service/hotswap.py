@@ -1,0 +1,71 @@
+"""Keeps the label sets in memory in step with the registry on disk (this server's and other replicas' writes).
+
+``sync()`` reads every ``current.json``, loads versions it does not hold and drops the ones no longer
+current. A request takes a reference to a ``LabelSet`` when it starts and finishes on it even if a
+newer version is swapped in meanwhile; a dropped version is freed once its last request ends
+(``live_versions`` counts the ones still alive, for /metrics and the memory test).
+"""
+from __future__ import annotations
+
+import logging
+import weakref
+
+from models.artifacts import ArtifactError
+from models.latent import load_mappers
+from service.engine import Engine, LabelSet
+from service.registry import Registry
+
+log = logging.getLogger("lcs.hotswap")
+
+
+class LiveLabelSets:
+    def __init__(self, registry: Registry, engine: Engine):
+        self.registry, self.engine = registry, engine
+        self.sets: dict[str, LabelSet] = {}
+        self._alive: weakref.WeakSet[LabelSet] = weakref.WeakSet()
+        self.failed: dict[str, str] = {}  # name -> why its current version could not be loaded
+
+    @property
+    def live_versions(self) -> int:
+        return len(self._alive)
+
+    def get(self, name: str) -> LabelSet | None:
+        return self.sets.get(name)
+
+    def sync(self) -> list[str]:
+        """One pass over the registry; returns what changed (for the log)."""
+        changes = []
+        wanted = {}
+        for name in self.registry.names():
+            cur = self.registry.current(name)
+            if cur is not None:
+                wanted[name] = cur["version"]
+        sets = dict(self.sets)
+        for name in list(sets):
+            if name not in wanted:
+                del sets[name]
+                changes.append(f"-{name}")
+        for name, vid in wanted.items():
+            if name in sets and sets[name].version == vid or self.failed.get(name, "").startswith(vid):
+                continue
+            try:
+                sets[name] = self._load(name, vid)
+                self.failed.pop(name, None)
+                changes.append(f"{name}@{vid}")
+            except (ArtifactError, OSError, KeyError, ValueError) as e:
+                # The registry validated it on publish; this only happens on a damaged disk. Keep serving the old one.
+                self.failed[name] = f"{vid}: {e}"
+                log.error("label set %s version %s could not be loaded: %s", name, vid, e)
+        self.sets = sets  # one assignment: readers see the old dict or the new one
+        if changes:
+            log.info("registry sync: %s", ", ".join(changes))
+        return changes
+
+    def _load(self, name: str, vid: str) -> LabelSet:
+        d = self.registry.version_dir(name, vid)
+        m, manifest, extra = load_mappers(d, self.engine.decoder_fingerprint)
+        ls = LabelSet(name=name, version=vid, m=m, manifest=manifest,
+                      table=extra.get("label_table", None).float() if m.cfg.n_labels else None,
+                      sigma_bar=extra["sigma_bar"].float())
+        self._alive.add(ls)
+        return ls

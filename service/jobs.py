@@ -1,0 +1,261 @@
+"""Training jobs: a new label set learned on the server's frozen model, in a separate process.
+
+The server checks the upload, writes it to DATA/jobs/ID/ and starts ``python -m service.jobs``
+on it, so serving never stalls on training. The worker builds a latent table (dataset example
+ids -> the bundle's encodings; a zip of images -> the frozen encoder; or a rule on decoded prior
+samples), runs ``train_labelset``, and publishes through the registry's usual validation. It
+never writes the decoder: it only reads the bundle. ``status.json`` (atomic writes) says where
+the job is; any replica sharing DATA can answer ``GET /jobs/ID``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.artifacts import write_json
+from service.errors import ApiError
+
+log = logging.getLogger("lcs.jobs")
+JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+FINAL = ("succeeded", "failed")
+TRAIN_FIELDS = {"steps": (int, 1, 100_000), "lambda_dist": (float, 0.0, 100.0), "width": (int, 8, 2048),
+                "depth": (int, 1, 8), "batch_size": (int, 8, 4096), "lr": (float, 1e-6, 1.0),
+                "edit_prob": (float, 0.0, 1.0), "rule_samples": (int, 256, 1_000_000)}
+TRAIN_DEFAULTS = {"steps": 1000, "lambda_dist": 0.1, "width": 256, "depth": 4, "batch_size": 256, "lr": 1e-3,
+                  "edit_prob": 0.5, "rule_samples": 20000}
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def job_dir(data_dir: str | Path, job_id: str) -> Path:
+    if not JOB_ID_RE.match(job_id or ""):
+        raise ApiError(404, "unknown_job", f"no job {job_id!r}")
+    return Path(data_dir) / "jobs" / job_id
+
+
+def read_status(data_dir: str | Path, job_id: str) -> dict:
+    import json
+
+    try:
+        return json.loads((job_dir(data_dir, job_id) / "status.json").read_text())
+    except FileNotFoundError:
+        raise ApiError(404, "unknown_job", f"no job {job_id!r}") from None
+
+
+def training_params(form: dict) -> dict:
+    """Form fields -> checked training settings (defaults suit a CPU)."""
+    out = dict(TRAIN_DEFAULTS)
+    for k, (typ, lo, hi) in TRAIN_FIELDS.items():
+        if form.get(k) in (None, ""):
+            continue
+        try:
+            v = typ(form[k])
+        except (TypeError, ValueError):
+            raise ApiError(422, "invalid_request", f"{k} must be a {typ.__name__}", {"field": k}) from None
+        if not lo <= v <= hi:
+            raise ApiError(422, "invalid_request", f"{k} must be within [{lo}, {hi}]", {"field": k, "value": v})
+        out[k] = v
+    return out
+
+
+@dataclass
+class _Running:
+    job_id: str
+    proc: subprocess.Popen
+
+
+class JobManager:
+    """Starts queued jobs as worker slots free up and notices workers that die."""
+
+    def __init__(self, data_dir: str | Path, bundle: str | Path, metrics, workers: int = 1, threads: int = 1):
+        self.data_dir, self.bundle, self.metrics = Path(data_dir), Path(bundle), metrics
+        self.workers, self.threads = workers, threads
+        self.queue: list[str] = []
+        self.running: dict[str, _Running] = {}
+        (self.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
+
+    def create(self, name: str, request: dict, files: dict[str, bytes]) -> dict:
+        job_id = uuid.uuid4().hex
+        d = job_dir(self.data_dir, job_id)
+        d.mkdir(parents=True)
+        for fname, data in files.items():
+            (d / fname).write_bytes(data)
+        write_json(d / "job.json", {"id": job_id, "name": name, **request})
+        status = {"id": job_id, "name": name, "state": "queued", "created": now(), "progress": {"step": 0, "steps": request["train"]["steps"]},
+                  "result": None, "error": None}
+        write_json(d / "status.json", status)
+        self.queue.append(job_id)
+        log.info("job %s queued: label set %s from %s", job_id, name, request["source"])
+        return status
+
+    def pump(self) -> None:
+        """Reap finished workers, start queued jobs (called periodically from the event loop)."""
+        for job_id, r in list(self.running.items()):
+            rc = r.proc.poll()
+            if rc is None:
+                continue
+            del self.running[job_id]
+            status = read_status(self.data_dir, job_id)
+            if status["state"] not in FINAL:  # killed or crashed before it could say so
+                status.update(state="failed", finished=now(),
+                              error={"code": "worker_died", "message": f"the worker exited with code {rc}; see worker.log"})
+                write_json(job_dir(self.data_dir, job_id) / "status.json", status)
+            self.metrics.jobs.labels(status["state"]).inc()
+            log.info("job %s %s", job_id, status["state"])
+        while self.queue and len(self.running) < self.workers:
+            job_id = self.queue.pop(0)
+            d = job_dir(self.data_dir, job_id)
+            logf = open(d / "worker.log", "ab")
+            cmd = [sys.executable, "-m", "service.jobs", str(d), "--bundle", str(self.bundle), "--data-dir", str(self.data_dir),
+                   "--threads", str(self.threads)]
+            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            logf.close()
+            self.running[job_id] = _Running(job_id, proc)
+        self.metrics.jobs_running.set(len(self.running))
+
+    async def run(self, every: float = 0.5) -> None:
+        while True:
+            self.pump()
+            await asyncio.sleep(every)
+
+    def stop(self) -> None:
+        for r in self.running.values():
+            r.proc.terminate()
+        for r in self.running.values():
+            try:
+                r.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                r.proc.kill()
+        self.pump()
+
+
+# ---- worker process ------------------------------------------------------------------------
+
+class _Status:
+    def __init__(self, d: Path):
+        import json
+
+        self.path, self.s, self.last = d / "status.json", json.loads((d / "status.json").read_text()), 0.0
+
+    def update(self, force: bool = True, **kw) -> None:
+        self.s.update(kw)
+        if force or time.monotonic() - self.last > 0.5:
+            write_json(self.path, self.s)
+            self.last = time.monotonic()
+
+
+def build_table(d: Path, job: dict, bundle: Path, device: torch.device) -> tuple[Path, str]:
+    """The job's latent table in d/table; returns (table dir, label-set name inside it)."""
+    from models.artifacts import load_artifact, load_manifest
+    from models.vae import load_vae
+    from service.uploads import open_zip, parse_labels_csv, zip_images
+    from training.encode import encode_images, write_latent_table
+    from training.rules import build_rule_table
+
+    out = d / "table"
+    if job["source"] == "rule":
+        build_rule_table(bundle, job["rule"], out=out, n=job["train"]["rule_samples"], device=str(device), command=["job", job["id"]])
+        return out, job["rule"]
+    vae, vman = load_vae(bundle, device)
+    key = "file" if job["source"] == "images" else "id"
+    keys, names, labels = parse_labels_csv((d / "labels.csv").read_bytes(), key)
+    if job["source"] == "images":
+        zf = open_zip((d / "images.zip").read_bytes(), keys, 1 << 34)
+        images = zip_images(zf, keys, vae.cfg.channels, vae.cfg.image_size)
+        mu, sigma = encode_images(vae, images, device, desc="encode uploaded images")
+    elif (bundle / "latents.safetensors").is_file():
+        tensors, lman = load_artifact(bundle, "latents")
+        rows = _rows_for(keys, lman.get("ids"), len(tensors["mu"]))
+        mu, sigma = tensors["mu"][rows].float(), tensors["sigma"][rows].float()
+    else:
+        from training.data import load_dataset
+
+        data = load_dataset(vman["dataset"]["name"], **vman["dataset"]["params"])
+        rows = _rows_for(keys, data.ids, len(data))
+        mu, sigma = encode_images(vae, data.images[rows], device, desc="encode dataset examples")
+    split = (np.arange(len(keys)) % 10 == 9).astype(np.uint8)  # every 10th row validates
+    kind = job.get("kind", "binary")
+    if kind == "categorical" and not (labels.sum(1) == 1).all():
+        raise ApiError(422, "invalid_labels", "a categorical label set needs exactly one 1 per row")
+    write_latent_table(out, mu, sigma, labels, split, attr_names=names, label_sets={"job": {"name": "job", "attrs": names, "kind": kind}},
+                       decoder_fingerprint=load_manifest(bundle, "vae")["decoder_fingerprint"],
+                       dataset={"name": f"job:{job['source']}", "params": {"rows": len(keys)}}, command=["job", job["id"]])
+    return out, "job"
+
+
+def _rows_for(keys: list[str], ids: list[str] | None, n: int) -> np.ndarray:
+    """Dataset example ids are the dataset's file names where it has them, else row numbers 0..N-1."""
+    lookup = {k: i for i, k in enumerate(ids)} if ids else {str(i): i for i in range(n)}
+    missing = [k for k in keys if k not in lookup]
+    if missing:
+        raise ApiError(422, "unknown_ids", f"{len(missing)} id(s) are not examples of the bundle's dataset", {"missing": missing[:20]})
+    return np.array([lookup[k] for k in keys])
+
+
+def work(d: Path, bundle: Path, data_dir: Path, threads: int) -> None:
+    import json
+
+    from models.artifacts import load_manifest
+    from service.registry import Registry
+    from training.runtime import resolve_device
+    from training.train_labelset import TrainLabelSetConfig, train_labelset
+
+    job = json.loads((d / "job.json").read_text())
+    status = _Status(d)
+    status.update(state="running", started=now(), host=socket.gethostname(), pid=os.getpid())
+    try:
+        device = resolve_device("cpu", threads)  # the GPU (if any) stays with the server
+        table, label_set = build_table(d, job, bundle, device)
+        t = job["train"]
+        cfg = TrainLabelSetConfig(bundle=str(bundle), table=str(table), label_set=label_set, out=str(d / "out"), steps=t["steps"],
+                                  lambda_dist=t["lambda_dist"], width=t["width"], depth=t["depth"], lr=t["lr"],
+                                  batch_size=t["batch_size"], edit_prob=t["edit_prob"], threads=threads,
+                                  diag_every=max(t["steps"] // 5, 1))
+        train_labelset(cfg, ["POST", f"/labelsets/{job['name']}/jobs", job["id"]],
+                       progress=lambda step, steps: status.update(False, progress={"step": step, "steps": steps}))
+        registry = Registry(data_dir)
+        staged = registry.stage()
+        for f in ("mapper.safetensors", "mapper.json"):
+            shutil.copyfile(d / "out" / f, staged / f)
+        vman = load_manifest(bundle, "vae")
+        vid = registry.publish(job["name"], staged, vman["decoder_fingerprint"], vman["config"]["latent_dim"], source=f"job:{job['id']}")
+        status.update(state="succeeded", finished=now(), progress={"step": t["steps"], "steps": t["steps"]},
+                      result={"labelset": job["name"], "version": vid})
+    except ApiError as e:
+        status.update(state="failed", finished=now(), error={"code": e.code, "message": e.message, "details": e.details})
+    except Exception as e:  # noqa: BLE001 - the job reports it; the traceback goes to worker.log
+        log.exception("job %s failed", job["id"])
+        status.update(state="failed", finished=now(), error={"code": "job_failed", "message": f"{type(e).__name__}: {e}"})
+
+
+def main(argv: list[str] | None = None) -> None:
+    from training.runtime import setup_logging
+
+    p = argparse.ArgumentParser(description="Run one label-set training job (started by the server)")
+    p.add_argument("job_dir")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    setup_logging()
+    work(Path(a.job_dir), Path(a.bundle), Path(a.data_dir), a.threads)
+
+
+if __name__ == "__main__":
+    main()

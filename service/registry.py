@@ -1,0 +1,291 @@
+"""Label-set registry on disk, shared by every replica: immutable versions and an atomic pointer.
+
+    DATA/registry/NAME/versions/VID/{mapper.safetensors, mapper.json, meta.json}
+    DATA/registry/NAME/current.json   {"version": VID, "history": [older VIDs, oldest first]}
+    DATA/registry/.staging/           uploads being validated (stale ones are swept)
+
+VID is the first 16 hex digits of the SHA-256 of the artifact's two files, so a version never
+changes once written. A writer stages and validates a complete copy, renames it into
+``versions/`` and only then replaces ``current.json`` (temp file + ``os.replace``). A writer
+killed at any moment therefore leaves ``current.json`` naming a complete version: the new one
+or the previous one. Writers on one host serialise on an ``flock``.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import struct
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import torch
+
+from models.artifacts import ArtifactError, write_json
+from models.latent import ARCH, LatentConfig, LatentMappers, load_mappers
+from service.errors import ApiError
+
+log = logging.getLogger("lcs.registry")
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+ALLOWED_ARCHS = {ARCH}
+FILES = ("mapper.safetensors", "mapper.json")
+LIMITS = {"width": 4096, "depth": 8, "label_embed": 1024, "n_labels": 1024}
+STALE_STAGING_S = 600
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name or ""):
+        raise ApiError(422, "invalid_name", "label-set names are 1-64 letters, digits, '_' or '-', starting with a letter or digit",
+                       {"name": name})
+    return name
+
+
+def _invalid(message: str, **details) -> ApiError:
+    return ApiError(422, "invalid_artifact", message, details)
+
+
+def check_safetensors_header(path: Path) -> dict:
+    """Read only the header: refuses pickles, zips and truncated files before any tensor is parsed."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ApiError(415, "not_safetensors", "mapper.safetensors is not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, 100 << 20):
+            raise ApiError(415, "not_safetensors", "mapper.safetensors is not a safetensors file (pickles and other formats are refused)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ApiError(415, "not_safetensors", "mapper.safetensors has no valid safetensors header") from None
+    if not isinstance(header, dict):
+        raise ApiError(415, "not_safetensors", "mapper.safetensors has no valid safetensors header")
+    end = max([v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+               and "data_offsets" in v] or [0])
+    if 8 + n + end != size:
+        raise _invalid(f"mapper.safetensors is truncated or padded: header promises {8 + n + end} bytes, file has {size}")
+    return header
+
+
+def validate_artifact(directory: Path, decoder_fingerprint: str, latent_dim: int) -> tuple[LatentMappers, dict, dict]:
+    """Everything checked before a label set may serve; raises ApiError with the reason."""
+    for f in FILES:
+        if not (directory / f).is_file():
+            raise _invalid(f"the artifact needs {' and '.join(FILES)}; {f} is missing")
+    check_safetensors_header(directory / "mapper.safetensors")
+    try:
+        manifest = json.loads((directory / "mapper.json").read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _invalid(f"mapper.json is not JSON: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != "labelset":
+        raise _invalid("mapper.json is not a label-set manifest (kind must be 'labelset')")
+    if manifest.get("arch") not in ALLOWED_ARCHS:
+        raise _invalid(f"architecture {manifest.get('arch')!r} is not allowed", allowed=sorted(ALLOWED_ARCHS))
+    if manifest.get("decoder_fingerprint") != decoder_fingerprint:
+        raise ApiError(422, "decoder_mismatch", "this mapper was trained for another decoder; its latents would mean something else",
+                       {"artifact": str(manifest.get("decoder_fingerprint")), "server": decoder_fingerprint})
+    try:
+        cfg = LatentConfig(**manifest["config"])
+        names = [str(a) for a in cfg.attr_names]
+    except (KeyError, TypeError) as e:
+        raise _invalid(f"mapper.json has no valid config: {e}") from None
+    if cfg.latent_dim != latent_dim:
+        raise _invalid(f"latent size {cfg.latent_dim} does not match the decoder's {latent_dim}")
+    too_big = {k: v for k, v in (("width", cfg.width), ("depth", cfg.depth), ("label_embed", cfg.label_embed),
+                                 ("n_labels", cfg.n_labels)) if not isinstance(v, int) or not 0 <= v <= LIMITS[k]}
+    if too_big or cfg.kind not in ("binary", "categorical") or len(set(names)) != len(names):
+        raise _invalid("config out of bounds (sizes, kind binary|categorical, unique attribute names)", bad=too_big, limits=LIMITS)
+    try:
+        m, manifest, extra = load_mappers(directory, decoder_fingerprint)
+    except ArtifactError as e:
+        raise _invalid(str(e).replace(str(directory), "artifact")) from None
+    table, sigma_bar = extra.get("label_table"), extra.get("sigma_bar")
+    if sigma_bar is None or tuple(sigma_bar.shape) != (latent_dim,) or not bool(torch.isfinite(sigma_bar).all() and (sigma_bar > 0).all()):
+        raise _invalid(f"sigma_bar must be {latent_dim} positive finite values")
+    if cfg.n_labels and (table is None or table.ndim != 2 or table.shape[1] != cfg.n_labels or len(table) == 0
+                         or not bool(((table == 0) | (table == 1)).all())):
+        raise _invalid(f"label_table must be N x {cfg.n_labels} of 0/1 with N > 0")
+    with torch.no_grad():  # dry forward on a few rows the label set can be asked for
+        z = torch.randn(4, latent_dim, generator=torch.Generator().manual_seed(0))
+        y = table[torch.arange(4) % len(table)].float() if cfg.n_labels else None
+        outs = [m.actor(z, y), m.critic(z, y)] + ([m.attr(z)] if m.attr is not None else [])
+    if not all(bool(torch.isfinite(o).all()) for o in outs):
+        raise _invalid("a dry forward gave non-finite outputs")
+    return m, manifest, extra
+
+
+def content_id(directory: Path) -> str:
+    h = hashlib.sha256()
+    for f in FILES:
+        with open(directory / f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Registry:
+    def __init__(self, data_dir: str | Path):
+        self.root = Path(data_dir) / "registry"
+        self.staging = self.root / ".staging"
+        self.staging.mkdir(parents=True, exist_ok=True)
+
+    # ---- reading -------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return sorted(p.parent.name for p in self.root.glob("*/current.json") if NAME_RE.match(p.parent.name))
+
+    def current(self, name: str) -> dict | None:
+        try:
+            cur = json.loads((self.root / name / "current.json").read_text())
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return cur if (self.root / name / "versions" / cur["version"]).is_dir() else None
+
+    def version_dir(self, name: str, version: str) -> Path:
+        return self.root / name / "versions" / version
+
+    def describe(self, name: str) -> dict:
+        cur = self.current(check_name(name))
+        if cur is None:
+            raise ApiError(404, "unknown_labelset", f"no label set named {name!r}", {"available": self.names()})
+        versions = []
+        for vid in cur["history"] + [cur["version"]]:
+            d = self.version_dir(name, vid)
+            try:
+                man = json.loads((d / "mapper.json").read_text())
+                meta = json.loads((d / "meta.json").read_text())
+            except FileNotFoundError:
+                continue
+            versions.append({"version": vid, "current": vid == cur["version"], **meta,
+                             "labels": man["config"]["attr_names"], "kind": man["config"]["kind"],
+                             "metrics": man.get("metrics", {}), "command": man.get("command")})
+        return {"name": name, "current": cur["version"], "versions": versions}
+
+    # ---- writing -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self):
+        with open(self.root / ".lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def stage(self) -> Path:
+        return Path(tempfile.mkdtemp(dir=self.staging, prefix="upload-"))
+
+    def publish(self, name: str, staged: Path, decoder_fingerprint: str, latent_dim: int, source: str) -> str:
+        """Validate a staged artifact dir, store it as an immutable version, point ``current`` at it.
+
+        The staged dir is consumed (moved or removed) whatever happens."""
+        check_name(name)
+        try:
+            _, manifest, _ = validate_artifact(staged, decoder_fingerprint, latent_dim)
+            vid = content_id(staged)
+            for f in FILES:
+                with open(staged / f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            write_json(staged / "meta.json", {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                              "source": source, "bytes": sum((staged / f).stat().st_size for f in FILES),
+                                              "trained_as": manifest.get("name")})
+            with self.lock():
+                dest = self.version_dir(name, vid)
+                if not dest.exists():
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.rename(staged, dest)
+                    _fsync_dir(dest.parent)
+                cur = self.current(name)
+                history = [] if cur is None else [v for v in cur["history"] + [cur["version"]] if v != vid]
+                self._point(name, vid, history)
+            log.info("published label set %s version %s (%s)", name, vid, source)
+            return vid
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+
+    def _point(self, name: str, vid: str, history: list[str]) -> None:
+        write_json(self.root / name / "current.json", {"version": vid, "history": history,
+                                                       "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+    def rollback(self, name: str, version: str | None = None) -> str:
+        with self.lock():
+            cur = self.current(check_name(name))
+            if cur is None:
+                raise ApiError(404, "unknown_labelset", f"no label set named {name!r}", {"available": self.names()})
+            history = list(cur["history"])
+            if version is None:
+                if not history:
+                    raise ApiError(409, "no_previous_version", f"label set {name!r} has no earlier version to roll back to")
+                version = history[-1]
+            if version not in history:
+                raise ApiError(404, "unknown_version", f"label set {name!r} has no earlier version {version!r}",
+                               {"versions": history})
+            history.remove(version)
+            self._point(name, version, history + [cur["version"]])
+        log.info("label set %s rolled back to %s", name, version)
+        return version
+
+    def delete(self, name: str) -> None:
+        with self.lock():
+            if self.current(check_name(name)) is None:
+                raise ApiError(404, "unknown_labelset", f"no label set named {name!r}", {"available": self.names()})
+            trash = self.staging / f"deleted-{uuid.uuid4().hex}"
+            os.rename(self.root / name, trash)  # one atomic step: readers see the whole set or nothing
+        shutil.rmtree(trash, ignore_errors=True)
+        log.info("deleted label set %s", name)
+
+    def delete_version(self, name: str, version: str) -> None:
+        with self.lock():
+            cur = self.current(check_name(name))
+            if cur is None:
+                raise ApiError(404, "unknown_labelset", f"no label set named {name!r}", {"available": self.names()})
+            if version == cur["version"]:
+                raise ApiError(409, "version_is_current", f"{version} is the serving version of {name!r}; roll back or delete the label set")
+            if version not in cur["history"]:
+                raise ApiError(404, "unknown_version", f"label set {name!r} has no version {version!r}")
+            self._point(name, cur["version"], [v for v in cur["history"] if v != version])
+            trash = self.staging / f"deleted-{uuid.uuid4().hex}"
+            os.rename(self.version_dir(name, version), trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def sweep(self) -> int:
+        """Remove staging left by writers that died (older than STALE_STAGING_S; live writers are younger)."""
+        now, n = time.time(), 0
+        for p in self.staging.iterdir():
+            if now - p.stat().st_mtime > STALE_STAGING_S or p.name.startswith("deleted-"):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                n += 1
+        for p in self.root.glob("*/.current.json.*.tmp"):  # a pointer write cut short
+            p.unlink(missing_ok=True)
+            n += 1
+        return n
+
+    def seed_from(self, bundle: Path, decoder_fingerprint: str, latent_dim: int) -> list[str]:
+        """Import the bundle's shipped label sets once, into a registry that has never been seeded."""
+        marker = self.root / ".seeded"
+        if marker.exists():
+            return []
+        added = []
+        for d in sorted((bundle / "labelsets").glob("*")):
+            if (d / "mapper.json").is_file() and NAME_RE.match(d.name) and self.current(d.name) is None:
+                staged = self.stage()
+                for f in FILES:
+                    shutil.copyfile(d / f, staged / f)
+                self.publish(d.name, staged, decoder_fingerprint, latent_dim, source=f"bundle:{bundle.name}")
+                added.append(d.name)
+        write_json(marker, {"bundle": str(bundle), "labelsets": added})
+        return added

@@ -1,0 +1,109 @@
+"""What users upload, turned into model inputs or a clear 4xx: images, label CSVs, image zips."""
+from __future__ import annotations
+
+import csv
+import io
+import re
+import warnings
+import zipfile
+
+import numpy as np
+from PIL import Image
+
+from service.errors import ApiError
+
+IMAGE_FORMATS = {"PNG", "JPEG"}
+MAX_PIXELS = 40_000_000  # decompression-bomb guard: a 10 MB PNG can otherwise expand to gigabytes
+ATTR_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+VALUES = {"1": 1, "0": 0, "-1": 0, "true": 1, "false": 0, "yes": 1, "no": 0}
+MAX_ROWS = 1_000_000
+
+
+def decode_image(data: bytes, channels: int, size: int, what: str = "image") -> np.ndarray:
+    """PNG/JPEG bytes -> uint8 C x size x size: centre square crop, then resize (as the training data was framed)."""
+    if not data:
+        raise ApiError(400, "empty_image", f"{what} is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            fmt = im.format
+            if fmt not in IMAGE_FORMATS:
+                raise ApiError(415, "unsupported_media_type", f"{what} is {fmt or 'not an image'}; send PNG or JPEG",
+                               {"accepted": sorted(IMAGE_FORMATS)})
+            if im.width * im.height > MAX_PIXELS:
+                raise ApiError(413, "image_too_large", f"{what} has {im.width}x{im.height} pixels; the limit is {MAX_PIXELS}")
+            im.load()
+    except ApiError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ApiError(413, "image_too_large", f"{what} has too many pixels") from None
+    except Image.UnidentifiedImageError:
+        raise ApiError(415, "unsupported_media_type", f"{what} is not an image format this server reads; send PNG or JPEG",
+                       {"accepted": sorted(IMAGE_FORMATS)}) from None
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
+        raise ApiError(400, "undecodable_image", f"{what} could not be decoded: {e}") from None
+    im = im.convert("RGB" if channels == 3 else "L")
+    side = min(im.size)
+    left, top = (im.width - side) // 2, (im.height - side) // 2
+    im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+    arr = np.asarray(im, dtype=np.uint8)
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1).copy()
+
+
+def parse_labels_csv(data: bytes, key: str) -> tuple[list[str], list[str], np.ndarray]:
+    """CSV with header ``KEY,attr1,attr2,...`` and 0/1 (or -1/1, true/false) cells -> (keys, attribute names, N x K int8)."""
+    def bad(msg: str, **details):
+        return ApiError(422, "invalid_labels", msg, details)
+
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise bad("the labels CSV is not UTF-8 text") from None
+    rows = [r for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)]
+    if len(rows) < 2:
+        raise bad("the labels CSV needs a header and at least one row")
+    header = [c.strip() for c in rows[0]]
+    if header[0].lower() != key:
+        raise bad(f"the first column must be {key!r} ({'zip member names' if key == 'file' else 'dataset example ids'})",
+                  header=header)
+    names = header[1:]
+    if not names:
+        raise bad("the labels CSV names no attribute columns")
+    wrong = [a for a in names if not ATTR_RE.match(a)]
+    if wrong or len(set(n.lower() for n in names)) != len(names):
+        raise bad("attribute names must be unique identifiers (letters, digits, '_')", bad=wrong)
+    if len(rows) - 1 > MAX_ROWS:
+        raise bad(f"at most {MAX_ROWS} rows")
+    keys, labels = [], np.zeros((len(rows) - 1, len(names)), np.int8)
+    for i, r in enumerate(rows[1:]):
+        if len(r) != len(header):
+            raise bad(f"line {i + 2} has {len(r)} cells, the header has {len(header)}", line=i + 2)
+        keys.append(r[0].strip())
+        for j, cell in enumerate(r[1:]):
+            v = VALUES.get(cell.strip().lower())
+            if v is None:
+                raise bad(f"line {i + 2}, column {names[j]}: {cell!r} is not 0/1", line=i + 2, column=names[j])
+            labels[i, j] = v
+    if len(set(keys)) != len(keys):
+        raise bad(f"the {key!r} column has duplicates")
+    return keys, names, labels
+
+
+def open_zip(data: bytes, files: list[str], max_bytes: int) -> zipfile.ZipFile:
+    """Check the zip is readable, holds every listed file, and does not expand beyond max_bytes."""
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        members = {i.filename: i for i in zf.infolist()}
+    except zipfile.BadZipFile:
+        raise ApiError(400, "invalid_zip", "the images upload is not a zip file") from None
+    missing = [f for f in files if f not in members]
+    if missing:
+        raise ApiError(422, "invalid_labels", f"{len(missing)} file(s) named in the CSV are not in the zip", {"missing": missing[:20]})
+    if sum(members[f].file_size for f in files) > max_bytes:
+        raise ApiError(413, "zip_too_large", f"the images expand to more than {max_bytes} bytes")
+    return zf
+
+
+def zip_images(zf: zipfile.ZipFile, files: list[str], channels: int, size: int) -> np.ndarray:
+    return np.stack([decode_image(zf.read(f), channels, size, what=f) for f in files])
