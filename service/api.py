@@ -146,7 +146,7 @@ async def sample(request: Request,
 
 @router.post("/transform", summary="Identity-preserving edit of an uploaded image")
 async def transform(request: Request, image: UploadFile = File(..., description="PNG or JPEG"),
-                    attrs: str = Form(..., description="attributes to set, e.g. eyeglasses or -smiling"),
+                    attrs: str = Form("", description="attributes to set, e.g. eyeglasses or -smiling"),
                     labelset: str | None = Form(None), mode: Literal["actor", "optimize"] = Form("actor"),
                     format: Literal["png", "json"] = Form("png"), allow_unseen: bool = Form(False)):
     started = time.perf_counter()

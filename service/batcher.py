@@ -138,6 +138,7 @@ class Batcher:
             for w, r in zip(batch, results):
                 if not w.future.done():
                     w.future.set_result(r)
+            del batch, results, w  # do not pin this batch's label-set versions while waiting for the next
 
     def _run(self, batch: list[SampleWork]) -> list[SampleResult]:
         """Model thread: mappers per (label set, mode) group, then one decoder forward for all rows."""

@@ -67,8 +67,9 @@ class Engine:
                  self.image_shape, self.device, self.decoder_fingerprint[:12])
 
     def live_decoder_fingerprint(self) -> str:
-        """Recomputed from the weights in memory (stored as fp16, so compare at that precision)."""
-        return fingerprint({f"decoder.{k}": v.half() for k, v in self.vae.decoder.state_dict().items()})
+        """Recomputed from the weights in memory, at the precision they are stored in (packed bundles: fp16)."""
+        dtype = torch.float16 if self.manifest.get("storage_dtype") == "float16" else torch.float32
+        return fingerprint({f"decoder.{k}": v.to(dtype) for k, v in self.vae.decoder.state_dict().items()})
 
     @torch.inference_mode()
     def decode(self, z: torch.Tensor) -> np.ndarray:

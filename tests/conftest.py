@@ -53,3 +53,102 @@ def tiny_vae(fashion_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-vae")
     return train_vae(TrainVAEConfig(dataset="fashion-mnist", dataset_params={"root": str(fashion_root)}, out=str(out),
                                     latent_dim=8, width=16, epochs=20, batch_size=32, lr=2e-3, lr_final=2e-3, device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def service_bundle(tiny_vae, fashion_root, tmp_path_factory) -> Path:
+    """The tiny VAE as a served bundle: encoded, with quickly trained realism + category label sets.
+
+    The mappers are trained only briefly: service tests check plumbing, not sample quality."""
+    import shutil
+
+    from training.data import load_dataset
+    from training.encode import encode_dataset
+    from training.train_labelset import TrainLabelSetConfig, train_labelset
+
+    out = tmp_path_factory.mktemp("service-bundle")
+    for f in ("vae.json", "vae.safetensors"):
+        shutil.copyfile(tiny_vae / f, out / f)
+    encode_dataset(out, load_dataset("fashion-mnist", root=str(fashion_root)), device="cpu")
+    for name, seed in (("realism", 0), ("category", 0)):
+        train_labelset(TrainLabelSetConfig(bundle=str(out), label_set=name, steps=30, width=32, depth=2, label_embed=8,
+                                           batch_size=64, lr=1e-3, diag_every=30, seed=seed, threads=1))
+    return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``lcs serve`` as a real uvicorn subprocess on 127.0.0.1 and a random port."""
+
+    def __init__(self, bundle: Path, data_dir: Path, token: str = "test-token", *extra: str):
+        import os
+        import subprocess
+        import sys
+
+        self.bundle, self.data_dir, self.token, self.port = bundle, data_dir, token, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "LCS_ADMIN_TOKEN": token} if token else {k: v for k, v in os.environ.items() if k != "LCS_ADMIN_TOKEN"}
+        self.log = open(data_dir.parent / f"server-{self.port}.log", "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--bundle", str(bundle), "--data-dir", str(data_dir),
+                                      "--port", str(self.port), "--threads", "1", "--poll-interval", "0.25", *extra],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.logtext()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"server not ready after {timeout} s: {self.logtext()[-3000:]}")
+
+    def logtext(self) -> str:
+        self.log.flush()
+        return (self.data_dir.parent / f"server-{self.port}.log").read_text(errors="replace")
+
+    @property
+    def auth(self) -> dict:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except Exception:  # noqa: BLE001
+                self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture
+def start_server():
+    started = []
+
+    def start(bundle: Path, data_dir: Path, token: str = "test-token", *extra: str) -> Server:
+        s = Server(bundle, data_dir, token, *extra)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()

@@ -1,0 +1,382 @@
+"""End-to-end: a real uvicorn (``lcs serve``) on 127.0.0.1, the tiny bundle, HTTP only."""
+import hashlib
+import io
+import json
+import shutil
+import threading
+import time
+import zipfile
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.client import Client, ServiceError
+from tests.conftest import Server
+from training.train_labelset import TrainLabelSetConfig, train_labelset
+
+
+@pytest.fixture(scope="module")
+def srv(service_bundle, tmp_path_factory):
+    s = Server(service_bundle, tmp_path_factory.mktemp("srv") / "data", "test-token", "--max-wait-ms", "20", "--max-n", "16")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def footwear(service_bundle, tmp_path_factory):
+    """An artifact straight from the trainer (``lcs train-labelset``), not part of the served bundle."""
+    out = tmp_path_factory.mktemp("footwear")
+    train_labelset(TrainLabelSetConfig(bundle=str(service_bundle), label_set="footwear", out=str(out), steps=20, width=32, depth=2,
+                                       label_embed=8, batch_size=64, lr=1e-3, diag_every=20, threads=1))
+    return out
+
+
+def put(s, name, d, manifest: bytes | None = None, weights: bytes | None = None, headers=None):
+    files = {"manifest": ("mapper.json", manifest if manifest is not None else (d / "mapper.json").read_bytes()),
+             "weights": ("mapper.safetensors", weights if weights is not None else (d / "mapper.safetensors").read_bytes())}
+    return httpx.put(f"{s.url}/labelsets/{name}", files=files, headers=s.auth if headers is None else headers, timeout=30)
+
+
+def variant(d, i: int) -> bytes:
+    """The same weights with a different manifest note: a new content-addressed version."""
+    man = json.loads((d / "mapper.json").read_text())
+    man["note"] = f"variant {i}"
+    return json.dumps(man).encode()
+
+
+NOISE = np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8)  # incompressible: truncation hits pixel data
+
+
+def png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_sample_png_json_headers(srv):
+    r = httpx.get(f"{srv.url}/sample", params={"attrs": "sandal", "seed": 3})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == (28, 28)
+    assert r.headers["x-lcs-labelset"] == "category" and r.headers["x-lcs-seed"] == "3"
+    info = httpx.get(srv.url + "/").json()
+    assert r.headers["x-lcs-labelset-version"] == info["labelsets"]["category"]
+    assert r.headers["x-lcs-decoder-fingerprint"] == info["decoder_fingerprint"] == info["live_decoder_fingerprint"]
+    labels = r.headers["x-lcs-labels"]  # categorical: the asked class, one-hot
+    assert labels == "0000010000"
+    grid = Image.open(io.BytesIO(httpx.get(f"{srv.url}/sample", params={"n": 4, "seed": 1}).content))
+    assert grid.size == (2 * 28 + 3 * 2, 2 * 28 + 3 * 2)  # 2 x 2 grid with 2-px borders; no attrs: realism mapper
+    body = httpx.get(f"{srv.url}/sample", params={"attrs": "-sandal,-bag", "n": 3, "format": "json", "seed": 9}).json()
+    assert body["labelset"] == "category" and len(body["images"]) == 3 and body["seed"] == 9
+    for im in body["images"]:
+        assert im["labels"]["sandal"] == 0 and im["labels"]["bag"] == 0 and sum(im["labels"].values()) == 1
+        assert 0 <= im["realism"] <= 1
+        assert Image.open(io.BytesIO(__import__("base64").b64decode(im["png_base64"]))).size == (28, 28)
+    prior = httpx.get(f"{srv.url}/sample", params={"mode": "prior", "seed": 3})
+    assert prior.status_code == 200 and prior.headers["x-lcs-mode"] == "prior" and "x-lcs-labelset" not in prior.headers
+    opt = httpx.get(f"{srv.url}/sample", params={"attrs": "trouser", "mode": "optimize", "seed": 3}, timeout=60)
+    assert opt.status_code == 200 and opt.content != r.content
+
+
+def test_same_seed_same_bytes_also_when_batched_with_others(srv):
+    ref = httpx.get(f"{srv.url}/sample", params={"attrs": "coat", "n": 3, "seed": 42}).content
+    assert httpx.get(f"{srv.url}/sample", params={"attrs": "coat", "n": 3, "seed": 42}).content == ref
+    assert httpx.get(f"{srv.url}/sample", params={"attrs": "coat", "n": 3, "seed": 43}).content != ref
+    out, batch_sizes = [], []
+
+    def client(i):
+        params = {"attrs": "coat", "n": 3, "seed": 42} if i % 3 == 0 else {"n": 1 + i % 5, "seed": i}
+        r = httpx.get(f"{srv.url}/sample", params=params, timeout=30)
+        batch_sizes.append(int(r.headers["x-lcs-batch-samples"]))
+        if i % 3 == 0:
+            out.append(r.content)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(12)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(out) == 4 and all(o == ref for o in out)
+    assert max(batch_sizes) > 5  # requests really were batched together
+
+
+@pytest.mark.parametrize("method,path,kwargs,status,code", [
+    ("get", "/sample", {"params": {"attrs": "wings"}}, 422, "unknown_attributes"),
+    ("get", "/sample", {"params": {"attrs": "sandal,-sandal"}}, 422, "contradictory_attributes"),
+    ("get", "/sample", {"params": {"attrs": "sandal,bag"}}, 422, "contradictory_attributes"),
+    ("get", "/sample", {"params": {"n": 0}}, 422, "invalid_request"),
+    ("get", "/sample", {"params": {"n": 17}}, 422, "n_out_of_range"),
+    ("get", "/sample", {"params": {"n": "many"}}, 422, "invalid_request"),
+    ("get", "/sample", {"params": {"seed": -1}}, 422, "invalid_request"),
+    ("get", "/sample", {"params": {"mode": "magic"}}, 422, "invalid_request"),
+    ("get", "/sample", {"params": {"mode": "prior", "attrs": "sandal"}}, 422, "prior_ignores_attrs"),
+    ("get", "/sample", {"params": {"labelset": "nope"}}, 404, "unknown_labelset"),
+    ("get", "/labelsets/nope", {}, 404, "unknown_labelset"),
+    ("get", "/labelsets/..%2F..%2Fetc", {}, 404, "not_found"),
+    ("get", "/jobs/../../etc/passwd", {}, 404, "not_found"),
+    ("get", "/jobs/0123", {}, 404, "unknown_job"),
+    ("get", "/nowhere", {}, 404, "not_found"),
+    ("post", "/sample", {}, 405, "method_not_allowed"),
+    ("delete", "/labelsets/category", {}, 401, "unauthorized"),
+    ("delete", "/labelsets/category", {"headers": {"Authorization": "Bearer wrong"}}, 401, "unauthorized"),
+    ("put", "/labelsets/category", {"files": {"manifest": b"{}", "weights": b""}}, 401, "unauthorized"),
+    ("post", "/labelsets/x/jobs", {"data": {"rule": "bright"}}, 401, "unauthorized"),
+    ("post", "/labelsets/x/rollback", {}, 401, "unauthorized"),
+    ("post", "/transform", {"data": {"attrs": "sandal"}}, 422, "invalid_request"),
+    ("post", "/transform", {"files": {"image": b"plain text, not an image"}, "data": {"attrs": "sandal"}}, 415, "unsupported_media_type"),
+    ("post", "/transform", {"files": {"image": png(NOISE)[:400]}, "data": {"attrs": "sandal"}}, 400, "undecodable_image"),
+    ("post", "/transform", {"files": {"image": b"GIF89a" + bytes(40)}, "data": {"attrs": "sandal"}}, 415, "unsupported_media_type"),
+    ("post", "/transform", {"files": {"image": b"\x89PNG" + bytes(11 << 20)}, "data": {"attrs": "sandal"}}, 413, "payload_too_large"),
+    ("post", "/transform", {"files": {"image": png(np.zeros((28, 28), np.uint8))}, "data": {"attrs": ""}}, 422, "nothing_to_edit"),
+])
+def test_bad_input_gets_the_envelope(srv, method, path, kwargs, status, code):
+    r = getattr(httpx, method)(srv.url + path, timeout=30, **kwargs)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == code and isinstance(err["message"], str) and err["message"] and isinstance(err["details"], dict)
+    assert "Traceback" not in r.text
+
+
+def test_transform_edits_an_uploaded_image(srv):
+    src = httpx.get(f"{srv.url}/sample", params={"attrs": "trouser", "seed": 5}).content
+    r = httpx.post(f"{srv.url}/transform", files={"image": ("x.png", src, "image/png")}, data={"attrs": "sandal", "format": "json"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["target"]["sandal"] == 1 and sum(body["target"].values()) == 1
+    edited = np.asarray(Image.open(io.BytesIO(__import__("base64").b64decode(body["edited_png_base64"]))))
+    assert edited.shape == (28, 28)
+    jpeg = io.BytesIO()
+    Image.fromarray(np.full((50, 80, 3), 128, np.uint8)).save(jpeg, format="JPEG")  # colour, non-square: cropped + greyed
+    r = Client(srv.url).transform(jpeg.getvalue(), "bag")
+    assert Image.open(io.BytesIO(r)).size == (28, 28)
+
+
+def test_trainer_artifact_registers_and_serves_without_restart(srv, footwear):
+    c = Client(srv.url, token=srv.token)
+    pid = srv.proc.pid
+    out = c.register("footwear", footwear)
+    assert out["labels"] == ["footwear"] and out["trained_as"] == "footwear"
+    r = httpx.get(f"{srv.url}/sample", params={"attrs": "-footwear", "seed": 1})
+    assert r.status_code == 200 and r.headers["x-lcs-labelset"] == "footwear" and r.headers["x-lcs-labelset-version"] == out["version"]
+    v2 = put(srv, "footwear", footwear, manifest=variant(footwear, 1)).json()["version"]
+    assert c.labelset("footwear")["current"] == v2
+    assert c.rollback("footwear")["version"] == out["version"]
+    assert httpx.get(f"{srv.url}/sample", params={"attrs": "footwear"}).headers["x-lcs-labelset-version"] == out["version"]
+    c.delete("footwear", v2)
+    assert [v["version"] for v in c.labelset("footwear")["versions"]] == [out["version"]]
+    c.delete("footwear")
+    with pytest.raises(ServiceError) as e:
+        c.sample("footwear")
+    assert e.value.code == "unknown_attributes"
+    assert srv.proc.pid == pid and srv.proc.poll() is None
+
+
+def test_bad_uploads_change_nothing(srv, footwear, tmp_path):
+    c = Client(srv.url, token=srv.token)
+    c.register("shoes", footwear)
+    before = c.labelset("shoes")
+    files_before = sorted(p.relative_to(srv.data_dir) for p in (srv.data_dir / "registry").rglob("*") if ".staging" not in p.parts)
+    st = (footwear / "mapper.safetensors").read_bytes()
+    man = json.loads((footwear / "mapper.json").read_text())
+    import pickle
+
+    import torch
+
+    torch.save({"w": torch.zeros(3)}, tmp_path / "pickled.pt")
+    bad = [
+        ({"weights": pickle.dumps({"w": 1})}, 415, "not_safetensors"),
+        ({"weights": (tmp_path / "pickled.pt").read_bytes()}, 415, "not_safetensors"),
+        ({"weights": st[:-100]}, 422, "invalid_artifact"),
+        ({"manifest": json.dumps(dict(man, config=dict(man["config"], width=64))).encode()}, 422, "invalid_artifact"),
+        ({"manifest": json.dumps(dict(man, decoder_fingerprint="0" * 64)).encode()}, 422, "decoder_mismatch"),
+        ({"weights": bytes(300 << 20)}, 413, "payload_too_large"),
+    ]
+    for kw, status, code in bad:
+        r = put(srv, "shoes", footwear, **kw)
+        assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
+    assert put(srv, "../shoes", footwear).status_code == 404
+    assert put(srv, "sh oes", footwear).json()["error"]["code"] == "invalid_name"
+    assert c.labelset("shoes") == before
+    assert sorted(p.relative_to(srv.data_dir) for p in (srv.data_dir / "registry").rglob("*") if ".staging" not in p.parts) == files_before
+    assert list((srv.data_dir / "registry" / ".staging").iterdir()) == []
+    assert httpx.get(f"{srv.url}/sample", params={"labelset": "shoes"}).status_code == 200
+    c.delete("shoes")
+
+
+def test_sixteen_clients_keep_sampling_while_a_labelset_is_replaced_20_times(srv, footwear):
+    c = Client(srv.url, token=srv.token)
+    c.register("swap", footwear)
+    stop, failures, versions, count = threading.Event(), [], set(), [0]
+
+    def sampler(i):
+        with httpx.Client(base_url=srv.url, timeout=30) as h:
+            while not stop.is_set():
+                try:
+                    r = h.get("/sample", params={"labelset": "swap", "attrs": "footwear" if i % 2 else "-footwear", "n": 1 + i % 3})
+                    if r.status_code != 200:
+                        failures.append((r.status_code, r.text[:200]))
+                    else:
+                        versions.add(r.headers["x-lcs-labelset-version"])
+                        count[0] += 1
+                except httpx.HTTPError as e:
+                    failures.append(repr(e))
+
+    threads = [threading.Thread(target=sampler, args=(i,)) for i in range(16)]
+    [t.start() for t in threads]
+    published = []
+    for i in range(20):
+        r = put(srv, "swap", footwear, manifest=variant(footwear, i))
+        assert r.status_code == 201, r.text
+        published.append(r.json()["version"])
+        time.sleep(0.05)
+    stop.set()
+    [t.join() for t in threads]
+    assert failures == []
+    assert count[0] > 50 and len(versions) > 3 and versions <= set(published) | {c.labelsets and c.labelset("swap")["versions"][0]["version"]}
+    c.delete("swap")
+
+
+def test_metrics_and_probes(srv):
+    assert httpx.get(f"{srv.url}/livez").json() == {"status": "alive"}
+    assert httpx.get(f"{srv.url}/readyz").json() == {"ready": True}
+    httpx.get(f"{srv.url}/sample", params={"attrs": "sandal"})
+    text = httpx.get(f"{srv.url}/metrics").text
+    for needle in ('lcs_request_seconds_bucket{le="0.005",route="/sample",status="200"}', "lcs_batch_samples_count",
+                   "lcs_queue_samples", 'lcs_labelset_requests_total{labelset="category",mode="actor"}',
+                   'lcs_realism_score_count{labelset="category"}', "lcs_jobs_running", "lcs_labelsets_loaded 2.0"):
+        assert needle in text, needle
+    docs = httpx.get(f"{srv.url}/openapi.json").json()
+    assert {"/sample", "/transform", "/labelsets/{name}", "/labelsets/{name}/jobs", "/jobs/{job_id}"} <= set(docs["paths"])
+
+
+def test_registry_memory_does_not_grow_over_200_register_delete_cycles(srv, footwear):
+    def rss_mb():
+        for line in open(f"/proc/{srv.proc.pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+
+    man, st = (footwear / "mapper.json").read_bytes(), (footwear / "mapper.safetensors").read_bytes()
+    with httpx.Client(base_url=srv.url, headers=srv.auth, timeout=30) as h:
+        def cycle():
+            r = h.put("/labelsets/churn", files={"manifest": ("mapper.json", man), "weights": ("mapper.safetensors", st)})
+            assert r.status_code == 201, r.text
+            assert h.get("/sample", params={"labelset": "churn"}).status_code == 200
+            assert h.delete("/labelsets/churn").status_code == 200
+
+        for _ in range(20):  # warm up allocator pools
+            cycle()
+        start = rss_mb()
+        for _ in range(200):
+            cycle()
+        growth = rss_mb() - start
+        metrics = h.get("/metrics").text
+    assert growth < 25, f"RSS grew {growth:.1f} MB over 200 cycles"
+    assert "lcs_labelset_versions_in_memory 2.0" in metrics  # only the two serving versions are alive
+    assert not (srv.data_dir / "registry" / "churn").exists()
+
+
+def test_training_jobs_run_end_to_end_and_never_touch_the_decoder(srv, service_bundle, fashion_root):
+    from training.data import load_dataset
+
+    c = Client(srv.url, token=srv.token)
+    vae_sha = hashlib.sha256((service_bundle / "vae.safetensors").read_bytes()).hexdigest()
+    live_before = httpx.get(srv.url + "/").json()["live_decoder_fingerprint"]
+    data = load_dataset("fashion-mnist", root=str(fashion_root))
+    cls = data.attrs[:, :10].argmax(1)
+    ids_csv = "id,heavy\n" + "".join(f"{i},{int(cls[i] in (4, 9))}\n" for i in range(0, len(cls), 3))
+    small = dict(steps=15, width=32, depth=2, batch_size=64)
+    zbuf = io.BytesIO()
+    with zipfile.ZipFile(zbuf, "w") as z:
+        rows = []
+        for i in range(90):
+            z.writestr(f"img/{i}.png", png(data.images[i, 0]))
+            rows.append(f"img/{i}.png,{int(cls[i] == 1)},{int(cls[i] == 8)}")
+    zip_csv = "file,trouser,bag\n" + "\n".join(rows)
+    bad = httpx.post(f"{srv.url}/labelsets/x/jobs", headers=srv.auth, files={"labels": ("l.csv", b"id,a\n1,2\n")})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_labels"
+    few = httpx.post(f"{srv.url}/labelsets/x/jobs", headers=srv.auth, files={"labels": ("l.csv", b"id,a\n1,1\n2,0\n")})
+    assert few.json()["error"]["code"] == "too_few_rows"
+    unknown = c.train("x", labels_csv=b"id,a\n" + b"".join(b"%d,1\n" % (100000 + i) for i in range(80)), wait=False, **small)
+    jobs = {"heavy": c.train("heavy", labels_csv=ids_csv.encode(), wait=False, **small),
+            "zipped": c.train("zipped", labels_csv=zip_csv.encode(), images_zip=zbuf.getvalue(), wait=False, **small),
+            "bright": c.train("bright", rule="bright", rule_samples=256, wait=False, **small)}
+    assert all(j["state"] == "queued" for j in jobs.values())
+    deadline = time.monotonic() + 240
+    final = {}
+    while len(final) < 4 and time.monotonic() < deadline:
+        for name, j in list(jobs.items()) + [("x", unknown)]:
+            s = c.job(j["id"])
+            if s["state"] in ("succeeded", "failed"):
+                final[name] = s
+        time.sleep(0.5)
+    assert final["x"]["state"] == "failed" and final["x"]["error"]["code"] == "unknown_ids"
+    for name in ("heavy", "zipped", "bright"):
+        assert final[name]["state"] == "succeeded", final[name]
+        assert final[name]["progress"] == {"step": 15, "steps": 15}
+        version = final[name]["result"]["version"]
+        r = httpx.get(f"{srv.url}/sample", params={"labelset": name, "seed": 0})
+        assert r.status_code == 200 and r.headers["x-lcs-labelset-version"] == version
+    assert c.labelset("zipped")["versions"][0]["labels"] == ["trouser", "bag"]
+    assert hashlib.sha256((service_bundle / "vae.safetensors").read_bytes()).hexdigest() == vae_sha
+    assert httpx.get(srv.url + "/").json()["live_decoder_fingerprint"] == live_before
+    for name in ("heavy", "zipped", "bright"):
+        c.delete(name)
+
+
+def test_a_server_killed_mid_registration_restarts_on_the_previous_version(service_bundle, footwear, tmp_path, start_server):
+    s = start_server(service_bundle, tmp_path / "data")
+    v1 = put(s, "footwear", footwear).json()["version"]
+    body = httpx.Request("PUT", "http://x", files={"manifest": ("mapper.json", variant(footwear, 99)),
+                                                   "weights": ("mapper.safetensors", (footwear / "mapper.safetensors").read_bytes())})
+    payload, ctype = body.read(), body.headers["content-type"]
+
+    def slow():  # about 1.5 s for the whole body; the server dies after 0.5 s
+        step = len(payload) // 50 + 1
+        for i in range(0, len(payload), step):
+            yield payload[i: i + step]
+            time.sleep(0.03)
+
+    def upload():
+        try:
+            httpx.put(f"{s.url}/labelsets/footwear", content=slow(), headers={**s.auth, "content-type": ctype}, timeout=30)
+        except httpx.HTTPError:
+            pass
+
+    t = threading.Thread(target=upload)
+    t.start()
+    time.sleep(0.5)
+    s.kill9()
+    t.join()
+    again = start_server(service_bundle, tmp_path / "data")
+    assert httpx.get(f"{again.url}/labelsets/footwear").json()["current"] == v1
+    r = httpx.get(f"{again.url}/sample", params={"attrs": "footwear"})
+    assert r.status_code == 200 and r.headers["x-lcs-labelset-version"] == v1
+
+
+def test_two_servers_on_one_registry_converge_within_2s(service_bundle, footwear, tmp_path, start_server):
+    a = start_server(service_bundle, tmp_path / "data")
+    b = start_server(service_bundle, tmp_path / "data")
+    assert httpx.get(b.url + "/").json()["labelsets"] == httpx.get(a.url + "/").json()["labelsets"]  # seeded once, shared
+
+    def seen_on_b(pred) -> float:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 5:
+            if pred(httpx.get(b.url + "/").json()["labelsets"]):
+                return time.monotonic() - t0
+            time.sleep(0.05)
+        return float("inf")
+
+    version = put(a, "footwear", footwear).json()["version"]
+    assert seen_on_b(lambda ls: ls.get("footwear") == version) < 2.0
+    assert httpx.get(f"{b.url}/sample", params={"attrs": "footwear"}).headers["x-lcs-labelset-version"] == version
+    assert httpx.delete(f"{a.url}/labelsets/footwear", headers=a.auth).status_code == 200
+    assert seen_on_b(lambda ls: "footwear" not in ls) < 2.0
+
+
+def test_admin_token_is_generated_with_mode_0600_when_unset(service_bundle, tmp_path, start_server):
+    s = start_server(service_bundle, tmp_path / "data", "")
+    f = tmp_path / "data" / "admin_token"
+    assert f.stat().st_mode & 0o777 == 0o600
+    token = f.read_text().strip()
+    assert len(token) >= 32 and str(f) in s.logtext()
+    assert httpx.post(f"{s.url}/labelsets/realism/rollback", headers={"Authorization": f"Bearer {token}"}).json()["error"]["code"] \
+        == "no_previous_version"
