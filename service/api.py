@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import math
 import secrets
-import time
 from typing import Literal
 
 import numpy as np
@@ -35,10 +34,6 @@ def state(request: Request):
         raise ApiError(503, "not_ready", "the server is still starting" if st.startup_error is None else "start-up failed",
                        {"pending": dict(st.pending), "error": st.startup_error}, headers={"Retry-After": "1"})
     return st
-
-
-def _observe(st, route: str, started: float, status: int = 200) -> None:
-    st.metrics.latency.labels(route, str(status)).observe(time.perf_counter() - started)
 
 
 def pick_labelset(st, labelset: str | None, attrs: str | None) -> LabelSet:
@@ -102,7 +97,6 @@ async def sample(request: Request,
                  mode: Literal["actor", "optimize", "prior"] = "actor",
                  format: Literal["png", "json"] = "png",
                  allow_unseen: bool = Query(False, description="allow attribute combinations the data never shows")):
-    started = time.perf_counter()
     st = state(request)
     if n > st.cfg.max_n:
         raise ApiError(422, "n_out_of_range", f"n must be between 1 and {st.cfg.max_n}", {"max": st.cfg.max_n})
@@ -134,13 +128,11 @@ async def sample(request: Request,
                 "images": [{"png_base64": p, "labels": lab, "realism": None if result.realism is None else round(float(r), 4)}
                            for p, lab, r in zip(pngs, label_rows(ls, y) or [None] * n,
                                                 result.realism.tolist() if result.realism is not None else [None] * n)]}
-        _observe(st, "/sample", started)
         return JSONResponse(body, headers=h)
     if ls is not None and k:
         h["X-LCS-Attrs"] = ",".join(ls.attr_names)
         h["X-LCS-Labels"] = ";".join("".join(str(int(v)) for v in row.tolist()) for row in y)
     body = await run_in_threadpool(_png, result.images)
-    _observe(st, "/sample", started)
     return Response(body, media_type="image/png", headers=h)
 
 
@@ -149,7 +141,6 @@ async def transform(request: Request, image: UploadFile = File(..., description=
                     attrs: str = Form("", description="attributes to set, e.g. eyeglasses or -smiling"),
                     labelset: str | None = Form(None), mode: Literal["actor", "optimize"] = Form("actor"),
                     format: Literal["png", "json"] = Form("png"), allow_unseen: bool = Form(False)):
-    started = time.perf_counter()
     st = state(request)
     data = await image.read()
     if len(data) > st.cfg.max_image_bytes:
@@ -176,13 +167,11 @@ async def transform(request: Request, image: UploadFile = File(..., description=
     h = headers(st, ls, mode, attrs=",".join(ls.attr_names), target="".join(str(int(v)) for v in target[0].tolist()))
     if format == "json":
         edited, recon = await run_in_threadpool(lambda: [base64.b64encode(png_bytes(im)).decode() for im in images])
-        _observe(st, "/transform", started)
         return JSONResponse({"labelset": ls.name, "version": ls.version, "mode": mode, "target": label_rows(ls, target)[0],
                              "edited_png_base64": edited, "reconstruction_png_base64": recon,
                              "realism": round(float(realism[0]), 4), "decoder_fingerprint": st.engine.decoder_fingerprint},
                             headers=h)
     body = await run_in_threadpool(png_bytes, images[0])
-    _observe(st, "/transform", started)
     return Response(body, media_type="image/png", headers=h)
 
 

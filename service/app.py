@@ -129,6 +129,29 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+class Timing:
+    """Request latency by route template and status, errors included (outermost, so it sees every answer)."""
+
+    def __init__(self, app, metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), [500]
+
+        async def record(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            route = scope.get("route")
+            self.metrics.latency.labels(getattr(route, "path", "unmatched"), str(status[0])).observe(time.perf_counter() - started)
+
+
 def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     cfg = cfg or ServerConfig()
     Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
@@ -156,6 +179,7 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     app.state.started = time.time()
     errors.install(app)
     app.add_middleware(BodyLimit, cfg=cfg)
+    app.add_middleware(Timing, metrics=st.metrics)
     app.include_router(router)
     return app
 

@@ -2,7 +2,6 @@
 import hashlib
 import io
 import json
-import shutil
 import threading
 import time
 import zipfile
@@ -239,8 +238,9 @@ def test_metrics_and_probes(srv):
     assert httpx.get(f"{srv.url}/livez").json() == {"status": "alive"}
     assert httpx.get(f"{srv.url}/readyz").json() == {"ready": True}
     httpx.get(f"{srv.url}/sample", params={"attrs": "sandal"})
+    httpx.get(f"{srv.url}/sample", params={"attrs": "wings"})
     text = httpx.get(f"{srv.url}/metrics").text
-    for needle in ('lcs_request_seconds_bucket{le="0.005",route="/sample",status="200"}', "lcs_batch_samples_count",
+    for needle in ('lcs_request_seconds_bucket{le="0.005",route="/sample",status="200"}', "lcs_batch_samples_count", 'route="/sample",status="422"', 'route="/labelsets/{name}",status="404"',
                    "lcs_queue_samples", 'lcs_labelset_requests_total{labelset="category",mode="actor"}',
                    'lcs_realism_score_count{labelset="category"}', "lcs_jobs_running", "lcs_labelsets_loaded 2.0"):
         assert needle in text, needle
