@@ -111,7 +111,7 @@ async def sample(request: Request,
     if ls is not None and k:
         spec = spec_for(ls, attrs)
         try:
-            y = resolve(spec, ls.attr_names, ls.table, n, gen, ls.kind, allow_unseen)
+            y = resolve(spec, ls.attr_names, ls.rows, n, gen, ls.kind, allow_unseen, counts=ls.counts)
         except SpecError as e:
             raise ApiError(422, e.code, str(e), {**e.details, "labelset": ls.name}) from None
         mask[:, [ls.attr_names.index(a) for a in spec]] = True

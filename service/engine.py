@@ -13,7 +13,7 @@ decoder and encoder are worth the device.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from models.latent import LatentMappers
 from models.vae import load_vae
 from training.optimize import OptimizeConfig, edit_latents, optimize_latents
 from training.runtime import autocast, resolve_device
+from training.specs import distinct_rows
 
 log = logging.getLogger("lcs.engine")
 PAD_ROWS = 16
@@ -37,9 +38,14 @@ class LabelSet:
     version: str
     m: LatentMappers
     manifest: dict
-    table: torch.Tensor  # label rows of the training data (n x K, float); empty for realism
+    table: torch.Tensor | None  # label rows of the training data (n x K, float); None for realism
     sigma_bar: torch.Tensor
-    meta: dict = field(default_factory=dict)
+    rows: torch.Tensor | None = None  # the table's distinct rows and their counts: fast request resolution
+    counts: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.table is not None and self.rows is None:
+            self.rows, self.counts = distinct_rows(self.table)
 
     @property
     def attr_names(self) -> list[str]:

@@ -13,7 +13,7 @@ from models.artifacts import ArtifactError
 from models.latent import LatentConfig, LatentMappers, load_mappers
 from training.encode import write_latent_table
 from training.optimize import OptimizeConfig, edit_latents, optimize_latents
-from training.specs import SpecError, nearest_rows, parse_spec, resolve
+from training.specs import distinct_rows, SpecError, nearest_rows, parse_spec, resolve
 from training.train_labelset import (TrainLabelSetConfig, critic_batch, critic_loss, edit_labels, load_table,
                                      train_labelset)
 
@@ -213,6 +213,14 @@ def test_spec_parsing_and_resolution():
         nearest_rows(now, {"Blond": 1, "Black": 1}, hair, seen)
     assert e.value.code == "unseen_combination"
     assert nearest_rows(now, {"Blond": 1, "Black": 1}, hair, seen, allow_unseen=True).tolist() == [[1, 1, 0], [1, 1, 1]]
+    # The server's fast path (distinct rows + counts) draws from the same distribution as the full table.
+    skewed = torch.tensor([[1, 0, 0]] * 30 + [[1, 0, 1]] * 10 + [[0, 1, 0]] * 5)
+    distinct, counts = distinct_rows(skewed)
+    assert len(distinct) == 3 and sorted(counts.tolist()) == [5, 10, 30]
+    fast = resolve({"Smiling": 1}, names, distinct, 4000, g, counts=counts)
+    assert (fast[:, 0] == 1).all() and 0.22 < fast[:, 2].mean() < 0.28  # hats: 10 of the 40 smilers
+    fast = resolve({"Smiling": 1, "Eyeglasses": 1}, names, distinct, 4000, g, allow_unseen=True, counts=counts)
+    assert 0.19 < fast[:, 2].mean() < 0.26  # marginal hat rate 10/45, weighted by the counts
     cat = torch.eye(3)[torch.tensor([0, 1, 2] * 5)]
     assert (resolve({"Eyeglasses": 1}, names, cat, 10, g, kind="categorical")[:, 1] == 1).all()
     with pytest.raises(SpecError):

@@ -46,8 +46,11 @@ def parse_spec(text: str | list[str] | None, attr_names: list[str]) -> dict[str,
 
 
 def resolve(spec: dict[str, int], attr_names: list[str], table: torch.Tensor, n: int, generator: torch.Generator,
-            kind: str = "binary", allow_unseen: bool = False) -> torch.Tensor:
-    """n full label rows (float 0/1, n x K) honouring the spec, the rest drawn as documented above."""
+            kind: str = "binary", allow_unseen: bool = False, counts: torch.Tensor | None = None) -> torch.Tensor:
+    """n full label rows (float 0/1, n x K) honouring the spec, the rest drawn as documented above.
+
+    ``table`` holds the data's label rows; or, with ``counts``, its distinct rows and how often each
+    occurs (``distinct_rows``): the same distribution, ~100x faster per request on a big table."""
     k = len(attr_names)
     if k == 0:
         if spec:
@@ -61,6 +64,8 @@ def resolve(spec: dict[str, int], attr_names: list[str], table: torch.Tensor, n:
     table = table.float()
     match = (table[:, cols] == want.float()).all(1) if len(cols) else torch.ones(len(table), dtype=torch.bool)
     rows = table[match]
+    if len(rows) and counts is not None:
+        return rows[torch.multinomial(counts[match].float(), n, replacement=True, generator=generator)].clone()
     if len(rows):
         return rows[torch.randint(len(rows), (n,), generator=generator)].clone()
     if not allow_unseen:
@@ -70,9 +75,16 @@ def resolve(spec: dict[str, int], attr_names: list[str], table: torch.Tensor, n:
         allowed = torch.tensor([spec.get(a, 1) for a in attr_names], dtype=torch.float)
         pick = torch.multinomial(allowed.expand(n, -1), 1, generator=generator).squeeze(1)
         return torch.nn.functional.one_hot(pick, k).float()
-    out = (torch.rand(n, k, generator=generator) < table.mean(0)).float()
+    marginals = table.mean(0) if counts is None else (table * counts[:, None]).sum(0) / counts.sum()
+    out = (torch.rand(n, k, generator=generator) < marginals).float()
     out[:, cols] = want.float()
     return out
+
+
+def distinct_rows(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distinct label rows, how often each occurs): what ``resolve(..., counts=)`` and edit targets need."""
+    rows, counts = torch.unique(table.float(), dim=0, return_counts=True)
+    return rows, counts
 
 
 def format_spec(spec: dict[str, int]) -> str:
@@ -91,7 +103,7 @@ def nearest_rows(current: torch.Tensor, spec: dict[str, int], attr_names: list[s
     """
     cols = torch.tensor([attr_names.index(a) for a in spec], dtype=torch.long)
     want = torch.tensor(list(spec.values()), dtype=torch.float)
-    rows, counts = torch.unique(table.float(), dim=0, return_counts=True)
+    rows, counts = distinct_rows(table)
     match = (rows[:, cols] == want).all(1) if len(cols) else torch.ones(len(rows), dtype=torch.bool)
     if not match.any():
         if not allow_unseen:
