@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def lcs(*args, env=None, timeout=300):
     return subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, text=True, timeout=timeout, env=env)
@@ -50,3 +52,17 @@ def test_train_encode_end_to_end(fashion_root, tmp_path):
     train = tensors["split"] == 0
     assert abs(tensors["sigma"][train].mean(0) - __import__("torch").tensor(lat["sigma_bar"])).max() < 1e-6
     assert lat["decoder_fingerprint"] == manifest["decoder_fingerprint"]
+
+
+def test_serve_flags_read_environment_variables(monkeypatch):
+    from training.cli import build_parser
+
+    monkeypatch.setenv("LCS_PORT", "9123")
+    monkeypatch.setenv("LCS_DATA_DIR", "/data")
+    monkeypatch.setenv("LCS_MAX_WAIT_MS", "2.5")
+    a = build_parser().parse_args(["serve"])
+    assert (a.port, a.data_dir, a.max_wait_ms) == (9123, "/data", 2.5)
+    assert build_parser().parse_args(["serve", "--port", "80"]).port == 80  # a flag beats the environment
+    monkeypatch.setenv("LCS_PORT", "eighty")
+    with pytest.raises(SystemExit):
+        build_parser()

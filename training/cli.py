@@ -242,7 +242,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job-workers", type=int, default=d.job_workers, help="training jobs at once")
     p.add_argument("--job-threads", type=int, default=d.job_threads, help="torch threads per training job")
     p.set_defaults(func=cmd_serve)
+    env_defaults(p, "LCS_")
     return parser
+
+
+def env_defaults(p: argparse.ArgumentParser, prefix: str) -> None:
+    """Each flag also reads PREFIX + its name in capitals (``--max-batch`` <- LCS_MAX_BATCH): containers configure by env."""
+    import os
+
+    for action in p._actions:
+        env = prefix + action.dest.upper()
+        if action.dest != "help" and env in os.environ and action.type in (None, str, int, float):
+            value = os.environ[env]
+            try:
+                p.set_defaults(**{action.dest: (action.type or str)(value)})
+            except ValueError:
+                raise SystemExit(f"{env}={value!r} is not a valid {action.dest}") from None
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
