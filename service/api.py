@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import math
 import secrets
+import shutil
 from typing import Literal
 
 import numpy as np
@@ -207,8 +208,6 @@ async def put_labelset(request: Request, name: str, manifest: UploadFile = File(
                 while chunk := await up.read(1 << 20):
                     f.write(chunk)
     except BaseException:
-        import shutil
-
         shutil.rmtree(staged, ignore_errors=True)
         raise
     vid = await run_in_threadpool(st.registry.publish, name, staged, st.engine.decoder_fingerprint, st.engine.latent_dim, "upload")

@@ -44,6 +44,12 @@ def _sample_params(attrs, labelset, n, seed, mode, fmt, allow_unseen) -> dict:
     return params
 
 
+def _transform_request(image, attrs, labelset, mode, fmt, allow_unseen) -> dict:
+    data = {"attrs": attrs if isinstance(attrs, str) else ",".join(attrs), "mode": mode, "format": fmt,
+            "allow_unseen": str(allow_unseen).lower(), **({"labelset": labelset} if labelset else {})}
+    return {"files": {"image": ("image.png", image, "image/png")}, "data": data}
+
+
 def _artifact_files(directory: str | Path) -> dict:
     d = Path(directory)
     return {"manifest": ("mapper.json", (d / "mapper.json").read_bytes(), "application/json"),
@@ -82,9 +88,7 @@ class Client:
         return r.json() if format == "json" else r.content
 
     def transform(self, image: bytes, attrs, labelset=None, mode="actor", format="png", allow_unseen=False):
-        data = {"attrs": attrs if isinstance(attrs, str) else ",".join(attrs), "mode": mode, "format": format,
-                "allow_unseen": str(allow_unseen).lower(), **({"labelset": labelset} if labelset else {})}
-        r = _check(self.http.post("/transform", files={"image": ("image.png", image, "image/png")}, data=data))
+        r = _check(self.http.post("/transform", **_transform_request(image, attrs, labelset, mode, format, allow_unseen)))
         return r.json() if format == "json" else r.content
 
     def labelsets(self) -> list[dict]:
@@ -141,9 +145,7 @@ class AsyncClient:
         return r.json() if format == "json" else r.content
 
     async def transform(self, image: bytes, attrs, labelset=None, mode="actor", format="png", allow_unseen=False):
-        data = {"attrs": attrs if isinstance(attrs, str) else ",".join(attrs), "mode": mode, "format": format,
-                "allow_unseen": str(allow_unseen).lower(), **({"labelset": labelset} if labelset else {})}
-        r = _check(await self.http.post("/transform", files={"image": ("image.png", image, "image/png")}, data=data))
+        r = _check(await self.http.post("/transform", **_transform_request(image, attrs, labelset, mode, format, allow_unseen)))
         return r.json() if format == "json" else r.content
 
     async def labelsets(self) -> list[dict]:
