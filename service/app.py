@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -184,10 +186,24 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     return app
 
 
+def check_data_dir(path: str | Path) -> None:
+    """Stop at start with one clear line, not a traceback, when the data dir cannot be written
+    (typically a host directory mounted into the container that uid 10001 does not own)."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise SystemExit(f"lcs serve: the data dir {p} is not writable by uid {os.getuid()} ({e.strerror}); "
+                         "give that user the directory (in the container: chown 10001) or use a named volume") from None
+
+
 def serve(cfg: ServerConfig) -> None:
     import uvicorn
 
     from training.runtime import setup_logging
 
     setup_logging()
+    check_data_dir(cfg.data_dir)
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="info", timeout_graceful_shutdown=10)

@@ -2,6 +2,9 @@
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -12,7 +15,7 @@ import pytest
 from PIL import Image
 
 from service.client import Client, ServiceError
-from tests.conftest import Server
+from tests.conftest import Server, free_port
 from training.train_labelset import TrainLabelSetConfig, train_labelset
 
 
@@ -236,9 +239,14 @@ def test_sixteen_clients_keep_sampling_while_a_labelset_is_replaced_20_times(srv
 
 def test_metrics_and_probes(srv):
     assert httpx.get(f"{srv.url}/livez").json() == {"status": "alive"}
+    # the container HEALTHCHECK command: 0 against a live server, 1 against a port nobody serves
+    check = [sys.executable, "-m", "service.healthcheck"]
+    assert subprocess.run(check, env={**os.environ, "LCS_PORT": str(srv.port)}).returncode == 0
+    assert subprocess.run(check, env={**os.environ, "LCS_PORT": str(free_port())}, capture_output=True).returncode == 1
     assert httpx.get(f"{srv.url}/readyz").json() == {"ready": True}
     httpx.get(f"{srv.url}/sample", params={"attrs": "sandal"})
     httpx.get(f"{srv.url}/sample", params={"attrs": "wings"})
+    assert httpx.get(f"{srv.url}/labelsets/no-such-set").status_code == 404
     text = httpx.get(f"{srv.url}/metrics").text
     for needle in ('lcs_request_seconds_bucket{le="0.005",route="/sample",status="200"}', "lcs_batch_samples_count", 'route="/sample",status="422"', 'route="/labelsets/{name}",status="404"',
                    "lcs_queue_samples", 'lcs_labelset_requests_total{labelset="category",mode="actor"}',
@@ -380,3 +388,12 @@ def test_admin_token_is_generated_with_mode_0600_when_unset(service_bundle, tmp_
     assert len(token) >= 32 and str(f) in s.logtext()
     assert httpx.post(f"{s.url}/labelsets/realism/rollback", headers={"Authorization": f"Bearer {token}"}).json()["error"]["code"] \
         == "no_previous_version"
+
+
+def test_an_unwritable_data_dir_stops_the_server_with_one_clear_line(service_bundle, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    r = subprocess.run([sys.executable, "-m", "training.cli", "serve", "--bundle", str(service_bundle), "--data-dir", str(blocker / "data"),
+                        "--port", str(free_port())], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "not writable" in r.stderr and str(blocker / "data") in r.stderr and "Traceback" not in r.stderr
