@@ -43,20 +43,24 @@ class VAEConfig:
         return asdict(self)
 
 
-class Encoder(nn.Module):
-    """Stride-2 4x4 convs; an extra 3x3 conv only at resolutions <= 16 (cheap on CPU)."""
+def conv_trunk(cfg: VAEConfig) -> tuple[nn.Sequential, int]:
+    """Stride-2 4x4 convs; an extra 3x3 conv only at resolutions <= 16 (cheap on CPU). Returns the
+    trunk and its flattened output size; the encoder and the baselines' critics share it."""
+    layers, c_in, res = [], cfg.channels, cfg.image_size
+    for c in cfg.widths():
+        res //= 2
+        layers += [nn.Conv2d(c_in, c, 4, 2, 1), nn.SiLU()]
+        if res <= 16:
+            layers += [nn.Conv2d(c, c, 3, 1, 1), nn.SiLU()]
+        c_in = c
+    return nn.Sequential(*layers), c_in * cfg.feature_size ** 2
 
+
+class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        layers, c_in, res = [], cfg.channels, cfg.image_size
-        for c in cfg.widths():
-            res //= 2
-            layers += [nn.Conv2d(c_in, c, 4, 2, 1), nn.SiLU()]
-            if res <= 16:
-                layers += [nn.Conv2d(c, c, 3, 1, 1), nn.SiLU()]
-            c_in = c
-        self.conv = nn.Sequential(*layers)
-        self.head = nn.Linear(c_in * cfg.feature_size ** 2, 2 * cfg.latent_dim)
+        self.conv, features = conv_trunk(cfg)
+        self.head = nn.Linear(features, 2 * cfg.latent_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (μ, log σ²) of q(z|x) for images in [0, 1]."""
@@ -107,14 +111,22 @@ class VAE(nn.Module):
         """Negative ELBO per image (nats) and its parts; ``loss`` is what training minimises."""
         mu, logvar = self.encoder(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        xhat = self.decoder(z)
-        sq = (x - xhat).pow(2).flatten(1)
-        d = sq.shape[1]
-        s = self.cfg.sigma_x
-        nll = sq.sum(1) / (2 * s * s) + d * math.log(s * math.sqrt(2 * math.pi))
+        return elbo(x, self.decoder(z), mu, logvar, self.cfg)
+
+
+def elbo(x: torch.Tensor, xhat: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, cfg: VAEConfig,
+         prior_mu: torch.Tensor | None = None, prior_logvar: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Negative ELBO with the fixed-σ_x Gaussian decoder; KL to N(0, I), or to a learned prior N(prior_mu, e^prior_logvar)."""
+    sq = (x - xhat).pow(2).flatten(1)
+    d = sq.shape[1]
+    s = cfg.sigma_x
+    nll = sq.sum(1) / (2 * s * s) + d * math.log(s * math.sqrt(2 * math.pi))
+    if prior_mu is None:
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
-        loss = (nll + self.cfg.beta * kl).mean()
-        return {"loss": loss, "nll": nll.mean().detach(), "kl": kl.mean().detach(), "mse": sq.mean().detach()}
+    else:
+        kl = 0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1).sum(1)
+    loss = (nll + cfg.beta * kl).mean()
+    return {"loss": loss, "nll": nll.mean().detach(), "kl": kl.mean().detach(), "mse": sq.mean().detach()}
 
 
 def load_vae(directory, device: str | torch.device = "cpu") -> tuple[VAE, dict]:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from training.evaluate import evaluate
-from training.metrics import auc, best_threshold, binary_metrics, frechet_distance, frechet_with_ci
-from training.samplers import SAMPLERS, build_sampler
+from training.metrics import auc, best_threshold, binary_metrics, frechet_distance, frechet_with_ci, precision_recall
+from training.samplers import SAMPLERS, LatentSampler, build_sampler
 from training.train_judge import TrainJudgeConfig, train_judge
 from training.train_vae import TrainVAEConfig, train_vae
 
@@ -61,13 +61,15 @@ def test_judge_learns_the_visible_class_and_records_a_ceiling(tiny_bundle):
     assert all(0.0 < t < 1.0 for t in m["thresholds"].values())
 
 
-class OracleSampler:
+class OracleSampler(LatentSampler):
     """Encodes a real test image of the requested class: a conditional sampler that should score high."""
 
     name, conditional = "oracle", True
 
     def __init__(self, bundle, vae):
         from models.vae import load_vae
+
+        super().__init__(vae)
         from training.data import load_dataset
         from training.images import batch_to_float
 
@@ -95,7 +97,7 @@ def test_eval_prior_vs_conditional_oracle(tiny_bundle, monkeypatch):
     assert (tiny_bundle / "eval" / "eval-prior-category.json").exists()
     assert (tiny_bundle / "eval" / "samples-prior-category.png").exists()
 
-    monkeypatch.setitem(SAMPLERS, "oracle", lambda bundle, ls, vae: OracleSampler(bundle, vae))
+    monkeypatch.setitem(SAMPLERS, "oracle", lambda bundle, ls, vae, artifact="": OracleSampler(bundle, vae))
     oracle = evaluate(tiny_bundle, sampler="oracle", label_set="category", n=300, boots=5, device="cpu")
     assert oracle["mean_accuracy"] > prior["mean_accuracy"] + 0.3
     for m in oracle["per_attribute"].values():
@@ -110,6 +112,17 @@ def test_eval_binary_label_set_and_sigma_figure(tiny_bundle, fashion_root, tmp_p
     assert "exact_match_3attr" not in r  # one attribute: no 3-attribute specs
     assert set(r["sigma_tradeoff"]["reconstruction_mse_test"]) == {"0.1", "1.0"}
     assert (tmp_path / "ev" / "sigma_tradeoff.png").exists()
+
+
+def test_precision_recall_separate_realism_from_coverage():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(1500, 6))
+    same = precision_recall(real, rng.normal(size=(1500, 6)))
+    collapsed = precision_recall(real, 0.2 * rng.normal(size=(1500, 6)))  # realistic but covers little
+    off = precision_recall(real, rng.normal(size=(1500, 6)) + 4)  # covers nothing real
+    assert same["precision"] > 0.75 and same["recall"] > 0.75
+    assert collapsed["precision"] > 0.95 and collapsed["recall"] < 0.2
+    assert off["precision"] < 0.05 and off["recall"] < 0.05
 
 
 def test_unknown_sampler_and_label_set_are_clear(tiny_bundle):

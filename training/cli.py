@@ -90,6 +90,15 @@ def cmd_train_labelset(a: argparse.Namespace) -> None:
     train_labelset(cfg, command=["lcs"] + sys.argv[1:])
 
 
+def cmd_train_baseline(a: argparse.Namespace) -> None:
+    from training.train_baseline import TrainBaselineConfig, train_baseline
+
+    cfg = TrainBaselineConfig(bundle=a.bundle, method=a.method, label_set=a.label_set, out=a.out, init=a.init, labelled=a.labelled,
+                              steps=a.steps, batch_size=a.batch_size, lr=a.lr, lr_final=a.lr_final, components=a.components,
+                              seed=a.seed, device=a.device, threads=a.threads)
+    train_baseline(cfg, command=["lcs"] + sys.argv[1:])
+
+
 def cmd_pack(a: argparse.Namespace) -> None:
     from training.pack import pack
 
@@ -100,7 +109,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
     from training.evaluate import evaluate
 
     evaluate(a.bundle, sampler=a.sampler, label_set=a.label_set, n=a.n, n_spec3=a.n_spec3, seed=a.seed, device=a.device,
-             out=a.out, compare_vae=a.compare_vae, boots=a.boots, command=["lcs"] + sys.argv[1:])
+             out=a.out, compare_vae=a.compare_vae, boots=a.boots, command=["lcs"] + sys.argv[1:], artifact=a.artifact)
 
 
 def cmd_eval_edits(a: argparse.Namespace) -> None:
@@ -185,6 +194,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=cmd_train_labelset)
 
+    p = sub.add_parser("train-baseline", help="train or fit a baseline (CVAE, CVAE-GAN, attribute vectors, latent GMM) on a bundle's data")
+    p.add_argument("--bundle", required=True, help="bundle whose VAE backbone, data and latent table the baseline uses")
+    p.add_argument("--method", required=True, help="cvae | cvae-cmma | cvae-gan | attrvec-mean | attrvec-lsq | gmm")
+    p.add_argument("--label-set", required=True, help="a label set of the dataset, or several joined by '+' (image methods)")
+    p.add_argument("--out", default="", help="default: BUNDLE/baselines/METHOD-LABEL_SET")
+    p.add_argument("--init", default="", help="fine-tune this CVAE / CVAE-GAN directory for the (wider) label set")
+    p.add_argument("--labelled", type=int, default=0, help="use only this many labelled training examples (0 = all)")
+    p.add_argument("--steps", type=int, default=3000, help="training steps (image methods)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-final", type=float, default=1e-5)
+    p.add_argument("--components", type=int, default=4, help="mixture components per label row (gmm)")
+    p.add_argument("--seed", type=int, default=0)
+    add_device_args(p)
+    p.set_defaults(func=cmd_train_baseline)
+
     p = sub.add_parser("pack", help="copy a bundle's VAE/judge into a shipping bundle (fp16 by default)")
     p.add_argument("--src", required=True)
     p.add_argument("--out", required=True)
@@ -194,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="score a sampler on a bundle with the judge (JSON + PNG)")
     p.add_argument("--bundle", required=True, help="directory with vae.* and judge.*")
-    p.add_argument("--sampler", default="prior", help="prior | realism | actor | optimize")
+    p.add_argument("--sampler", default="prior", help="prior | realism | actor | optimize | attrvec-mean | attrvec-lsq | gmm | cvae | cvae-cmma | cvae-gan")
+    p.add_argument("--artifact", default="", help="the trained mapper or baseline directory, if not at its default place in the bundle")
     p.add_argument("--label-set", default="", help="label set to condition on (default: the dataset's first)")
     p.add_argument("--n", type=int, default=10000, help="samples for accuracy and Fréchet distance")
     p.add_argument("--n-spec3", type=int, default=2000, help="samples for 3-attribute specs")

@@ -19,7 +19,8 @@ import torch
 
 from models.vae import load_vae
 from training.data import load_dataset
-from training.evaluate import decode_all, encode_all, open_bundle
+from training.evaluate import open_bundle
+from training.samplers import decode_all, encode_all
 from training.images import batch_to_float, save_grid
 from training.optimize import OptimizeConfig, edit_latents
 from training.samplers import load_labelset

@@ -21,32 +21,13 @@ from models.judge import load_judge
 from models.vae import VAE, load_vae
 from training.data import load_dataset
 from training.images import batch_to_float, save_grid
-from training.metrics import binary_metrics, frechet_with_ci
-from training.runtime import autocast, resolve_device
-from training.samplers import build_sampler
+from training.metrics import binary_metrics, frechet_with_ci, precision_recall
+from training.runtime import resolve_device
+from training.samplers import build_sampler, decode_all, encode_all
 from training.train_judge import decide, predict
 from training.train_vae import evaluate_mse
 
 log = logging.getLogger("lcs.eval")
-
-
-@torch.no_grad()
-def decode_all(vae: VAE, z: torch.Tensor, device: torch.device, batch: int = 256) -> torch.Tensor:
-    out = []
-    for s in range(0, len(z), batch):
-        with autocast(device):
-            out.append(vae.decode(z[s: s + batch].to(device)).float().cpu())
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def encode_all(vae: VAE, images: np.ndarray, device: torch.device, batch: int = 256) -> torch.Tensor:
-    """Posterior means of uint8 images, on the CPU."""
-    out = []
-    for s in range(0, len(images), batch):
-        with autocast(device):
-            out.append(vae.encode(batch_to_float(images[s: s + batch], device))[0].float().cpu())
-    return torch.cat(out)
 
 
 def sigma_tradeoff_figure(vae_a: VAE, vae_b: VAE, images: np.ndarray, path: Path, n: int = 12, seed: int = 0) -> Path:
@@ -75,7 +56,7 @@ def open_bundle(bundle: str | Path, device: str, out: str | Path):
 
 def evaluate(bundle: str | Path, sampler: str = "prior", label_set: str = "", n: int = 10000, n_spec3: int = 2000,
              seed: int = 0, device: str = "auto", out: str | Path = "", compare_vae: str = "", boots: int = 50,
-             command: list[str] | None = None) -> dict:
+             command: list[str] | None = None, artifact: str | Path = "") -> dict:
     started = time.time()
     bundle, out, dev, vae, vman, judge, jman, data = open_bundle(bundle, device, out)
     label_set = label_set or next(iter(data.label_sets))
@@ -85,12 +66,11 @@ def evaluate(bundle: str | Path, sampler: str = "prior", label_set: str = "", n:
     rng = np.random.default_rng(seed)
     test_labels = data.columns(ls.attrs)[data.indices("test")]
     requested = test_labels[rng.integers(len(test_labels), size=n)]
-    smp = build_sampler(sampler, bundle, label_set, vae)
+    smp = build_sampler(sampler, bundle, label_set, vae, artifact)
     gen = torch.Generator().manual_seed(seed)
 
     # Full-row requests.
-    z = smp.sample(torch.from_numpy(requested).float(), gen)
-    images = decode_all(vae, z, dev)
+    images = smp.images(torch.from_numpy(requested).float(), gen, dev)
     probs, feats = predict(judge, images, dev)
     got = decide(probs, jman, ls.attrs)
     ceiling = jman["ceiling"]["per_attribute"]
@@ -121,8 +101,7 @@ def evaluate(bundle: str | Path, sampler: str = "prior", label_set: str = "", n:
     if ls.kind == "binary" and len(ls.attrs) >= 3:
         rows = test_labels[rng.integers(len(test_labels), size=n_spec3)]
         picked = np.stack([rng.choice(len(ls.attrs), 3, replace=False) for _ in range(n_spec3)])
-        z3 = smp.sample(torch.from_numpy(rows).float(), gen)
-        got3 = decide(predict(judge, decode_all(vae, z3, dev), dev)[0], jman, ls.attrs)
+        got3 = decide(predict(judge, smp.images(torch.from_numpy(rows).float(), gen, dev), dev)[0], jman, ls.attrs)
         hit = np.take_along_axis(got3 == rows, picked, 1).all(1)
         result["exact_match_3attr"] = float(hit.mean())
         result["n_3attr"] = n_spec3
@@ -134,6 +113,7 @@ def evaluate(bundle: str | Path, sampler: str = "prior", label_set: str = "", n:
     _, test_feats = predict(judge, data.images[data.indices("test")], dev)
     result["frechet"] = frechet_with_ci(feats, real_feats, boots=boots, seed=seed)
     result["frechet_real_test_vs_train"] = frechet_with_ci(test_feats, real_feats, boots=boots, seed=seed)
+    result["precision_recall"] = precision_recall(real_feats, feats, k=3)
     result["reconstruction_mse_test"] = evaluate_mse(vae, data.images[data.indices("test")], dev)
     # The decoder's own ceiling: the judge on reconstructions of real test images. No latent sampler
     # can beat it by much, since every sample goes through the same decoder.
@@ -176,6 +156,7 @@ def format_table(r: dict) -> str:
                  + (f"; 3-attr exact match {r['exact_match_3attr']:.4f}" if "exact_match_3attr" in r else ""))
     f, fr = r["frechet"], r["frechet_real_test_vs_train"]
     lines.append(f"judge on reconstructions of real test images (the decoder's ceiling): {r['reconstruction_mean_accuracy']:.4f}")
+    pr = r["precision_recall"]
     lines.append(f"Fréchet (judge features) {f['fd']:.3f} [{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}]; real test vs train {fr['fd']:.3f}; "
-                 f"reconstruction MSE {r['reconstruction_mse_test']:.5f}")
+                 f"precision {pr['precision']:.3f} recall {pr['recall']:.3f} (k={pr['k']}); reconstruction MSE {r['reconstruction_mse_test']:.5f}")
     return "\n".join(lines)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from models.vae import load_vae
-from training.evaluate import decode_all
+from training.samplers import decode_all
 from training.images import save_grid
 from training.samplers import load_labelset
 from training.specs import parse_spec, resolve

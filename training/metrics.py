@@ -1,7 +1,8 @@
-"""Metrics shared by the judge trainer and the evaluation harness (numpy, no extra dependencies)."""
+"""Metrics shared by the judge trainer and the evaluation harness (numpy; torch for the k-NN distances)."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def binary_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
@@ -69,3 +70,20 @@ def frechet_with_ci(f1: np.ndarray, f2: np.ndarray, boots: int = 50, seed: int =
                        for _ in range(boots)])
     lo, hi = np.percentile(values - (values.mean() - fd), [2.5, 97.5])
     return {"fd": fd, "ci95": [float(max(lo, 0.0)), float(hi)], "n1": len(f1), "n2": len(f2)}
+
+
+def _kth_nn_radius(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
+    return torch.cat([torch.cdist(x[s: s + chunk], x).topk(k + 1, largest=False).values[:, k] for s in range(0, len(x), chunk)])
+
+
+def _covered(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int = 2048) -> float:
+    hits = torch.cat([(torch.cdist(points[s: s + chunk], centres) <= radii[None]).any(1) for s in range(0, len(points), chunk)])
+    return float(hits.float().mean())
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict[str, float]:
+    """Improved precision and recall (Kynkäänniemi et al., 2019): each set's manifold is the union of
+    balls reaching each point's k-th nearest neighbour in that set. Precision: share of fakes inside the
+    real manifold (realism); recall: share of reals inside the fake manifold (coverage)."""
+    r, f = torch.from_numpy(np.asarray(real, np.float32)), torch.from_numpy(np.asarray(fake, np.float32))
+    return {"precision": _covered(f, r, _kth_nn_radius(r, k)), "recall": _covered(r, f, _kth_nn_radius(f, k)), "k": k}

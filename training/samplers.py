@@ -1,55 +1,92 @@
-"""Samplers: how a method turns requested labels into latents for the frozen decoder.
+"""Samplers: how a method turns requested labels into images.
 
 ``lcs eval`` scores any sampler the same way. A sampler is built from (bundle dir, label set,
-VAE) and maps a float label matrix (n x K, 0/1) to latents (n x d). Add one by registering a
-factory in SAMPLERS; later methods (latent-constraint actors, optimisation, baselines) plug in here.
+VAE) and maps a float label matrix (n x K, 0/1) to images (n x C x H x W in [0, 1]). Methods
+on the frozen VAE (prior, latent constraints, attribute vectors, latent GMM) produce latents
+that the bundle's decoder turns into images; retrained conditional models (CVAE, CVAE-GAN)
+use their own decoder. Add one by registering a factory in SAMPLERS.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Callable, Protocol
 
+import numpy as np
 import torch
 
 from models.vae import VAE
+from training.images import batch_to_float
+from training.runtime import autocast
 
 
 class Sampler(Protocol):
     name: str
     conditional: bool
 
+    def images(self, labels: torch.Tensor, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        """Images (n x C x H x W, CPU floats in [0, 1]) for n rows of requested labels."""
+
+
+@torch.no_grad()
+def decode_all(vae: VAE, z: torch.Tensor, device: torch.device, batch: int = 256) -> torch.Tensor:
+    out = []
+    for s in range(0, len(z), batch):
+        with autocast(device):
+            out.append(vae.decode(z[s: s + batch].to(device)).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_all(vae: VAE, images: np.ndarray, device: torch.device, batch: int = 256) -> torch.Tensor:
+    """Posterior means of uint8 images, on the CPU."""
+    out = []
+    for s in range(0, len(images), batch):
+        with autocast(device):
+            out.append(vae.encode(batch_to_float(images[s: s + batch], device))[0].float().cpu())
+    return torch.cat(out)
+
+
+class LatentSampler:
+    """A method on the frozen VAE: ``sample`` gives latents, the bundle's decoder gives images."""
+
+    name, conditional = "latent", True
+
+    def __init__(self, vae: VAE):
+        self.vae = vae
+
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Latents (n x d) for n rows of requested labels (rows may be ignored if not conditional)."""
+        raise NotImplementedError
+
+    def images(self, labels: torch.Tensor, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        return decode_all(self.vae, self.sample(labels, generator), device)
 
 
-class PriorSampler:
+class PriorSampler(LatentSampler):
     """z ~ N(0, I), ignoring the labels: the unconditional VAE, the floor every method must beat."""
 
-    name = "prior"
-    conditional = False
-
-    def __init__(self, latent_dim: int):
-        self.latent_dim = latent_dim
+    name, conditional = "prior", False
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(len(labels), self.latent_dim, generator=generator)
+        return torch.randn(len(labels), self.vae.cfg.latent_dim, generator=generator)
 
 
-def load_labelset(bundle: Path, name: str):
-    """A label set's mappers from BUNDLE/labelsets/NAME, checked against the bundle's decoder."""
+def load_labelset(bundle: Path, name: str, artifact: str | Path = ""):
+    """A label set's mappers from ARTIFACT (default BUNDLE/labelsets/NAME), checked against the bundle's decoder."""
     from models.artifacts import load_manifest
     from models.latent import load_mappers
 
-    return load_mappers(bundle / "labelsets" / name, load_manifest(bundle, "vae")["decoder_fingerprint"])
+    return load_mappers(Path(artifact) if artifact else bundle / "labelsets" / name, load_manifest(bundle, "vae")["decoder_fingerprint"])
 
 
-class ActorSampler:
+class ActorSampler(LatentSampler):
     """Amortised: z = G(z_p, y) for z_p ~ N(0, I), one forward pass."""
 
     name, conditional = "actor", True
 
-    def __init__(self, bundle: Path, label_set: str):
-        self.m, self.manifest, _ = load_labelset(bundle, label_set)
+    def __init__(self, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = ""):
+        super().__init__(vae)
+        self.m, self.manifest, _ = load_labelset(bundle, label_set, artifact)
 
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -62,22 +99,23 @@ class RealismSampler(ActorSampler):
 
     name, conditional = "realism", False
 
-    def __init__(self, bundle: Path, label_set: str):
-        super().__init__(bundle, "realism")
+    def __init__(self, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = ""):
+        super().__init__(bundle, "realism", vae, artifact)
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return super().sample(torch.zeros(len(labels), 0), generator)
 
 
-class OptimizeSampler:
+class OptimizeSampler(LatentSampler):
     """Optimisation mode: Adam on z from z_p ~ N(0, I) against D(z, y) and D_attr (all attributes specified)."""
 
     name, conditional = "optimize", True
 
-    def __init__(self, bundle: Path, label_set: str):
+    def __init__(self, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = ""):
         from training.optimize import OptimizeConfig
 
-        self.m, self.manifest, _ = load_labelset(bundle, label_set)
+        super().__init__(vae)
+        self.m, self.manifest, _ = load_labelset(bundle, label_set, artifact)
         self.cfg = OptimizeConfig()
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -88,15 +126,102 @@ class OptimizeSampler:
                           for s in range(0, len(labels), 1024)])
 
 
-SAMPLERS: dict[str, Callable[[Path, str, VAE], Sampler]] = {
-    "prior": lambda bundle, label_set, vae: PriorSampler(vae.cfg.latent_dim),
-    "realism": lambda bundle, label_set, vae: RealismSampler(bundle, label_set),
-    "actor": lambda bundle, label_set, vae: ActorSampler(bundle, label_set),
-    "optimize": lambda bundle, label_set, vae: OptimizeSampler(bundle, label_set),
+def baseline_dir(bundle: Path, method: str, label_set: str) -> Path:
+    """Where ``lcs train-baseline`` writes by default."""
+    return Path(bundle) / "baselines" / f"{method}-{label_set}"
+
+
+def label_set_attrs(bundle: Path, label_set: str) -> list[str]:
+    from models.artifacts import load_manifest
+
+    sets = load_manifest(bundle, "vae")["dataset"]["label_sets"]
+    if label_set not in sets:
+        raise ValueError(f"label set {label_set!r} not in {sorted(sets)}")
+    return sets[label_set]["attrs"]
+
+
+class LatentBaselineSampler(LatentSampler):
+    """Attribute vectors or a per-condition latent GMM, fitted on the frozen VAE's encodings."""
+
+    def __init__(self, method: str, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = ""):
+        from models.artifacts import ArtifactError, load_manifest
+        from models.attrvec import load_attrvec
+        from models.latent_gmm import load_latent_gmm
+
+        super().__init__(vae)
+        self.name = method
+        path = Path(artifact) if artifact else baseline_dir(bundle, method, label_set)
+        self.model, manifest = load_latent_gmm(path) if method == "gmm" else load_attrvec(path)
+        if manifest.get("decoder_fingerprint") != load_manifest(bundle, "vae")["decoder_fingerprint"]:
+            raise ArtifactError(f"{path} was fitted on another decoder's latents")
+        if self.model.cfg.attr_names != label_set_attrs(bundle, label_set):
+            raise ValueError(f"{path} models {self.model.cfg.attr_names}, not label set {label_set!r}")
+
+    @torch.no_grad()
+    def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.model.sample(labels, generator)
+
+
+def fill_columns(labels: torch.Tensor, attrs: list[str], model_attrs: list[str], rows: torch.Tensor, counts: torch.Tensor,
+                 generator: torch.Generator) -> torch.Tensor:
+    """Full label rows for a model trained on more columns than were asked for: each request keeps its
+    values and takes the other columns from a training row that agrees with it, drawn by frequency."""
+    if attrs == model_attrs:
+        return labels
+    cols = [model_attrs.index(a) for a in attrs]
+    out = torch.empty(len(labels), len(model_attrs))
+    want, inverse = torch.unique(labels, dim=0, return_inverse=True)
+    for i, row in enumerate(want):
+        match = (rows[:, cols].float() == row).all(1)
+        if not match.any():
+            raise ValueError(f"no training row has {dict(zip(attrs, row.tolist()))}")
+        sel = torch.nonzero(inverse == i).squeeze(1)
+        pick = torch.multinomial(counts.float() * match, len(sel), replacement=True, generator=generator)
+        out[sel] = rows[pick].float()
+    return out
+
+
+class ConditionalModelSampler:
+    """A retrained conditional model (CVAE, CVAE-CMMA, CVAE-GAN) with its own decoder: z ~ p(z|y), x = G(z, y)."""
+
+    conditional = True
+
+    def __init__(self, method: str, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = ""):
+        from training.train_baseline import load_conditional
+
+        self.name = method
+        path = Path(artifact) if artifact else baseline_dir(bundle, method, label_set)
+        self.model, self.manifest, extra = load_conditional(path)
+        self.cvae_cfg = getattr(self.model.cfg, "cvae", self.model.cfg)
+        self.attrs = label_set_attrs(bundle, label_set)
+        if not set(self.attrs) <= set(self.cvae_cfg.attr_names):
+            raise ValueError(f"{path} was trained on {self.cvae_cfg.attr_names}, which lacks label set {label_set!r}")
+        self.rows, self.counts = extra["label_rows"], extra["label_counts"]
+
+    @torch.no_grad()
+    def images(self, labels: torch.Tensor, generator: torch.Generator, device: torch.device, batch: int = 256) -> torch.Tensor:
+        self.model.to(device)
+        y = fill_columns(labels, self.attrs, self.cvae_cfg.attr_names, self.rows, self.counts, generator)
+        z = self.model.sample_latents(y, generator)
+        out = []
+        for s in range(0, len(y), batch):
+            with autocast(device):
+                out.append(self.model.decode(z[s: s + batch].to(device), y[s: s + batch].to(device)).float().cpu())
+        return torch.cat(out)
+
+
+SAMPLERS: dict[str, Callable[..., Sampler]] = {
+    "prior": lambda bundle, label_set, vae, artifact="": PriorSampler(vae),
+    "realism": RealismSampler,
+    "actor": ActorSampler,
+    "optimize": OptimizeSampler,
+    **{m: partial(LatentBaselineSampler, m) for m in ("attrvec-mean", "attrvec-lsq", "gmm")},
+    **{m: partial(ConditionalModelSampler, m) for m in ("cvae", "cvae-cmma", "cvae-gan")},
 }
 
 
-def build_sampler(name: str, bundle: Path, label_set: str, vae: VAE) -> Sampler:
+def build_sampler(name: str, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = "") -> Sampler:
+    """``artifact``: the trained mapper/baseline directory, when not at its default place in the bundle."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}")
-    return SAMPLERS[name](Path(bundle), label_set, vae)
+    return SAMPLERS[name](Path(bundle), label_set, vae, artifact)

@@ -21,7 +21,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 from tqdm import tqdm
@@ -56,6 +55,7 @@ class TrainLabelSetConfig:
     diag_every: int = 200
     seed: int = 0
     threads: int = 0  # latent MLPs are small: they train on CPU, also on a GPU host
+    labelled: int = 0  # train on this many labelled training rows, drawn with the seed (0: all); label-efficiency runs
 
 
 @dataclass
@@ -213,8 +213,12 @@ def diagnostics(m: LatentMappers, t: LatentTable, gen: torch.Generator, n: int =
 
 
 def train_labelset(cfg: TrainLabelSetConfig, command: list[str] | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> Path:
-    """Train and write OUT/mapper.*; ``progress(step, steps)`` is called after every actor step (server jobs report it)."""
+                   progress: Callable[[int, int], None] | None = None,
+                   probe: Callable[[int, LatentMappers], dict] | None = None, probe_every: int = 0) -> Path:
+    """Train and write OUT/mapper.*; ``progress(step, steps)`` is called after every actor step (server jobs report it).
+
+    CPU-seconds (process time, all threads) are recorded in the metrics; ``probe(step, mappers)`` runs every
+    ``probe_every`` steps, its time not counted, and its results land in metrics["probes"] (the baselines bench)."""
     resolve_device("cpu", cfg.threads)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -228,14 +232,17 @@ def train_labelset(cfg: TrainLabelSetConfig, command: list[str] | None = None,
     opt_a = torch.optim.Adam(m.actor.parameters(), lr=cfg.lr, betas=(0.0, 0.9))
     opt_attr = torch.optim.Adam(m.attr.parameters(), lr=cfg.attr_lr) if m.attr is not None else None
     train_rows = t.rows(0)
-    if len(train_rows) < cfg.batch_size:
+    if cfg.labelled and cfg.labelled < len(train_rows):
+        train_rows = torch.sort(train_rows[torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.labelled]])[0]
+    if len(train_rows) < cfg.batch_size and not cfg.labelled:  # a deliberately small labelled subset is drawn with replacement
         raise ValueError(f"{len(train_rows)} training rows is fewer than one batch of {cfg.batch_size}")
     log.info("training label set %r (%d attributes: %s) on %d latents of dim %d", cfg.label_set, lcfg.n_labels,
              ", ".join(t.attr_names) or "none: realism mapper", len(train_rows), lcfg.latent_dim)
     batch = lambda: train_rows[torch.randint(len(train_rows), (cfg.batch_size,), generator=gen)]  # noqa: E731
     log_file = open(out / "train_log.jsonl", "w")
-    started = time.time()
+    started, cpu, probes = time.time(), 0.0, []
     for step in tqdm(range(1, cfg.steps + 1), desc=f"train-labelset {cfg.label_set}", unit="step"):
+        t0 = time.process_time()
         for _ in range(cfg.critic_steps):
             loss_c, info = critic_loss(m, critic_batch(m, t, batch(), cfg, gen), cfg.gp_weight)
             opt_c.zero_grad(set_to_none=True)
@@ -253,6 +260,9 @@ def train_labelset(cfg: TrainLabelSetConfig, command: list[str] | None = None,
             opt_attr.zero_grad(set_to_none=True)
             loss_attr.backward()
             opt_attr.step()
+        cpu += time.process_time() - t0
+        if probe is not None and (step % probe_every == 0 or step == cfg.steps):
+            probes.append({"step": step, "cpu_s": cpu, **probe(step, m)})
         if progress is not None:
             progress(step, cfg.steps)
         if step % cfg.diag_every == 0 or step == cfg.steps:
@@ -264,8 +274,9 @@ def train_labelset(cfg: TrainLabelSetConfig, command: list[str] | None = None,
                      diag["D_val"], diag["D_prior"], diag["D_actor"], diag["shift_prior"],
                      f", D_attr val acc {diag['attr_val_accuracy']:.3f}" if "attr_val_accuracy" in diag else "")
     log_file.close()
-    metrics = {**diagnostics(m, t, gen), "train_seconds": round(time.time() - started, 1), "steps": cfg.steps}
-    train_labels = t.labels[train_rows].to(torch.int8)
+    metrics = {**diagnostics(m, t, gen), "train_seconds": round(time.time() - started, 1), "cpu_seconds": round(cpu, 2),
+               "steps": cfg.steps, "labelled_examples": len(train_rows), **({"probes": probes} if probes else {})}
+    train_labels = t.labels[train_rows].to(torch.int8)  # only the rows it was trained on
     tensors = {**{k: v for k, v in m.state_dict().items()}, "label_table": train_labels, "sigma_bar": t.sigma_bar}
     manifest = {
         "kind": "labelset",

@@ -1,0 +1,335 @@
+"""Baselines side by side with latent constraints (LC), and what a new label set costs.
+
+    python bench/baselines.py                                   # the full protocol, both datasets
+    python bench/baselines.py --datasets fashion-mnist --profile small
+
+For each dataset, on the shipped bundle's backbone and data (service/bundles/DATASET):
+1. Quality on the served label set: LC actor and optimisation mode (the shipped mappers) and every
+   baseline (attribute vectors, latent GMM, CVAE, CVAE-CMMA, CVAE-GAN; each trained here per seed),
+   scored by ``lcs eval``: judge accuracy raw and ÷ ceiling, exact match, Fréchet distance and
+   precision/recall (k = 3) in judge features.
+2. A new label set nobody has seen (hold-one-out): LC trains a new mapper on the frozen VAE; the CVAE
+   is fine-tuned from its served model for the wider label set, or retrained from scratch. Every method
+   is probed during training (judge accuracy on the new labels); cost = CPU-seconds (process time) and
+   FLOPs (torch.utils.flop_counter) until it first reaches 95% of its own final accuracy; parameters
+   trained and stored; drift of the previously served label set. R_register = LC cost ÷ CVAE retrain cost.
+3. Label efficiency: final accuracy on the new labels with 100 / 1,000 / 10,000 labelled examples.
+Writes docs/baselines.json and docs/baselines.md (and sample grids in the work dir); never hand-edited.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from models.judge import load_judge  # noqa: E402
+from models.latent import LatentConfig, LatentMappers  # noqa: E402
+from models.vae import load_vae  # noqa: E402
+from training.data import load_dataset  # noqa: E402
+from training.encode import encode_dataset  # noqa: E402
+from training.evaluate import evaluate  # noqa: E402
+from training.runtime import setup_logging  # noqa: E402
+from training.samplers import decode_all, fill_columns  # noqa: E402
+from training.train_baseline import (ARTIFACT_STEM, IMAGE_METHODS, LATENT_METHODS, TrainBaselineConfig,  # noqa: E402
+                                     load_conditional, train_baseline)
+from training.train_judge import decide, predict  # noqa: E402
+from training.train_labelset import (TrainLabelSetConfig, actor_loss, attr_loss, critic_batch, critic_loss,  # noqa: E402
+                                     load_table, posterior_sample, train_labelset)
+
+DATASETS = {
+    # served label set, the held-out new one, the recipe's batch size (as the shipped VAE) and LC learning rate
+    "fashion-mnist": {"label_set": "category", "new": "footwear", "batch": 128},
+    "avatars": {"label_set": "faces", "new": "", "batch": 64},
+}
+PROFILES = {
+    "full": {"seeds": 2, "n_eval": 5000, "image_steps": 3000, "gan_steps": 3000, "lc_steps": 1500, "new_steps": 1500,
+             "probe_every": 100, "n_probe": 1000, "label_counts": [100, 1000, 10000], "efficiency_steps": 1000},
+    "small": {"seeds": 1, "n_eval": 2000, "image_steps": 1200, "gan_steps": 600, "lc_steps": 600, "new_steps": 600,
+              "probe_every": 50, "n_probe": 1000, "label_counts": [100, 1000, 10000], "efficiency_steps": 300},
+    "smoke": {"seeds": 1, "n_eval": 200, "image_steps": 20, "gan_steps": 10, "lc_steps": 10, "new_steps": 10,
+              "probe_every": 5, "n_probe": 100, "label_counts": [100], "efficiency_steps": 5},
+}
+LC_RECIPE = {"lr": 1e-3, "width": 256, "depth": 4, "critic_steps": 10, "batch_size": 256}  # as training/recipes/default_bundle.sh
+
+
+class Judge:
+    """Judge accuracy of generated images on requested label rows of one label set (the eval headline number)."""
+
+    def __init__(self, bundle: Path, data, label_set: str, n: int, seed: int = 0):
+        self.judge, self.jman = load_judge(bundle, "cpu")
+        self.ls = data.label_sets[label_set]
+        table = data.columns(self.ls.attrs)[data.indices("test")]
+        self.labels = torch.from_numpy(table[np.random.default_rng(seed).integers(len(table), size=n)]).float()
+
+    def accuracy(self, images: torch.Tensor) -> float:
+        got = decide(predict(self.judge, images, torch.device("cpu"))[0], self.jman, self.ls.attrs)
+        hit = got == self.labels.numpy()
+        return float(hit.all(1).mean() if self.ls.kind == "categorical" else hit.mean())
+
+
+def lc_images(vae, m: LatentMappers, labels: torch.Tensor, seed: int = 1) -> torch.Tensor:
+    with torch.no_grad():
+        z = torch.randn(len(labels), m.cfg.latent_dim, generator=torch.Generator().manual_seed(seed))
+        return decode_all(vae, m.actor(z, labels), torch.device("cpu"))
+
+
+def cvae_images(model, labels: torch.Tensor, attrs: list[str], rows, counts, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    cvae = getattr(model, "cvae", model)
+    with torch.no_grad():
+        y = fill_columns(labels, attrs, cvae.cfg.attr_names, rows, counts, g)
+        return torch.cat([model.decode(model.sample_latents(y[s: s + 512], g), y[s: s + 512]) for s in range(0, len(y), 512)])
+
+
+def flops_of(step) -> int:
+    with FlopCounterMode(display=False) as fc:
+        step()
+    return int(fc.get_total_flops())
+
+
+def lc_step_flops(bundle: Path, label_set: str, recipe: dict) -> int:
+    """FLOPs of one LC training step: critic_steps critic updates (with gradient penalty), one actor and one D_attr update."""
+    t = load_table(bundle, label_set)
+    cfg = TrainLabelSetConfig(bundle=str(bundle), label_set=label_set, **recipe)
+    m = LatentMappers(LatentConfig(latent_dim=t.mu.shape[1], attr_names=t.attr_names, kind=t.kind, width=cfg.width, depth=cfg.depth))
+    g = torch.Generator().manual_seed(0)
+    rows = t.rows(0)
+    idx = lambda: rows[torch.randint(len(rows), (cfg.batch_size,), generator=g)]  # noqa: E731
+
+    def step():
+        for _ in range(cfg.critic_steps):
+            critic_loss(m, critic_batch(m, t, idx(), cfg, g), cfg.gp_weight)[0].backward()
+        actor_loss(m, t, idx(), cfg, g)[0].backward()
+        i = idx()
+        attr_loss(m, posterior_sample(t, i, g), t.labels[i], t.kind).backward()
+    return flops_of(step)
+
+
+def image_step_flops(bundle: Path, method: str, label_set: str, batch: int) -> int:
+    from models.vae import VAEConfig
+    from models.artifacts import load_manifest
+    from training.train_baseline import build_image_model, label_columns
+
+    vman = load_manifest(bundle, "vae")
+    data = load_dataset(vman["dataset"]["name"], **vman["dataset"]["params"])
+    attrs, kind = label_columns(data, label_set)
+    model = build_image_model(TrainBaselineConfig(method=method), VAEConfig(**vman["config"]), attrs, kind)
+    c, h, w = data.image_shape
+    x, y = torch.rand(batch, c, h, w), (torch.rand(batch, len(attrs)) > 0.5).float()
+    return flops_of(lambda: [loss.backward() for _, loss, _ in model.step_losses(x, y)])
+
+
+def to_95(probes: list[dict]) -> dict:
+    """First probe reaching 95% of the final accuracy: its step, CPU-seconds, and the final accuracy."""
+    final = probes[-1]["accuracy"]
+    hit = next(p for p in probes if p["accuracy"] >= 0.95 * final)
+    return {"final_accuracy": final, "steps_to_95": hit["step"], "cpu_s_to_95": round(hit["cpu_s"], 2),
+            "cpu_s_total": round(probes[-1]["cpu_s"], 2), "curve": [[p["step"], round(p["cpu_s"], 2), round(p["accuracy"], 4)] for p in probes]}
+
+
+def quality(name: str, bundle: Path, spec: dict, prof: dict, work: Path) -> list[dict]:
+    ls, rows = spec["label_set"], []
+    ev = lambda sampler, seed, artifact="": evaluate(bundle, sampler=sampler, label_set=ls, n=prof["n_eval"],  # noqa: E731
+                                                      n_spec3=prof["n_eval"] // 2, seed=seed, device="cpu", boots=20,
+                                                      out=work / "eval", artifact=artifact)
+    for seed in range(prof["seeds"]):
+        for sampler in ("prior", "actor", "optimize"):
+            r = ev(sampler, seed)
+            rows.append(summarise(name, sampler, seed, r, {"trained_here": False}))
+        for method in LATENT_METHODS + IMAGE_METHODS:
+            steps = prof["gan_steps"] if method == "cvae-gan" else prof["image_steps"]
+            out = train_baseline(TrainBaselineConfig(bundle=str(bundle), method=method, label_set=ls, steps=steps, seed=seed,
+                                                     batch_size=spec["batch"], device="cpu", out=str(work / f"{method}-{ls}-s{seed}")),
+                                 command=["bench/baselines.py", name, method, f"seed={seed}"])
+            man = json.loads((out / f"{ARTIFACT_STEM[method]}.json").read_text())
+            r = ev(method, seed, out)
+            rows.append(summarise(name, method, seed, r, {"trained_here": True, "train_cpu_s": man["metrics"]["cpu_seconds"],
+                                                          "steps": man["metrics"].get("steps"), "params_stored": man["metrics"]["params_stored"]}))
+            print(f"  {name} {method} seed {seed}: accuracy {r['mean_accuracy']:.3f}, FD {r['frechet']['fd']:.2f}", flush=True)
+    return rows
+
+
+def summarise(dataset: str, method: str, seed: int, r: dict, extra: dict) -> dict:
+    return {"dataset": dataset, "method": method, "seed": seed, "accuracy": r["mean_accuracy"],
+            "accuracy_over_ceiling": r["mean_accuracy_over_ceiling"], "exact_match": r["exact_match"],
+            "exact_match_3attr": r.get("exact_match_3attr"), "frechet": r["frechet"]["fd"],
+            "frechet_real": r["frechet_real_test_vs_train"]["fd"], "precision": r["precision_recall"]["precision"],
+            "recall": r["precision_recall"]["recall"], **extra}
+
+
+def new_label_set(name: str, bundle: Path, spec: dict, prof: dict, work: Path) -> dict:
+    """Hold-one-out: the cost of serving spec['new'] with LC vs fine-tuning / retraining the CVAE."""
+    ls, new = spec["label_set"], spec["new"]
+    vae, vman = load_vae(bundle, "cpu")
+    data = load_dataset(vman["dataset"]["name"], **vman["dataset"]["params"])
+    judge_new = Judge(bundle, data, new, prof["n_probe"])
+    judge_old = Judge(bundle, data, ls, prof["n_probe"])
+    new_attrs, old_attrs = data.label_sets[new].attrs, data.label_sets[ls].attrs
+    out: dict = {"dataset": name, "served": ls, "new": new}
+
+    lc_recipe = {**LC_RECIPE, "steps": prof["new_steps"]}
+    lc_dir = train_labelset(TrainLabelSetConfig(bundle=str(bundle), label_set=new, out=str(work / f"lc-{new}"), diag_every=10 ** 9, **lc_recipe),
+                            command=["bench/baselines.py", name, "lc", new],
+                            probe=lambda step, m: {"accuracy": judge_new.accuracy(lc_images(vae, m, judge_new.labels))},
+                            probe_every=prof["probe_every"])
+    lman = json.loads((lc_dir / "mapper.json").read_text())
+    lc_flops = lc_step_flops(bundle, new, {k: v for k, v in LC_RECIPE.items()})
+    out["lc"] = {**to_95(lman["metrics"]["probes"]), "flops_per_step": lc_flops,
+                 "params_trained": sum(t.numel() for k, t in _tensors(lc_dir / "mapper.safetensors").items() if k not in ("label_table", "sigma_bar")),
+                 "drift_on_served": 0.0, "drift_note": "by construction: the served label set's mapper and the decoder are not touched"}
+    out["lc"]["params_stored"] = out["lc"]["params_trained"]
+    out["lc"]["flops_to_95"] = lc_flops * out["lc"]["steps_to_95"]
+
+    base = work / f"cvae-{ls}-s0"  # trained in the quality step
+    base_model, _, base_extra = load_conditional(base)
+    old_before = judge_old.accuracy(cvae_images(base_model, judge_old.labels, old_attrs, base_extra["label_rows"], base_extra["label_counts"]))
+    wide = f"{ls}+{new}"
+    # every (served, new) label combination the training data has, to complete requests for the new labels
+    rows, counts = np.unique(data.columns(old_attrs + new_attrs)[data.indices("train")].astype(np.int8), axis=0, return_counts=True)
+    rows, counts = torch.from_numpy(rows), torch.from_numpy(counts)
+
+    def cvae_probe(step, model):
+        return {"accuracy": judge_new.accuracy(cvae_images(model, judge_new.labels, new_attrs, rows, counts))}
+
+    flops_cvae = image_step_flops(bundle, "cvae", wide, spec["batch"])
+    for variant, init, steps in (("cvae_finetune", str(base), prof["new_steps"]), ("cvae_retrain", "", prof["image_steps"])):
+        d = train_baseline(TrainBaselineConfig(bundle=str(bundle), method="cvae", label_set=wide, init=init, steps=steps,
+                                               batch_size=spec["batch"], device="cpu", out=str(work / f"{variant}-{wide}")),
+                           command=["bench/baselines.py", name, variant, wide], probe=cvae_probe, probe_every=prof["probe_every"])
+        model, man, extra = load_conditional(d)
+        old_after = judge_old.accuracy(cvae_images(model, judge_old.labels, old_attrs, extra["label_rows"], extra["label_counts"]))
+        out[variant] = {**to_95(man["metrics"]["probes"]), "flops_per_step": flops_cvae,
+                        "flops_to_95": flops_cvae * to_95(man["metrics"]["probes"])["steps_to_95"],
+                        "params_trained": man["metrics"]["params_trained"], "params_stored": man["metrics"]["params_stored"],
+                        "served_accuracy_before": old_before, "served_accuracy_after": old_after,
+                        "drift_on_served": old_after - old_before}
+    for ref in ("cvae_retrain", "cvae_finetune"):
+        out[f"R_register_vs_{ref}"] = out["lc"]["cpu_s_to_95"] / max(out[ref]["cpu_s_to_95"], 1e-9)
+    out["R_register"] = out["R_register_vs_cvae_retrain"]
+
+    eff = []
+    for n in prof["label_counts"]:
+        lc = train_labelset(TrainLabelSetConfig(bundle=str(bundle), label_set=new, out=str(work / f"lc-{new}-n{n}"), labelled=n,
+                                                diag_every=10 ** 9, **{**LC_RECIPE, "steps": prof["efficiency_steps"]}),
+                            command=["bench/baselines.py", name, "lc", new, f"labelled={n}"],
+                            probe=lambda step, m: {"accuracy": judge_new.accuracy(lc_images(vae, m, judge_new.labels))},
+                            probe_every=prof["efficiency_steps"])
+        cv = train_baseline(TrainBaselineConfig(bundle=str(bundle), method="cvae", label_set=wide, init=str(base), labelled=n,
+                                                steps=prof["efficiency_steps"], batch_size=spec["batch"], device="cpu",
+                                                out=str(work / f"cvae_finetune-{wide}-n{n}")),
+                            command=["bench/baselines.py", name, "cvae_finetune", wide, f"labelled={n}"],
+                            probe=cvae_probe, probe_every=prof["efficiency_steps"])
+        eff.append({"labelled": n,
+                    "lc_accuracy": json.loads((lc / "mapper.json").read_text())["metrics"]["probes"][-1]["accuracy"],
+                    "cvae_finetune_accuracy": json.loads((cv / "cvae.json").read_text())["metrics"]["probes"][-1]["accuracy"]})
+        print(f"  {name} labelled {n}: LC {eff[-1]['lc_accuracy']:.3f}, CVAE fine-tune {eff[-1]['cvae_finetune_accuracy']:.3f}", flush=True)
+    out["label_efficiency"] = eff
+    return out
+
+
+def _tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Mean and spread (max − min) over seeds per (dataset, method)."""
+    keys = ["accuracy", "accuracy_over_ceiling", "exact_match", "exact_match_3attr", "frechet", "precision", "recall"]
+    out = []
+    for ds, method in dict.fromkeys((r["dataset"], r["method"]) for r in rows):
+        group = [r for r in rows if r["dataset"] == ds and r["method"] == method]
+        agg = {"dataset": ds, "method": method, "seeds": len(group), "frechet_real": group[0]["frechet_real"],
+               "trained_here": group[0]["trained_here"], "train_cpu_s": group[0].get("train_cpu_s"), "params_stored": group[0].get("params_stored")}
+        for k in keys:
+            vals = [r[k] for r in group if r[k] is not None]
+            agg[k] = float(np.mean(vals)) if vals else None
+            agg[f"{k}_spread"] = float(np.ptp(vals)) if len(vals) > 1 else None
+        out.append(agg)
+    return out
+
+
+def markdown(result: dict) -> str:
+    f = lambda v, p=3: "–" if v is None else f"{v:.{p}f}"  # noqa: E731
+    lines = ["# Baselines vs latent constraints", "",
+             f"Generated by `{result['command']}` ({result['profile']} profile: {json.dumps(result['profile_settings'])}) "
+             f"on {result['machine']}; {result['wall_minutes']:.0f} min. Never hand-edited.", "",
+             "Samplers: `prior` (unconditional VAE, the floor), `actor` / `optimize` (LC, the shipped mappers), `attrvec-*` "
+             "(attribute vectors), `gmm` (per-condition latent GMM), `cvae` / `cvae-cmma` (learned prior) / `cvae-gan` "
+             "(retrained conditional models on the same backbone). Accuracy: judge accuracy of the requested labels "
+             "(top-1 for categorical sets, mean over attributes for binary ones); FD and precision/recall (k = 3) in judge "
+             "features against real training images. ± is the spread (max − min) over seeds where more than one ran.", ""]
+    for ds in dict.fromkeys(r["dataset"] for r in result["quality"]):
+        lines += [f"## Quality: {ds}", "",
+                  "| method | accuracy | ÷ ceiling | exact match | 3-attr exact | FD (real: {}) | precision | recall | train CPU-s | stored params |".format(
+                      f([r for r in result["quality"] if r["dataset"] == ds][0]["frechet_real"], 2)),
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in result["quality"] if r["dataset"] == ds):
+            pm = lambda k, p=3: f(r[k], p) + (f" ± {f(r[k + '_spread'], p)}" if r.get(k + "_spread") else "")  # noqa: E731
+            lines.append(f"| {r['method']} | {pm('accuracy')} | {pm('accuracy_over_ceiling')} | {pm('exact_match')} | {pm('exact_match_3attr')} | "
+                         f"{pm('frechet', 2)} | {pm('precision')} | {pm('recall')} | {f(r['train_cpu_s'], 0) if r['train_cpu_s'] else '–'} | "
+                         f"{r['params_stored'] or '–'} |")
+        lines.append("")
+    for h in result["new_label_set"]:
+        lines += [f"## A new label set: `{h['new']}` on {h['dataset']} (served before: `{h['served']}`)", "",
+                  "| method | final accuracy | steps to 95% | CPU-s to 95% | CPU-s total | FLOPs to 95% | params trained | params stored | drift on served |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for k, label in (("lc", "LC: new mapper, frozen VAE"), ("cvae_finetune", "CVAE fine-tuned from served model"), ("cvae_retrain", "CVAE retrained from scratch")):
+            m = h[k]
+            lines.append(f"| {label} | {f(m['final_accuracy'])} | {m['steps_to_95']} | {f(m['cpu_s_to_95'], 1)} | {f(m['cpu_s_total'], 1)} | "
+                         f"{m['flops_to_95']:.3g} | {m['params_trained']:,} | {m['params_stored']:,} | {f(m['drift_on_served'])} |")
+        lines += ["", f"**R_register = LC ÷ CVAE retrain = {h['R_register_vs_cvae_retrain']:.3f}** (target ≤ 0.02); "
+                      f"LC ÷ CVAE fine-tune = {h['R_register_vs_cvae_finetune']:.3f}.", "",
+                  "Label efficiency (final accuracy on the new labels):", "",
+                  "| labelled examples | LC | CVAE fine-tune |", "|---|---|---|"]
+        lines += [f"| {e['labelled']:,} | {f(e['lc_accuracy'])} | {f(e['cvae_finetune_accuracy'])} |" for e in h["label_efficiency"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--datasets", default="fashion-mnist,avatars")
+    p.add_argument("--profile", default="full", choices=sorted(PROFILES))
+    p.add_argument("--work", default="runs/bench-baselines")
+    p.add_argument("--out", default="docs")
+    p.add_argument("--threads", type=int, default=0)
+    a = p.parse_args()
+    setup_logging("WARNING")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    prof = PROFILES[a.profile]
+    started = time.time()
+    result = {"command": "python bench/baselines.py " + " ".join(sys.argv[1:]), "profile": a.profile, "profile_settings": prof,
+              "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}", "quality_raw": [], "new_label_set": []}
+    for name in a.datasets.split(","):
+        spec, bundle = DATASETS[name], ROOT / "service" / "bundles" / name
+        work = Path(a.work) / name
+        if not (bundle / "latents.safetensors").exists():
+            encode_dataset(bundle, device="cpu")
+        print(f"== {name}: quality on {spec['label_set']}", flush=True)
+        result["quality_raw"] += quality(name, bundle, spec, prof, work)
+        if spec["new"]:
+            print(f"== {name}: new label set {spec['new']}", flush=True)
+            result["new_label_set"].append(new_label_set(name, bundle, spec, prof, work))
+    result["quality"] = aggregate(result["quality_raw"])
+    result["wall_minutes"] = (time.time() - started) / 60
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "baselines.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = markdown(result)
+    (out / "baselines.md").write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

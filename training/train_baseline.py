@@ -1,0 +1,218 @@
+"""``lcs train-baseline``: the related systems we measure latent constraints against, on the same
+backbone and data as the bundle's VAE.
+
+- retrained conditional models, trained on images: ``cvae`` (prior N(0, I)), ``cvae-cmma`` (learned
+  prior p(z|y)), ``cvae-gan``. ``--init DIR`` fine-tunes an earlier one for a wider label set: its
+  weights are copied, and inputs/outputs for the new label columns start at zero.
+- fits on the frozen VAE's latent table (``lcs encode``): ``attrvec-mean``, ``attrvec-lsq``, ``gmm``.
+
+``--label-set`` names a label set of the dataset, or several joined by ``+`` (a model that must serve
+all of them, e.g. ``category+footwear`` for a CVAE extended to footwear). Output:
+BUNDLE/baselines/METHOD-LABELSET/ (or --out) with safetensors + JSON manifest and train_log.jsonl.
+CPU-seconds (process time, all threads) are recorded; a ``probe`` callback sees the model every
+``probe_every`` steps without its own time being counted (the cost-of-a-new-label-set bench uses it).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.artifacts import load_manifest, save_artifact
+from models.attrvec import AttributeVectors, AttrVecConfig
+from models.cvae import CVAE, CVAEConfig, load_cvae
+from models.cvaegan import CVAEGAN, CVAEGANConfig, load_cvaegan
+from models.latent_gmm import LatentGMM, LatentGMMConfig
+from models.vae import VAEConfig
+from training.data import ImageDataset, load_dataset
+from training.images import batch_to_float
+from training.runtime import autocast, resolve_device
+from training.train_labelset import load_table
+
+log = logging.getLogger("lcs.train_baseline")
+IMAGE_METHODS = ("cvae", "cvae-cmma", "cvae-gan")
+LATENT_METHODS = ("attrvec-mean", "attrvec-lsq", "gmm")
+METHODS = IMAGE_METHODS + LATENT_METHODS
+ARTIFACT_STEM = {"cvae": "cvae", "cvae-cmma": "cvae", "cvae-gan": "cvaegan", "attrvec-mean": "attrvec", "attrvec-lsq": "attrvec", "gmm": "gmm"}
+
+
+@dataclass
+class TrainBaselineConfig:
+    bundle: str = "service/bundles/fashion-mnist"
+    method: str = "cvae"
+    label_set: str = "category"
+    out: str = ""
+    init: str = ""  # fine-tune from this CVAE / CVAE-GAN directory (image methods)
+    labelled: int = 0  # train on this many labelled training examples, drawn with the seed (0: all)
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_final: float = 1e-5
+    components: int = 4  # gmm
+    min_count: int = 20  # gmm
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+
+
+def label_columns(data: ImageDataset, label_set: str) -> tuple[list[str], str]:
+    """Attribute names and kind of a label set, or of several joined by '+' (kind binary)."""
+    parts = label_set.split("+")
+    unknown = [p for p in parts if p not in data.label_sets]
+    if unknown:
+        raise ValueError(f"label set(s) {unknown} not in {data.name}: {sorted(data.label_sets)}")
+    attrs = [a for p in parts for a in data.label_sets[p].attrs]
+    if len(set(attrs)) != len(attrs):
+        raise ValueError(f"label sets {parts} share attributes")
+    return attrs, data.label_sets[parts[0]].kind if len(parts) == 1 else "binary"
+
+
+def labelled_subset(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
+    if not n or n >= len(rows):
+        return rows
+    return np.sort(np.random.default_rng([seed, n]).choice(rows, size=n, replace=False))
+
+
+def load_conditional(directory: str | Path, device: str | torch.device = "cpu"):
+    """A trained CVAE or CVAE-GAN -> (model, manifest, extra tensors)."""
+    return (load_cvaegan if (Path(directory) / "cvaegan.json").exists() else load_cvae)(directory, device)
+
+
+def widen_labels(model: torch.nn.Module, old_attrs: list[str], new_attrs: list[str], old: dict[str, torch.Tensor]) -> None:
+    """Load ``old`` (a state dict for ``old_attrs``) into ``model`` built for ``new_attrs`` ⊇ old_attrs:
+    label inputs (encoder planes, decoder/prior inputs) and label outputs (classifier head) are the last
+    len(attrs) entries along the dimension that grew; old columns keep their weights, new ones start at 0."""
+    missing = [a for a in old_attrs if a not in new_attrs]
+    if missing:
+        raise ValueError(f"--init model has label columns {missing} that the new label set lacks")
+    own = model.state_dict()
+    for k, new in own.items():
+        src = old[k]
+        if src.shape == new.shape:
+            new.copy_(src)
+            continue
+        d = next(i for i, (a, b) in enumerate(zip(src.shape, new.shape)) if a != b)
+        base = new.shape[d] - len(new_attrs)
+        if base != src.shape[d] - len(old_attrs):
+            raise ValueError(f"{k}: cannot widen {tuple(src.shape)} to {tuple(new.shape)}")
+        new.zero_()
+        new.narrow(d, 0, base).copy_(src.narrow(d, 0, base))
+        cols = torch.tensor([base + new_attrs.index(a) for a in old_attrs])
+        new.index_copy_(d, cols, src.narrow(d, base, len(old_attrs)))
+
+
+def build_image_model(cfg: TrainBaselineConfig, backbone: VAEConfig, attrs: list[str], kind: str) -> torch.nn.Module:
+    ccfg = CVAEConfig(backbone=backbone, attr_names=attrs, kind=kind, learned_prior=cfg.method == "cvae-cmma")
+    model = CVAEGAN(CVAEGANConfig(cvae=ccfg)) if cfg.method == "cvae-gan" else CVAE(ccfg)
+    if cfg.init:
+        base, man, _ = load_conditional(cfg.init)
+        if type(base) is not type(model):
+            raise ValueError(f"--init {cfg.init} is a {type(base).__name__}, not a {type(model).__name__}")
+        old_cfg = base.cfg.cvae if isinstance(base, CVAEGAN) else base.cfg
+        widen_labels(model, old_cfg.attr_names, attrs, base.state_dict())
+    return model
+
+
+def train_image_model(cfg: TrainBaselineConfig, model: torch.nn.Module, data: ImageDataset, y_all: np.ndarray, rows: np.ndarray,
+                      device: torch.device, out: Path, probe: Callable | None, probe_every: int) -> dict:
+    model.to(device).train()
+    opts = {g: torch.optim.Adam(p, lr=cfg.lr) for g, p in model.optim_groups().items()}
+    decay = (cfg.lr_final / cfg.lr) ** (1 / max(cfg.steps, 1))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    log_file = open(out / "train_log.jsonl", "w")
+    cpu, window, probes = 0.0, [], []
+    for step in tqdm(range(1, cfg.steps + 1), desc=f"train-baseline {cfg.method} {cfg.label_set}", unit="step"):
+        t0 = time.process_time()
+        idx = np.sort(rows[torch.randint(len(rows), (cfg.batch_size,), generator=gen).numpy()])
+        x = batch_to_float(data.images[idx], device)
+        y = torch.from_numpy(y_all[idx]).float().to(device)
+        info = {}
+        for g, opt in opts.items():
+            for pg in opt.param_groups:
+                pg["lr"] = cfg.lr * decay ** step
+        with autocast(device):
+            for group, loss, part in model.step_losses(x, y):
+                opts[group].zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(opts[group].param_groups[0]["params"], 1e4)
+                opts[group].step()
+                info.update(part)
+        cpu += time.process_time() - t0
+        window.append(info)
+        if step % 50 == 0 or step == cfg.steps:
+            mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+            window.clear()
+            log_file.write(json.dumps({"step": step, **mean, "cpu_s": round(cpu, 2)}) + "\n")
+            log_file.flush()
+        if probe is not None and (step % probe_every == 0 or step == cfg.steps):
+            model.eval()
+            probes.append({"step": step, "cpu_s": cpu, **probe(step, model)})
+            model.train()
+    log_file.close()
+    return {"steps": cfg.steps, "cpu_seconds": round(cpu, 2), "probes": probes}
+
+
+def fit_latent_model(cfg: TrainBaselineConfig, attrs: list[str], kind: str) -> tuple[torch.nn.Module, dict, dict]:
+    """Closed-form / EM fits on the training split of the bundle's latent table."""
+    t = load_table(cfg.bundle, cfg.label_set)
+    rows = labelled_subset(t.rows(0).numpy(), cfg.labelled, cfg.seed)
+    t0 = time.process_time()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.method == "gmm":
+        z = t.mu[rows] + t.sigma[rows] * torch.randn(len(rows), t.mu.shape[1], generator=gen)
+        model = LatentGMM.fit(LatentGMMConfig(latent_dim=t.mu.shape[1], attr_names=attrs, kind=kind, components=cfg.components,
+                                              min_count=min(cfg.min_count, max(1, len(rows) // 50))), z, t.labels[rows], cfg.seed)
+    else:
+        model = AttributeVectors(AttrVecConfig(latent_dim=t.mu.shape[1], attr_names=attrs, kind=kind,
+                                               method=cfg.method.split("-")[1])).fit(t.mu[rows], t.labels[rows])
+    return model, {"cpu_seconds": round(time.process_time() - t0, 3)}, {"decoder_fingerprint": t.decoder_fingerprint}
+
+
+def train_baseline(cfg: TrainBaselineConfig, command: list[str] | None = None,
+                   probe: Callable[[int, torch.nn.Module], dict] | None = None, probe_every: int = 0) -> Path:
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown method {cfg.method!r}; choose from {METHODS}")
+    device = resolve_device(cfg.device if cfg.method in IMAGE_METHODS else "cpu", cfg.threads)
+    vman = load_manifest(cfg.bundle, "vae")
+    data = load_dataset(vman["dataset"]["name"], **vman["dataset"]["params"])
+    attrs, kind = label_columns(data, cfg.label_set)
+    out = Path(cfg.out) if cfg.out else Path(cfg.bundle) / "baselines" / f"{cfg.method}-{cfg.label_set}"
+    out.mkdir(parents=True, exist_ok=True)
+    y_all = data.columns(attrs).astype(np.float32)
+    rows = labelled_subset(data.indices("train"), cfg.labelled, cfg.seed)
+    started = time.time()
+    if cfg.method in IMAGE_METHODS:
+        model = build_image_model(cfg, VAEConfig(**vman["config"]), attrs, kind)
+        log.info("training %s on %s (%d labelled training images, labels %s) for %d steps on %s%s", cfg.method, data.name,
+                 len(rows), ", ".join(attrs), cfg.steps, device, f", from {cfg.init}" if cfg.init else "")
+        metrics = train_image_model(cfg, model, data, y_all, rows, device, out, probe, probe_every)
+        model = model.cpu().eval()
+        distinct, counts = np.unique(y_all[rows].astype(np.int8), axis=0, return_counts=True)
+        extra = {"label_rows": torch.from_numpy(distinct), "label_counts": torch.from_numpy(counts)}
+        cfg_json, arch, fp = model.cfg.to_json(), sys.modules[type(model).__module__].ARCH, {}
+    else:
+        model, metrics, fp = fit_latent_model(cfg, attrs, kind)
+        if probe is not None:
+            metrics["probes"] = [{"step": 1, "cpu_s": metrics["cpu_seconds"], **probe(1, model)}]
+        extra = {}
+        cfg_json, arch = model.cfg.to_json(), sys.modules[type(model).__module__].ARCH
+    stored = sum(t.numel() for t in model.state_dict().values())
+    trained = sum(p.numel() for p in model.parameters()) if cfg.method in IMAGE_METHODS else stored  # fits: every number is fitted
+    metrics.update({"params_trained": trained, "params_stored": stored, "wall_seconds": round(time.time() - started, 1),
+                    "labelled_examples": int(len(rows)), "device": str(device)})
+    manifest = {"kind": "baseline", "method": cfg.method, "arch": arch, "config": cfg_json, "label_set": cfg.label_set,
+                "dataset": vman["dataset"]["name"], "training": {k: v for k, v in cfg.__dict__.items() if k not in ("bundle", "out")},
+                "command": command or sys.argv, "metrics": metrics, **fp}
+    stem = ARTIFACT_STEM[cfg.method]
+    save_artifact(out, stem, {**model.state_dict(), **extra}, manifest)
+    log.info("wrote %s (%d parameters trained, %.1f CPU-s)", out / f"{stem}.safetensors", trained, metrics["cpu_seconds"])
+    return out
