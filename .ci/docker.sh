@@ -34,8 +34,13 @@ wait_ready() {  # URL SECONDS
 
 echo "== podman + stand-in base"
 bash "$ENGINE" prepare
-command -v curl >/dev/null || apt-get install -y -qq --no-install-recommends curl >/dev/null
-command -v docker-compose >/dev/null || apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
+need() {  # COMMAND PACKAGE: install the Debian package when the command is missing (refreshing the lists if needed)
+  command -v "$1" >/dev/null && return 0
+  apt-get install -y -qq --no-install-recommends "$2" >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$2" >/dev/null; }
+}
+need curl curl
+need docker-compose docker-compose
 
 echo "== build CPU image (local torch wheel: TORCH_INDEX_URL empty)"
 t0=$(date +%s)
