@@ -39,7 +39,8 @@ from training.data import load_dataset  # noqa: E402
 from training.encode import encode_dataset  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
 from training.runtime import setup_logging  # noqa: E402
-from training.samplers import decode_all, fill_columns  # noqa: E402
+from training.images import save_grid  # noqa: E402
+from training.samplers import build_sampler, decode_all, fill_columns  # noqa: E402
 from training.train_baseline import (ARTIFACT_STEM, IMAGE_METHODS, LATENT_METHODS, TrainBaselineConfig,  # noqa: E402
                                      load_conditional, train_baseline)
 from training.train_judge import decide, predict  # noqa: E402
@@ -176,6 +177,27 @@ def quality(name: str, bundle: Path, spec: dict, prof: dict, work: Path, skip: l
     return rows
 
 
+def figure(name: str, bundle: Path, spec: dict, work: Path, methods: list[str], out: Path) -> dict:
+    """One row per method, one column per requested label row (the same rows for every method): look, don't read."""
+    ls = spec["label_set"]
+    vae, vman = load_vae(bundle, "cpu")
+    data = load_dataset(vman["dataset"]["name"], **vman["dataset"]["params"])
+    table = data.columns(data.label_sets[ls].attrs)[data.indices("train")].astype(np.int8)
+    rows, counts = np.unique(table, axis=0, return_counts=True)
+    labels = torch.from_numpy(rows[np.argsort(-counts, kind="stable")[:10]]).float()
+    if data.label_sets[ls].kind == "categorical":
+        labels = labels[labels.argmax(1).argsort()]
+    images = []
+    for method in methods:
+        trained = method not in ("prior", "actor", "optimize")
+        smp = build_sampler(method, bundle, ls, vae, work / f"{method}-{ls}-s0" if trained else "")
+        images.append(smp.images(labels, torch.Generator().manual_seed(0), torch.device("cpu")))
+    path = save_grid(torch.cat(images), out / f"baselines_{name}.png", nrow=len(labels), scale=2)
+    attrs = data.label_sets[ls].attrs
+    return {"figure": path.name, "rows": methods,
+            "columns": [",".join(a for a, v in zip(attrs, r.tolist()) if v) or "(none)" for r in labels]}
+
+
 def summarise(dataset: str, method: str, seed: int, r: dict, extra: dict) -> dict:
     return {"dataset": dataset, "method": method, "seed": seed, "accuracy": r["mean_accuracy"],
             "accuracy_over_ceiling": r["mean_accuracy_over_ceiling"], "exact_match": r["exact_match"],
@@ -300,6 +322,10 @@ def markdown(result: dict) -> str:
                          f"{pm('frechet', 2)} | {pm('precision')} | {pm('recall')} | {f(r['train_cpu_s'], 0) if r['train_cpu_s'] is not None else '–'} | "
                          f"{r['params_stored'] if r['params_stored'] is not None else '–'} |")
         lines.append("")
+        if d.get("figure"):
+            fig = d["figure"]
+            lines += [f"![Rows, top to bottom: {', '.join(fig['rows'])}; columns: the {len(fig['columns'])} most frequent label rows.]({fig['figure']})", "",
+                      f"Rows, top to bottom: {', '.join(fig['rows'])}. Columns (requested labels): {'; '.join(fig['columns'])}.", ""]
         h = d.get("new_label_set")
         if not h:
             continue
@@ -329,6 +355,7 @@ def main() -> None:
     p.add_argument("--work", default="runs/bench-baselines")
     p.add_argument("--out", default="docs", help="baselines.json there is updated per dataset run; baselines.md re-rendered")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--figures-only", action="store_true", help="redraw the sample figures from the work dir's models, re-render the markdown")
     a = p.parse_args()
     setup_logging("WARNING")
     if a.threads:
@@ -338,6 +365,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "baselines.json"
     result = json.loads(path.read_text()) if path.exists() else {"datasets": {}}
+    if a.figures_only:
+        for name, d in result["datasets"].items():
+            d["figure"] = figure(name, ROOT / "service" / "bundles" / name, DATASETS[name], Path(a.work) / name,
+                                 list(dict.fromkeys(r["method"] for r in d["quality_raw"])), out)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        (out / "baselines.md").write_text(markdown(result) + "\n")
+        return
     for name in a.datasets.split(","):
         started = time.time()
         spec, bundle = DATASETS[name], ROOT / "service" / "bundles" / name
@@ -352,6 +386,7 @@ def main() -> None:
         if spec["new"] and "cvae" not in skip:
             print(f"== {name}: new label set {spec['new']}", flush=True)
             entry["new_label_set"] = new_label_set(name, bundle, spec, prof, work)
+        entry["figure"] = figure(name, bundle, spec, work, list(dict.fromkeys(r["method"] for r in raw)), out)
         entry["wall_minutes"] = (time.time() - started) / 60
         result["datasets"][name] = entry
         path.write_text(json.dumps(result, indent=2) + "\n")
