@@ -287,7 +287,7 @@ async def get_job(request: Request, job_id: str):
 
 # ---- operations -------------------------------------------------------------------------------
 
-@router.get("/", summary="What this server serves")
+@router.get("/info", summary="What this server serves (the web page is at /)")
 async def info(request: Request):
     st = request.app.state.lcs
     out = {"service": "latent-constraints", "ready": st.ready, "bundle": st.cfg.bundle}

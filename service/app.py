@@ -171,6 +171,7 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
             await st.batcher.stop()
         st.jobs.stop()
 
+    from service import web
     from service.api import router
 
     app = FastAPI(title="Latent constraints service", version="0.1.0", lifespan=lifespan,
@@ -183,6 +184,8 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, cfg=cfg)
     app.add_middleware(Timing, metrics=st.metrics)
     app.include_router(router)
+    app.include_router(web.router)
+    web.mount_static(app)
     return app
 
 

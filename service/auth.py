@@ -43,6 +43,8 @@ def require_admin(request: Request) -> None:
     given = request.headers.get("authorization", "")
     scheme, _, token = given.partition(" ")
     expected = request.app.state.admin_token
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+    if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorized", "this route needs 'Authorization: Bearer <admin token>'",
                        headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        raise ApiError(401, "unauthorized", "the admin token is not this server's", headers={"WWW-Authenticate": "Bearer"})

@@ -62,7 +62,7 @@ def test_sample_png_json_headers(srv):
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(r.content)).size == (28, 28)
     assert r.headers["x-lcs-labelset"] == "category" and r.headers["x-lcs-seed"] == "3"
-    info = httpx.get(srv.url + "/").json()
+    info = httpx.get(srv.url + "/info").json()
     assert r.headers["x-lcs-labelset-version"] == info["labelsets"]["category"]
     assert r.headers["x-lcs-decoder-fingerprint"] == info["decoder_fingerprint"] == info["live_decoder_fingerprint"]
     labels = r.headers["x-lcs-labels"]  # categorical: the asked class, one-hot
@@ -287,7 +287,7 @@ def test_training_jobs_run_end_to_end_and_never_touch_the_decoder(srv, service_b
 
     c = Client(srv.url, token=srv.token)
     vae_sha = hashlib.sha256((service_bundle / "vae.safetensors").read_bytes()).hexdigest()
-    live_before = httpx.get(srv.url + "/").json()["live_decoder_fingerprint"]
+    live_before = httpx.get(srv.url + "/info").json()["live_decoder_fingerprint"]
     data = load_dataset("fashion-mnist", root=str(fashion_root))
     cls = data.attrs[:, :10].argmax(1)
     ids_csv = "id,heavy\n" + "".join(f"{i},{int(cls[i] in (4, 9))}\n" for i in range(0, len(cls), 3))
@@ -325,7 +325,7 @@ def test_training_jobs_run_end_to_end_and_never_touch_the_decoder(srv, service_b
         assert r.status_code == 200 and r.headers["x-lcs-labelset-version"] == version
     assert c.labelset("zipped")["versions"][0]["labels"] == ["trouser", "bag"]
     assert hashlib.sha256((service_bundle / "vae.safetensors").read_bytes()).hexdigest() == vae_sha
-    assert httpx.get(srv.url + "/").json()["live_decoder_fingerprint"] == live_before
+    assert httpx.get(srv.url + "/info").json()["live_decoder_fingerprint"] == live_before
     for name in ("heavy", "zipped", "bright"):
         c.delete(name)
 
@@ -363,12 +363,12 @@ def test_a_server_killed_mid_registration_restarts_on_the_previous_version(servi
 def test_two_servers_on_one_registry_converge_within_2s(service_bundle, footwear, tmp_path, start_server):
     a = start_server(service_bundle, tmp_path / "data")
     b = start_server(service_bundle, tmp_path / "data")
-    assert httpx.get(b.url + "/").json()["labelsets"] == httpx.get(a.url + "/").json()["labelsets"]  # seeded once, shared
+    assert httpx.get(b.url + "/info").json()["labelsets"] == httpx.get(a.url + "/info").json()["labelsets"]  # seeded once, shared
 
     def seen_on_b(pred) -> float:
         t0 = time.monotonic()
         while time.monotonic() - t0 < 5:
-            if pred(httpx.get(b.url + "/").json()["labelsets"]):
+            if pred(httpx.get(b.url + "/info").json()["labelsets"]):
                 return time.monotonic() - t0
             time.sleep(0.05)
         return float("inf")

@@ -1,0 +1,331 @@
+// The page talks to the same API as curl and the Python client (relative URLs, so it also works behind a path prefix).
+// No framework and no build step: the app serves these files as they are.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let labelsets = [];      // GET labelsets
+let sampleRequest = 0;   // answers to older requests are dropped
+let refreshTimer = null;
+
+/** fetch + the service's error envelope turned into one readable line. */
+async function api(path, options = {}) {
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (e) {
+    throw new Error(`the server cannot be reached (${e.message})`);
+  }
+  if (response.ok) return response.json();
+  let text = `${response.status} ${response.statusText}`;
+  try {
+    const body = await response.json();
+    if (body.error) text = `${body.error.message} (${response.status} ${body.error.code})`;
+  } catch (_) { /* not JSON: keep the status line */ }
+  throw new Error(text);
+}
+
+function show(el, message) {
+  el.textContent = message || "";
+  el.hidden = !message;
+}
+
+function adminHeaders() {
+  const token = $("token").value.trim();
+  if (!token) throw new Error("type the admin token first");
+  return { Authorization: `Bearer ${token}` };
+}
+
+// ---- attribute controls: one radio group per attribute ----------------------------------------
+
+function renderAttrs(fieldset, attrs, prefix, offLabel, anyLabel) {
+  fieldset.querySelectorAll(".attr").forEach((el) => el.remove());
+  attrs.forEach((a) => {
+    const group = document.createElement("div");
+    group.className = "attr";
+    group.setAttribute("role", "radiogroup");
+    group.setAttribute("aria-label", a);
+    const name = document.createElement("span");
+    name.className = "attr-name";
+    name.textContent = a;
+    group.append(name);
+    [["on", "1"], [offLabel, "0"], [anyLabel, ""]].forEach(([label, value]) => {
+      const id = `${prefix}-${a}-${label.replace(/\W/g, "")}`;
+      const input = Object.assign(document.createElement("input"), { type: "radio", name: `${prefix}-${a}`, id, value });
+      input.checked = value === "";
+      input.dataset.attr = a;
+      const l = Object.assign(document.createElement("label"), { htmlFor: id, textContent: label });
+      group.append(input, l);
+    });
+    fieldset.append(group);
+  });
+  fieldset.hidden = attrs.length === 0;
+}
+
+/** "smiling,-eyeglasses" from a fieldset's radio groups ("" = not named). */
+function specOf(fieldset) {
+  return [...fieldset.querySelectorAll("input[type=radio]:checked")]
+    .filter((i) => i.value !== "")
+    .map((i) => (i.value === "1" ? i.dataset.attr : `-${i.dataset.attr}`))
+    .join(",");
+}
+
+function currentSet() {
+  return labelsets.find((s) => s.name === $("labelset").value);
+}
+
+// ---- samples ------------------------------------------------------------------------------------
+
+function sampleQuery(attrs, n) {
+  const q = new URLSearchParams({ n: String(n), seed: $("seed").value || "0", mode: $("mode").value, format: "json" });
+  if ($("mode").value !== "prior") {
+    q.set("labelset", $("labelset").value);
+    if (attrs) q.set("attrs", attrs);
+  }
+  return `sample?${q}`;
+}
+
+function image(png, alt) {
+  return Object.assign(document.createElement("img"), { src: `data:image/png;base64,${png}`, alt });
+}
+
+function describeLabels(labels) {
+  if (!labels) return "unconditional sample";
+  const on = Object.entries(labels).filter(([, v]) => v).map(([k]) => k);
+  return on.length ? on.join(", ") : "no attribute on";
+}
+
+async function refresh() {
+  const id = ++sampleRequest;
+  const grid = $("grid");
+  grid.setAttribute("aria-busy", "true");
+  const spec = specOf($("attrs"));
+  try {
+    const body = await api(sampleQuery(spec, Number($("count").value)));
+    if (id !== sampleRequest) return;
+    grid.replaceChildren(...body.images.map((im) => image(im.png_base64, describeLabels(im.labels))));
+    grid.dataset.seed = body.seed;
+    grid.dataset.spec = spec;
+    show($("sample-error"), "");
+    await compare(id, spec);
+  } catch (e) {
+    if (id === sampleRequest) show($("sample-error"), e.message);
+  } finally {
+    if (id === sampleRequest) grid.setAttribute("aria-busy", "false");
+  }
+}
+
+/** Same seed, one attribute changed per image: each other class of a categorical set; for a binary set,
+ *  each attribute flipped from its current setting (don't care counts as off). */
+function variations(set, spec) {
+  const parts = spec.split(",").filter(Boolean);
+  if (set.kind === "categorical") {
+    const chosen = parts.find((p) => !p.startsWith("-"));
+    return set.labels.filter((a) => a !== chosen).map((a) => ({ spec: a, caption: a }));
+  }
+  return set.labels.map((a) => {
+    const on = parts.includes(a);
+    const rest = parts.filter((p) => p !== a && p !== `-${a}`);
+    return { spec: [...rest, on ? `-${a}` : a].join(","), caption: `${on ? "−" : "+"} ${a}` };
+  });
+}
+
+async function compare(id, spec) {
+  const row = $("compare");
+  const set = currentSet();
+  if ($("mode").value === "prior" || !set || !set.labels.length) {
+    row.replaceChildren();
+    return;
+  }
+  const figures = await Promise.all(variations(set, spec).slice(0, 12).map(async (v) => {
+    const fig = document.createElement("figure");
+    const caption = Object.assign(document.createElement("figcaption"), { textContent: v.caption });
+    try {
+      const body = await api(sampleQuery(v.spec, 1));
+      fig.append(image(body.images[0].png_base64, `same seed, ${v.caption}: ${describeLabels(body.images[0].labels)}`), caption);
+    } catch (e) {
+      fig.append(Object.assign(document.createElement("p"), { className: "error", textContent: e.message }), caption);
+    }
+    return fig;
+  }));
+  if (id === sampleRequest) row.replaceChildren(...figures);
+}
+
+function scheduleRefresh() {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(refresh, 150);
+}
+
+function onLabelsetChange() {
+  const set = currentSet();
+  const attrs = set ? set.labels : [];
+  renderAttrs($("attrs"), attrs, "s", "off", "don't care");
+  renderAttrs($("edit-attrs"), attrs, "e", "off", "keep");
+  $("attrs").disabled = $("mode").value === "prior";
+  scheduleRefresh();
+}
+
+// ---- label sets ---------------------------------------------------------------------------------
+
+function fmt(v) {
+  return typeof v === "number" ? v.toFixed(3) : "–";
+}
+
+async function loadSets(keep) {
+  const body = await api("labelsets");
+  labelsets = body.labelsets;
+  const select = $("labelset");
+  const previous = keep || select.value;
+  select.replaceChildren(...labelsets.map((s) => new Option(`${s.name} (${s.labels.length} labels)`, s.name)));
+  const conditional = labelsets.find((s) => s.labels.length);
+  select.value = labelsets.some((s) => s.name === previous) ? previous : (conditional || labelsets[0] || {}).name || "";
+  $("sets-body").replaceChildren(...labelsets.map((s) => {
+    const tr = document.createElement("tr");
+    const name = Object.assign(document.createElement("button"), { type: "button", textContent: s.name, className: "link" });
+    name.addEventListener("click", () => showSet(s.name));
+    const cells = [name, s.version, s.kind, s.labels.join(", ") || "(realism)", fmt(s.metrics.D_actor), fmt(s.metrics.attr_val_accuracy)];
+    cells.forEach((c) => {
+      const td = document.createElement("td");
+      td.append(c);
+      tr.append(td);
+    });
+    return tr;
+  }));
+  onLabelsetChange();
+}
+
+async function showSet(name) {
+  const box = $("set-detail");
+  try {
+    const d = await api(`labelsets/${encodeURIComponent(name)}`);
+    const h = Object.assign(document.createElement("h3"), { textContent: `${d.name}: ${d.versions.length} version(s)` });
+    const list = document.createElement("ul");
+    d.versions.forEach((v) => {
+      const li = document.createElement("li");
+      li.textContent = `${v.version}${v.current ? " (serving)" : ""}, ${v.created || ""}, ${v.source || ""}: `
+        + `critic on actor ${fmt(v.metrics.D_actor)}, latent classifier ${fmt(v.metrics.attr_val_accuracy)}`;
+      list.append(li);
+    });
+    box.replaceChildren(h, list);
+  } catch (e) {
+    box.replaceChildren(Object.assign(document.createElement("p"), { className: "error", textContent: e.message }));
+  }
+}
+
+// ---- edit an uploaded image ---------------------------------------------------------------------
+
+async function edit(event) {
+  event.preventDefault();
+  const file = $("edit-file").files[0];
+  try {
+    if (!file) throw new Error("choose an image to edit");
+    const spec = specOf($("edit-attrs"));
+    if (!spec) throw new Error("set at least one attribute to on or off");
+    const form = new FormData();
+    form.append("image", file);
+    form.append("attrs", spec);
+    form.append("labelset", $("labelset").value);
+    form.append("mode", $("edit-mode").value);
+    form.append("format", "json");
+    $("edit-before").src = URL.createObjectURL(file);
+    const body = await api("transform", { method: "POST", body: form });
+    $("edit-recon").src = `data:image/png;base64,${body.reconstruction_png_base64}`;
+    $("edit-after").src = `data:image/png;base64,${body.edited_png_base64}`;
+    $("edit-after").alt = `your image edited to ${describeLabels(body.target)}`;
+    $("edit-after-caption").textContent = `after: ${describeLabels(body.target)}`;
+    $("edit-result").hidden = false;
+    show($("edit-error"), "");
+  } catch (e) {
+    show($("edit-error"), e.message);
+  }
+}
+
+// ---- admin: register an artifact, train a label set --------------------------------------------
+
+async function register(event) {
+  event.preventDefault();
+  show($("admin-ok"), "");
+  try {
+    const form = new FormData();
+    form.append("manifest", $("reg-manifest").files[0]);
+    form.append("weights", $("reg-weights").files[0]);
+    const name = $("reg-name").value.trim();
+    const body = await api(`labelsets/${encodeURIComponent(name)}`, { method: "PUT", body: form, headers: adminHeaders() });
+    show($("admin-error"), "");
+    show($("admin-ok"), `registered ${body.name}, version ${body.version}`);
+    await loadSets();
+  } catch (e) {
+    show($("admin-error"), e.message);
+  }
+}
+
+async function train(event) {
+  event.preventDefault();
+  show($("admin-ok"), "");
+  try {
+    const form = new FormData();
+    const labels = $("job-labels").files[0];
+    const images = $("job-images").files[0];
+    const rule = $("job-rule").value;
+    if (rule) form.append("rule", rule);
+    if (labels) form.append("labels", labels);
+    if (images) form.append("images", images);
+    form.append("kind", $("job-kind").value);
+    form.append("steps", $("job-steps").value);
+    const name = $("job-name").value.trim();
+    const job = await api(`labelsets/${encodeURIComponent(name)}/jobs`, { method: "POST", body: form, headers: adminHeaders() });
+    show($("admin-error"), "");
+    await follow(job.id);
+  } catch (e) {
+    show($("admin-error"), e.message);
+  }
+}
+
+async function follow(jobId) {
+  for (;;) {
+    const s = await api(`jobs/${encodeURIComponent(jobId)}`);
+    const p = s.progress || { step: 0, steps: 1 };
+    $("job-progress").max = p.steps;
+    $("job-progress").value = p.step;
+    $("job-state").textContent = `${s.name}: ${s.state}, step ${p.step} of ${p.steps}`;
+    if (s.state === "succeeded") {
+      show($("admin-ok"), `trained ${s.name}; it is serving now`);
+      await loadSets();
+      return;
+    }
+    if (s.state === "failed") throw new Error(`training ${s.name} failed: ${s.error ? s.error.message : "unknown error"}`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+// ---- start ---------------------------------------------------------------------------------------
+
+async function start() {
+  $("labelset").addEventListener("change", onLabelsetChange);
+  $("mode").addEventListener("change", () => { $("attrs").disabled = $("mode").value === "prior"; scheduleRefresh(); });
+  ["seed", "count"].forEach((id) => $(id).addEventListener("change", scheduleRefresh));
+  $("attrs").addEventListener("change", scheduleRefresh);
+  $("new-seed").addEventListener("click", () => { $("seed").value = String(Math.floor(Math.random() * 1e9)); scheduleRefresh(); });
+  $("edit-form").addEventListener("submit", edit);
+  $("register-form").addEventListener("submit", register);
+  $("train-form").addEventListener("submit", train);
+  for (;;) {
+    try {
+      const info = await api("info");
+      if (info.ready) {
+        $("status").textContent = `${info.dataset}: ${info.image_shape.join("×")} images, latent ${info.latent_dim}, on ${info.device}`;
+        break;
+      }
+      $("status").textContent = "the server is starting…";
+    } catch (e) {
+      $("status").textContent = e.message;
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+  try {
+    await loadSets();
+  } catch (e) {
+    show($("sample-error"), e.message);
+  }
+}
+
+start();

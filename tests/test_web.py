@@ -1,0 +1,155 @@
+"""The web page at / in a real headless Chromium (Debian's chromium + chromium-driver, driven by Selenium)
+against a real ``lcs serve`` on 127.0.0.1. Screenshots go to $LCS_ARTIFACTS (default runs/test-artifacts/web).
+
+Without Chromium the tests skip, unless LCS_REQUIRE_BROWSER=1 (CI sets it), which makes that a failure."""
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+ARTIFACTS = Path(os.environ.get("LCS_ARTIFACTS", Path(__file__).resolve().parent.parent / "runs" / "test-artifacts" / "web"))
+
+
+def have_browser() -> bool:
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return False
+    return Path(CHROMIUM).exists() and Path(DRIVER).exists()
+
+
+if not have_browser():
+    if os.environ.get("LCS_REQUIRE_BROWSER") == "1":
+        raise RuntimeError("LCS_REQUIRE_BROWSER=1 but chromium, chromium-driver or selenium is missing")
+    pytest.skip("needs chromium + chromium-driver (apt) and selenium (pip)", allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(service_bundle, tmp_path_factory):
+    from tests.conftest import Server
+
+    s = Server(service_bundle, tmp_path_factory.mktemp("web-data"), "web-token")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--window-size=1280,1600", "--disable-dev-shm-usage"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def wait(driver, predicate, timeout=60):
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: predicate(d))
+
+
+def shot(driver, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    driver.save_screenshot(str(path))
+    return path
+
+
+def grid(driver, what: str = "src") -> list[str]:
+    """The grid's image sources (or alts), read in one script call: the page replaces the images as answers arrive."""
+    return driver.execute_script(f"return [...document.querySelectorAll('#grid img')].map(i => i.{what})")
+
+
+def test_page_loads_and_toggling_an_attribute_fetches_a_new_image(server, browser):
+    browser.get(server.url + "/")
+    assert browser.title == "Latent constraints"
+    wait(browser, lambda d: "fashion-mnist" in d.find_element(By.ID, "status").text)
+    wait(browser, lambda d: len(grid(d)) == 8)  # the default count
+    before = grid(browser)
+    assert all(src.startswith("data:image/png;base64,") for src in before)
+    # every control has an accessible name
+    assert browser.find_element(By.CSS_SELECTOR, "label[for='s-sandal-on']").text == "on"
+    assert browser.find_element(By.CSS_SELECTOR, "#attrs [role=radiogroup][aria-label='sandal']")
+    shot(browser, "1-loaded")
+
+    browser.find_element(By.ID, "s-sandal-on").click()
+    wait(browser, lambda d: grid(d) != before and len(grid(d)) == 8)
+    alts = grid(browser, "alt")
+    assert all(alt == "sandal" for alt in alts), alts  # categorical: the requested class and nothing else
+    # the comparison row: the same seed as each of the 9 other classes
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#compare img")) == 9)
+    captions = browser.execute_script("return [...document.querySelectorAll('#compare figcaption')].map(c => c.textContent)")
+    assert "sandal" not in captions and len(set(captions)) == 9
+    assert not browser.find_element(By.ID, "sample-error").is_displayed()
+    shot(browser, "2-sandal")
+
+
+def test_upload_and_edit_round_trip(server, browser, tmp_path):
+    browser.get(server.url + "/")
+    wait(browser, lambda d: len(grid(d)) == 8)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 40, (28, 28), dtype=np.uint8)
+    pixels[4:8, 4:10] = 230
+    Image.fromarray(pixels).convert("RGB").save(tmp_path / "mine.png")
+    browser.find_element(By.ID, "edit-file").send_keys(str(tmp_path / "mine.png"))
+    browser.find_element(By.ID, "e-bag-on").click()
+    browser.find_element(By.ID, "edit-go").click()
+    assert not browser.find_element(By.ID, "edit-result").is_displayed()  # no empty placeholders before an edit
+    wait(browser, lambda d: (d.find_element(By.ID, "edit-after").get_attribute("src") or "").startswith("data:image/png;base64,"))
+    assert browser.find_element(By.ID, "edit-result").is_displayed()
+    assert browser.find_element(By.ID, "edit-before").get_attribute("src").startswith("blob:")
+    assert browser.find_element(By.ID, "edit-recon").get_attribute("src").startswith("data:image/png;base64,")
+    assert browser.find_element(By.ID, "edit-after-caption").text == "after: bag"
+    assert not browser.find_element(By.ID, "edit-error").is_displayed()
+    shot(browser, "3-edit")
+
+
+def test_bad_admin_token_shows_the_error_and_the_right_one_registers(server, service_bundle, browser, tmp_path):
+    browser.get(server.url + "/")
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sets-body tr")) == 2)
+    art = tmp_path / "art"
+    shutil.copytree(service_bundle / "labelsets" / "category", art)
+    browser.find_element(By.ID, "token").send_keys("not-the-token")
+    browser.find_element(By.ID, "reg-name").send_keys("classes")
+    browser.find_element(By.ID, "reg-manifest").send_keys(str(art / "mapper.json"))
+    browser.find_element(By.ID, "reg-weights").send_keys(str(art / "mapper.safetensors"))
+    browser.find_element(By.ID, "reg-go").click()
+    error = wait(browser, lambda d: d.find_element(By.ID, "admin-error") if d.find_element(By.ID, "admin-error").is_displayed() else None)
+    assert error.text == "the admin token is not this server's (401 unauthorized)"
+    assert "classes" not in httpx.get(server.url + "/labelsets").text  # nothing was registered
+    shot(browser, "4-bad-token")
+
+    token = browser.find_element(By.ID, "token")
+    token.clear()
+    token.send_keys("web-token")
+    browser.find_element(By.ID, "reg-go").click()
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sets-body tr")) == 3)
+    assert browser.find_element(By.ID, "admin-ok").text.startswith("registered classes, version ")
+    assert not browser.find_element(By.ID, "admin-error").is_displayed()
+    # the token is typed, never stored by the page
+    assert browser.execute_script("return localStorage.length + sessionStorage.length") == 0
+    assert "web-token" not in browser.page_source
+    shot(browser, "5-registered")
+
+
+def test_page_assets_are_served_by_the_app(server):
+    page = httpx.get(server.url + "/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN
+    for asset in ("static/app.js", "static/style.css"):
+        r = httpx.get(f"{server.url}/{asset}")
+        assert r.status_code == 200 and "https://" not in r.text
+    assert httpx.get(server.url + "/static/missing.js").json()["error"]["code"] == "not_found"
