@@ -2,6 +2,7 @@
 against a real ``lcs serve`` on 127.0.0.1. Screenshots go to $LCS_ARTIFACTS (default runs/test-artifacts/web).
 
 Without Chromium the tests skip, unless LCS_REQUIRE_BROWSER=1 (CI sets it), which makes that a failure."""
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -16,11 +17,7 @@ ARTIFACTS = Path(os.environ.get("LCS_ARTIFACTS", Path(__file__).resolve().parent
 
 
 def have_browser() -> bool:
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return False
-    return Path(CHROMIUM).exists() and Path(DRIVER).exists()
+    return importlib.util.find_spec("selenium") is not None and Path(CHROMIUM).exists() and Path(DRIVER).exists()
 
 
 if not have_browser():
@@ -93,6 +90,8 @@ def test_page_loads_and_toggling_an_attribute_fetches_a_new_image(server, browse
     captions = browser.execute_script("return [...document.querySelectorAll('#compare figcaption')].map(c => c.textContent)")
     assert "sandal" not in captions and len(set(captions)) == 9
     assert not browser.find_element(By.ID, "sample-error").is_displayed()
+    severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not severe, severe  # no script error, no CSP violation, no failed request
     shot(browser, "2-sandal")
 
 
@@ -142,6 +141,24 @@ def test_bad_admin_token_shows_the_error_and_the_right_one_registers(server, ser
     assert browser.execute_script("return localStorage.length + sessionStorage.length") == 0
     assert "web-token" not in browser.page_source
     shot(browser, "5-registered")
+
+
+def test_training_job_from_the_page_shows_progress_and_serves(server, browser):
+    browser.get(server.url + "/")
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sets-body tr")) >= 2)
+    before = len(browser.find_elements(By.CSS_SELECTOR, "#sets-body tr"))
+    browser.find_element(By.ID, "token").send_keys("web-token")
+    browser.find_element(By.ID, "job-name").send_keys("bright-web")
+    browser.find_element(By.CSS_SELECTOR, "#job-rule option[value='bright']").click()
+    steps = browser.find_element(By.ID, "job-steps")
+    steps.clear()
+    steps.send_keys("20")
+    browser.find_element(By.ID, "job-go").click()
+    wait(browser, lambda d: "succeeded" in d.find_element(By.ID, "job-state").text, timeout=240)
+    assert browser.execute_script("const p = document.getElementById('job-progress'); return [p.value, p.max]") == [20, 20]
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sets-body tr")) == before + 1)
+    assert "bright-web" in [o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#labelset option")]
+    shot(browser, "6-trained")
 
 
 def test_page_assets_are_served_by_the_app(server):

@@ -288,8 +288,12 @@ async function follow(jobId) {
     $("job-progress").value = p.step;
     $("job-state").textContent = `${s.name}: ${s.state}, step ${p.step} of ${p.steps}`;
     if (s.state === "succeeded") {
+      // the worker published it; this server picks it up at its next registry poll
+      for (let i = 0; i < 40 && !labelsets.some((x) => x.name === s.name); i++) {
+        await loadSets();
+        if (!labelsets.some((x) => x.name === s.name)) await new Promise((r) => setTimeout(r, 250));
+      }
       show($("admin-ok"), `trained ${s.name}; it is serving now`);
-      await loadSets();
       return;
     }
     if (s.state === "failed") throw new Error(`training ${s.name} failed: ${s.error ? s.error.message : "unknown error"}`);
