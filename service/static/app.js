@@ -241,44 +241,40 @@ async function edit(event) {
 
 // ---- admin: register an artifact, train a label set --------------------------------------------
 
-async function register(event) {
-  event.preventDefault();
-  show($("admin-ok"), "");
-  try {
-    const form = new FormData();
-    form.append("manifest", $("reg-manifest").files[0]);
-    form.append("weights", $("reg-weights").files[0]);
-    const name = $("reg-name").value.trim();
-    const body = await api(`labelsets/${encodeURIComponent(name)}`, { method: "PUT", body: form, headers: adminHeaders() });
+/** A form's submit handler for an admin action: one place that clears and shows the messages. */
+function adminAction(work) {
+  return async (event) => {
+    event.preventDefault();
+    show($("admin-ok"), "");
     show($("admin-error"), "");
-    show($("admin-ok"), `registered ${body.name}, version ${body.version}`);
-    await loadSets();
-  } catch (e) {
-    show($("admin-error"), e.message);
-  }
+    try {
+      await work();
+    } catch (e) {
+      show($("admin-error"), e.message);
+    }
+  };
 }
 
-async function train(event) {
-  event.preventDefault();
-  show($("admin-ok"), "");
-  try {
-    const form = new FormData();
-    const labels = $("job-labels").files[0];
-    const images = $("job-images").files[0];
-    const rule = $("job-rule").value;
-    if (rule) form.append("rule", rule);
-    if (labels) form.append("labels", labels);
-    if (images) form.append("images", images);
-    form.append("kind", $("job-kind").value);
-    form.append("steps", $("job-steps").value);
-    const name = $("job-name").value.trim();
-    const job = await api(`labelsets/${encodeURIComponent(name)}/jobs`, { method: "POST", body: form, headers: adminHeaders() });
-    show($("admin-error"), "");
-    await follow(job.id);
-  } catch (e) {
-    show($("admin-error"), e.message);
-  }
-}
+const register = adminAction(async () => {
+  const form = new FormData();
+  form.append("manifest", $("reg-manifest").files[0]);
+  form.append("weights", $("reg-weights").files[0]);
+  const name = $("reg-name").value.trim();
+  const body = await api(`labelsets/${encodeURIComponent(name)}`, { method: "PUT", body: form, headers: adminHeaders() });
+  show($("admin-ok"), `registered ${body.name}, version ${body.version}`);
+  await loadSets();
+});
+
+const train = adminAction(async () => {
+  const form = new FormData();
+  const optional = { rule: $("job-rule").value, labels: $("job-labels").files[0], images: $("job-images").files[0] };
+  Object.entries(optional).forEach(([key, value]) => { if (value) form.append(key, value); });
+  form.append("kind", $("job-kind").value);
+  form.append("steps", $("job-steps").value);
+  const name = $("job-name").value.trim();
+  const job = await api(`labelsets/${encodeURIComponent(name)}/jobs`, { method: "POST", body: form, headers: adminHeaders() });
+  await follow(job.id);
+});
 
 async function follow(jobId) {
   for (;;) {
