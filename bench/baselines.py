@@ -155,28 +155,53 @@ def to_95(probes: list[dict]) -> dict:
             "cpu_s_total": round(probes[-1]["cpu_s"], 2), "curve": [[p["step"], round(p["cpu_s"], 2), round(p["accuracy"], 4)] for p in probes]}
 
 
-def quality(name: str, bundle: Path, spec: dict, prof: dict, work: Path, skip: list[str]) -> list[dict]:
+QUALITY_PARTS = ("prior", "actor", "optimize", "actor-l0") + LATENT_METHODS + IMAGE_METHODS
+NEW_PARTS = ("new:floor", "new:lc", "new:lc-l0", "new:cvae", "new:efficiency")
+LC_SAMPLING = {**LC_RECIPE, "lambda_dist": 0.0}  # conditional sampling only: no distance penalty (see docs/baselines.md)
+
+
+def gain_95(curve: list, floor: float) -> dict:
+    """First probe reaching 95% of the final gain over the floor (unconditional samples' accuracy)."""
+    final = curve[-1][2]
+    hit = next(c for c in curve if c[2] - floor >= 0.95 * (final - floor))
+    return {"gain_over_floor": final - floor, "steps_to_95_gain": hit[0], "cpu_s_to_95_gain": hit[1]}
+
+
+def quality(name: str, bundle: Path, spec: dict, prof: dict, work: Path, parts: list[str]) -> list[dict]:
+    """Rows for the quality table. ``actor-l0``: an LC actor trained here with λ_dist = 0 (the shipped mappers use 0.1,
+    which serves edits); seeds of the shipped LC mappers are sampling seeds."""
     ls, rows = spec["label_set"], []
     ev = lambda sampler, seed, artifact="": evaluate(bundle, sampler=sampler, label_set=ls, n=prof["n_eval"],  # noqa: E731
                                                       n_spec3=prof["n_eval"] // 2, seed=seed, device="cpu", boots=20,
                                                       out=work / "eval", artifact=artifact)
     for seed in range(max(prof["seeds"], 2)):
-        for sampler in ("prior", "actor", "optimize"):  # shipped LC mappers: seeds are sampling seeds
-            r = ev(sampler, seed)
-            rows.append(summarise(name, sampler, seed, r, {"trained_here": False}))
-        # fits on the latent table cost seconds: always 2 seeds; retrained image models: the profile's seeds
-        methods = LATENT_METHODS + (IMAGE_METHODS if seed < prof["seeds"] else ())
-        for method in (m for m in methods if m not in skip):
-            steps = prof["gan_steps"] if method == "cvae-gan" else prof["image_steps"]
-            out = train_baseline(TrainBaselineConfig(bundle=str(bundle), method=method, label_set=ls, steps=steps, seed=seed,
-                                                     batch_size=spec["batch"], device="cpu", out=str(work / f"{method}-{ls}-s{seed}")),
-                                 command=["bench/baselines.py", name, method, f"seed={seed}"])
-            man = json.loads((out / f"{ARTIFACT_STEM[method]}.json").read_text())
-            r = ev(method, seed, out)
+        for sampler in (p for p in ("prior", "actor", "optimize") if p in parts):
+            rows.append(summarise(name, sampler, seed, ev(sampler, seed), {"trained_here": False}))
+        # fits on the latent table cost seconds: always 2 seeds; trained networks: the profile's seeds
+        methods = LATENT_METHODS + (("actor-l0",) + IMAGE_METHODS if seed < prof["seeds"] else ())
+        for method in (m for m in methods if m in parts):
+            out = work / f"{method}-{ls}-s{seed}"
+            if method == "actor-l0":
+                train_labelset(TrainLabelSetConfig(bundle=str(bundle), label_set=ls, out=str(out), steps=prof["lc_steps"], seed=seed,
+                                                   diag_every=10 ** 9, **LC_SAMPLING), command=["bench/baselines.py", name, method, f"seed={seed}"])
+                man = json.loads((out / "mapper.json").read_text())
+                stored = sum(t.numel() for t in _tensors(out / "mapper.safetensors").values())
+            else:
+                steps = prof["gan_steps"] if method == "cvae-gan" else prof["image_steps"]
+                train_baseline(TrainBaselineConfig(bundle=str(bundle), method=method, label_set=ls, steps=steps, seed=seed,
+                                                   batch_size=spec["batch"], device="cpu", out=str(out)),
+                               command=["bench/baselines.py", name, method, f"seed={seed}"])
+                man = json.loads((out / f"{ARTIFACT_STEM[method]}.json").read_text())
+                stored = man["metrics"]["params_stored"]
+            r = ev(sampler_of(method), seed, out)
             rows.append(summarise(name, method, seed, r, {"trained_here": True, "train_cpu_s": man["metrics"]["cpu_seconds"],
-                                                          "steps": man["metrics"].get("steps"), "params_stored": man["metrics"]["params_stored"]}))
+                                                          "steps": man["metrics"].get("steps"), "params_stored": stored}))
             print(f"  {name} {method} seed {seed}: accuracy {r['mean_accuracy']:.3f}, FD {r['frechet']['fd']:.2f}", flush=True)
     return rows
+
+
+def sampler_of(method: str) -> str:
+    return "actor" if method == "actor-l0" else method
 
 
 def figure(name: str, bundle: Path, spec: dict, work: Path, methods: list[str], out: Path) -> dict:
@@ -192,7 +217,7 @@ def figure(name: str, bundle: Path, spec: dict, work: Path, methods: list[str], 
     images = []
     for method in methods:
         trained = method not in ("prior", "actor", "optimize")
-        smp = build_sampler(method, bundle, ls, vae, work / f"{method}-{ls}-s0" if trained else "")
+        smp = build_sampler(sampler_of(method), bundle, ls, vae, work / f"{method}-{ls}-s0" if trained else "")
         images.append(smp.images(labels, torch.Generator().manual_seed(0), torch.device("cpu")))
     path = save_grid(torch.cat(images), out / f"baselines_{name}.png", nrow=len(labels), scale=2)
     attrs = data.label_sets[ls].attrs
@@ -208,32 +233,40 @@ def summarise(dataset: str, method: str, seed: int, r: dict, extra: dict) -> dic
             "recall": r["precision_recall"]["recall"], **extra}
 
 
-def new_label_set(name: str, bundle: Path, spec: dict, prof: dict, work: Path) -> dict:
-    """Hold-one-out: the cost of serving spec['new'] with LC vs fine-tuning / retraining the CVAE."""
+def lc_cost(name: str, bundle: Path, new: str, prof: dict, work: Path, recipe: dict, tag: str, judge: "Judge", vae) -> dict:
+    d = train_labelset(TrainLabelSetConfig(bundle=str(bundle), label_set=new, out=str(work / f"{tag}-{new}"), diag_every=10 ** 9,
+                                           **{**recipe, "steps": prof["new_steps"]}),
+                       command=["bench/baselines.py", name, tag, new],
+                       probe=lambda step, m: {"accuracy": judge.accuracy(lc_images(vae, m, judge.labels))}, probe_every=prof["probe_every"])
+    man = json.loads((d / "mapper.json").read_text())
+    flops = lc_step_flops(bundle, new, {k: v for k, v in recipe.items() if k != "lambda_dist"})
+    params = sum(t.numel() for k, t in _tensors(d / "mapper.safetensors").items() if k not in ("label_table", "sigma_bar"))
+    curve = to_95(man["metrics"]["probes"])
+    return {**curve, "lambda_dist": recipe.get("lambda_dist", 0.1), "flops_per_step": flops, "flops_to_95": flops * curve["steps_to_95"],
+            "params_trained": params, "params_stored": params, "drift_on_served": 0.0,
+            "drift_note": "by construction: the served label set's mapper and the decoder are not touched"}
+
+
+def new_label_set(name: str, bundle: Path, spec: dict, prof: dict, work: Path, parts: list[str], out: dict) -> dict:
+    """Hold-one-out: the cost of serving spec['new'] with LC vs fine-tuning / retraining the CVAE; updates ``out``."""
     ls, new = spec["label_set"], spec["new"]
     vae, vman = load_vae(bundle, "cpu")
     data = load_dataset(vman["dataset"]["name"], **vman["dataset"]["params"])
     judge_new = Judge(bundle, data, new, prof["n_probe"])
     judge_old = Judge(bundle, data, ls, prof["n_probe"])
     new_attrs, old_attrs = data.label_sets[new].attrs, data.label_sets[ls].attrs
-    out: dict = {"dataset": name, "served": ls, "new": new}
+    out.update(dataset=name, served=ls, new=new)
 
-    lc_recipe = {**LC_RECIPE, "steps": prof["new_steps"]}
-    lc_dir = train_labelset(TrainLabelSetConfig(bundle=str(bundle), label_set=new, out=str(work / f"lc-{new}"), diag_every=10 ** 9, **lc_recipe),
-                            command=["bench/baselines.py", name, "lc", new],
-                            probe=lambda step, m: {"accuracy": judge_new.accuracy(lc_images(vae, m, judge_new.labels))},
-                            probe_every=prof["probe_every"])
-    lman = json.loads((lc_dir / "mapper.json").read_text())
-    lc_flops = lc_step_flops(bundle, new, {k: v for k, v in LC_RECIPE.items()})
-    out["lc"] = {**to_95(lman["metrics"]["probes"]), "flops_per_step": lc_flops,
-                 "params_trained": sum(t.numel() for k, t in _tensors(lc_dir / "mapper.safetensors").items() if k not in ("label_table", "sigma_bar")),
-                 "drift_on_served": 0.0, "drift_note": "by construction: the served label set's mapper and the decoder are not touched"}
-    out["lc"]["params_stored"] = out["lc"]["params_trained"]
-    out["lc"]["flops_to_95"] = lc_flops * out["lc"]["steps_to_95"]
+    if "new:floor" in parts:  # unconditional samples scored against the requested new labels: what no conditioning gets
+        with torch.no_grad():
+            z = torch.randn(len(judge_new.labels), vae.cfg.latent_dim, generator=torch.Generator().manual_seed(1))
+            out["floor_accuracy"] = judge_new.accuracy(decode_all(vae, z, torch.device("cpu")))
+    if "new:lc" in parts:
+        out["lc"] = lc_cost(name, bundle, new, prof, work, LC_RECIPE, "lc", judge_new, vae)
+    if "new:lc-l0" in parts:
+        out["lc_l0"] = lc_cost(name, bundle, new, prof, work, LC_SAMPLING, "lc-l0", judge_new, vae)
 
     base = work / f"cvae-{ls}-s0"  # trained in the quality step
-    base_model, _, base_extra = load_conditional(base)
-    old_before = judge_old.accuracy(cvae_images(base_model, judge_old.labels, old_attrs, base_extra["label_rows"], base_extra["label_counts"]))
     wide = f"{ls}+{new}"
     # every (served, new) label combination the training data has, to complete requests for the new labels
     rows, counts = np.unique(data.columns(old_attrs + new_attrs)[data.indices("train")].astype(np.int8), axis=0, return_counts=True)
@@ -242,39 +275,53 @@ def new_label_set(name: str, bundle: Path, spec: dict, prof: dict, work: Path) -
     def cvae_probe(step, model):
         return {"accuracy": judge_new.accuracy(cvae_images(model, judge_new.labels, new_attrs, rows, counts))}
 
-    flops_cvae = image_step_flops(bundle, "cvae", wide, spec["batch"])
-    for variant, init, steps in (("cvae_finetune", str(base), prof["new_steps"]), ("cvae_retrain", "", prof["image_steps"])):
-        d = train_baseline(TrainBaselineConfig(bundle=str(bundle), method="cvae", label_set=wide, init=init, steps=steps,
-                                               batch_size=spec["batch"], device="cpu", out=str(work / f"{variant}-{wide}")),
-                           command=["bench/baselines.py", name, variant, wide], probe=cvae_probe, probe_every=prof["probe_every"])
-        model, man, extra = load_conditional(d)
-        old_after = judge_old.accuracy(cvae_images(model, judge_old.labels, old_attrs, extra["label_rows"], extra["label_counts"]))
-        out[variant] = {**to_95(man["metrics"]["probes"]), "flops_per_step": flops_cvae,
-                        "flops_to_95": flops_cvae * to_95(man["metrics"]["probes"])["steps_to_95"],
-                        "params_trained": man["metrics"]["params_trained"], "params_stored": man["metrics"]["params_stored"],
-                        "served_accuracy_before": old_before, "served_accuracy_after": old_after,
-                        "drift_on_served": old_after - old_before}
-    for ref in ("cvae_retrain", "cvae_finetune"):
-        out[f"R_register_vs_{ref}"] = out["lc"]["cpu_s_to_95"] / max(out[ref]["cpu_s_to_95"], 1e-9)
-    out["R_register"] = out["R_register_vs_cvae_retrain"]
+    if "new:cvae" in parts:
+        base_model, _, base_extra = load_conditional(base)
+        old_before = judge_old.accuracy(cvae_images(base_model, judge_old.labels, old_attrs, base_extra["label_rows"], base_extra["label_counts"]))
+        flops_cvae = image_step_flops(bundle, "cvae", wide, spec["batch"])
+        for variant, init, steps in (("cvae_finetune", str(base), prof["new_steps"]), ("cvae_retrain", "", prof["image_steps"])):
+            d = train_baseline(TrainBaselineConfig(bundle=str(bundle), method="cvae", label_set=wide, init=init, steps=steps,
+                                                   batch_size=spec["batch"], device="cpu", out=str(work / f"{variant}-{wide}")),
+                               command=["bench/baselines.py", name, variant, wide], probe=cvae_probe, probe_every=prof["probe_every"])
+            model, man, extra = load_conditional(d)
+            old_after = judge_old.accuracy(cvae_images(model, judge_old.labels, old_attrs, extra["label_rows"], extra["label_counts"]))
+            curve = to_95(man["metrics"]["probes"])
+            out[variant] = {**curve, "flops_per_step": flops_cvae, "flops_to_95": flops_cvae * curve["steps_to_95"],
+                            "params_trained": man["metrics"]["params_trained"], "params_stored": man["metrics"]["params_stored"],
+                            "served_accuracy_before": old_before, "served_accuracy_after": old_after,
+                            "drift_on_served": old_after - old_before}
+    methods = [k for k in ("lc_l0", "lc", "cvae_finetune", "cvae_retrain") if k in out]
+    if "floor_accuracy" in out:  # 95% of a method's final value is trivial when the floor is already near it: also 95% of the gain
+        for k in methods:
+            out[k].update(gain_95(out[k]["curve"], out["floor_accuracy"]))
+    for lc in ("lc", "lc_l0"):
+        for ref in ("cvae_retrain", "cvae_finetune"):
+            if lc in out and ref in out:
+                out[f"R_register_{lc}_vs_{ref}"] = out[lc]["cpu_s_to_95"] / max(out[ref]["cpu_s_to_95"], 1e-9)
+                if "cpu_s_to_95_gain" in out[lc] and "cpu_s_to_95_gain" in out[ref]:
+                    out[f"R_gain_{lc}_vs_{ref}"] = out[lc]["cpu_s_to_95_gain"] / max(out[ref]["cpu_s_to_95_gain"], 1e-9)
+    best = "lc_l0" if "lc_l0" in out else "lc"
+    if f"R_register_{best}_vs_cvae_retrain" in out:
+        out["R_register"] = out[f"R_register_{best}_vs_cvae_retrain"]
 
-    eff = []
-    for n in prof["label_counts"]:
-        lc = train_labelset(TrainLabelSetConfig(bundle=str(bundle), label_set=new, out=str(work / f"lc-{new}-n{n}"), labelled=n,
-                                                diag_every=10 ** 9, **{**LC_RECIPE, "steps": prof["efficiency_steps"]}),
-                            command=["bench/baselines.py", name, "lc", new, f"labelled={n}"],
-                            probe=lambda step, m: {"accuracy": judge_new.accuracy(lc_images(vae, m, judge_new.labels))},
-                            probe_every=prof["efficiency_steps"])
-        cv = train_baseline(TrainBaselineConfig(bundle=str(bundle), method="cvae", label_set=wide, init=str(base), labelled=n,
-                                                steps=prof["efficiency_steps"], batch_size=spec["batch"], device="cpu",
-                                                out=str(work / f"cvae_finetune-{wide}-n{n}")),
-                            command=["bench/baselines.py", name, "cvae_finetune", wide, f"labelled={n}"],
-                            probe=cvae_probe, probe_every=prof["efficiency_steps"])
-        eff.append({"labelled": n,
-                    "lc_accuracy": json.loads((lc / "mapper.json").read_text())["metrics"]["probes"][-1]["accuracy"],
-                    "cvae_finetune_accuracy": json.loads((cv / "cvae.json").read_text())["metrics"]["probes"][-1]["accuracy"]})
-        print(f"  {name} labelled {n}: LC {eff[-1]['lc_accuracy']:.3f}, CVAE fine-tune {eff[-1]['cvae_finetune_accuracy']:.3f}", flush=True)
-    out["label_efficiency"] = eff
+    if "new:efficiency" in parts:
+        eff = []
+        for n in prof["label_counts"]:
+            lc = train_labelset(TrainLabelSetConfig(bundle=str(bundle), label_set=new, out=str(work / f"lc-l0-{new}-n{n}"), labelled=n,
+                                                    diag_every=10 ** 9, **{**LC_SAMPLING, "steps": prof["efficiency_steps"]}),
+                                command=["bench/baselines.py", name, "lc-l0", new, f"labelled={n}"],
+                                probe=lambda step, m: {"accuracy": judge_new.accuracy(lc_images(vae, m, judge_new.labels))},
+                                probe_every=prof["efficiency_steps"])
+            cv = train_baseline(TrainBaselineConfig(bundle=str(bundle), method="cvae", label_set=wide, init=str(base), labelled=n,
+                                                    steps=prof["efficiency_steps"], batch_size=spec["batch"], device="cpu",
+                                                    out=str(work / f"cvae_finetune-{wide}-n{n}")),
+                                command=["bench/baselines.py", name, "cvae_finetune", wide, f"labelled={n}"],
+                                probe=cvae_probe, probe_every=prof["efficiency_steps"])
+            eff.append({"labelled": n, "lc_lambda_dist": 0.0,
+                        "lc_accuracy": json.loads((lc / "mapper.json").read_text())["metrics"]["probes"][-1]["accuracy"],
+                        "cvae_finetune_accuracy": json.loads((cv / "cvae.json").read_text())["metrics"]["probes"][-1]["accuracy"]})
+            print(f"  {name} labelled {n}: LC {eff[-1]['lc_accuracy']:.3f}, CVAE fine-tune {eff[-1]['cvae_finetune_accuracy']:.3f}", flush=True)
+        out["label_efficiency"] = eff
     return out
 
 
@@ -312,8 +359,9 @@ def markdown(result: dict) -> str:
              "features against real training images. ± is the spread (max − min) over seeds where more than one ran; "
              "LC rows use the shipped mappers (one training seed), so their spread is over sampling seeds.", ""]
     for ds, d in result["datasets"].items():
-        lines += [f"## {ds}", "", f"`{d['command']}` ({d['profile']} profile: {json.dumps(d['profile_settings'])}"
-                  + (f"; skipped: {', '.join(d['skipped'])}" if d["skipped"] else "") + f") on {d['machine']}; {d['wall_minutes']:.0f} min.", "",
+        lines += [f"## {ds}", "", f"{d['profile']} profile ({json.dumps(d['profile_settings'])}"
+                  + (f"; skipped: {', '.join(d['skipped'])}" if d["skipped"] else "") + f") on {d['machine']}; {d['wall_minutes']:.0f} min in all, by:", ""]
+        lines += [f"    {c}" for c in d["commands"]] + ["",
                   f"### Quality on `{d['label_set']}`", "",
                   f"| method | accuracy | ÷ ceiling | exact match | 3-attr exact | FD (real test: {f(d['quality'][0]['frechet_real'], 2)}) "
                   "| precision | recall | train CPU-s | stored params |",
@@ -331,20 +379,35 @@ def markdown(result: dict) -> str:
         h = d.get("new_label_set")
         if not h:
             continue
-        lines += [f"### A new label set: `{h['new']}` (served before: `{h['served']}`)", "",
-                  "| method | final accuracy | steps to 95% | CPU-s to 95% | CPU-s total | FLOPs to 95% | params trained | params stored | drift on served |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for k, label in (("lc", "LC: new mapper, frozen VAE"), ("cvae_finetune", "CVAE fine-tuned from the served model"),
-                         ("cvae_retrain", "CVAE retrained from scratch")):
+        lines += [f"### A new label set: `{h['new']}` (served before: `{h['served']}`)", ""]
+        if "floor_accuracy" in h:
+            lines += [f"Floor: unconditional VAE samples score {f(h['floor_accuracy'])} on the requested `{h['new']}` labels "
+                      "(what a method that ignores them gets).", ""]
+        lines += ["| method | final accuracy | gain over floor | steps to 95% | CPU-s to 95% | CPU-s to 95% of the gain | CPU-s total "
+                  "| FLOPs to 95% | params trained | params stored | drift on served |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for k, label in (("lc_l0", "LC, λ_dist 0 (sampling recipe): new mapper, frozen VAE"), ("lc", "LC, λ_dist 0.1 (shipped recipe)"),
+                         ("cvae_finetune", "CVAE fine-tuned from the served model"), ("cvae_retrain", "CVAE retrained from scratch")):
+            if k not in h:
+                continue
             m = h[k]
-            lines.append(f"| {label} | {f(m['final_accuracy'])} | {m['steps_to_95']} | {f(m['cpu_s_to_95'], 1)} | {f(m['cpu_s_total'], 1)} | "
+            lines.append(f"| {label} | {f(m['final_accuracy'])} | {f(m.get('gain_over_floor'))} | {m['steps_to_95']} | {f(m['cpu_s_to_95'], 1)} | "
+                         f"{f(m.get('cpu_s_to_95_gain'), 1)} | {f(m['cpu_s_total'], 1)} | "
                          f"{m['flops_to_95']:.3g} | {m['params_trained']:,} | {m['params_stored']:,} | {f(m['drift_on_served'])} |")
-        lines += ["", f"**R_register = LC ÷ CVAE retrain = {h['R_register_vs_cvae_retrain']:.3f}** (target ≤ 0.02); "
-                      f"LC ÷ CVAE fine-tune = {h['R_register_vs_cvae_finetune']:.3f}. Served-set accuracy of the CVAE before / after "
-                      f"fine-tuning: {f(h['cvae_finetune']['served_accuracy_before'])} / {f(h['cvae_finetune']['served_accuracy_after'])}.", "",
-                  "Label efficiency (final accuracy on the new labels):", "",
-                  "| labelled examples | LC | CVAE fine-tune |", "|---|---|---|"]
-        lines += [f"| {e['labelled']:,} | {f(e['lc_accuracy'])} | {f(e['cvae_finetune_accuracy'])} |" for e in h["label_efficiency"]]
+        ratios = [f"{lc} ÷ {ref} = {h[f'R_register_{lc}_vs_{ref}']:.3f}"
+                  + (f" (to 95% of the gain: {h[f'R_gain_{lc}_vs_{ref}']:.3f})" if f"R_gain_{lc}_vs_{ref}" in h else "")
+                  for lc in ("lc_l0", "lc") for ref in ("cvae_retrain", "cvae_finetune") if f"R_register_{lc}_vs_{ref}" in h]
+        lines += [""]
+        if "R_register" in h:
+            lines += [f"**R_register = {h['R_register']:.3f}** (CPU-seconds to 95% of final accuracy, LC ÷ CVAE retrain; target ≤ 0.02). "
+                      f"All ratios: {'; '.join(ratios)}."]
+        if "cvae_finetune" in h:
+            lines += [f"Served-set accuracy of the CVAE before / after fine-tuning: {f(h['cvae_finetune']['served_accuracy_before'])} / "
+                      f"{f(h['cvae_finetune']['served_accuracy_after'])}."]
+        if h.get("label_efficiency"):
+            lc_l = "LC (λ_dist 0)" if h["label_efficiency"][0].get("lc_lambda_dist") == 0.0 else "LC (λ_dist 0.1)"
+            lines += ["", "Label efficiency (final accuracy on the new labels):", "", f"| labelled examples | {lc_l} | CVAE fine-tune |", "|---|---|---|"]
+            lines += [f"| {e['labelled']:,} | {f(e['lc_accuracy'])} | {f(e['cvae_finetune_accuracy'])} |" for e in h["label_efficiency"]]
         lines.append("")
     return "\n".join(lines)
 
@@ -353,7 +416,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datasets", default="fashion-mnist,avatars")
     p.add_argument("--profile", default="full", choices=sorted(PROFILES))
-    p.add_argument("--skip", default="", help="comma-separated baselines not to train (recorded in the output)")
+    p.add_argument("--skip", default="", help="comma-separated parts not to run (recorded in the output)")
+    p.add_argument("--only", default="", help="comma-separated parts to (re)measure, merged into the dataset's existing results; "
+                                              f"parts: {', '.join(QUALITY_PARTS + NEW_PARTS)}")
     p.add_argument("--work", default="runs/bench-baselines")
     p.add_argument("--out", default="docs", help="baselines.json there is updated per dataset run; baselines.md re-rendered")
     p.add_argument("--threads", type=int, default=0)
@@ -363,10 +428,16 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     prof, skip = PROFILES[a.profile], [m for m in a.skip.split(",") if m]
+    only = [m for m in a.only.split(",") if m]
+    unknown = [m for m in skip + only if m not in QUALITY_PARTS + NEW_PARTS]
+    if unknown:
+        raise SystemExit(f"unknown parts {unknown}; parts: {', '.join(QUALITY_PARTS + NEW_PARTS)}")
+    parts = only or [m for m in QUALITY_PARTS + NEW_PARTS if m not in skip]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "baselines.json"
     result = json.loads(path.read_text()) if path.exists() else {"datasets": {}}
+    command = "python bench/baselines.py " + " ".join(sys.argv[1:])
     if a.figures_only:
         for name, d in result["datasets"].items():
             d["figure"] = figure(name, ROOT / "service" / "bundles" / name, DATASETS[name], Path(a.work) / name,
@@ -380,16 +451,29 @@ def main() -> None:
         work = Path(a.work) / name
         if not (bundle / "latents.safetensors").exists():
             encode_dataset(bundle, device="cpu")
+        if only:
+            if name not in result["datasets"]:
+                raise SystemExit(f"--only merges into existing results; run {name} in full first")
+            entry = result["datasets"][name]
+            if entry["profile"] != a.profile:
+                raise SystemExit(f"{name} was measured with profile {entry['profile']!r}; --only must use the same")
+        else:
+            entry = {"commands": [], "profile": a.profile, "profile_settings": prof, "skipped": skip, "label_set": spec["label_set"],
+                     "quality_raw": [], "new_label_set": None, "wall_minutes": 0.0}
+        entry["machine"] = f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"
         print(f"== {name}: quality on {spec['label_set']}", flush=True)
-        raw = quality(name, bundle, spec, prof, work, skip)
-        entry = {"command": "python bench/baselines.py " + " ".join(sys.argv[1:]), "profile": a.profile, "profile_settings": prof,
-                 "skipped": skip, "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
-                 "label_set": spec["label_set"], "quality_raw": raw, "quality": aggregate(raw), "new_label_set": None}
-        if spec["new"] and "cvae" not in skip:
+        fresh = quality(name, bundle, spec, prof, work, parts)
+        done = {r["method"] for r in fresh}
+        entry["quality_raw"] = [r for r in entry["quality_raw"] if r["method"] not in done] + fresh
+        order = {m: i for i, m in enumerate(QUALITY_PARTS)}
+        entry["quality_raw"].sort(key=lambda r: (r["seed"], order[r["method"]]))
+        entry["quality"] = aggregate(entry["quality_raw"])
+        if spec["new"] and any(p.startswith("new:") for p in parts):
             print(f"== {name}: new label set {spec['new']}", flush=True)
-            entry["new_label_set"] = new_label_set(name, bundle, spec, prof, work)
-        entry["figure"] = figure(name, bundle, spec, work, list(dict.fromkeys(r["method"] for r in raw)), out)
-        entry["wall_minutes"] = (time.time() - started) / 60
+            entry["new_label_set"] = new_label_set(name, bundle, spec, prof, work, parts, entry["new_label_set"] or {})
+        entry["figure"] = figure(name, bundle, spec, work, [r["method"] for r in entry["quality"]], out)
+        entry["wall_minutes"] += (time.time() - started) / 60
+        entry["commands"].append(command)
         result["datasets"][name] = entry
         path.write_text(json.dumps(result, indent=2) + "\n")
         (out / "baselines.md").write_text(markdown(result) + "\n")
