@@ -102,10 +102,10 @@ def test_upload_and_edit_round_trip(server, browser, tmp_path):
     pixels = rng.integers(0, 40, (28, 28), dtype=np.uint8)
     pixels[4:8, 4:10] = 230
     Image.fromarray(pixels).convert("RGB").save(tmp_path / "mine.png")
+    assert not browser.find_element(By.ID, "edit-result").is_displayed()  # no empty placeholders before an edit
     browser.find_element(By.ID, "edit-file").send_keys(str(tmp_path / "mine.png"))
     browser.find_element(By.ID, "e-bag-on").click()
     browser.find_element(By.ID, "edit-go").click()
-    assert not browser.find_element(By.ID, "edit-result").is_displayed()  # no empty placeholders before an edit
     wait(browser, lambda d: (d.find_element(By.ID, "edit-after").get_attribute("src") or "").startswith("data:image/png;base64,"))
     assert browser.find_element(By.ID, "edit-result").is_displayed()
     assert browser.find_element(By.ID, "edit-before").get_attribute("src").startswith("blob:")
