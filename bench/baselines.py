@@ -40,7 +40,7 @@ from training.encode import encode_dataset  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
 from training.runtime import setup_logging  # noqa: E402
 from training.images import save_grid  # noqa: E402
-from training.samplers import build_sampler, decode_all, fill_columns  # noqa: E402
+from training.samplers import build_sampler, conditional_images, decode_all  # noqa: E402
 from training.train_baseline import (ARTIFACT_STEM, IMAGE_METHODS, LATENT_METHODS, TrainBaselineConfig,  # noqa: E402
                                      load_conditional, train_baseline)
 from training.train_judge import decide, predict  # noqa: E402
@@ -85,11 +85,7 @@ def lc_images(vae, m: LatentMappers, labels: torch.Tensor, seed: int = 1) -> tor
 
 
 def cvae_images(model, labels: torch.Tensor, attrs: list[str], rows, counts, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    cvae = getattr(model, "cvae", model)
-    with torch.no_grad():
-        y = fill_columns(labels, attrs, cvae.cfg.attr_names, rows, counts, g)
-        return torch.cat([model.decode(model.sample_latents(y[s: s + 512], g), y[s: s + 512]) for s in range(0, len(y), 512)])
+    return conditional_images(model, labels, attrs, rows, counts, torch.Generator().manual_seed(seed), torch.device("cpu"))
 
 
 class FlopCount(TorchDispatchMode):

@@ -48,6 +48,11 @@ class CVAE(nn.Module):
         self.prior = (nn.Sequential(nn.Linear(k, cfg.prior_width), nn.SiLU(), nn.Linear(cfg.prior_width, 2 * b.latent_dim))
                       if cfg.learned_prior else None)
 
+    @property
+    def label_config(self) -> CVAEConfig:
+        """The label columns it conditions on (shared name with CVAEGAN)."""
+        return self.cfg
+
     def _encoder_params(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         planes = y.to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])
         return self.encoder(torch.cat([x, planes], 1))

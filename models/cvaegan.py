@@ -66,6 +66,10 @@ class CVAEGAN(nn.Module):
         self.classifier = FeatureNet(cfg.cvae.backbone, cfg.feature_dim, cfg.cvae.n_labels)
         self.discriminator = FeatureNet(cfg.cvae.backbone, cfg.feature_dim, 1)
 
+    @property
+    def label_config(self) -> CVAEConfig:
+        return self.cfg.cvae
+
     def decode(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.cvae.decode(z, y)
 

@@ -181,6 +181,20 @@ def fill_columns(labels: torch.Tensor, attrs: list[str], model_attrs: list[str],
     return out
 
 
+@torch.no_grad()
+def conditional_images(model, labels: torch.Tensor, attrs: list[str], rows: torch.Tensor, counts: torch.Tensor,
+                       generator: torch.Generator, device: torch.device, batch: int = 256) -> torch.Tensor:
+    """Images from a CVAE / CVAE-GAN for requested labels of ``attrs`` (its other columns drawn by ``fill_columns``)."""
+    model.to(device)
+    y = fill_columns(labels, attrs, model.label_config.attr_names, rows, counts, generator)
+    z = model.sample_latents(y, generator)
+    out = []
+    for s in range(0, len(y), batch):
+        with autocast(device):
+            out.append(model.decode(z[s: s + batch].to(device), y[s: s + batch].to(device)).float().cpu())
+    return torch.cat(out)
+
+
 class ConditionalModelSampler:
     """A retrained conditional model (CVAE, CVAE-CMMA, CVAE-GAN) with its own decoder: z ~ p(z|y), x = G(z, y)."""
 
@@ -192,22 +206,14 @@ class ConditionalModelSampler:
         self.name = method
         path = Path(artifact) if artifact else baseline_dir(bundle, method, label_set)
         self.model, self.manifest, extra = load_conditional(path)
-        self.cvae_cfg = getattr(self.model.cfg, "cvae", self.model.cfg)
         self.attrs = label_set_attrs(bundle, label_set)
-        if not set(self.attrs) <= set(self.cvae_cfg.attr_names):
-            raise ValueError(f"{path} was trained on {self.cvae_cfg.attr_names}, which lacks label set {label_set!r}")
+        trained_on = self.model.label_config.attr_names
+        if not set(self.attrs) <= set(trained_on):
+            raise ValueError(f"{path} was trained on {trained_on}, which lacks label set {label_set!r}")
         self.rows, self.counts = extra["label_rows"], extra["label_counts"]
 
-    @torch.no_grad()
-    def images(self, labels: torch.Tensor, generator: torch.Generator, device: torch.device, batch: int = 256) -> torch.Tensor:
-        self.model.to(device)
-        y = fill_columns(labels, self.attrs, self.cvae_cfg.attr_names, self.rows, self.counts, generator)
-        z = self.model.sample_latents(y, generator)
-        out = []
-        for s in range(0, len(y), batch):
-            with autocast(device):
-                out.append(self.model.decode(z[s: s + batch].to(device), y[s: s + batch].to(device)).float().cpu())
-        return torch.cat(out)
+    def images(self, labels: torch.Tensor, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        return conditional_images(self.model, labels, self.attrs, self.rows, self.counts, generator, device)
 
 
 SAMPLERS: dict[str, Callable[..., Sampler]] = {

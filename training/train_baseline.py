@@ -113,11 +113,10 @@ def build_image_model(cfg: TrainBaselineConfig, backbone: VAEConfig, attrs: list
     ccfg = CVAEConfig(backbone=backbone, attr_names=attrs, kind=kind, learned_prior=cfg.method == "cvae-cmma")
     model = CVAEGAN(CVAEGANConfig(cvae=ccfg)) if cfg.method == "cvae-gan" else CVAE(ccfg)
     if cfg.init:
-        base, man, _ = load_conditional(cfg.init)
+        base, _, _ = load_conditional(cfg.init)
         if type(base) is not type(model):
             raise ValueError(f"--init {cfg.init} is a {type(base).__name__}, not a {type(model).__name__}")
-        old_cfg = base.cfg.cvae if isinstance(base, CVAEGAN) else base.cfg
-        widen_labels(model, old_cfg.attr_names, attrs, base.state_dict())
+        widen_labels(model, base.label_config.attr_names, attrs, base.state_dict())
     return model
 
 
@@ -136,7 +135,7 @@ def train_image_model(cfg: TrainBaselineConfig, model: torch.nn.Module, data: Im
         x = batch_to_float(data.images[idx], device)
         y = torch.from_numpy(y_all[idx]).float().to(device)
         info = {}
-        for g, opt in opts.items():
+        for opt in opts.values():
             for pg in opt.param_groups:
                 pg["lr"] = cfg.lr * decay ** step
         with autocast(device):
