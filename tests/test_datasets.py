@@ -67,6 +67,9 @@ def test_same_seed_same_data_and_cache_is_reused(monkeypatch, tmp_path):
     d = load_dataset("avatars", n=24, seed=4, workers=1)
     assert not np.array_equal(a.images, d.images)
     assert list(a.label_sets["faces"].attrs)[:3] == ["Smiling", "Eyeglasses", "Wearing_Hat"]
+    # the baselines' hold-one-out serves faces_no_hair_colour, then adds hair_colour: together exactly faces, no overlap
+    kept, hair = a.label_sets["faces_no_hair_colour"].attrs, a.label_sets["hair_colour"].attrs
+    assert sorted(kept + hair) == sorted(a.label_sets["faces"].attrs) and not set(kept) & set(hair)
     assert set(np.unique(a.split)) <= {0, 1, 2}
 
 

@@ -29,6 +29,8 @@ ATTRS = [
     "Brown_Hair", "Gray_Hair", "Mustache", "No_Beard", "Pale_Skin",
 ]
 HAIR_COLOUR_ATTRS = ["Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair"]
+# faces without the hair colours: the served set when hair colour is the new label set (bench/baselines.py hold-one-out)
+NO_HAIR_COLOUR_ATTRS = [a for a in ATTRS if a not in HAIR_COLOUR_ATTRS]
 RENDER_VERSION = 1  # bump when sampling or labelling changes: it is part of the cache key
 
 # Square viewBoxes on the 264 x 280 figure.
@@ -199,6 +201,7 @@ def load_avatars(n: int = 30000, seed: int = 0, size: int = 64, crop: str = "hea
         label_sets={
             "faces": LabelSet("faces", list(ATTRS)),
             "hair_colour": LabelSet("hair_colour", list(HAIR_COLOUR_ATTRS)),
+            "faces_no_hair_colour": LabelSet("faces_no_hair_colour", list(NO_HAIR_COLOUR_ATTRS)),
         },
         ids=None,
     )
