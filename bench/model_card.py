@@ -138,7 +138,18 @@ def markdown(card: dict) -> str:
                     cells = [f"{c['eval'][s]['per_attribute'][a]['accuracy']:.3f} ({c['eval'][s]['per_attribute'][a]['recall']:.2f})" for s in cond]
                     out.append(f"| {a} | {m['requested_rate']:.2f} | {m['ceiling_accuracy']:.3f} | {m['reconstruction_accuracy']:.3f} | "
                                + " | ".join(cells) + " |")
-        if c["edits"]:
+        if c["edits"] and next(iter(c["edits"].values())).get("kind") == "categorical":
+            out += ["", "### Class edits (`lcs eval-edits`)", "",
+                    "Each test image asked for a random class other than the one D_attr reads in it. *Reached*: the judge's top-1 "
+                    "is the asked class; *null edit*: how often the plain reconstruction already is. Pixel MSE (images in [0, 1]) "
+                    "and the σ̄-weighted latent shift say how far the edit moved from the reconstruction.", "",
+                    "| mode | target reached | null edit | pixel MSE vs reconstruction | σ̄-weighted shift | n | wall |",
+                    "|---|---|---|---|---|---|---|"]
+            out += [f"| {mode} | {e['target_reached']:.3f} | {e['target_in_reconstruction']:.3f} | {e['pixel_mse_edit_vs_reconstruction']:.4f} | "
+                    f"{e['latent_shift_over_sigma_bar']:.2f} | {e['n']} | {e['seconds']:.0f} s |" for mode, e in c["edits"].items()]
+            out += ["", "Target reached per asked class (actor):", "", "| class | n | reached |", "|---|---|---|"]
+            out += [f"| {k} | {v['n']} | {v['target_reached']:.3f} |" for k, v in c["edits"]["actor"]["per_edit"].items()]
+        elif c["edits"]:
             out += ["", "### Identity-preserving edits (`lcs eval-edits`)", "",
                     "One random attribute of each test image flipped from what D_attr reads; the target is the nearest label row "
                     "the data shows. *Kept unchanged* counts the attributes the target keeps, judged on the edited image against "

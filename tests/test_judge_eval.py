@@ -169,6 +169,11 @@ def test_edit_evaluation_and_figures(lc_bundle, tmp_path):
     assert r["target_reached"] > r["target_in_reconstruction"] + 0.1, (r["target_reached"], r["target_in_reconstruction"])
     assert r["others_unchanged_vs_original"] is None and r["forced_changes_per_edit"] == 0  # one attribute: nothing else
     assert json.loads((tmp_path / "edits-actor-footwear.json").read_text())["mode"] == "actor"
+    # A categorical set: every image asked for a class other than the one D_attr reads in it.
+    c = evaluate_edits(lc_bundle, label_set="category", n=120, mode="actor", device="cpu", out=tmp_path)
+    assert c["kind"] == "categorical" and sum(v["n"] for v in c["per_edit"].values()) == 120
+    assert c["target_reached"] > c["target_in_reconstruction"] + 0.3, (c["target_reached"], c["target_in_reconstruction"])
+    assert c["latent_shift_over_sigma_bar"] > 0 and "others_unchanged_vs_original" not in c
     paths = draw_all(lc_bundle, "category", tmp_path / "fig", ["sandal", "-sandal", "trouser"], [], seed=1)
     assert [p.name for p in paths] == ["realism.png", "specs-category.png"]
     from PIL import Image

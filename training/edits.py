@@ -5,6 +5,9 @@ D_attr reads in z0, the edit target is the nearest label row the data shows (``n
 and the edited latent is decoded. The judge then says whether the asked attribute reached its
 target value, and whether the attributes the target keeps read the same as on the original
 image (and, separately, as on the plain reconstruction, which isolates the edit from VAE blur).
+A categorical set has nothing else to keep: each image is moved to a random class other than the
+one D_attr reads, and the judge says whether it reached it; the pixel and σ̄-weighted latent
+distances say how much of the image the edit kept.
 """
 from __future__ import annotations
 
@@ -47,26 +50,63 @@ def flip_edits(m, z0: torch.Tensor, attrs: list[int], table: torch.Tensor, mode:
     return edited, target, asked
 
 
+def class_edits(m, z0: torch.Tensor, classes: list[int], table: torch.Tensor, mode: str, sigma_bar: torch.Tensor) -> torch.Tensor:
+    """Move latent i to class ``classes[i]`` of a categorical label set. Returns the edited latents."""
+    names = m.cfg.attr_names
+    edited = torch.empty_like(z0)
+    cfg = OptimizeConfig(dist_weight=1.0) if mode == "optimize" else None
+    for c in sorted(set(classes)):
+        rows = torch.tensor([i for i, k in enumerate(classes) if k == c], dtype=torch.long)
+        edited[rows] = edit_latents(m, z0[rows], {names[c]: 1}, table, mode, cfg, sigma_bar)[0]
+    return edited
+
+
 def evaluate_edits(bundle: str | Path, label_set: str = "faces", n: int = 1000, mode: str = "actor", seed: int = 0,
                    device: str = "auto", out: str | Path = "", command: list[str] | None = None) -> dict:
     started = time.time()
     bundle, out, dev, vae, vman, judge, jman, data = open_bundle(bundle, device, out)
     m, _, extra = load_labelset(bundle, label_set)
-    if m.cfg.kind != "binary":
-        raise ValueError("edit evaluation flips binary attributes; this label set is categorical")
-    names = m.cfg.attr_names
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(data.indices("test"), size=min(n, len(data.indices("test"))), replace=False))
     images = data.images[idx]
     z0 = encode_all(vae, images, dev)
-    attrs = rng.integers(len(names), size=len(idx)).tolist()
+    judge_of = lambda x: decide(predict(judge, x, dev)[0], jman, m.cfg.attr_names)  # noqa: E731
+    metrics = class_metrics if m.cfg.kind == "categorical" else flip_metrics
+    edited, recon, after, result = metrics(m, extra, vae, dev, z0, images, judge_of, rng, mode)
+    result = {"bundle": str(bundle), "label_set": label_set, "kind": m.cfg.kind, "mode": mode, "n": len(idx), "seed": seed, **result,
+              "pixel_mse_edit_vs_reconstruction": float((after - recon).pow(2).mean()),
+              "latent_shift_over_sigma_bar": float(((edited - z0).abs() / extra["sigma_bar"]).mean()),
+              "decoder_fingerprint": vman["decoder_fingerprint"], "seconds": round(time.time() - started, 1),
+              "command": command or sys.argv}
+    (out / f"edits-{mode}-{label_set}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(format_edits(result))
+    return result
+
+
+def class_metrics(m, extra, vae, dev, z0, images, judge_of, rng, mode):
+    """Categorical set: each image to a random class other than the one D_attr reads; reached = the judge's top-1."""
+    names = m.cfg.attr_names
+    with torch.no_grad():
+        read = m.attr(z0).argmax(1).numpy()
+    asked = (read + rng.integers(1, len(names), size=len(z0))) % len(names)
+    edited = class_edits(m, z0, asked.tolist(), extra["label_table"], mode, extra["sigma_bar"])
+    recon, after = decode_all(vae, z0, dev), decode_all(vae, edited, dev)
+    reached = judge_of(after).argmax(1) == asked
+    return edited, recon, after, {
+        "target_reached": float(reached.mean()),
+        "target_in_reconstruction": float((judge_of(recon).argmax(1) == asked).mean()),  # the null edit
+        "per_edit": {name: {"n": int((asked == c).sum()), "target_reached": float(reached[asked == c].mean())}
+                     for c, name in enumerate(names) if (asked == c).any()}}
+
+
+def flip_metrics(m, extra, vae, dev, z0, images, judge_of, rng, mode):
+    """Binary set: one random attribute flipped per image; the judge checks it and the attributes the target keeps."""
+    names = m.cfg.attr_names
+    attrs = rng.integers(len(names), size=len(z0)).tolist()
     edited, target, asked = flip_edits(m, z0, attrs, extra["label_table"], mode, extra["sigma_bar"])
-    recon = decode_all(vae, z0, dev)
-    after = decode_all(vae, edited, dev)
-    judged = {k: decide(predict(judge, x, dev)[0], jman, names)
-              for k, x in (("original", images), ("reconstruction", recon), ("edited", after))}
-    rows = np.arange(len(idx))
-    asked_col = np.array(attrs)
+    recon, after = decode_all(vae, z0, dev), decode_all(vae, edited, dev)
+    judged = {"original": judge_of(images), "reconstruction": judge_of(recon), "edited": judge_of(after)}
+    rows, asked_col = np.arange(len(z0)), np.array(attrs)
     reached = judged["edited"][rows, asked_col] == asked.numpy().astype(np.int8)
     # Attributes the edit must keep: every one except the asked one that the target row leaves as D_attr read it.
     with torch.no_grad():
@@ -81,8 +121,7 @@ def evaluate_edits(bundle: str | Path, label_set: str = "faces", n: int = 1000, 
             sel = (asked_col == a) & (asked.numpy() == value)
             if sel.any():
                 per_attr[f"{name}={value}"] = {"n": int(sel.sum()), "target_reached": float(reached[sel].mean())}
-    result = {
-        "bundle": str(bundle), "label_set": label_set, "mode": mode, "n": len(idx), "seed": seed,
+    return edited, recon, after, {
         "target_reached": float(reached.mean()),
         # the null edit: how often the plain reconstruction already reads the asked value
         "target_in_reconstruction": float((judged["reconstruction"][rows, asked_col] == asked.numpy()).mean()),
@@ -91,21 +130,16 @@ def evaluate_edits(bundle: str | Path, label_set: str = "faces", n: int = 1000, 
         "all_non_asked_unchanged_vs_original": same("original", others),
         "forced_changes_per_edit": float(((target != current).numpy() & others).sum(1).mean()),
         "reconstruction_keeps_attributes": float((judged["reconstruction"] == judged["original"]).mean()),
-        "pixel_mse_edit_vs_reconstruction": float((after - recon).pow(2).mean()),
-        "latent_shift_over_sigma_bar": float(((edited - z0).abs() / extra["sigma_bar"]).mean()),
-        "per_edit": per_attr,
-        "decoder_fingerprint": vman["decoder_fingerprint"],
-        "seconds": round(time.time() - started, 1),
-        "command": command or sys.argv,
-    }
-    (out / f"edits-{mode}-{label_set}.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(format_edits(result))
-    return result
+        "per_edit": per_attr}
 
 
 def format_edits(r: dict) -> str:
     lines = [f"edits mode={r['mode']} label_set={r['label_set']} n={r['n']}", f"{'edit':<16} {'n':>5} {'reached':>8}"]
     lines += [f"{k:<16} {v['n']:>5} {v['target_reached']:>8.3f}" for k, v in r["per_edit"].items()]
+    if r["kind"] == "categorical":
+        return "\n".join(lines + [f"target class reached {r['target_reached']:.3f} (null edit {r['target_in_reconstruction']:.3f}); "
+                                   f"pixel MSE vs reconstruction {r['pixel_mse_edit_vs_reconstruction']:.4f}; "
+                                   f"σ̄-weighted latent shift {r['latent_shift_over_sigma_bar']:.2f}"])
     kept = ("n/a (one attribute)" if r["others_unchanged_vs_original"] is None else
             f"{r['others_unchanged_vs_original']:.3f} vs original, {r['others_unchanged_vs_reconstruction']:.3f} vs reconstruction")
     lines.append(f"target reached {r['target_reached']:.3f} (null edit {r['target_in_reconstruction']:.3f}); "
