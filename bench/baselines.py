@@ -459,6 +459,7 @@ def main() -> None:
             entry = result["datasets"][name]
             if entry["profile"] != a.profile:
                 raise SystemExit(f"{name} was measured with profile {entry['profile']!r}; --only must use the same")
+            entry["skipped"] = [m for m in entry["skipped"] if m not in parts]  # measured now
         else:
             entry = {"commands": [], "profile": a.profile, "profile_settings": prof, "skipped": skip, "label_set": spec["label_set"],
                      "quality_raw": [], "new_label_set": None, "wall_minutes": 0.0}
