@@ -164,6 +164,24 @@ def gain_95(curve: list, floor: float) -> dict:
     return {"gain_over_floor": final - floor, "steps_to_95_gain": hit[0], "cpu_s_to_95_gain": hit[1]}
 
 
+def equal_accuracy(h: dict) -> dict:
+    """R_register at equal accuracy: the CPU-seconds each method needs to reach 95% of LC's final accuracy. A CVAE
+    that never gets there within its budget bounds the ratio from above (LC's cost ÷ the CVAE's whole budget)."""
+    best = "lc_l0" if "lc_l0" in h else "lc"
+    if best not in h:
+        return {}
+    target = 0.95 * h[best]["final_accuracy"]
+    reach = lambda curve: next((c[1] for c in curve if c[2] >= target), None)  # noqa: E731
+    lc_cpu = reach(h[best]["curve"])
+    out = {"target_accuracy": target, "lc": best, "lc_cpu_s": lc_cpu}
+    for ref in ("cvae_retrain", "cvae_finetune"):
+        if ref in h:
+            cpu, budget = reach(h[ref]["curve"]), h[ref]["cpu_s_total"]
+            out[ref] = {"cpu_s": cpu, "budget_cpu_s": budget, "ratio": lc_cpu / cpu if cpu else None,
+                        "ratio_upper_bound": None if cpu else lc_cpu / budget}
+    return out
+
+
 def quality(name: str, bundle: Path, spec: dict, prof: dict, work: Path, parts: list[str]) -> list[dict]:
     """Rows for the quality table. ``actor-l0``: an LC actor trained here with λ_dist = 0 (the shipped mappers use 0.1,
     which serves edits); seeds of the shipped LC mappers are sampling seeds."""
@@ -403,6 +421,13 @@ def markdown(result: dict) -> str:
         if "R_register" in h:
             lines += [f"**R_register = {h['R_register']:.3f}** (CPU-seconds to 95% of final accuracy, LC ÷ CVAE retrain; target ≤ 0.02). "
                       f"All ratios: {'; '.join(ratios)}."]
+        eq = h.get("equal_accuracy") or {}
+        for ref, label in (("cvae_retrain", "CVAE retrained"), ("cvae_finetune", "CVAE fine-tuned")):
+            if ref in eq:
+                r = eq[ref]
+                lines += [f"At equal accuracy ({f(eq['target_accuracy'])}, 95% of LC's final): LC needs {f(eq['lc_cpu_s'], 1)} CPU-s; {label} "
+                          + (f"needs {f(r['cpu_s'], 1)}, **R = {r['ratio']:.3f}**." if r["cpu_s"] is not None else
+                             f"never gets there in its {f(r['budget_cpu_s'], 0)} CPU-s, so **R < {r['ratio_upper_bound']:.3f}**.")]
         if "cvae_finetune" in h:
             lines += [f"Served-set accuracy of the CVAE before / after fine-tuning: {f(h['cvae_finetune']['served_accuracy_before'])} / "
                       f"{f(h['cvae_finetune']['served_accuracy_after'])}."]
@@ -476,6 +501,8 @@ def main() -> None:
             entry["new_label_set"] = new_label_set(name, bundle, spec, prof, work, parts, entry["new_label_set"] or {})
         if entry["quality"]:
             entry["figure"] = figure(name, bundle, spec, work, [r["method"] for r in entry["quality"]], out)
+        if entry["new_label_set"]:
+            entry["new_label_set"]["equal_accuracy"] = equal_accuracy(entry["new_label_set"])
         entry["wall_minutes"] += (time.time() - started) / 60
         entry["commands"].append(command)
         result["datasets"][name] = entry
