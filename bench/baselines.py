@@ -38,12 +38,12 @@ from models.vae import load_vae  # noqa: E402
 from training.data import load_dataset  # noqa: E402
 from training.encode import encode_dataset  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
-from training.runtime import setup_logging  # noqa: E402
-from training.images import save_grid  # noqa: E402
-from training.samplers import build_sampler, conditional_images, decode_all  # noqa: E402
+from conditioning.runtime import setup_logging  # noqa: E402
+from conditioning.images import save_grid  # noqa: E402
+from evaluation.samplers import build_sampler, conditional_images, decode_all  # noqa: E402
 from training.train_baseline import (ARTIFACT_STEM, IMAGE_METHODS, LATENT_METHODS, TrainBaselineConfig,  # noqa: E402
                                      load_conditional, train_baseline)
-from training.train_judge import decide, predict  # noqa: E402
+from evaluation.judging import decide, predict  # noqa: E402
 from training.train_labelset import (TrainLabelSetConfig, actor_loss, attr_loss, critic_batch, critic_loss,  # noqa: E402
                                      load_table, posterior_sample, train_labelset)
 

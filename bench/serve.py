@@ -95,7 +95,7 @@ async def load(url: str, clients: int, seconds: float, params: dict) -> dict:
 def http_bench(bundle: Path, labelset: str, attrs: str, device: str, threads: int, seconds: float, max_wait_ms: float) -> list[dict]:
     port = free_port()
     with tempfile.TemporaryDirectory() as data:
-        proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--bundle", str(bundle), "--data-dir", data,
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--bundle", str(bundle), "--data-dir", data,
                                  "--port", str(port), "--device", device, "--threads", str(threads), "--max-wait-ms", str(max_wait_ms)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "LCS_ADMIN_TOKEN": "bench"})
         url = f"http://127.0.0.1:{port}"

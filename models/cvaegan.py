@@ -15,13 +15,14 @@ Pixels enter L_G on the [−1, 1] scale of the authors' tanh generator; norms ar
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.cvae import CVAE, CVAEConfig
+from models.cvae import CVAE, CVAEConfig, load_cvae
 from models.vae import VAEConfig, conv_trunk
 
 ARCH = "conv-cvae-gan-v1"
@@ -134,3 +135,8 @@ def load_cvaegan(directory, device: str | torch.device = "cpu") -> tuple[CVAEGAN
     extra = ("label_rows", "label_counts")
     model, manifest, tensors = load_model(directory, "cvaegan", ARCH, lambda cfg: CVAEGAN(CVAEGANConfig.from_json(cfg)), extra)
     return model.to(device), manifest, {k: tensors[k] for k in extra}
+
+
+def load_conditional(directory: str | Path, device: str | torch.device = "cpu"):
+    """A trained CVAE or CVAE-GAN -> (model, manifest, extra tensors)."""
+    return (load_cvaegan if (Path(directory) / "cvaegan.json").exists() else load_cvae)(directory, device)

@@ -14,19 +14,20 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
+from models.latent_table import REALISM
 from service.auth import require_admin
 from service.batcher import SampleWork
-from service.engine import LabelSet
 from service.errors import ApiError, envelope
 from service.jobs import read_status, training_params
 from service.registry import check_name
 from service.uploads import decode_image, open_zip, parse_labels_csv
-from training.images import grid, png_bytes
-from training.rules import RULES
-from training.specs import SpecError, parse_spec, resolve
+from conditioning import edits, modes
+from conditioning.images import grid, png_bytes, to_uint8
+from conditioning.labelset import LabelSetVersion
+from conditioning.rules import RULES
+from conditioning.specs import SpecError, parse_spec
 
 router = APIRouter()
-REALISM = "realism"
 
 
 def state(request: Request):
@@ -37,7 +38,7 @@ def state(request: Request):
     return st
 
 
-def pick_labelset(st, labelset: str | None, attrs: str | None) -> LabelSet:
+def pick_labelset(st, labelset: str | None, attrs: str | None) -> LabelSetVersion:
     """The named label set; else the one whose attributes include every requested name; else realism."""
     sets = st.live.sets
     if labelset:
@@ -64,21 +65,21 @@ def pick_labelset(st, labelset: str | None, attrs: str | None) -> LabelSet:
                    {"unknown": sorted(names - known), "valid": valid})
 
 
-def spec_for(ls: LabelSet, attrs: str | None) -> dict[str, int]:
+def spec_for(ls: LabelSetVersion, attrs: str | None) -> dict[str, int]:
     try:
         return parse_spec(attrs, ls.attr_names)
     except SpecError as e:
         raise ApiError(422, e.code, str(e), {**e.details, "labelset": ls.name, "valid": ls.attr_names}) from None
 
 
-def headers(st, ls: LabelSet | None, mode: str, **extra) -> dict[str, str]:
-    h = {"X-LCS-Decoder-Fingerprint": st.engine.decoder_fingerprint, "X-LCS-Mode": mode}
+def headers(st, ls: LabelSetVersion | None, mode: str, **extra) -> dict[str, str]:
+    h = {"X-LCS-Decoder-Fingerprint": st.backbone.decoder_fingerprint, "X-LCS-Mode": mode}
     if ls is not None:
         h.update({"X-LCS-Labelset": ls.name, "X-LCS-Labelset-Version": ls.version})
     return {**h, **{f"X-LCS-{k.replace('_', '-').title()}": str(v) for k, v in extra.items()}}
 
 
-def label_rows(ls: LabelSet | None, y: torch.Tensor) -> list[dict[str, int]]:
+def label_rows(ls: LabelSetVersion | None, y: torch.Tensor) -> list[dict[str, int]]:
     return [] if ls is None else [{a: int(v) for a, v in zip(ls.attr_names, row.tolist())} for row in y]
 
 
@@ -95,7 +96,7 @@ async def sample(request: Request,
                  labelset: str | None = Query(None, description="inferred when the attributes name exactly one label set"),
                  n: int = Query(1, ge=1, description="images (a grid when > 1); at most the server's max_n"),
                  seed: int | None = Query(None, ge=0, le=2 ** 63 - 1, description="same seed, same bytes"),
-                 mode: Literal["actor", "optimize", "prior"] = "actor",
+                 mode: modes.Mode = "actor",
                  format: Literal["png", "json"] = "png",
                  allow_unseen: bool = Query(False, description="allow attribute combinations the data never shows")):
     st = state(request)
@@ -105,17 +106,11 @@ async def sample(request: Request,
         raise ApiError(422, "prior_ignores_attrs", "mode=prior draws unconditional prior samples; drop attrs or use actor/optimize")
     ls = None if mode == "prior" else pick_labelset(st, labelset, attrs)
     seed = secrets.randbits(63) if seed is None else seed
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, st.engine.latent_dim, generator=gen)
-    k = 0 if ls is None else len(ls.attr_names)
-    y, mask = torch.zeros(n, k), torch.zeros(n, k, dtype=torch.bool)
-    if ls is not None and k:
-        spec = spec_for(ls, attrs)
-        try:
-            y = resolve(spec, ls.attr_names, ls.rows, n, gen, ls.kind, allow_unseen, counts=ls.counts)
-        except SpecError as e:
-            raise ApiError(422, e.code, str(e), {**e.details, "labelset": ls.name}) from None
-        mask[:, [ls.attr_names.index(a) for a in spec]] = True
+    spec = spec_for(ls, attrs) if ls is not None else {}
+    try:
+        z, y, mask = modes.draw(ls, spec, n, st.backbone.latent_dim, torch.Generator().manual_seed(seed), allow_unseen)
+    except SpecError as e:
+        raise ApiError(422, e.code, str(e), {**e.details, "labelset": ls.name}) from None
     result = await st.batcher.sample(SampleWork(ls, mode, z, y, mask), st.cfg.request_timeout_s)
     if ls is not None:
         st.metrics.labelset_requests.labels(ls.name, mode).inc()
@@ -124,13 +119,13 @@ async def sample(request: Request,
     h = headers(st, ls, mode, seed=seed, batch_samples=result.batch_samples)
     if format == "json":
         pngs = await run_in_threadpool(lambda: [base64.b64encode(png_bytes(im)).decode() for im in result.images])
-        body = {"labelset": ls and ls.name, "version": ls and ls.version, "decoder_fingerprint": st.engine.decoder_fingerprint,
+        body = {"labelset": ls and ls.name, "version": ls and ls.version, "decoder_fingerprint": st.backbone.decoder_fingerprint,
                 "seed": seed, "mode": mode, "attr_names": ls.attr_names if ls else [],
                 "images": [{"png_base64": p, "labels": lab, "realism": None if result.realism is None else round(float(r), 4)}
                            for p, lab, r in zip(pngs, label_rows(ls, y) or [None] * n,
                                                 result.realism.tolist() if result.realism is not None else [None] * n)]}
         return JSONResponse(body, headers=h)
-    if ls is not None and k:
+    if y.shape[1]:
         h["X-LCS-Attrs"] = ",".join(ls.attr_names)
         h["X-LCS-Labels"] = ";".join("".join(str(int(v)) for v in row.tolist()) for row in y)
     body = await run_in_threadpool(_png, result.images)
@@ -140,7 +135,7 @@ async def sample(request: Request,
 @router.post("/transform", summary="Identity-preserving edit of an uploaded image")
 async def transform(request: Request, image: UploadFile = File(..., description="PNG or JPEG"),
                     attrs: str = Form("", description="attributes to set, e.g. eyeglasses or -smiling"),
-                    labelset: str | None = Form(None), mode: Literal["actor", "optimize"] = Form("actor"),
+                    labelset: str | None = Form(None), mode: edits.EditMode = Form("actor"),
                     format: Literal["png", "json"] = Form("png"), allow_unseen: bool = Form(False)):
     st = state(request)
     data = await image.read()
@@ -150,17 +145,16 @@ async def transform(request: Request, image: UploadFile = File(..., description=
     spec = spec_for(ls, attrs)
     if not spec:
         raise ApiError(422, "nothing_to_edit", "name at least one attribute to change", {"valid": ls.attr_names})
-    c, size = st.engine.image_shape[0], st.engine.image_shape[1]
+    c, size = st.backbone.image_shape[0], st.backbone.image_shape[1]
     pixels = await run_in_threadpool(decode_image, data, c, size)
 
     def edit():
-        z0 = st.engine.encode(torch.from_numpy(pixels)[None])
+        z0 = st.backbone.encode(torch.from_numpy(pixels)[None])
         try:
-            z, target = st.engine.edit(ls, z0, spec, mode, allow_unseen)
+            z, target = edits.edit(ls, z0, spec, mode, allow_unseen)
         except SpecError as e:
             raise ApiError(422, e.code, str(e), {**e.details, "labelset": ls.name}) from None
-        images = st.engine.decode(torch.cat([z, z0]))
-        return images, target, st.engine.realism(ls, z, target)
+        return to_uint8(st.backbone.decode(torch.cat([z, z0]))), target, modes.realism(ls, z, target)
 
     images, target, realism = await st.batcher.call(edit, timeout=st.cfg.request_timeout_s)
     st.metrics.labelset_requests.labels(ls.name, f"transform-{mode}").inc()
@@ -170,7 +164,7 @@ async def transform(request: Request, image: UploadFile = File(..., description=
         edited, recon = await run_in_threadpool(lambda: [base64.b64encode(png_bytes(im)).decode() for im in images])
         return JSONResponse({"labelset": ls.name, "version": ls.version, "mode": mode, "target": label_rows(ls, target)[0],
                              "edited_png_base64": edited, "reconstruction_png_base64": recon,
-                             "realism": round(float(realism[0]), 4), "decoder_fingerprint": st.engine.decoder_fingerprint},
+                             "realism": round(float(realism[0]), 4), "decoder_fingerprint": st.backbone.decoder_fingerprint},
                             headers=h)
     body = await run_in_threadpool(png_bytes, images[0])
     return Response(body, media_type="image/png", headers=h)
@@ -178,7 +172,7 @@ async def transform(request: Request, image: UploadFile = File(..., description=
 
 # ---- label sets -------------------------------------------------------------------------------
 
-def _summary(ls: LabelSet) -> dict:
+def _summary(ls: LabelSetVersion) -> dict:
     return {"name": ls.name, "version": ls.version, "labels": ls.attr_names, "kind": ls.kind,
             "trained_as": ls.manifest.get("name"), "metrics": ls.manifest.get("metrics", {})}
 
@@ -210,7 +204,7 @@ async def put_labelset(request: Request, name: str, manifest: UploadFile = File(
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
-    vid = await run_in_threadpool(st.registry.publish, name, staged, st.engine.decoder_fingerprint, st.engine.latent_dim, "upload")
+    vid = await run_in_threadpool(st.registry.publish, name, staged, st.backbone.decoder_fingerprint, st.backbone.latent_dim, "upload")
     await run_in_threadpool(st.live.sync)
     ls = st.live.get(name)
     return JSONResponse(_summary(ls) if ls is not None and ls.version == vid else {"name": name, "version": vid}, 201)
@@ -291,10 +285,10 @@ async def get_job(request: Request, job_id: str):
 async def info(request: Request):
     st = request.app.state.lcs
     out = {"service": "latent-constraints", "ready": st.ready, "bundle": st.cfg.bundle}
-    if st.engine is not None:
-        out.update(dataset=st.engine.manifest["dataset"]["name"], image_shape=list(st.engine.image_shape),
-                   latent_dim=st.engine.latent_dim, device=str(st.engine.device), decoder_fingerprint=st.engine.decoder_fingerprint,
-                   live_decoder_fingerprint=await run_in_threadpool(st.engine.live_decoder_fingerprint))
+    if st.backbone is not None:
+        out.update(dataset=st.backbone.manifest["dataset"]["name"], image_shape=list(st.backbone.image_shape),
+                   latent_dim=st.backbone.latent_dim, device=str(st.backbone.device), decoder_fingerprint=st.backbone.decoder_fingerprint,
+                   live_decoder_fingerprint=await run_in_threadpool(st.backbone.live_decoder_fingerprint))
     if st.live is not None:
         out["labelsets"] = {k: v.version for k, v in sorted(st.live.sets.items())}
     return out

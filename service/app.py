@@ -18,11 +18,12 @@ import torch
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from conditioning import modes
+from conditioning.backbone import Backbone
 from service import errors
 from service.auth import admin_token
 from service.batcher import Batcher
 from service.config import ServerConfig
-from service.engine import Engine
 from service.hotswap import LiveLabelSets
 from service.jobs import JobManager
 from service.metrics import Metrics
@@ -39,7 +40,7 @@ class State:
         self.metrics = Metrics()
         self.registry = Registry(cfg.data_dir)
         self.jobs = JobManager(cfg.data_dir, cfg.bundle, self.metrics, cfg.job_workers, cfg.job_threads)
-        self.engine: Engine | None = None
+        self.backbone: Backbone | None = None
         self.live: LiveLabelSets | None = None
         self.batcher: Batcher | None = None
         self.pending = {"decoder": "loading", "registry": "not synced yet", "warmup": "not done yet"}
@@ -53,18 +54,18 @@ class State:
 async def _start(app: FastAPI, st: State) -> None:
     cfg = st.cfg
     try:
-        st.engine = await asyncio.to_thread(Engine, cfg.bundle, cfg.device, cfg.threads)
+        st.backbone = await asyncio.to_thread(Backbone, cfg.bundle, cfg.device, cfg.threads)
         st.pending.pop("decoder")
         st.registry.sweep()
-        added = await asyncio.to_thread(st.registry.seed_from, Path(cfg.bundle), st.engine.decoder_fingerprint, st.engine.latent_dim)
+        added = await asyncio.to_thread(st.registry.seed_from, Path(cfg.bundle), st.backbone.decoder_fingerprint, st.backbone.latent_dim)
         if added:
             log.info("seeded the registry with the bundle's label sets: %s", ", ".join(added))
-        st.live = LiveLabelSets(st.registry, st.engine)
+        st.live = LiveLabelSets(st.registry, st.backbone.decoder_fingerprint)
         await asyncio.to_thread(st.live.sync)
         st.pending.pop("registry")
         await asyncio.to_thread(_warmup, st)
         st.pending.pop("warmup")
-        st.batcher = Batcher(st.engine, st.metrics, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue)
+        st.batcher = Batcher(st.backbone, st.metrics, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue)
         st.batcher.start()
         app.state.tasks += [asyncio.create_task(_poll(st)), asyncio.create_task(st.jobs.run())]
         log.info("ready: %d label set(s) serving: %s", len(st.live.sets), ", ".join(f"{k}@{v.version}" for k, v in st.live.sets.items()))
@@ -75,12 +76,12 @@ async def _start(app: FastAPI, st: State) -> None:
 
 def _warmup(st: State) -> None:
     """First calls allocate buffers and pick kernels; do it before traffic arrives."""
-    z = torch.zeros(st.cfg.max_batch, st.engine.latent_dim)
-    st.engine.decode(z)
-    st.engine.decode(z[:1])
+    z = torch.zeros(st.cfg.max_batch, st.backbone.latent_dim)
+    st.backbone.decode(z)
+    st.backbone.decode(z[:1])
     for ls in st.live.sets.values():
         y = ls.table[:1].float().expand(2, -1) if ls.m.cfg.n_labels else torch.zeros(2, 0)
-        st.engine.actor(ls, z[:2], y)
+        modes.actor(ls, z[:2], y, y.bool())
 
 
 async def _poll(st: State) -> None:
@@ -205,7 +206,7 @@ def check_data_dir(path: str | Path) -> None:
 def serve(cfg: ServerConfig) -> None:
     import uvicorn
 
-    from training.runtime import setup_logging
+    from conditioning.runtime import setup_logging
 
     setup_logging()
     check_data_dir(cfg.data_dir)

@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from service.engine import Engine, LabelSet
+from conditioning import modes
+from conditioning.backbone import Backbone
+from conditioning.images import to_uint8
+from conditioning.labelset import LabelSetVersion
 from service.errors import ApiError
 from service.metrics import Metrics
 
@@ -27,8 +30,8 @@ log = logging.getLogger("lcs.batcher")
 
 @dataclass(eq=False)
 class SampleWork:
-    ls: LabelSet | None  # None: raw prior samples
-    mode: str  # "actor" | "optimize" | "prior"
+    ls: LabelSetVersion | None  # None: raw prior samples
+    mode: modes.Mode
     z: torch.Tensor  # n x d prior draws
     y: torch.Tensor  # n x K requested labels
     mask: torch.Tensor  # n x K: which attributes the request named (optimisation only)
@@ -49,8 +52,8 @@ class SampleResult:
 
 
 class Batcher:
-    def __init__(self, engine: Engine, metrics: Metrics, max_batch: int = 64, max_wait_ms: float = 5.0, max_queue: int = 1024):
-        self.engine, self.metrics = engine, metrics
+    def __init__(self, backbone: Backbone, metrics: Metrics, max_batch: int = 64, max_wait_ms: float = 5.0, max_queue: int = 1024):
+        self.backbone, self.metrics = backbone, metrics
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="lcs-model")
         self.items: collections.deque[SampleWork] = collections.deque()
@@ -151,19 +154,14 @@ class Batcher:
             ls, mode = batch[idx[0]].ls, batch[idx[0]].mode
             z = torch.cat([batch[i].z for i in idx])
             y = torch.cat([batch[i].y for i in idx])
-            if mode == "prior":
-                out = z
-            elif mode == "actor":
-                out = self.engine.actor(ls, z, y)
-            else:
-                out = self.engine.optimize(ls, z, y, torch.cat([batch[i].mask for i in idx]))
-            realism = self.engine.realism(ls, out, y) if ls is not None else None
+            out = modes.latents(mode, ls, z, y, torch.cat([batch[i].mask for i in idx]))
+            realism = modes.realism(ls, out, y) if ls is not None else None
             start = 0
             for i in idx:
                 latents[i] = out[start: start + batch[i].n]
                 scores[i] = None if realism is None else realism[start: start + batch[i].n]
                 start += batch[i].n
-        images = self.engine.decode(torch.cat(latents))
+        images = to_uint8(self.backbone.decode(torch.cat(latents)))
         results, start, total = [], 0, len(images)
         for i, w in enumerate(batch):
             results.append(SampleResult(images[start: start + w.n], scores[i], total))

@@ -1,7 +1,7 @@
 """Keeps the label sets in memory in step with the registry on disk (this server's and other replicas' writes).
 
 ``sync()`` reads every ``current.json``, loads versions it does not hold and drops the ones no longer
-current. A request takes a reference to a ``LabelSet`` when it starts and finishes on it even if a
+current. A request takes a reference to a ``LabelSetVersion`` when it starts and finishes on it even if a
 newer version is swapped in meanwhile; a dropped version is freed once its last request ends
 (``live_versions`` counts the ones still alive, for /metrics and the memory test).
 """
@@ -11,25 +11,24 @@ import logging
 import weakref
 
 from models.artifacts import ArtifactError
-from models.latent import load_mappers
-from service.engine import Engine, LabelSet
+from conditioning.labelset import LabelSetVersion
 from service.registry import Registry
 
 log = logging.getLogger("lcs.hotswap")
 
 
 class LiveLabelSets:
-    def __init__(self, registry: Registry, engine: Engine):
-        self.registry, self.engine = registry, engine
-        self.sets: dict[str, LabelSet] = {}
-        self._alive: weakref.WeakSet[LabelSet] = weakref.WeakSet()
+    def __init__(self, registry: Registry, decoder_fingerprint: str):
+        self.registry, self.decoder_fingerprint = registry, decoder_fingerprint
+        self.sets: dict[str, LabelSetVersion] = {}
+        self._alive: weakref.WeakSet[LabelSetVersion] = weakref.WeakSet()
         self.failed: dict[str, str] = {}  # name -> why its current version could not be loaded
 
     @property
     def live_versions(self) -> int:
         return len(self._alive)
 
-    def get(self, name: str) -> LabelSet | None:
+    def get(self, name: str) -> LabelSetVersion | None:
         return self.sets.get(name)
 
     def sync(self) -> list[str]:
@@ -61,11 +60,8 @@ class LiveLabelSets:
             log.info("registry sync: %s", ", ".join(changes))
         return changes
 
-    def _load(self, name: str, vid: str) -> LabelSet:
+    def _load(self, name: str, vid: str) -> LabelSetVersion:
         d = self.registry.version_dir(name, vid)
-        m, manifest, extra = load_mappers(d, self.engine.decoder_fingerprint)
-        ls = LabelSet(name=name, version=vid, m=m, manifest=manifest,
-                      table=extra.get("label_table", None).float() if m.cfg.n_labels else None,
-                      sigma_bar=extra["sigma_bar"].float())
+        ls = LabelSetVersion.load(d, self.decoder_fingerprint, name, vid)
         self._alive.add(ls)
         return ls

@@ -165,8 +165,9 @@ def build_table(d: Path, job: dict, bundle: Path, device: torch.device) -> tuple
     from models.artifacts import load_artifact, load_manifest
     from models.vae import load_vae
     from service.uploads import open_zip, parse_labels_csv, zip_images
-    from training.encode import encode_images, write_latent_table
-    from training.rules import build_rule_table
+    from conditioning import backbone
+    from models.latent_table import write_latent_table
+    from training.encode import build_rule_table
 
     out = d / "table"
     if job["source"] == "rule":
@@ -178,7 +179,7 @@ def build_table(d: Path, job: dict, bundle: Path, device: torch.device) -> tuple
     if job["source"] == "images":
         zf = open_zip((d / "images.zip").read_bytes(), keys, 1 << 34)
         images = zip_images(zf, keys, vae.cfg.channels, vae.cfg.image_size)
-        mu, sigma = encode_images(vae, images, device, desc="encode uploaded images")
+        mu, sigma = backbone.encode(vae, images, device, progress="encode uploaded images")
     elif (bundle / "latents.safetensors").is_file():
         tensors, lman = load_artifact(bundle, "latents")
         rows = _rows_for(keys, lman.get("ids"), len(tensors["mu"]))
@@ -188,7 +189,7 @@ def build_table(d: Path, job: dict, bundle: Path, device: torch.device) -> tuple
 
         data = load_dataset(vman["dataset"]["name"], **vman["dataset"]["params"])
         rows = _rows_for(keys, data.ids, len(data))
-        mu, sigma = encode_images(vae, data.images[rows], device, desc="encode dataset examples")
+        mu, sigma = backbone.encode(vae, data.images[rows], device, progress="encode dataset examples")
     split = (np.arange(len(keys)) % 10 == 9).astype(np.uint8)  # every 10th row validates
     kind = job.get("kind", "binary")
     if kind == "categorical" and not (labels.sum(1) == 1).all():
@@ -213,7 +214,7 @@ def work(d: Path, bundle: Path, data_dir: Path, threads: int) -> None:
 
     from models.artifacts import load_manifest
     from service.registry import Registry
-    from training.runtime import resolve_device
+    from conditioning.runtime import resolve_device
     from training.train_labelset import TrainLabelSetConfig, train_labelset
 
     job = json.loads((d / "job.json").read_text())
@@ -245,7 +246,7 @@ def work(d: Path, bundle: Path, data_dir: Path, threads: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from training.runtime import setup_logging
+    from conditioning.runtime import setup_logging
 
     p = argparse.ArgumentParser(description="Run one label-set training job (started by the server)")
     p.add_argument("job_dir")

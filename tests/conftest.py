@@ -96,7 +96,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "LCS_ADMIN_TOKEN": token} if token else {k: v for k, v in os.environ.items() if k != "LCS_ADMIN_TOKEN"}
         self.log = open(data_dir.parent / f"server-{self.port}.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--bundle", str(bundle), "--data-dir", str(data_dir),
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--bundle", str(bundle), "--data-dir", str(data_dir),
                                       "--port", str(self.port), "--threads", "1", "--poll-interval", "0.25", *extra],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.wait_ready()

@@ -11,8 +11,9 @@ from models.cvaegan import CVAEGAN, CVAEGANConfig
 from models.latent_gmm import LatentGMM, LatentGMMConfig, load_latent_gmm
 from models.vae import VAEConfig
 from training.evaluate import evaluate
-from training.samplers import build_sampler, fill_columns
-from training.train_baseline import TrainBaselineConfig, load_conditional, train_baseline, widen_labels
+from evaluation.samplers import build_sampler, fill_columns
+from models.cvaegan import load_conditional
+from training.train_baseline import TrainBaselineConfig, train_baseline, widen_labels
 
 BACKBONE = VAEConfig(channels=1, image_size=28, latent_dim=6, width=8)
 

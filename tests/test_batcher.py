@@ -7,28 +7,31 @@ import numpy as np
 import pytest
 import torch
 
+from types import SimpleNamespace
+
+from conditioning.backbone import Backbone
+from conditioning.images import to_uint8
+from conditioning.modes import PAD_ROWS, pad
 from service.batcher import Batcher, SampleWork
-from service.engine import PAD_ROWS, Engine, _pad
 from service.errors import ApiError
 from service.metrics import Metrics
 
 
-class SlowEngine:
-    """Counts decoder calls; decoding takes ``delay`` seconds; the 'image' of z is its first value."""
+class SlowBackbone:
+    """Counts decoder calls; decoding takes ``delay`` seconds; the 'image' of z is its first value (/255, one pixel)."""
 
     def __init__(self, delay: float = 0.0):
         self.delay, self.decode_rows = delay, []
 
-    def actor(self, ls, z, y):
-        return z + 1
-
-    def realism(self, ls, z, y):
-        return torch.full((len(z),), 0.5)
-
     def decode(self, z):
         time.sleep(self.delay)
         self.decode_rows.append(len(z))
-        return z[:, :1].numpy().reshape(len(z), 1, 1, 1)
+        return z[:, :1].reshape(len(z), 1, 1, 1) / 255
+
+
+# a label-set version whose actor adds 1 and whose critic says 0.5, run through the real conditioning modes
+FAKE_LS = SimpleNamespace(m=SimpleNamespace(actor=lambda z, y: z + 1, critic=lambda z, y: torch.zeros(len(z)),
+                                            cfg=SimpleNamespace(n_labels=0)))
 
 
 def work(n: int, value: float, ls=None, mode="prior") -> SampleWork:
@@ -40,12 +43,12 @@ def run(coro):
 
 
 def test_concurrent_requests_share_one_decoder_forward_and_get_their_own_rows():
-    eng = SlowEngine()
+    eng = SlowBackbone()
 
     async def go():
         b = Batcher(eng, Metrics(), max_batch=64, max_wait_ms=50)
         b.start()
-        fake_ls = object()
+        fake_ls = FAKE_LS
         results = await asyncio.gather(*[b.sample(work(i + 1, float(i), fake_ls if i % 2 else None, "actor" if i % 2 else "prior"), 5)
                                          for i in range(6)])
         await b.stop()
@@ -60,7 +63,7 @@ def test_concurrent_requests_share_one_decoder_forward_and_get_their_own_rows():
 
 
 def test_batches_respect_max_batch():
-    eng = SlowEngine()
+    eng = SlowBackbone()
 
     async def go():
         b = Batcher(eng, Metrics(), max_batch=8, max_wait_ms=30)
@@ -74,7 +77,7 @@ def test_batches_respect_max_batch():
 
 def test_full_queue_gives_429_with_retry_after():
     async def go():
-        b = Batcher(SlowEngine(delay=0.3), Metrics(), max_batch=2, max_wait_ms=1, max_queue=4)
+        b = Batcher(SlowBackbone(delay=0.3), Metrics(), max_batch=2, max_wait_ms=1, max_queue=4)
         b.start()
         first = asyncio.ensure_future(b.sample(work(2, 0.0), 5))
         await asyncio.sleep(0.05)  # first batch is decoding; the queue fills behind it
@@ -91,7 +94,7 @@ def test_full_queue_gives_429_with_retry_after():
 
 
 def test_deadline_gives_504_and_skips_the_rows():
-    eng = SlowEngine(delay=0.3)
+    eng = SlowBackbone(delay=0.3)
 
     async def go():
         b = Batcher(eng, Metrics(), max_batch=1, max_wait_ms=1)
@@ -112,10 +115,10 @@ def test_deadline_gives_504_and_skips_the_rows():
 
 def test_padded_forwards_do_not_depend_on_the_batch(service_bundle):
     """Why PAD_ROWS exists: a row's bytes must not change with what it was batched with."""
-    eng = Engine(service_bundle, "cpu", 1)
-    z = torch.randn(40, eng.latent_dim, generator=torch.Generator().manual_seed(0))
-    alone = np.concatenate([eng.decode(z[i: i + 1]) for i in range(5)])
-    together = eng.decode(z)[:5]
-    shuffled = eng.decode(torch.cat([z[20:33], z[:5]]))[13:]
+    bb = Backbone(service_bundle, "cpu", 1)
+    z = torch.randn(40, bb.latent_dim, generator=torch.Generator().manual_seed(0))
+    alone = np.concatenate([to_uint8(bb.decode(z[i: i + 1])) for i in range(5)])
+    together = to_uint8(bb.decode(z))[:5]
+    shuffled = to_uint8(bb.decode(torch.cat([z[20:33], z[:5]])))[13:]
     assert np.array_equal(alone, together) and np.array_equal(alone, shuffled)
-    assert len(_pad(z[:3])) == PAD_ROWS and len(_pad(z)) == 40
+    assert len(pad(z[:3])) == PAD_ROWS and len(pad(z)) == 40

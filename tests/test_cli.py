@@ -7,7 +7,7 @@ import pytest
 
 
 def lcs(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_help_lists_every_offline_job():
@@ -55,7 +55,7 @@ def test_train_encode_end_to_end(fashion_root, tmp_path):
 
 
 def test_serve_flags_read_environment_variables(monkeypatch):
-    from training.cli import build_parser
+    from cli import build_parser
 
     monkeypatch.setenv("LCS_PORT", "9123")
     monkeypatch.setenv("LCS_DATA_DIR", "/data")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from training.evaluate import evaluate
-from training.metrics import auc, best_threshold, binary_metrics, frechet_distance, frechet_with_ci, precision_recall
-from training.samplers import SAMPLERS, LatentSampler, build_sampler
+from evaluation.statistics import auc, best_threshold, binary_metrics, frechet_distance, frechet_with_ci, precision_recall
+from evaluation.samplers import SAMPLERS, LatentSampler, build_sampler
 from training.train_judge import TrainJudgeConfig, train_judge
 from training.train_vae import TrainVAEConfig, train_vae
 
@@ -71,7 +71,7 @@ class OracleSampler(LatentSampler):
 
         super().__init__(vae)
         from training.data import load_dataset
-        from training.images import batch_to_float
+        from conditioning.images import batch_to_float
 
         _, man = load_vae(bundle)
         data = load_dataset(man["dataset"]["name"], **man["dataset"]["params"])
@@ -159,7 +159,7 @@ def test_latent_constraint_samplers_through_eval(lc_bundle, tmp_path):
 
 
 def test_edit_evaluation_and_figures(lc_bundle, tmp_path):
-    from training.edits import evaluate_edits
+    from training.eval_edits import evaluate_edits
     from training.figures import draw_all
 
     r = evaluate_edits(lc_bundle, label_set="footwear", n=120, mode="actor", device="cpu", out=tmp_path)

@@ -11,11 +11,13 @@ import torch
 
 from models.artifacts import ArtifactError
 from models.latent import LatentConfig, LatentMappers, load_mappers
-from training.encode import write_latent_table
-from training.optimize import OptimizeConfig, edit_latents, optimize_latents
-from training.specs import distinct_rows, SpecError, nearest_rows, parse_spec, resolve
-from training.train_labelset import (TrainLabelSetConfig, critic_batch, critic_loss, edit_labels, load_table,
-                                     train_labelset)
+from conditioning.edits import edit
+from conditioning.labelset import LabelSetVersion
+from conditioning.modes import OptimizeConfig, optimize_latents
+from conditioning.specs import SpecError, distinct_rows, nearest_rows, parse_spec, resolve
+from models.latent_objective import critic_batch, critic_loss, edit_labels
+from models.latent_table import load_table, write_latent_table
+from training.train_labelset import TrainLabelSetConfig, train_labelset
 
 CENTRES = torch.tensor([[1.5, 1.5], [-1.5, 1.5], [-1.5, -1.5], [1.5, -1.5]])
 DIM = 8
@@ -79,7 +81,7 @@ def test_gradient_penalty_interpolates_real_with_fake(gmm_bundle):
     cfg = fast_cfg(gmm_bundle, "quadrant")
     m = LatentMappers(LatentConfig(latent_dim=DIM, attr_names=t.attr_names, kind=t.kind, width=16, depth=2))
     g = torch.Generator().manual_seed(1)
-    b = critic_batch(m, t, torch.arange(256), cfg, g)
+    b = critic_batch(m, t, torch.arange(256), cfg.objective(), g)
     real_means = t.mu[:256, :2]
     assert (b["real"][:, :2] - real_means).abs().max() < 1.5  # real rows are posterior samples of these encodings
     assert (b["fake"][:, :2] - real_means).norm(dim=1).mean() > 1.0  # fakes come from the prior / actor, not the data
@@ -92,7 +94,7 @@ def test_gradient_penalty_interpolates_real_with_fake(gmm_bundle):
 def test_mismatched_negatives_reach_the_critic(gmm_bundle):
     t = load_table(gmm_bundle, "quadrant")
     m = LatentMappers(LatentConfig(latent_dim=DIM, attr_names=t.attr_names, kind=t.kind, width=16, depth=2))
-    b = critic_batch(m, t, torch.arange(400), fast_cfg(gmm_bundle, "quadrant"), torch.Generator().manual_seed(2))
+    b = critic_batch(m, t, torch.arange(400), fast_cfg(gmm_bundle, "quadrant").objective(), torch.Generator().manual_seed(2))
     keep = b["mismatched_keep"]
     assert 0.6 < keep.float().mean() < 0.9  # 4 balanced classes: ~75% of random partners differ
     assert (b["mismatched_labels"][keep] != b["labels"][keep]).any(1).all()
@@ -131,11 +133,11 @@ def test_categorical_constraint_learns_the_known_answer(gmm_bundle, tmp_path):
 @pytest.fixture(scope="module")
 def sides(gmm_bundle, tmp_path_factory):
     out = train_labelset(fast_cfg(gmm_bundle, "sides", out=str(tmp_path_factory.mktemp("sides"))))
-    return load_mappers(out)[0]
+    return LabelSetVersion.load(out, FINGERPRINT, "sides")
 
 
 def test_binary_constraint_and_optimisation_mode(sides):
-    m = sides
+    m = sides.m
     g = torch.Generator().manual_seed(4)
     y = torch.tensor([[1.0, 0.0]]).repeat(400, 1)  # right, bottom -> centre 3
     z = m.actor(torch.randn(400, DIM, generator=g), y)
@@ -176,10 +178,9 @@ def test_manifest_round_trip_and_foreign_decoder_refused(gmm_bundle, tmp_path):
 
 
 def test_edit_changes_only_the_requested_attribute(gmm_bundle, sides):
-    m = sides
     t = load_table(gmm_bundle, "sides")
     start = t.mu[t.labels[:, 0] == 1][:200]  # encodings on the right
-    edited, target = edit_latents(m, start, {"right": 0}, t.labels)
+    edited, target = edit(sides, start, {"right": 0})
     assert (target[:, 0] == 0).all()
     assert (edited[:, 0] < 0).float().mean() > 0.9  # moved to the left ...
     assert ((edited[:, 1] > 0) == (start[:, 1] > 0)).float().mean() > 0.9  # ... keeping top/bottom
@@ -230,7 +231,8 @@ def test_spec_parsing_and_resolution():
 def test_rule_constraint_trains_without_labels(tiny_vae, tmp_path):
     """Zero-shot: 'bright' labels come from decoded prior samples; the actor learns to produce bright images."""
     from models.vae import load_vae
-    from training.rules import build_rule_table, brightness
+    from conditioning.rules import brightness
+    from training.encode import build_rule_table
 
     bundle = tiny_vae
     table = build_rule_table(bundle, "bright", out=tmp_path / "rule", n=3000, device="cpu")

@@ -393,7 +393,7 @@ def test_admin_token_is_generated_with_mode_0600_when_unset(service_bundle, tmp_
 def test_an_unwritable_data_dir_stops_the_server_with_one_clear_line(service_bundle, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    r = subprocess.run([sys.executable, "-m", "training.cli", "serve", "--bundle", str(service_bundle), "--data-dir", str(blocker / "data"),
+    r = subprocess.run([sys.executable, "-m", "cli", "serve", "--bundle", str(service_bundle), "--data-dir", str(blocker / "data"),
                         "--port", str(free_port())], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "not writable" in r.stderr and str(blocker / "data") in r.stderr and "Traceback" not in r.stderr

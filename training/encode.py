@@ -1,9 +1,9 @@
-"""``lcs encode``: one pass of the frozen encoder -> the latent table every label set trains on.
+"""``lcs encode``: one pass of the frozen encoder -> the latent table every label set trains on
+(format: ``models/latent_table.py``); and rule tables, labelled by a rule on decoded prior samples.
 
-latents.safetensors holds mu, sigma (N x d, float32), attrs (N x K, int8) and split (N, uint8);
-latents.json holds the attribute names, label sets, sigma_bar (encoder σ averaged over the
-training split, per dimension; the actor's distance penalty divides by its square) and the
-fingerprints that tie the table to its VAE.
+Rule tables are the paper's zero-shot experiment: decode z ~ N(0, I), score each image with a rule
+(``conditioning/rules.py``), label it positive above the threshold (default: the median score, so
+the classes balance) and write (z, label) as an ordinary latent table; no labelled image is involved.
 """
 from __future__ import annotations
 
@@ -15,24 +15,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from models.artifacts import save_artifact
+from models.artifacts import load_manifest
+from models.latent_table import write_latent_table
 from models.vae import VAE, load_vae
 from training.data import ImageDataset, load_dataset
-from training.images import batch_to_float
-from training.runtime import autocast, resolve_device
+from conditioning import backbone
+from conditioning.rules import RULES
+from conditioning.runtime import autocast, resolve_device
 
 log = logging.getLogger("lcs.encode")
-
-
-@torch.no_grad()
-def encode_images(vae: VAE, images, device: torch.device, batch: int = 256, desc: str = "encode") -> tuple[torch.Tensor, torch.Tensor]:
-    mus, sigmas = [], []
-    for s in tqdm(range(0, len(images), batch), desc=desc, unit="batch", disable=len(images) <= batch):
-        with autocast(device):
-            mu, sigma = vae.encode(batch_to_float(images[s: s + batch], device))
-        mus.append(mu.float().cpu())
-        sigmas.append(sigma.float().cpu())
-    return torch.cat(mus), torch.cat(sigmas)
 
 
 def encode_dataset(bundle: str | Path, data: ImageDataset | None = None, device: str = "auto",
@@ -47,7 +38,7 @@ def encode_dataset(bundle: str | Path, data: ImageDataset | None = None, device:
         raise ValueError(f"dataset images are {data.image_shape}, the VAE takes "
                          f"{(vae.cfg.channels, vae.cfg.image_size, vae.cfg.image_size)}")
     started = time.time()
-    mu, sigma = encode_images(vae, data.images, dev, desc=f"encode {data.name}")
+    mu, sigma = backbone.encode(vae, data.images, dev, progress=f"encode {data.name}")
     manifest = write_latent_table(
         bundle, mu, sigma, data.attrs, data.split, attr_names=data.attr_names,
         label_sets={k: v.to_json() for k, v in data.label_sets.items()},
@@ -59,32 +50,37 @@ def encode_dataset(bundle: str | Path, data: ImageDataset | None = None, device:
     return bundle / "latents.safetensors"
 
 
-def write_latent_table(bundle: str | Path, mu: torch.Tensor, sigma: torch.Tensor, attrs, split, *, attr_names: list[str],
-                       label_sets: dict, decoder_fingerprint: str, dataset: dict, ids=None, command=None,
-                       sigma_bar: torch.Tensor | None = None, extra_stats: dict | None = None) -> dict:
-    """Write latents.safetensors/json; σ̄_z defaults to the encoder σ averaged over the training split."""
-    split_t = torch.as_tensor(split).to(torch.uint8)
-    if sigma_bar is None:
-        sigma_bar = sigma[split_t == 0].mean(0)
-    train = split_t == 0
-    tensors = {"mu": mu.float(), "sigma": sigma.float(), "attrs": torch.as_tensor(attrs).to(torch.int8), "split": split_t}
-    manifest = {
-        "kind": "latents",
-        "latent_dim": mu.shape[1],
-        "n": len(mu),
-        "dataset": dataset,
-        "attr_names": list(attr_names),
-        "label_sets": label_sets,
-        "ids": ids,
-        "sigma_bar": sigma_bar.tolist(),
-        "decoder_fingerprint": decoder_fingerprint,
-        "command": command or sys.argv,
-        "stats": {
-            "sigma_bar_mean": float(sigma_bar.mean()),
-            "active_dims": int((sigma_bar < 0.5).sum()),  # dims the encoder actually uses
-            "mu_std_mean": float(mu[train].std(0).mean()),
-            **(extra_stats or {}),
-        },
-    }
-    save_artifact(bundle, "latents", tensors, manifest)
-    return manifest
+@torch.no_grad()
+def build_rule_table(bundle: str | Path, rule: str, out: str | Path = "", n: int = 20000, threshold: float | None = None,
+                     seed: int = 0, device: str = "auto", command: list[str] | None = None) -> Path:
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; choose from {sorted(RULES)}")
+    bundle = Path(bundle)
+    out = Path(out) if out else bundle / "rules" / rule
+    dev = resolve_device(device)
+    vae, vman = load_vae(bundle, dev)
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, vae.cfg.latent_dim, generator=gen)
+    scores = []
+    for s in range(0, n, 256):
+        with autocast(dev):
+            scores.append(RULES[rule](vae.decode(z[s: s + 256].to(dev)).float()).cpu())
+    score = torch.cat(scores)
+    thr = float(score.median()) if threshold is None else threshold
+    labels = (score > thr).to(torch.int8)[:, None]
+    split = (torch.arange(n) % 10 == 9).to(torch.uint8)  # 10% validation
+    try:  # the distance penalty uses the real encoder's σ̄_z when the bundle has been encoded
+        sigma_bar = torch.tensor(load_manifest(bundle, "latents")["sigma_bar"])
+    except Exception:  # noqa: BLE001 - no latent table yet: unit scale
+        sigma_bar = torch.ones(vae.cfg.latent_dim)
+    write_latent_table(
+        out, z, torch.zeros_like(z), labels, split, attr_names=[rule],
+        label_sets={rule: {"name": rule, "attrs": [rule], "kind": "binary"}},
+        decoder_fingerprint=vman["decoder_fingerprint"], sigma_bar=sigma_bar,
+        dataset={"name": "rule", "params": {"rule": rule, "n": n, "threshold": thr, "seed": seed,
+                                            "doc": RULES[rule].__doc__}},
+        command=command or sys.argv, extra_stats={"positive_rate": float(labels.float().mean()), "threshold": thr},
+    )
+    log.info("rule %r on %d decoded prior samples: threshold %.4f, %.1f%% positive -> %s", rule, n, thr,
+             100 * float(labels.float().mean()), out / "latents.safetensors")
+    return out

@@ -20,12 +20,13 @@ import torch
 from models.judge import load_judge
 from models.vae import VAE, load_vae
 from training.data import load_dataset
-from training.images import batch_to_float, save_grid
-from training.metrics import binary_metrics, frechet_with_ci, precision_recall
-from training.runtime import resolve_device
-from training.samplers import build_sampler, decode_all, encode_all
-from training.train_judge import decide, predict
-from training.train_vae import evaluate_mse
+from conditioning.images import batch_to_float, save_grid
+from evaluation.statistics import binary_metrics, frechet_with_ci, precision_recall
+from conditioning.runtime import resolve_device
+from conditioning import backbone
+from evaluation.samplers import build_sampler
+from evaluation.judging import decide, predict
+from evaluation.reconstruction import evaluate_mse
 
 log = logging.getLogger("lcs.eval")
 
@@ -117,7 +118,7 @@ def evaluate(bundle: str | Path, sampler: str = "prior", label_set: str = "", n:
     result["reconstruction_mse_test"] = evaluate_mse(vae, data.images[data.indices("test")], dev)
     # The decoder's own ceiling: the judge on reconstructions of real test images. No latent sampler
     # can beat it by much, since every sample goes through the same decoder.
-    recon = decode_all(vae, encode_all(vae, data.images[data.indices("test")], dev), dev)
+    recon = backbone.decode(vae, backbone.encode(vae, data.images[data.indices("test")], dev)[0], dev)
     rec_got = decide(predict(judge, recon, dev)[0], jman, ls.attrs)
     rec_acc = (rec_got == test_labels).mean(0)
     for j, a in enumerate(ls.attrs):

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
+from conditioning import backbone, modes
+from conditioning.images import save_grid
+from conditioning.specs import parse_spec, resolve
+from evaluation.samplers import load_labelset
 from models.vae import load_vae
-from training.samplers import decode_all
-from training.images import save_grid
-from training.samplers import load_labelset
-from training.specs import parse_spec, resolve
 
 CPU = torch.device("cpu")
 
@@ -23,9 +23,9 @@ CPU = torch.device("cpu")
 @torch.no_grad()
 def realism_figure(bundle: Path, path: Path, n: int = 12, pairs: int = 3, seed: int = 0) -> Path:
     vae, _ = load_vae(bundle, CPU)
-    m, _, _ = load_labelset(bundle, "realism")
+    ls, none = load_labelset(bundle, "realism"), torch.zeros(n, 0)
     z = torch.randn(pairs, n, vae.cfg.latent_dim, generator=torch.Generator().manual_seed(seed))
-    rows = [decode_all(vae, zz, CPU) for p in range(pairs) for zz in (z[p], m.actor(z[p]))]
+    rows = [backbone.decode(vae, zz, CPU) for p in range(pairs) for zz in (z[p], modes.actor(ls, z[p], none, none.bool()))]
     return save_grid(torch.cat(rows), path, nrow=n, scale=2)
 
 
@@ -33,20 +33,19 @@ def realism_figure(bundle: Path, path: Path, n: int = 12, pairs: int = 3, seed: 
 def spec_figure(bundle: Path, label_set: str, specs: list[str], path: Path, n: int = 10, seed: int = 0) -> Path:
     """Row r decodes G(z_c, y_rc) for the same z_c in every row; y_rc resolves spec r (one draw per column)."""
     vae, _ = load_vae(bundle, CPU)
-    m, _, extra = load_labelset(bundle, label_set)
+    ls = load_labelset(bundle, label_set)
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, vae.cfg.latent_dim, generator=g)
     rows = []
     for text in specs:
-        y = resolve(parse_spec(text, m.cfg.attr_names), m.cfg.attr_names, extra["label_table"], n,
-                    torch.Generator().manual_seed(seed), m.cfg.kind)
-        rows.append(decode_all(vae, m.actor(z, y), CPU))
+        y = resolve(parse_spec(text, ls.attr_names), ls.attr_names, ls.table, n, torch.Generator().manual_seed(seed), ls.kind)
+        rows.append(backbone.decode(vae, modes.actor(ls, z, y, y.bool()), CPU))
     return save_grid(torch.cat(rows), path, nrow=n, scale=2)
 
 
 def draw_all(bundle: str | Path, label_set: str, out: str | Path, specs: list[str], edits: list[str],
              seed: int = 0) -> list[Path]:
-    from training.edits import edit_figure
+    from training.eval_edits import edit_figure
 
     bundle, out = Path(bundle), Path(out)
     paths = [realism_figure(bundle, out / "realism.png", seed=seed),

@@ -28,14 +28,14 @@ from tqdm import tqdm
 
 from models.artifacts import load_manifest, save_artifact
 from models.attrvec import AttributeVectors, AttrVecConfig
-from models.cvae import CVAE, CVAEConfig, load_cvae
-from models.cvaegan import CVAEGAN, CVAEGANConfig, load_cvaegan
+from models.cvae import CVAE, CVAEConfig
+from models.cvaegan import CVAEGAN, CVAEGANConfig, load_conditional
 from models.latent_gmm import LatentGMM, LatentGMMConfig
 from models.vae import VAEConfig
 from training.data import ImageDataset, load_dataset
-from training.images import batch_to_float
-from training.runtime import autocast, resolve_device
-from training.train_labelset import load_table
+from conditioning.images import batch_to_float
+from conditioning.runtime import autocast, resolve_device
+from models.latent_table import load_table
 
 log = logging.getLogger("lcs.train_baseline")
 IMAGE_METHODS = ("cvae", "cvae-cmma", "cvae-gan")
@@ -79,11 +79,6 @@ def labelled_subset(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
     if not n or n >= len(rows):
         return rows
     return np.sort(np.random.default_rng([seed, n]).choice(rows, size=n, replace=False))
-
-
-def load_conditional(directory: str | Path, device: str | torch.device = "cpu"):
-    """A trained CVAE or CVAE-GAN -> (model, manifest, extra tensors)."""
-    return (load_cvaegan if (Path(directory) / "cvaegan.json").exists() else load_cvae)(directory, device)
 
 
 def widen_labels(model: torch.nn.Module, old_attrs: list[str], new_attrs: list[str], old: dict[str, torch.Tensor]) -> None:

@@ -21,9 +21,10 @@ from tqdm import tqdm
 from models.artifacts import save_artifact
 from models.judge import ARCH, Judge, JudgeConfig
 from training.data import ImageDataset, load_dataset
-from training.images import batch_to_float
-from training.metrics import auc, best_threshold, binary_metrics
-from training.runtime import autocast, resolve_device
+from conditioning.images import batch_to_float
+from evaluation.judging import decide, predict
+from evaluation.statistics import auc, best_threshold, binary_metrics
+from conditioning.runtime import autocast, resolve_device
 
 log = logging.getLogger("lcs.train_judge")
 
@@ -45,31 +46,6 @@ class TrainJudgeConfig:
 
 
 @torch.no_grad()
-def predict(judge: Judge, images, device: torch.device, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities N x K, penultimate features N x F) for uint8 or float images."""
-    probs, feats = [], []
-    for s in range(0, len(images), batch):
-        x = images[s: s + batch]
-        x = batch_to_float(x, device) if not torch.is_tensor(x) or x.dtype == torch.uint8 else x.to(device).float()
-        with autocast(device):
-            logits, f = judge(x)
-        probs.append(torch.sigmoid(logits.float()).cpu())
-        feats.append(f.float().cpu())
-    return torch.cat(probs).numpy(), torch.cat(feats).numpy()
-
-
-def decide(probs: np.ndarray, manifest: dict, attrs: list[str]) -> np.ndarray:
-    """0/1 decisions for the given attribute columns: argmax within a categorical label set, else thresholds."""
-    names = manifest["config"]["attr_names"]
-    cols = [names.index(a) for a in attrs]
-    for ls in manifest.get("label_sets", {}).values():
-        if ls["kind"] == "categorical" and set(ls["attrs"]) == set(attrs):
-            winner = probs[:, cols].argmax(1)
-            return np.eye(len(cols), dtype=np.int8)[winner]
-    thr = np.array([manifest["thresholds"][a] for a in attrs])
-    return (probs[:, cols] >= thr).astype(np.int8)
-
-
 def ceiling(judge_probs: np.ndarray, target: np.ndarray, manifest: dict, data: ImageDataset) -> dict:
     per_attr = {}
     for ls in data.label_sets.values():

@@ -20,8 +20,9 @@ from models.artifacts import fingerprint, save_artifact
 from models.vae import ARCH, VAE, VAEConfig
 from training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from training.data import ImageDataset, load_dataset
-from training.images import batch_to_float, save_grid
-from training.runtime import autocast, resolve_device
+from evaluation.reconstruction import evaluate_mse
+from conditioning.images import batch_to_float, save_grid
+from conditioning.runtime import autocast, resolve_device
 
 log = logging.getLogger("lcs.train_vae")
 
@@ -50,21 +51,6 @@ class TrainVAEConfig:
 
 
 @torch.no_grad()
-def evaluate_mse(vae: VAE, images: np.ndarray, device: torch.device, batch: int = 256) -> float:
-    """Per-pixel MSE of reconstructions from the posterior mean (the number the σ comparison uses)."""
-    vae.eval()
-    total, count = 0.0, 0
-    for s in range(0, len(images), batch):
-        x = batch_to_float(images[s: s + batch], device)
-        with autocast(device):
-            mu, _ = vae.encode(x)
-            xhat = vae.decode(mu)
-        total += (xhat.float() - x).pow(2).sum().item()
-        count += x.numel()
-    vae.train()
-    return total / max(count, 1)
-
-
 def vae_manifest(cfg: TrainVAEConfig, vae: VAE, data: ImageDataset, metrics: dict, command: list[str]) -> dict:
     return {
         "kind": "vae",

@@ -33,7 +33,7 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_data(a: argparse.Namespace) -> None:
     from training.data import load_dataset
-    from training.images import save_grid, batch_to_float
+    from conditioning.images import save_grid, batch_to_float
 
     data = load_dataset(a.dataset, **parse_data_args(a.data_arg))
     info = data.describe()
@@ -78,7 +78,7 @@ def cmd_train_labelset(a: argparse.Namespace) -> None:
 
     table, label_set = "", a.label_set
     if a.rule:  # zero-shot: labels from a rule on decoded prior samples
-        from training.rules import build_rule_table
+        from training.encode import build_rule_table
 
         table = str(build_rule_table(a.bundle, a.rule, n=a.rule_samples, seed=a.seed, command=["lcs"] + sys.argv[1:]))
         label_set = a.rule
@@ -113,7 +113,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
 
 def cmd_eval_edits(a: argparse.Namespace) -> None:
-    from training.edits import evaluate_edits
+    from training.eval_edits import evaluate_edits
 
     evaluate_edits(a.bundle, label_set=a.label_set, n=a.n, mode=a.mode, seed=a.seed, device=a.device, out=a.out,
                    command=["lcs"] + sys.argv[1:])
@@ -296,7 +296,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from training.runtime import setup_logging
+    from conditioning.runtime import setup_logging
 
     setup_logging()
     args = build_parser().parse_args(argv)

@@ -15,9 +15,11 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from conditioning import backbone, modes
+from conditioning.labelset import LabelSetVersion
+from conditioning.runtime import autocast
+from models.artifacts import load_manifest
 from models.vae import VAE
-from training.images import batch_to_float
-from training.runtime import autocast
 
 
 class Sampler(Protocol):
@@ -26,25 +28,6 @@ class Sampler(Protocol):
 
     def images(self, labels: torch.Tensor, generator: torch.Generator, device: torch.device) -> torch.Tensor:
         """Images (n x C x H x W, CPU floats in [0, 1]) for n rows of requested labels."""
-
-
-@torch.no_grad()
-def decode_all(vae: VAE, z: torch.Tensor, device: torch.device, batch: int = 256) -> torch.Tensor:
-    out = []
-    for s in range(0, len(z), batch):
-        with autocast(device):
-            out.append(vae.decode(z[s: s + batch].to(device)).float().cpu())
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def encode_all(vae: VAE, images: np.ndarray, device: torch.device, batch: int = 256) -> torch.Tensor:
-    """Posterior means of uint8 images, on the CPU."""
-    out = []
-    for s in range(0, len(images), batch):
-        with autocast(device):
-            out.append(vae.encode(batch_to_float(images[s: s + batch], device))[0].float().cpu())
-    return torch.cat(out)
 
 
 class LatentSampler:
@@ -59,7 +42,7 @@ class LatentSampler:
         raise NotImplementedError
 
     def images(self, labels: torch.Tensor, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        return decode_all(self.vae, self.sample(labels, generator), device)
+        return backbone.decode(self.vae, self.sample(labels, generator), device)
 
 
 class PriorSampler(LatentSampler):
@@ -71,33 +54,42 @@ class PriorSampler(LatentSampler):
         return torch.randn(len(labels), self.vae.cfg.latent_dim, generator=generator)
 
 
-def load_labelset(bundle: Path, name: str, artifact: str | Path = ""):
+def load_labelset(bundle: Path, name: str, artifact: str | Path = "") -> LabelSetVersion:
     """A label set's mappers from ARTIFACT (default BUNDLE/labelsets/NAME), checked against the bundle's decoder."""
-    from models.artifacts import load_manifest
-    from models.latent import load_mappers
-
-    return load_mappers(Path(artifact) if artifact else bundle / "labelsets" / name, load_manifest(bundle, "vae")["decoder_fingerprint"])
+    path = Path(artifact) if artifact else bundle / "labelsets" / name
+    return LabelSetVersion.load(path, load_manifest(bundle, "vae")["decoder_fingerprint"], name, "bundle")
 
 
-class ActorSampler(LatentSampler):
-    """Amortised: z = G(z_p, y) for z_p ~ N(0, I), one forward pass."""
+class ModeSampler(LatentSampler):
+    """A conditioning mode of ``conditioning.modes`` on a label set, exactly as the server runs it: z drawn
+    first from the generator, every requested attribute specified (the mask is all true)."""
 
-    name, conditional = "actor", True
+    name, conditional, mode = "mode", True, "actor"
 
     def __init__(self, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = ""):
         super().__init__(vae)
-        self.m, self.manifest, _ = load_labelset(bundle, label_set, artifact)
+        self.ls = load_labelset(bundle, label_set, artifact)
 
-    @torch.no_grad()
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        z = torch.randn(len(labels), self.m.cfg.latent_dim, generator=generator)
-        return self.m.actor(z, labels if self.m.cfg.n_labels else None)
+        z = torch.randn(len(labels), self.ls.m.cfg.latent_dim, generator=generator)
+        out = [modes.latents(self.mode, self.ls, z[s: s + self.chunk], labels[s: s + self.chunk],
+                             torch.ones(len(labels[s: s + self.chunk]), labels.shape[1], dtype=torch.bool))
+               for s in range(0, len(labels), self.chunk)]
+        return torch.cat(out) if out else z
+
+    chunk = 1024  # rows per call (optimisation holds a graph per row)
 
 
-class RealismSampler(ActorSampler):
+class ActorSampler(ModeSampler):
+    """Amortised: z = G(z_p, y) for z_p ~ N(0, I), one forward pass."""
+
+    name, mode = "actor", "actor"
+
+
+class RealismSampler(ModeSampler):
     """Unconditional realism mapper G(z_p): prior samples moved onto the data manifold."""
 
-    name, conditional = "realism", False
+    name, conditional, mode = "realism", False, "actor"
 
     def __init__(self, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = ""):
         super().__init__(bundle, "realism", vae, artifact)
@@ -106,24 +98,10 @@ class RealismSampler(ActorSampler):
         return super().sample(torch.zeros(len(labels), 0), generator)
 
 
-class OptimizeSampler(LatentSampler):
+class OptimizeSampler(ModeSampler):
     """Optimisation mode: Adam on z from z_p ~ N(0, I) against D(z, y) and D_attr (all attributes specified)."""
 
-    name, conditional = "optimize", True
-
-    def __init__(self, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = ""):
-        from training.optimize import OptimizeConfig
-
-        super().__init__(vae)
-        self.m, self.manifest, _ = load_labelset(bundle, label_set, artifact)
-        self.cfg = OptimizeConfig()
-
-    def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        from training.optimize import optimize_latents
-
-        z0 = torch.randn(len(labels), self.m.cfg.latent_dim, generator=generator)
-        return torch.cat([optimize_latents(self.m, z0[s: s + 1024], labels[s: s + 1024], None, self.cfg)[0]
-                          for s in range(0, len(labels), 1024)])
+    name, mode = "optimize", "optimize"
 
 
 def baseline_dir(bundle: Path, method: str, label_set: str) -> Path:
@@ -132,8 +110,6 @@ def baseline_dir(bundle: Path, method: str, label_set: str) -> Path:
 
 
 def label_set_attrs(bundle: Path, label_set: str) -> list[str]:
-    from models.artifacts import load_manifest
-
     sets = load_manifest(bundle, "vae")["dataset"]["label_sets"]
     if label_set not in sets:
         raise ValueError(f"label set {label_set!r} not in {sorted(sets)}")
@@ -144,7 +120,7 @@ class LatentBaselineSampler(LatentSampler):
     """Attribute vectors or a per-condition latent GMM, fitted on the frozen VAE's encodings."""
 
     def __init__(self, method: str, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = ""):
-        from models.artifacts import ArtifactError, load_manifest
+        from models.artifacts import ArtifactError
         from models.attrvec import load_attrvec
         from models.latent_gmm import load_latent_gmm
 
@@ -201,7 +177,7 @@ class ConditionalModelSampler:
     conditional = True
 
     def __init__(self, method: str, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = ""):
-        from training.train_baseline import load_conditional
+        from models.cvaegan import load_conditional
 
         self.name = method
         path = Path(artifact) if artifact else baseline_dir(bundle, method, label_set)

@@ -23,41 +23,38 @@ import torch
 from models.vae import load_vae
 from training.data import load_dataset
 from training.evaluate import open_bundle
-from training.samplers import decode_all, encode_all
-from training.images import batch_to_float, save_grid
-from training.optimize import OptimizeConfig, edit_latents
-from training.samplers import load_labelset
-from training.train_judge import decide, predict
+from conditioning.images import batch_to_float, save_grid
+from conditioning import backbone
+from conditioning.edits import edit, read_labels
+from conditioning.labelset import LabelSetVersion
+from evaluation.samplers import load_labelset
+from evaluation.judging import decide, predict
 
 log = logging.getLogger("lcs.edits")
 
 
-def flip_edits(m, z0: torch.Tensor, attrs: list[int], table: torch.Tensor, mode: str, sigma_bar: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Flip attribute ``attrs[i]`` of latent i (from D_attr's reading). Returns (edited, target rows, asked value)."""
-    names = m.cfg.attr_names
-    with torch.no_grad():
-        current = (m.attr(z0) > 0).float()
+def flip_edits(ls: LabelSetVersion, z0: torch.Tensor, attrs: list[int], mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flip attribute ``attrs[i]`` of latent i (from D_attr's reading), through the server's edit.
+    Returns (edited, target rows, asked value)."""
+    names = ls.attr_names
+    current = read_labels(ls, z0)
     edited, target = torch.empty_like(z0), torch.empty(len(z0), len(names))
     asked = torch.empty(len(z0))
     for a in sorted(set(attrs)):
         for value in (0, 1):
             rows = torch.tensor([i for i, k in enumerate(attrs) if k == a and current[i, a] != value], dtype=torch.long)
             if len(rows):
-                cfg = OptimizeConfig(dist_weight=1.0) if mode == "optimize" else None
-                edited[rows], target[rows] = edit_latents(m, z0[rows], {names[a]: value}, table, mode, cfg, sigma_bar)
+                edited[rows], target[rows] = edit(ls, z0[rows], {names[a]: value}, mode)
                 asked[rows] = value
     return edited, target, asked
 
 
-def class_edits(m, z0: torch.Tensor, classes: list[int], table: torch.Tensor, mode: str, sigma_bar: torch.Tensor) -> torch.Tensor:
+def class_edits(ls: LabelSetVersion, z0: torch.Tensor, classes: list[int], mode: str) -> torch.Tensor:
     """Move latent i to class ``classes[i]`` of a categorical label set. Returns the edited latents."""
-    names = m.cfg.attr_names
     edited = torch.empty_like(z0)
-    cfg = OptimizeConfig(dist_weight=1.0) if mode == "optimize" else None
     for c in sorted(set(classes)):
         rows = torch.tensor([i for i, k in enumerate(classes) if k == c], dtype=torch.long)
-        edited[rows] = edit_latents(m, z0[rows], {names[c]: 1}, table, mode, cfg, sigma_bar)[0]
+        edited[rows] = edit(ls, z0[rows], {ls.attr_names[c]: 1}, mode)[0]
     return edited
 
 
@@ -65,17 +62,17 @@ def evaluate_edits(bundle: str | Path, label_set: str = "faces", n: int = 1000, 
                    device: str = "auto", out: str | Path = "", command: list[str] | None = None) -> dict:
     started = time.time()
     bundle, out, dev, vae, vman, judge, jman, data = open_bundle(bundle, device, out)
-    m, _, extra = load_labelset(bundle, label_set)
+    ls = load_labelset(bundle, label_set)
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(data.indices("test"), size=min(n, len(data.indices("test"))), replace=False))
     images = data.images[idx]
-    z0 = encode_all(vae, images, dev)
-    judge_of = lambda x: decide(predict(judge, x, dev)[0], jman, m.cfg.attr_names)  # noqa: E731
-    metrics = class_metrics if m.cfg.kind == "categorical" else flip_metrics
-    edited, recon, after, result = metrics(m, extra, vae, dev, z0, images, judge_of, rng, mode)
-    result = {"bundle": str(bundle), "label_set": label_set, "kind": m.cfg.kind, "mode": mode, "n": len(idx), "seed": seed, **result,
+    z0 = backbone.encode(vae, images, dev)[0]
+    judge_of = lambda x: decide(predict(judge, x, dev)[0], jman, ls.attr_names)  # noqa: E731
+    metrics = class_metrics if ls.kind == "categorical" else flip_metrics
+    edited, recon, after, result = metrics(ls, vae, dev, z0, images, judge_of, rng, mode)
+    result = {"bundle": str(bundle), "label_set": label_set, "kind": ls.kind, "mode": mode, "n": len(idx), "seed": seed, **result,
               "pixel_mse_edit_vs_reconstruction": float((after - recon).pow(2).mean()),
-              "latent_shift_over_sigma_bar": float(((edited - z0).abs() / extra["sigma_bar"]).mean()),
+              "latent_shift_over_sigma_bar": float(((edited - z0).abs() / ls.sigma_bar).mean()),
               "decoder_fingerprint": vman["decoder_fingerprint"], "seconds": round(time.time() - started, 1),
               "command": command or sys.argv}
     (out / f"edits-{mode}-{label_set}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -83,14 +80,13 @@ def evaluate_edits(bundle: str | Path, label_set: str = "faces", n: int = 1000, 
     return result
 
 
-def class_metrics(m, extra, vae, dev, z0, images, judge_of, rng, mode):
+def class_metrics(ls, vae, dev, z0, images, judge_of, rng, mode):
     """Categorical set: each image to a random class other than the one D_attr reads; reached = the judge's top-1."""
-    names = m.cfg.attr_names
-    with torch.no_grad():
-        read = m.attr(z0).argmax(1).numpy()
+    names = ls.attr_names
+    read = read_labels(ls, z0).argmax(1).numpy()
     asked = (read + rng.integers(1, len(names), size=len(z0))) % len(names)
-    edited = class_edits(m, z0, asked.tolist(), extra["label_table"], mode, extra["sigma_bar"])
-    recon, after = decode_all(vae, z0, dev), decode_all(vae, edited, dev)
+    edited = class_edits(ls, z0, asked.tolist(), mode)
+    recon, after = backbone.decode(vae, z0, dev), backbone.decode(vae, edited, dev)
     reached = judge_of(after).argmax(1) == asked
     return edited, recon, after, {
         "target_reached": float(reached.mean()),
@@ -99,18 +95,17 @@ def class_metrics(m, extra, vae, dev, z0, images, judge_of, rng, mode):
                      for c, name in enumerate(names) if (asked == c).any()}}
 
 
-def flip_metrics(m, extra, vae, dev, z0, images, judge_of, rng, mode):
+def flip_metrics(ls, vae, dev, z0, images, judge_of, rng, mode):
     """Binary set: one random attribute flipped per image; the judge checks it and the attributes the target keeps."""
-    names = m.cfg.attr_names
+    names = ls.attr_names
     attrs = rng.integers(len(names), size=len(z0)).tolist()
-    edited, target, asked = flip_edits(m, z0, attrs, extra["label_table"], mode, extra["sigma_bar"])
-    recon, after = decode_all(vae, z0, dev), decode_all(vae, edited, dev)
+    edited, target, asked = flip_edits(ls, z0, attrs, mode)
+    recon, after = backbone.decode(vae, z0, dev), backbone.decode(vae, edited, dev)
     judged = {"original": judge_of(images), "reconstruction": judge_of(recon), "edited": judge_of(after)}
     rows, asked_col = np.arange(len(z0)), np.array(attrs)
     reached = judged["edited"][rows, asked_col] == asked.numpy().astype(np.int8)
     # Attributes the edit must keep: every one except the asked one that the target row leaves as D_attr read it.
-    with torch.no_grad():
-        current = (m.attr(z0) > 0).float()
+    current = read_labels(ls, z0)
     keep = (target == current).numpy()
     keep[rows, asked_col] = False
     others = ~np.eye(len(names), dtype=bool)[asked_col]
@@ -152,13 +147,13 @@ def edit_figure(bundle: str | Path, label_set: str, path: str | Path, edits: lis
     """Columns: test images. Rows: original, reconstruction, then one row per attribute toggled."""
     bundle = Path(bundle)
     vae, vman = load_vae(bundle, "cpu")
-    m, _, extra = load_labelset(bundle, label_set)
+    ls = load_labelset(bundle, label_set)
     data = load_dataset(vman["dataset"]["name"], **vman["dataset"]["params"])
     idx = np.sort(np.random.default_rng(seed).choice(data.indices("test"), size=n, replace=False))
-    z0 = encode_all(vae, data.images[idx], torch.device("cpu"))
-    rows = [batch_to_float(data.images[idx]), decode_all(vae, z0, torch.device("cpu"))]
+    cpu = torch.device("cpu")
+    z0 = backbone.encode(vae, data.images[idx], cpu)[0]
+    rows = [batch_to_float(data.images[idx]), backbone.decode(vae, z0, cpu)]
     for name in edits:
-        a = m.cfg.attr_names.index(name)
-        edited, _, _ = flip_edits(m, z0, [a] * n, extra["label_table"], mode, extra["sigma_bar"])
-        rows.append(decode_all(vae, edited, torch.device("cpu")))
+        edited, _, _ = flip_edits(ls, z0, [ls.attr_names.index(name)] * n, mode)
+        rows.append(backbone.decode(vae, edited, cpu))
     return save_grid(torch.cat(rows), path, nrow=n, scale=2)

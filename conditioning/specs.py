@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from models.latent_table import nearest_allowed
+
 
 class SpecError(ValueError):
     """A request names unknown or contradictory attributes, or a combination the data never shows."""
@@ -114,11 +116,3 @@ def nearest_rows(current: torch.Tensor, spec: dict[str, int], attr_names: list[s
         return out
     frequency = counts.float() / (counts.max() + 1)
     return nearest_allowed(current, rows, match.expand(len(current), -1), frequency.expand(len(current), -1))
-
-
-def nearest_allowed(current: torch.Tensor, rows: torch.Tensor, allowed: torch.Tensor, tiebreak: torch.Tensor) -> torch.Tensor:
-    """Per row of ``current``: the allowed row of ``rows`` at the smallest Hamming distance; among
-    equals, the largest ``tiebreak`` (values in [0, 1)). allowed/tiebreak: n x len(rows)."""
-    score = torch.cdist(current.float(), rows, p=0) - tiebreak
-    score = score.masked_fill(~allowed, float("inf"))
-    return rows[score.argmin(1)].clone()

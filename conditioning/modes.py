@@ -1,0 +1,158 @@
+"""How a label set moves z: one function per mode, run by the server and by ``lcs eval`` alike.
+
+Each mode turns (label set version, prior draws z, requested labels y, mask of the attributes the
+request named) into latents for the decoder:
+- ``prior``: z itself (the unconditional VAE);
+- ``actor``: G(z, y), one forward pass (amortised);
+- ``optimize``: Adam on z against the critics. Loss per example: realism_weight · (−log D(z, y)) +
+  cross-entropy of D_attr(z) on the *specified* attributes only + dist_weight ·
+  mean(log(1 + (z − z0)²) / σ̄_z²); an example stops (its z is frozen) once D(z, y) > threshold
+  and D_attr agrees with every specified attribute.
+
+Every forward is padded to at least ``PAD_ROWS`` rows. Why: BLAS picks other kernels for very
+small batches, which changes results in the last float bits, so the same seed could give other
+bytes depending on what it was batched with. From about 12 rows on, each row's result no longer
+depends on the batch (measured on CPU); padding makes responses reproducible under dynamic
+batching, and makes the server's latents equal to the evaluation's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal, get_args
+
+import torch
+from torch.nn import functional as F
+
+from conditioning.labelset import LabelSetVersion
+from conditioning.specs import resolve
+from models.latent import LatentMappers
+
+Mode = Literal["prior", "actor", "optimize"]
+MODES: tuple[str, ...] = get_args(Mode)
+PAD_ROWS = 16
+
+
+def pad(x: torch.Tensor) -> torch.Tensor:
+    """At least PAD_ROWS rows (zeros appended); callers keep the first len(x) rows of the result."""
+    if len(x) >= PAD_ROWS:
+        return x
+    return torch.cat([x, x.new_zeros(PAD_ROWS - len(x), *x.shape[1:])])
+
+
+@dataclass
+class OptimizeConfig:
+    steps: int = 300
+    lr: float = 1e-2
+    realism_weight: float = 0.05
+    dist_weight: float = 0.0
+    threshold: float = 0.3  # stop once D(z, y) > threshold ...
+    attr_confidence: float = 0.5  # ... and D_attr gives every specified attribute at least this probability
+
+
+def attributes_met(m: LatentMappers, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, confidence: float = 0.5) -> torch.Tensor:
+    """D_attr gives each specified attribute's asked value at least ``confidence`` (categorical: the asked class)."""
+    if m.attr is None:
+        return torch.ones(len(z), dtype=torch.bool)
+    logits = m.attr(z)
+    if m.cfg.kind == "categorical":
+        p = torch.softmax(logits, 1)
+        return (p.gather(1, y.argmax(1, keepdim=True)).squeeze(1) >= confidence) | ~mask.any(1)
+    p = torch.sigmoid(logits)
+    return ((torch.where(y > 0, p, 1 - p) >= confidence) | ~mask).all(1)
+
+
+def optimize_latents(m: LatentMappers, z0: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None,
+                     cfg: OptimizeConfig = OptimizeConfig(), sigma_bar: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Move each z0 until the critic finds it real and D_attr reads the specified attributes.
+
+    y: n x K target labels (float 0/1); mask: n x K bool, True where the attribute is specified
+    (default all). Returns (z, info) with the steps each example took and whether it converged.
+    """
+    n, k = y.shape
+    mask = torch.ones(n, k, dtype=torch.bool) if mask is None else mask.bool()
+    yy = y if k else None
+    sb2 = (sigma_bar if sigma_bar is not None else torch.ones(z0.shape[1])).pow(2)
+    z = z0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=cfg.lr)
+    done = torch.zeros(n, dtype=torch.bool)
+    frozen = z0.clone()
+    steps_taken = torch.full((n,), cfg.steps)
+    with torch.enable_grad():
+        for step in range(cfg.steps):
+            with torch.no_grad():
+                ok = (torch.sigmoid(m.critic(z, yy)) > cfg.threshold) & attributes_met(m, z, y, mask, cfg.attr_confidence)
+                newly = ok & ~done
+                frozen[newly] = z[newly]
+                steps_taken[newly] = step
+                done |= ok
+            if done.all():
+                break
+            loss = cfg.realism_weight * F.softplus(-m.critic(z, yy))
+            if m.attr is not None and mask.any():
+                logits = m.attr(z)
+                if m.cfg.kind == "categorical":
+                    ce = F.cross_entropy(logits, y.argmax(1), reduction="none") * mask.any(1)
+                else:
+                    ce = (F.binary_cross_entropy_with_logits(logits, y, reduction="none") * mask).sum(1)
+                loss = loss + ce
+            if cfg.dist_weight:
+                loss = loss + cfg.dist_weight * (torch.log1p((z - z0).pow(2)) / sb2).mean(1)
+            opt.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            opt.step()
+            with torch.no_grad():
+                z[done] = frozen[done]  # finished examples stay where they stopped
+    with torch.no_grad():
+        out = torch.where(done[:, None], frozen, z.detach())
+    return out, {"converged": done, "steps": steps_taken}
+
+
+def _labels(ls: LabelSetVersion, y: torch.Tensor) -> torch.Tensor | None:
+    return pad(y) if ls.m.cfg.n_labels else None
+
+
+def prior(ls: LabelSetVersion | None, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Prior draws as they are: the floor every conditional mode must beat."""
+    return z
+
+
+@torch.no_grad()
+def actor(ls: LabelSetVersion, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """G(z, y); the mask is ignored: unspecified attributes were already drawn into y by the spec."""
+    return ls.m.actor(pad(z), _labels(ls, y))[: len(z)]
+
+
+def optimize(ls: LabelSetVersion, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+             cfg: OptimizeConfig = OptimizeConfig()) -> torch.Tensor:
+    """Gradient steps on z against D(z, y) and D_attr on the masked attributes."""
+    out, _ = optimize_latents(ls.m, pad(z), pad(y), pad(mask), cfg, ls.sigma_bar)
+    return out[: len(z)].detach()
+
+
+LATENTS: dict[str, Callable[..., torch.Tensor]] = {"prior": prior, "actor": actor, "optimize": optimize}
+
+
+def latents(mode: Mode, ls: LabelSetVersion | None, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The latents a request in ``mode`` decodes: z (n x d prior draws), y (n x K labels), mask (n x K bool)."""
+    if mode not in LATENTS:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return LATENTS[mode](ls, z, y, mask)
+
+
+@torch.no_grad()
+def realism(ls: LabelSetVersion, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Critic probability that each latent is a real encoding with these labels (reported per image)."""
+    return torch.sigmoid(ls.m.critic(pad(z), _labels(ls, y))[: len(z)])
+
+
+def draw(ls: LabelSetVersion | None, spec: dict[str, int], n: int, latent_dim: int, generator: torch.Generator,
+         allow_unseen: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A request's randomness, from one generator: prior draws z first, then full label rows y honouring
+    the spec (``specs.resolve``), and the mask of the attributes the spec names. Same seed, same (z, y)."""
+    z = torch.randn(n, latent_dim, generator=generator)
+    k = 0 if ls is None else len(ls.attr_names)
+    y, mask = torch.zeros(n, k), torch.zeros(n, k, dtype=torch.bool)
+    if k:
+        y = resolve(spec, ls.attr_names, ls.rows, n, generator, ls.kind, allow_unseen, counts=ls.counts)
+        mask[:, [ls.attr_names.index(a) for a in spec]] = True
+    return z, y, mask

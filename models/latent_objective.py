@@ -1,0 +1,157 @@
+"""What the label-set networks learn: the losses of the critic D(z, y), the actor G(z, y) and the
+latent classifier D_attr(z), and one training step over them (pythae-style: the model's own loss).
+
+Per actor step, ``critic_steps`` critic steps on rows
+  real        (z ~ q(z|x_i), y_i)                                  -> 1
+  fake        (G(z_p, y_i) with prob. 0.9, else raw z_p ~ N(0, I); y_i) -> 0
+  mismatched  (z ~ q(z|x_i), y_j) with y_j ≠ y_i from another example  -> 0
+with sigmoid cross-entropy + gradient penalty (‖∇_z D‖ − 1)² on real-vs-fake interpolations
+(per-sample α). Actor loss: −log D(G(z, y), y) + λ_dist · mean(log(1 + (G(z, y) − z)²) / σ̄_z²),
+applied to prior samples and, when λ_dist > 0, to real encodings with their own labels.
+
+``lcs train-labelset`` runs ``step`` in its loop; the baselines bench counts its FLOPs by running
+the same function, so the count follows any change to the step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.nn import functional as F
+
+from models.latent import LatentMappers
+from models.latent_table import LatentTable, nearest_allowed, posterior_sample
+
+
+@dataclass(frozen=True)
+class LatentObjective:
+    """The loss weights and the critic's schedule (defaults: the paper's reference recipe, plus edit_prob)."""
+
+    lambda_dist: float = 0.1
+    critic_steps: int = 10
+    gp_weight: float = 10.0
+    fake_actor_prob: float = 0.9
+    edit_prob: float = 0.5  # share of the real-encoding actor rows asked for a one-attribute edit (see actor_loss)
+
+
+@dataclass
+class Optimizers:
+    critic: torch.optim.Optimizer
+    actor: torch.optim.Optimizer
+    attr: torch.optim.Optimizer | None
+
+
+def optimizers(m: LatentMappers, lr: float, attr_lr: float) -> Optimizers:
+    """Adam with β = (0, 0.9) for critic and actor (the reference), plain Adam for D_attr."""
+    return Optimizers(torch.optim.Adam(m.critic.parameters(), lr=lr, betas=(0.0, 0.9)),
+                      torch.optim.Adam(m.actor.parameters(), lr=lr, betas=(0.0, 0.9)),
+                      torch.optim.Adam(m.attr.parameters(), lr=attr_lr) if m.attr is not None else None)
+
+
+def mismatched_labels(y: torch.Tensor, pool: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels of other examples, kept only where they differ from the row's own labels."""
+    other = pool[torch.randint(len(pool), (len(y),), generator=gen)]
+    keep = (other != y).any(1)
+    return other, keep
+
+
+def critic_batch(m: LatentMappers, t: LatentTable, idx: torch.Tensor, obj: LatentObjective, gen: torch.Generator) -> dict:
+    """The rows of one critic step (returned whole so tests can check what the critic sees)."""
+    y = t.labels[idx]
+    real = posterior_sample(t, idx, gen)
+    prior = torch.randn(real.shape, generator=gen)
+    use_actor = torch.rand(len(idx), generator=gen) < obj.fake_actor_prob
+    with torch.no_grad():
+        fake = torch.where(use_actor[:, None], m.actor(prior, y if t.labels.shape[1] else None), prior)
+    alpha = torch.rand(len(idx), 1, generator=gen)
+    batch = {"real": real, "fake": fake, "labels": y, "alpha": alpha, "interp": alpha * real + (1 - alpha) * fake,
+             "use_actor": use_actor}
+    if t.labels.shape[1]:
+        batch["mismatched_labels"], batch["mismatched_keep"] = mismatched_labels(y, t.labels[t.rows(0)], gen)
+    return batch
+
+
+def critic_loss(m: LatentMappers, b: dict, gp_weight: float) -> tuple[torch.Tensor, dict]:
+    y = b["labels"] if b["labels"].shape[1] else None
+    logits = [m.critic(b["real"], y), m.critic(b["fake"], y)]
+    targets = [torch.ones(len(b["real"])), torch.zeros(len(b["fake"]))]
+    if "mismatched_labels" in b:
+        keep = b["mismatched_keep"]
+        logits.append(m.critic(b["real"][keep], b["mismatched_labels"][keep]))
+        targets.append(torch.zeros(int(keep.sum())))
+    logits_all, targets_all = torch.cat(logits), torch.cat(targets).to(logits[0].device)
+    ce = F.binary_cross_entropy_with_logits(logits_all, targets_all)
+    interp = b["interp"].detach().requires_grad_(True)
+    grad, = torch.autograd.grad(m.critic(interp, y).sum(), interp, create_graph=True)
+    gp = (grad.norm(dim=1) - 1).pow(2).mean()
+    return ce + gp_weight * gp, {"critic_ce": ce.item(), "gp": gp.item()}
+
+
+def edit_labels(y: torch.Tensor, rows: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One-attribute edits of label rows: flip a random attribute of each row and move to the
+    nearest row the data shows that has the flipped value (random among equally near ones)."""
+    a = torch.randint(y.shape[1], (len(y),), generator=gen)
+    flipped = 1 - y[torch.arange(len(y)), a]
+    allowed = rows[:, a].T == flipped[:, None]
+    target = nearest_allowed(y, rows, allowed, 0.5 * torch.rand(len(y), len(rows), generator=gen))
+    return torch.where(allowed.any(1, keepdim=True), target, y)  # an attribute the data never flips stays
+
+
+def actor_loss(m: LatentMappers, t: LatentTable, idx: torch.Tensor, obj: LatentObjective, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+    y = t.labels[idx]
+    z = torch.randn(len(idx), t.mu.shape[1], generator=gen)
+    if obj.lambda_dist > 0:
+        # Also map real encodings: with their own labels (the reference recipe: they stay in place) and,
+        # for a share edit_prob of them, with a one-attribute edit of their labels. Without the latter the
+        # actor never sees a real encoding asked for other labels and learns to leave every real z alone,
+        # so identity-preserving edits would not move; λ_dist keeps the edit small.
+        y_real = y.clone()
+        if y.shape[1] and obj.edit_prob > 0:
+            ask = torch.rand(len(y), generator=gen) < obj.edit_prob
+            y_real[ask] = edit_labels(y[ask], t.unique_rows, gen)
+        z = torch.cat([z, posterior_sample(t, idx, gen)])
+        y = torch.cat([y, y_real])
+    yy = y if y.shape[1] else None
+    g = m.actor(z, yy)
+    realism = F.softplus(-m.critic(g, yy)).mean()  # −log D
+    dist = (torch.log1p((g - z).pow(2)) / t.sigma_bar.pow(2)).mean()
+    return realism + obj.lambda_dist * dist, {"actor_realism": realism.item(), "dist": dist.item()}
+
+
+def attr_loss(m: LatentMappers, z: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    logits = m.attr(z)
+    if kind == "categorical":
+        return F.cross_entropy(logits, y.argmax(1))
+    return F.binary_cross_entropy_with_logits(logits, y)
+
+
+def attr_predict(m: LatentMappers, z: torch.Tensor, kind: str) -> torch.Tensor:
+    logits = m.attr(z)
+    if kind == "categorical":
+        return F.one_hot(logits.argmax(1), logits.shape[1]).float()
+    return (logits > 0).float()
+
+
+def step(m: LatentMappers, opts: Optimizers, t: LatentTable, batch: Callable[[], torch.Tensor], obj: LatentObjective,
+         gen: torch.Generator) -> dict:
+    """One actor step: ``critic_steps`` critic updates, one actor update, one D_attr update.
+    ``batch()`` draws the training-row indices of one minibatch. Returns the last losses."""
+    for _ in range(obj.critic_steps):
+        loss_c, info = critic_loss(m, critic_batch(m, t, batch(), obj, gen), obj.gp_weight)
+        opts.critic.zero_grad(set_to_none=True)
+        loss_c.backward()
+        opts.critic.step()
+    m.critic.requires_grad_(False)
+    loss_a, info_a = actor_loss(m, t, batch(), obj, gen)
+    opts.actor.zero_grad(set_to_none=True)
+    loss_a.backward()
+    opts.actor.step()
+    m.critic.requires_grad_(True)
+    if opts.attr is not None:
+        idx = batch()
+        loss_attr = attr_loss(m, posterior_sample(t, idx, gen), t.labels[idx], t.kind)
+        opts.attr.zero_grad(set_to_none=True)
+        loss_attr.backward()
+        opts.attr.step()
+    return {**info, **info_a}
