@@ -1,8 +1,9 @@
 """Serving benchmark: bare model throughput vs HTTP throughput through ``lcs serve``.
 
-    python bench/serve.py [--bundle DIR] [--labelset faces] [--attrs smiling] [--seconds 10] [--out docs/bench_serve.json]
+    python -m bench.serve [--bundle DIR] [--labelset faces] [--attrs smiling] [--seconds 10] [--out docs/bench_serve.json]
 
-1. Bare: label-set actor + decoder on the loaded Engine, batch 1..64, images/s (no HTTP, no PNG).
+1. Bare: label-set actor (conditioning.modes.actor) + decoder on the loaded Backbone, batch 1..64, images/s
+   (decoded to uint8 as the server does; no HTTP, no PNG).
 2. HTTP: a real ``lcs serve`` subprocess on 127.0.0.1; 1, 8 and 32 concurrent async clients each
    loop ``GET /sample?n=1`` for --seconds; images/s and p50/p99 latency.
 3. R_serve = HTTP images/s at 32 clients / best bare images/s (target >= 0.8).
@@ -27,30 +28,33 @@ import httpx
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from service.config import DEFAULT_BUNDLE  # noqa: E402
+from conditioning import modes
+from conditioning.backbone import Backbone
+from conditioning.images import to_uint8
+from conditioning.labelset import LabelSetVersion
+from service.config import DEFAULT_BUNDLE
 
 
 def bare(bundle: Path, labelset: str, device: str, threads: int, seconds: float) -> list[dict]:
-    from models.latent import load_mappers
-    from service.engine import Engine, LabelSet
+    bb = Backbone(bundle, device, threads)
+    ls = LabelSetVersion.load(bundle / "labelsets" / labelset, bb.decoder_fingerprint, labelset, "bench")
 
-    eng = Engine(bundle, device, threads)
-    m, man, extra = load_mappers(bundle / "labelsets" / labelset, eng.decoder_fingerprint)
-    ls = LabelSet(labelset, "bench", m, man, extra["label_table"].float(), extra["sigma_bar"])
+    def run(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+        return to_uint8(bb.decode(modes.actor(ls, z, y, mask)))  # host uint8, so the GPU work is complete
+
     rows = []
     gen = torch.Generator().manual_seed(0)
     for b in (1, 2, 4, 8, 16, 32, 64):
-        z = torch.randn(b, eng.latent_dim, generator=gen)
+        z = torch.randn(b, bb.latent_dim, generator=gen)
         y = ls.table[torch.randint(len(ls.table), (b,), generator=gen)]
+        mask = torch.ones(y.shape, dtype=torch.bool)
         for _ in range(3):
-            eng.decode(eng.actor(ls, z, y))
-        if eng.device.type == "cuda":
+            run(z, y, mask)
+        if bb.device.type == "cuda":
             torch.cuda.synchronize()
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds / 7:
-            eng.decode(eng.actor(ls, z, y))  # decode returns host uint8, so the GPU work is complete
+            run(z, y, mask)
             n += 1
         dt = time.perf_counter() - t0
         rows.append({"batch": b, "images_per_s": round(n * b / dt, 1), "ms_per_batch": round(1000 * dt / n, 2)})
@@ -117,7 +121,7 @@ def http_bench(bundle: Path, labelset: str, attrs: str, device: str, threads: in
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
     p.add_argument("--labelset", default="faces")
     p.add_argument("--attrs", default="smiling")
@@ -133,7 +137,7 @@ def main() -> None:
     best = max(r["images_per_s"] for r in b)
     r32 = next(r for r in h if r["clients"] == 32)["images_per_s"]
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() and a.device != "cpu" else f"cpu ({os.cpu_count()} cores)"
-    result = {"command": " ".join(["python", *sys.argv]), "device": dev, "host": platform.node(), "bundle": str(bundle),
+    result = {"command": " ".join(["python", "-m", "bench.serve", *sys.argv[1:]]), "device": dev, "host": platform.node(), "bundle": str(bundle),
               "labelset": a.labelset, "bare": b, "http": h, "best_bare_images_per_s": best, "r_serve": round(r32 / best, 3),
               "target_r_serve": 0.8, "date": time.strftime("%Y-%m-%d %H:%M")}
     print(f"device: {dev}\n\nbare actor+decoder\n{'batch':>6} {'images/s':>10} {'ms/batch':>9}")

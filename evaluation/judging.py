@@ -13,6 +13,7 @@ from conditioning.runtime import autocast
 from models.judge import Judge
 
 
+@torch.no_grad()
 def predict(judge: Judge, images, device: torch.device, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities N x K, penultimate features N x F) for uint8 or float images."""
     probs, feats = [], []

@@ -9,6 +9,7 @@ from conditioning.runtime import autocast
 from models.vae import VAE
 
 
+@torch.no_grad()
 def evaluate_mse(vae: VAE, images: np.ndarray, device: torch.device, batch: int = 256) -> float:
     """Per-pixel MSE of reconstructions from the posterior mean (the number the σ comparison uses)."""
     vae.eval()

@@ -65,11 +65,16 @@ def pick_labelset(st, labelset: str | None, attrs: str | None) -> LabelSetVersio
                    {"unknown": sorted(names - known), "valid": valid})
 
 
+def spec_error(e: SpecError, ls: LabelSetVersion, **extra) -> ApiError:
+    """A request spec the label set cannot satisfy: 422 with the spec's code, naming the label set."""
+    return ApiError(422, e.code, str(e), {**e.details, "labelset": ls.name, **extra})
+
+
 def spec_for(ls: LabelSetVersion, attrs: str | None) -> dict[str, int]:
     try:
         return parse_spec(attrs, ls.attr_names)
     except SpecError as e:
-        raise ApiError(422, e.code, str(e), {**e.details, "labelset": ls.name, "valid": ls.attr_names}) from None
+        raise spec_error(e, ls, valid=ls.attr_names) from None
 
 
 def headers(st, ls: LabelSetVersion | None, mode: str, **extra) -> dict[str, str]:
@@ -110,7 +115,7 @@ async def sample(request: Request,
     try:
         z, y, mask = modes.draw(ls, spec, n, st.backbone.latent_dim, torch.Generator().manual_seed(seed), allow_unseen)
     except SpecError as e:
-        raise ApiError(422, e.code, str(e), {**e.details, "labelset": ls.name}) from None
+        raise spec_error(e, ls) from None
     result = await st.batcher.sample(SampleWork(ls, mode, z, y, mask), st.cfg.request_timeout_s)
     if ls is not None:
         st.metrics.labelset_requests.labels(ls.name, mode).inc()
@@ -153,7 +158,7 @@ async def transform(request: Request, image: UploadFile = File(..., description=
         try:
             z, target = edits.edit(ls, z0, spec, mode, allow_unseen)
         except SpecError as e:
-            raise ApiError(422, e.code, str(e), {**e.details, "labelset": ls.name}) from None
+            raise spec_error(e, ls) from None
         return to_uint8(st.backbone.decode(torch.cat([z, z0]))), target, modes.realism(ls, z, target)
 
     images, target, realism = await st.batcher.call(edit, timeout=st.cfg.request_timeout_s)

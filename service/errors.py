@@ -1,8 +1,9 @@
 """One JSON error envelope for every 4xx/5xx: ``{"error": {"code", "message", "details"}}``.
 
-Routes raise ``ApiError``; FastAPI's own errors (validation, unknown route, wrong method) and any
-unexpected exception are rewritten into the same envelope, so clients parse one shape and never
-see a traceback.
+Routes raise ``ApiError``; storage, uploads and jobs raise transport-neutral ``DomainError``s
+(``service.domain``) whose kind becomes an HTTP status here and only here (``HTTP_STATUS``). FastAPI's
+own errors (validation, unknown route, wrong method) and any unexpected exception are rewritten into
+the same envelope, so clients parse one shape and never see a traceback.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.domain import DomainError, Kind
 
 log = logging.getLogger("lcs.service")
 
@@ -31,10 +34,23 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
                409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 429: "too_many_requests"}
 
 
+# The one place a domain error's kind becomes an HTTP status.
+HTTP_STATUS = {Kind.MALFORMED: 400, Kind.NOT_FOUND: 404, Kind.CONFLICT: 409, Kind.TOO_LARGE: 413, Kind.UNSUPPORTED: 415,
+               Kind.INVALID: 422, Kind.BUSY: 429, Kind.UNAVAILABLE: 503}
+
+
+def http_status(e: DomainError) -> int:
+    return HTTP_STATUS[e.kind]
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(_: Request, e: ApiError):
         return envelope(e.status, e.code, e.message, e.details, e.headers)
+
+    @app.exception_handler(DomainError)
+    async def _domain(_: Request, e: DomainError):
+        return envelope(http_status(e), e.code, e.message, e.details)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, e: RequestValidationError):

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from models.artifacts import write_json
-from service.errors import ApiError
+from service.domain import DomainError, Kind
 
 log = logging.getLogger("lcs.jobs")
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -35,8 +35,13 @@ FINAL = ("succeeded", "failed")
 TRAIN_FIELDS = {"steps": (int, 1, 100_000), "lambda_dist": (float, 0.0, 100.0), "width": (int, 8, 2048),
                 "depth": (int, 1, 8), "batch_size": (int, 8, 4096), "lr": (float, 1e-6, 1.0),
                 "edit_prob": (float, 0.0, 1.0), "rule_samples": (int, 256, 1_000_000)}
-TRAIN_DEFAULTS = {"steps": 1000, "lambda_dist": 0.1, "width": 256, "depth": 4, "batch_size": 256, "lr": 1e-3,
-                  "edit_prob": 0.5, "rule_samples": 20000}
+# What a job changes from ``lcs train-labelset``'s defaults (TrainLabelSetConfig), and why: a job trains on the
+# server's own CPU, next to serving, so it takes half the CLI's actor steps.
+JOB_CHANGES = {"steps": 1000}
+
+
+class JobError(DomainError):
+    """An unknown job, or a job request (settings, labels, ids) that cannot be trained on."""
 
 
 def now() -> str:
@@ -45,7 +50,7 @@ def now() -> str:
 
 def job_dir(data_dir: str | Path, job_id: str) -> Path:
     if not JOB_ID_RE.match(job_id or ""):
-        raise ApiError(404, "unknown_job", f"no job {job_id!r}")
+        raise JobError(Kind.NOT_FOUND, "unknown_job", f"no job {job_id!r}")
     return Path(data_dir) / "jobs" / job_id
 
 
@@ -55,21 +60,25 @@ def read_status(data_dir: str | Path, job_id: str) -> dict:
     try:
         return json.loads((job_dir(data_dir, job_id) / "status.json").read_text())
     except FileNotFoundError:
-        raise ApiError(404, "unknown_job", f"no job {job_id!r}") from None
+        raise JobError(Kind.NOT_FOUND, "unknown_job", f"no job {job_id!r}") from None
 
 
 def training_params(form: dict) -> dict:
-    """Form fields -> checked training settings (defaults suit a CPU)."""
-    out = dict(TRAIN_DEFAULTS)
+    """Form fields -> checked training settings: TrainLabelSetConfig's defaults, JOB_CHANGES, then the form."""
+    from training.encode import RULE_SAMPLES
+    from training.train_labelset import TrainLabelSetConfig
+
+    defaults = TrainLabelSetConfig()
+    out = {k: getattr(defaults, k) for k in TRAIN_FIELDS if k != "rule_samples"} | {"rule_samples": RULE_SAMPLES, **JOB_CHANGES}
     for k, (typ, lo, hi) in TRAIN_FIELDS.items():
         if form.get(k) in (None, ""):
             continue
         try:
             v = typ(form[k])
         except (TypeError, ValueError):
-            raise ApiError(422, "invalid_request", f"{k} must be a {typ.__name__}", {"field": k}) from None
+            raise JobError(Kind.INVALID, "invalid_request", f"{k} must be a {typ.__name__}", {"field": k}) from None
         if not lo <= v <= hi:
-            raise ApiError(422, "invalid_request", f"{k} must be within [{lo}, {hi}]", {"field": k, "value": v})
+            raise JobError(Kind.INVALID, "invalid_request", f"{k} must be within [{lo}, {hi}]", {"field": k, "value": v})
         out[k] = v
     return out
 
@@ -193,7 +202,7 @@ def build_table(d: Path, job: dict, bundle: Path, device: torch.device) -> tuple
     split = (np.arange(len(keys)) % 10 == 9).astype(np.uint8)  # every 10th row validates
     kind = job.get("kind", "binary")
     if kind == "categorical" and not (labels.sum(1) == 1).all():
-        raise ApiError(422, "invalid_labels", "a categorical label set needs exactly one 1 per row")
+        raise JobError(Kind.INVALID, "invalid_labels", "a categorical label set needs exactly one 1 per row")
     write_latent_table(out, mu, sigma, labels, split, attr_names=names, label_sets={"job": {"name": "job", "attrs": names, "kind": kind}},
                        decoder_fingerprint=load_manifest(bundle, "vae")["decoder_fingerprint"],
                        dataset={"name": f"job:{job['source']}", "params": {"rows": len(keys)}}, command=["job", job["id"]])
@@ -205,7 +214,7 @@ def _rows_for(keys: list[str], ids: list[str] | None, n: int) -> np.ndarray:
     lookup = {k: i for i, k in enumerate(ids)} if ids else {str(i): i for i in range(n)}
     missing = [k for k in keys if k not in lookup]
     if missing:
-        raise ApiError(422, "unknown_ids", f"{len(missing)} id(s) are not examples of the bundle's dataset", {"missing": missing[:20]})
+        raise JobError(Kind.INVALID, "unknown_ids", f"{len(missing)} id(s) are not examples of the bundle's dataset", {"missing": missing[:20]})
     return np.array([lookup[k] for k in keys])
 
 
@@ -223,11 +232,9 @@ def work(d: Path, bundle: Path, data_dir: Path, threads: int) -> None:
     try:
         device = resolve_device("cpu", threads)  # the GPU (if any) stays with the server
         table, label_set = build_table(d, job, bundle, device)
-        t = job["train"]
-        cfg = TrainLabelSetConfig(bundle=str(bundle), table=str(table), label_set=label_set, out=str(d / "out"), steps=t["steps"],
-                                  lambda_dist=t["lambda_dist"], width=t["width"], depth=t["depth"], lr=t["lr"],
-                                  batch_size=t["batch_size"], edit_prob=t["edit_prob"], threads=threads,
-                                  diag_every=max(t["steps"] // 5, 1))
+        settings = {k: v for k, v in job["train"].items() if k != "rule_samples"}
+        cfg = TrainLabelSetConfig(bundle=str(bundle), table=str(table), label_set=label_set, out=str(d / "out"), threads=threads,
+                                  diag_every=max(settings["steps"] // 5, 1), **settings)
         train_labelset(cfg, ["POST", f"/labelsets/{job['name']}/jobs", job["id"]],
                        progress=lambda step, steps: status.update(False, progress={"step": step, "steps": steps}))
         registry = Registry(data_dir)
@@ -236,10 +243,10 @@ def work(d: Path, bundle: Path, data_dir: Path, threads: int) -> None:
             shutil.copyfile(d / "out" / f, staged / f)
         vman = load_manifest(bundle, "vae")
         vid = registry.publish(job["name"], staged, vman["decoder_fingerprint"], vman["config"]["latent_dim"], source=f"job:{job['id']}")
-        status.update(state="succeeded", finished=now(), progress={"step": t["steps"], "steps": t["steps"]},
+        status.update(state="succeeded", finished=now(), progress={"step": cfg.steps, "steps": cfg.steps},
                       result={"labelset": job["name"], "version": vid})
-    except ApiError as e:
-        status.update(state="failed", finished=now(), error={"code": e.code, "message": e.message, "details": e.details})
+    except DomainError as e:  # registry, upload and job errors: their code and message are the job's error
+        status.update(state="failed", finished=now(), error=e.to_dict())
     except Exception as e:  # noqa: BLE001 - the job reports it; the traceback goes to worker.log
         log.exception("job %s failed", job["id"])
         status.update(state="failed", finished=now(), error={"code": "job_failed", "message": f"{type(e).__name__}: {e}"})

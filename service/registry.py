@@ -30,7 +30,7 @@ import torch
 
 from models.artifacts import ArtifactError, write_json
 from models.latent import ARCH, LatentConfig, LatentMappers, load_mappers
-from service.errors import ApiError
+from service.domain import DomainError, Kind
 
 log = logging.getLogger("lcs.registry")
 
@@ -41,15 +41,23 @@ LIMITS = {"width": 4096, "depth": 8, "label_embed": 1024, "n_labels": 1024}
 STALE_STAGING_S = 600
 
 
+class RegistryError(DomainError):
+    """A label set, version or artifact the registry refuses or does not have."""
+
+
+def _unknown_labelset(name: str, available: list[str]) -> RegistryError:
+    return RegistryError(Kind.NOT_FOUND, "unknown_labelset", f"no label set named {name!r}", {"available": available})
+
+
 def check_name(name: str) -> str:
     if not NAME_RE.match(name or ""):
-        raise ApiError(422, "invalid_name", "label-set names are 1-64 letters, digits, '_' or '-', starting with a letter or digit",
-                       {"name": name})
+        raise RegistryError(Kind.INVALID, "invalid_name", "label-set names are 1-64 letters, digits, '_' or '-', starting with a letter or digit",
+                            {"name": name})
     return name
 
 
-def _invalid(message: str, **details) -> ApiError:
-    return ApiError(422, "invalid_artifact", message, details)
+def _invalid(message: str, **details) -> RegistryError:
+    return RegistryError(Kind.INVALID, "invalid_artifact", message, details)
 
 
 def check_safetensors_header(path: Path) -> dict:
@@ -58,16 +66,16 @@ def check_safetensors_header(path: Path) -> dict:
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise ApiError(415, "not_safetensors", "mapper.safetensors is not a safetensors file (too short)")
+            raise RegistryError(Kind.UNSUPPORTED, "not_safetensors", "mapper.safetensors is not a safetensors file (too short)")
         (n,) = struct.unpack("<Q", head)
         if n > min(size - 8, 100 << 20):
-            raise ApiError(415, "not_safetensors", "mapper.safetensors is not a safetensors file (pickles and other formats are refused)")
+            raise RegistryError(Kind.UNSUPPORTED, "not_safetensors", "mapper.safetensors is not a safetensors file (pickles and other formats are refused)")
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ApiError(415, "not_safetensors", "mapper.safetensors has no valid safetensors header") from None
+            raise RegistryError(Kind.UNSUPPORTED, "not_safetensors", "mapper.safetensors has no valid safetensors header") from None
     if not isinstance(header, dict):
-        raise ApiError(415, "not_safetensors", "mapper.safetensors has no valid safetensors header")
+        raise RegistryError(Kind.UNSUPPORTED, "not_safetensors", "mapper.safetensors has no valid safetensors header")
     end = max([v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
                and "data_offsets" in v] or [0])
     if 8 + n + end != size:
@@ -76,7 +84,7 @@ def check_safetensors_header(path: Path) -> dict:
 
 
 def validate_artifact(directory: Path, decoder_fingerprint: str, latent_dim: int) -> tuple[LatentMappers, dict, dict]:
-    """Everything checked before a label set may serve; raises ApiError with the reason."""
+    """Everything checked before a label set may serve; raises RegistryError with the reason."""
     for f in FILES:
         if not (directory / f).is_file():
             raise _invalid(f"the artifact needs {' and '.join(FILES)}; {f} is missing")
@@ -90,8 +98,8 @@ def validate_artifact(directory: Path, decoder_fingerprint: str, latent_dim: int
     if manifest.get("arch") not in ALLOWED_ARCHS:
         raise _invalid(f"architecture {manifest.get('arch')!r} is not allowed", allowed=sorted(ALLOWED_ARCHS))
     if manifest.get("decoder_fingerprint") != decoder_fingerprint:
-        raise ApiError(422, "decoder_mismatch", "this mapper was trained for another decoder; its latents would mean something else",
-                       {"artifact": str(manifest.get("decoder_fingerprint")), "server": decoder_fingerprint})
+        raise RegistryError(Kind.INVALID, "decoder_mismatch", "this mapper was trained for another decoder; its latents would mean something else",
+                            {"artifact": str(manifest.get("decoder_fingerprint")), "server": decoder_fingerprint})
     try:
         cfg = LatentConfig(**manifest["config"])
         names = [str(a) for a in cfg.attr_names]
@@ -162,7 +170,7 @@ class Registry:
     def describe(self, name: str) -> dict:
         cur = self.current(check_name(name))
         if cur is None:
-            raise ApiError(404, "unknown_labelset", f"no label set named {name!r}", {"available": self.names()})
+            raise _unknown_labelset(name, self.names())
         versions = []
         for vid in cur["history"] + [cur["version"]]:
             d = self.version_dir(name, vid)
@@ -225,15 +233,15 @@ class Registry:
         with self.lock():
             cur = self.current(check_name(name))
             if cur is None:
-                raise ApiError(404, "unknown_labelset", f"no label set named {name!r}", {"available": self.names()})
+                raise _unknown_labelset(name, self.names())
             history = list(cur["history"])
             if version is None:
                 if not history:
-                    raise ApiError(409, "no_previous_version", f"label set {name!r} has no earlier version to roll back to")
+                    raise RegistryError(Kind.CONFLICT, "no_previous_version", f"label set {name!r} has no earlier version to roll back to")
                 version = history[-1]
             if version not in history:
-                raise ApiError(404, "unknown_version", f"label set {name!r} has no earlier version {version!r}",
-                               {"versions": history})
+                raise RegistryError(Kind.NOT_FOUND, "unknown_version", f"label set {name!r} has no earlier version {version!r}",
+                                    {"versions": history})
             history.remove(version)
             self._point(name, version, history + [cur["version"]])
         log.info("label set %s rolled back to %s", name, version)
@@ -242,7 +250,7 @@ class Registry:
     def delete(self, name: str) -> None:
         with self.lock():
             if self.current(check_name(name)) is None:
-                raise ApiError(404, "unknown_labelset", f"no label set named {name!r}", {"available": self.names()})
+                raise _unknown_labelset(name, self.names())
             trash = self.staging / f"deleted-{uuid.uuid4().hex}"
             os.rename(self.root / name, trash)  # one atomic step: readers see the whole set or nothing
         shutil.rmtree(trash, ignore_errors=True)
@@ -252,11 +260,11 @@ class Registry:
         with self.lock():
             cur = self.current(check_name(name))
             if cur is None:
-                raise ApiError(404, "unknown_labelset", f"no label set named {name!r}", {"available": self.names()})
+                raise _unknown_labelset(name, self.names())
             if version == cur["version"]:
-                raise ApiError(409, "version_is_current", f"{version} is the serving version of {name!r}; roll back or delete the label set")
+                raise RegistryError(Kind.CONFLICT, "version_is_current", f"{version} is the serving version of {name!r}; roll back or delete the label set")
             if version not in cur["history"]:
-                raise ApiError(404, "unknown_version", f"label set {name!r} has no version {version!r}")
+                raise RegistryError(Kind.NOT_FOUND, "unknown_version", f"label set {name!r} has no version {version!r}")
             self._point(name, cur["version"], [v for v in cur["history"] if v != version])
             trash = self.staging / f"deleted-{uuid.uuid4().hex}"
             os.rename(self.version_dir(name, version), trash)

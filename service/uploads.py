@@ -1,4 +1,4 @@
-"""What users upload, turned into model inputs or a clear 4xx: images, label CSVs, image zips."""
+"""What users upload, turned into model inputs or a clear ``UploadError``: images, label CSVs, image zips."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 from PIL import Image
 
-from service.errors import ApiError
+from service.domain import DomainError, Kind
 
 IMAGE_FORMATS = {"PNG", "JPEG"}
 MAX_PIXELS = 40_000_000  # decompression-bomb guard: a 10 MB PNG can otherwise expand to gigabytes
@@ -19,30 +19,34 @@ VALUES = {"1": 1, "0": 0, "-1": 0, "true": 1, "false": 0, "yes": 1, "no": 0}
 MAX_ROWS = 1_000_000
 
 
+class UploadError(DomainError):
+    """An upload that cannot be read (malformed), is refused (invalid/unsupported) or is over a limit (too_large)."""
+
+
 def decode_image(data: bytes, channels: int, size: int, what: str = "image") -> np.ndarray:
     """PNG/JPEG bytes -> uint8 C x size x size: centre square crop, then resize (as the training data was framed)."""
     if not data:
-        raise ApiError(400, "empty_image", f"{what} is empty")
+        raise UploadError(Kind.MALFORMED, "empty_image", f"{what} is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
             fmt = im.format
             if fmt not in IMAGE_FORMATS:
-                raise ApiError(415, "unsupported_media_type", f"{what} is {fmt or 'not an image'}; send PNG or JPEG",
-                               {"accepted": sorted(IMAGE_FORMATS)})
+                raise UploadError(Kind.UNSUPPORTED, "unsupported_media_type", f"{what} is {fmt or 'not an image'}; send PNG or JPEG",
+                                  {"accepted": sorted(IMAGE_FORMATS)})
             if im.width * im.height > MAX_PIXELS:
-                raise ApiError(413, "image_too_large", f"{what} has {im.width}x{im.height} pixels; the limit is {MAX_PIXELS}")
+                raise UploadError(Kind.TOO_LARGE, "image_too_large", f"{what} has {im.width}x{im.height} pixels; the limit is {MAX_PIXELS}")
             im.load()
-    except ApiError:
+    except UploadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ApiError(413, "image_too_large", f"{what} has too many pixels") from None
+        raise UploadError(Kind.TOO_LARGE, "image_too_large", f"{what} has too many pixels") from None
     except Image.UnidentifiedImageError:
-        raise ApiError(415, "unsupported_media_type", f"{what} is not an image format this server reads; send PNG or JPEG",
-                       {"accepted": sorted(IMAGE_FORMATS)}) from None
+        raise UploadError(Kind.UNSUPPORTED, "unsupported_media_type", f"{what} is not an image format this server reads; send PNG or JPEG",
+                          {"accepted": sorted(IMAGE_FORMATS)}) from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
-        raise ApiError(400, "undecodable_image", f"{what} could not be decoded: {e}") from None
+        raise UploadError(Kind.MALFORMED, "undecodable_image", f"{what} could not be decoded: {e}") from None
     im = im.convert("RGB" if channels == 3 else "L")
     side = min(im.size)
     left, top = (im.width - side) // 2, (im.height - side) // 2
@@ -54,7 +58,7 @@ def decode_image(data: bytes, channels: int, size: int, what: str = "image") -> 
 def parse_labels_csv(data: bytes, key: str) -> tuple[list[str], list[str], np.ndarray]:
     """CSV with header ``KEY,attr1,attr2,...`` and 0/1 (or -1/1, true/false) cells -> (keys, attribute names, N x K int8)."""
     def bad(msg: str, **details):
-        return ApiError(422, "invalid_labels", msg, details)
+        return UploadError(Kind.INVALID, "invalid_labels", msg, details)
 
     try:
         text = data.decode("utf-8-sig")
@@ -96,12 +100,12 @@ def open_zip(data: bytes, files: list[str], max_bytes: int) -> zipfile.ZipFile:
         zf = zipfile.ZipFile(io.BytesIO(data))
         members = {i.filename: i for i in zf.infolist()}
     except zipfile.BadZipFile:
-        raise ApiError(400, "invalid_zip", "the images upload is not a zip file") from None
+        raise UploadError(Kind.MALFORMED, "invalid_zip", "the images upload is not a zip file") from None
     missing = [f for f in files if f not in members]
     if missing:
-        raise ApiError(422, "invalid_labels", f"{len(missing)} file(s) named in the CSV are not in the zip", {"missing": missing[:20]})
+        raise UploadError(Kind.INVALID, "invalid_labels", f"{len(missing)} file(s) named in the CSV are not in the zip", {"missing": missing[:20]})
     if sum(members[f].file_size for f in files) > max_bytes:
-        raise ApiError(413, "zip_too_large", f"the images expand to more than {max_bytes} bytes")
+        raise UploadError(Kind.TOO_LARGE, "zip_too_large", f"the images expand to more than {max_bytes} bytes")
     return zf
 
 

@@ -125,7 +125,7 @@ def test_fill_columns_keeps_the_request_and_draws_the_rest_from_seen_rows():
 
 
 @pytest.fixture(scope="module")
-def judged_bundle(service_bundle, tmp_path_factory):
+def judged_bundle(service_bundle, tmp_path_factory, seed):
     """The tiny served bundle (VAE, latent table, label sets) plus a judge, so ``lcs eval`` can score baselines."""
     from training.train_judge import TrainJudgeConfig, train_judge
     from models.artifacts import load_manifest
@@ -134,7 +134,7 @@ def judged_bundle(service_bundle, tmp_path_factory):
     shutil.copytree(service_bundle, out, dirs_exist_ok=True)
     params = load_manifest(out, "vae")["dataset"]["params"]
     train_judge(TrainJudgeConfig(dataset="fashion-mnist", dataset_params=params, out=str(out), width=16, epochs=6,
-                                 batch_size=32, device="cpu"))
+                                 batch_size=32, device="cpu", seed=seed, threads=1))
     return out
 
 

@@ -43,11 +43,11 @@ def test_frechet_distance_known_values():
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(tiny_vae, fashion_root):
+def tiny_bundle(tiny_vae, fashion_root, seed):
     out = tiny_vae
     params = {"root": str(fashion_root)}
     train_judge(TrainJudgeConfig(dataset="fashion-mnist", dataset_params=params, out=str(out), width=16, epochs=10,
-                                 batch_size=32, device="cpu"))
+                                 batch_size=32, device="cpu", seed=seed, threads=1))
     return out
 
 
@@ -133,7 +133,7 @@ def test_unknown_sampler_and_label_set_are_clear(tiny_bundle):
 
 
 @pytest.fixture(scope="module")
-def lc_bundle(tiny_bundle):
+def lc_bundle(tiny_bundle, seed):
     """The tiny bundle with a latent table and trained realism, category and footwear label sets."""
     from training.encode import encode_dataset
     from training.train_labelset import TrainLabelSetConfig, train_labelset
@@ -141,7 +141,7 @@ def lc_bundle(tiny_bundle):
     encode_dataset(tiny_bundle, device="cpu")
     for name in ("realism", "category", "footwear"):
         train_labelset(TrainLabelSetConfig(bundle=str(tiny_bundle), label_set=name, width=64, depth=2, label_embed=16,
-                                           steps=800, critic_steps=5, batch_size=64, lr=1e-3, diag_every=200))
+                                           steps=800, critic_steps=5, batch_size=64, lr=1e-3, diag_every=200, seed=seed, threads=1))
     return tiny_bundle
 
 

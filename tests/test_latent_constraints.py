@@ -53,7 +53,7 @@ def gmm_bundle(tmp_path_factory):
 
 def fast_cfg(bundle, label_set, **kw) -> TrainLabelSetConfig:
     base = dict(bundle=str(bundle), label_set=label_set, width=64, depth=2, label_embed=8, steps=400, critic_steps=10,
-                batch_size=128, lr=1e-3, diag_every=100)
+                batch_size=128, lr=1e-3, diag_every=100, threads=1)
     return TrainLabelSetConfig(**{**base, **kw})
 
 
@@ -117,8 +117,8 @@ def test_actor_edit_rows_flip_one_attribute_to_a_seen_row():
     assert ((stay[:, None] == constant).all(2).any(1)).all()
 
 
-def test_categorical_constraint_learns_the_known_answer(gmm_bundle, tmp_path):
-    out = train_labelset(fast_cfg(gmm_bundle, "quadrant", out=str(tmp_path / "q")), command=["test"])
+def test_categorical_constraint_learns_the_known_answer(gmm_bundle, tmp_path, seed):
+    out = train_labelset(fast_cfg(gmm_bundle, "quadrant", out=str(tmp_path / "q"), seed=seed), command=["test"])
     m, manifest, extra = load_mappers(out, FINGERPRINT)
     g = torch.Generator().manual_seed(3)
     target = torch.arange(4).repeat_interleave(250)
@@ -131,8 +131,8 @@ def test_categorical_constraint_learns_the_known_answer(gmm_bundle, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def sides(gmm_bundle, tmp_path_factory):
-    out = train_labelset(fast_cfg(gmm_bundle, "sides", out=str(tmp_path_factory.mktemp("sides"))))
+def sides(gmm_bundle, tmp_path_factory, seed):
+    out = train_labelset(fast_cfg(gmm_bundle, "sides", out=str(tmp_path_factory.mktemp("sides")), seed=seed))
     return LabelSetVersion.load(out, FINGERPRINT, "sides")
 
 
@@ -154,8 +154,8 @@ def test_binary_constraint_and_optimisation_mode(sides):
     assert (zo[conv, 1] > 0).float().mean() > 0.85 and zo[conv, 1].mean() > z0[conv, 1].mean() + 0.5
 
 
-def test_realism_mapper_moves_prior_samples_onto_the_data(gmm_bundle, tmp_path):
-    out = train_labelset(fast_cfg(gmm_bundle, "realism", out=str(tmp_path / "r")))
+def test_realism_mapper_moves_prior_samples_onto_the_data(gmm_bundle, tmp_path, seed):
+    out = train_labelset(fast_cfg(gmm_bundle, "realism", out=str(tmp_path / "r"), seed=seed))
     m, manifest, _ = load_mappers(out, FINGERPRINT)
     assert manifest["config"]["attr_names"] == [] and m.attr is None
     z = torch.randn(2000, DIM, generator=torch.Generator().manual_seed(5))
@@ -228,18 +228,18 @@ def test_spec_parsing_and_resolution():
         resolve({"Smiling": 1, "Eyeglasses": 1}, names, cat, 1, g, kind="categorical")
 
 
-def test_rule_constraint_trains_without_labels(tiny_vae, tmp_path):
+def test_rule_constraint_trains_without_labels(tiny_vae, tmp_path, seed):
     """Zero-shot: 'bright' labels come from decoded prior samples; the actor learns to produce bright images."""
     from models.vae import load_vae
     from conditioning.rules import brightness
     from training.encode import build_rule_table
 
     bundle = tiny_vae
-    table = build_rule_table(bundle, "bright", out=tmp_path / "rule", n=3000, device="cpu")
+    table = build_rule_table(bundle, "bright", out=tmp_path / "rule", n=3000, seed=seed, device="cpu")
     t = load_table(table, "bright")
     assert t.labels.shape == (3000, 1) and 0.45 < t.labels.mean() < 0.55  # median threshold: balanced
     assert (t.sigma == 0).all()  # rule rows are exact latents, not posteriors
-    out = train_labelset(fast_cfg(bundle, "bright", table=str(table), out=str(tmp_path / "mapper"), steps=300))
+    out = train_labelset(fast_cfg(bundle, "bright", table=str(table), out=str(tmp_path / "mapper"), steps=300, seed=seed))
     m, manifest, _ = load_mappers(out)
     vae, vman = load_vae(bundle)
     assert manifest["decoder_fingerprint"] == vman["decoder_fingerprint"]

@@ -14,8 +14,8 @@ from safetensors.torch import load, save
 
 from models.artifacts import save_artifact
 from models.latent import ARCH, LatentConfig, LatentMappers, load_mappers
-from service.errors import ApiError
-from service.registry import Registry, check_name, content_id
+from service.errors import http_status
+from service.registry import Registry, RegistryError, check_name, content_id
 
 FP = "f" * 64
 
@@ -51,12 +51,12 @@ def test_versions_are_content_addressed_and_rollback_works(tmp_path):
     assert publish(reg, "s", make_artifact(tmp_path / "a1b", seed=1)) == v1  # same content, same id; it becomes current again
     assert reg.current("s") == {**reg.current("s"), "version": v1, "history": [v2]}
     assert reg.rollback("s") == v2 and reg.current("s")["history"] == [v1]
-    with pytest.raises(ApiError) as e:
+    with pytest.raises(RegistryError) as e:
         reg.delete_version("s", v2)
     assert e.value.code == "version_is_current"
     reg.delete_version("s", v1)
     assert not reg.version_dir("s", v1).exists() and reg.current("s")["history"] == []
-    with pytest.raises(ApiError) as e:
+    with pytest.raises(RegistryError) as e:
         reg.rollback("s")
     assert e.value.code == "no_previous_version"
     reg.delete("s")
@@ -65,9 +65,9 @@ def test_versions_are_content_addressed_and_rollback_works(tmp_path):
 
 @pytest.mark.parametrize("name", ["..", "../x", "a/b", "", ".hidden", "x" * 65, "a b"])
 def test_names_that_could_escape_are_refused(name):
-    with pytest.raises(ApiError) as e:
+    with pytest.raises(RegistryError) as e:
         check_name(name)
-    assert e.value.status == 422 and e.value.code == "invalid_name"
+    assert http_status(e.value) == 422 and e.value.code == "invalid_name"
 
 
 def _bad_uploads(tmp_path: Path):
@@ -103,9 +103,9 @@ def test_bad_uploads_are_refused_and_change_nothing(tmp_path):
         else:
             (staged / "mapper.safetensors").write_bytes(weights)
         (staged / "mapper.json").write_text(manifest if manifest is not None else (good / "mapper.json").read_text())
-        with pytest.raises(ApiError) as e:
+        with pytest.raises(RegistryError) as e:
             reg.publish("s", staged, FP, 8, "test")
-        assert (e.value.status, e.value.code) == (status, code), what
+        assert (http_status(e.value), e.value.code) == (status, code), what
         assert not staged.exists(), what
         assert snapshot(reg.root) == before, what
     assert reg.current("s")["version"] == v1

@@ -40,12 +40,12 @@ def test_fixed_sigma_scales_the_reconstruction_term():
 
 def tiny_cfg(root, out, **kw) -> TrainVAEConfig:
     base = dict(dataset="fashion-mnist", dataset_params={"root": str(root)}, out=str(out), latent_dim=8, width=8,
-                epochs=10, batch_size=32, lr=2e-3, log_every=5, grid_every=10, ckpt_every=10, device="cpu")
+                epochs=10, batch_size=32, lr=2e-3, log_every=5, grid_every=10, ckpt_every=10, device="cpu", threads=1)
     return TrainVAEConfig(**{**base, **kw})
 
 
-def test_training_lowers_the_loss_and_writes_the_artifact(fashion_root, tmp_path):
-    out = train_vae(tiny_cfg(fashion_root, tmp_path, max_steps=60), command=["lcs", "train-vae", "test"])
+def test_training_lowers_the_loss_and_writes_the_artifact(fashion_root, tmp_path, seed):
+    out = train_vae(tiny_cfg(fashion_root, tmp_path, max_steps=60, seed=seed), command=["lcs", "train-vae", "test"])
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < 0.8 * log[0]["loss"]
     manifest = json.loads((out / "vae.json").read_text())
@@ -79,10 +79,10 @@ def test_tampered_decoder_is_refused(fashion_root, tmp_path):
         load_vae(out)
 
 
-def test_resume_after_a_kill_reproduces_an_uninterrupted_run(fashion_root, tmp_path, monkeypatch):
+def test_resume_after_a_kill_reproduces_an_uninterrupted_run(fashion_root, tmp_path, monkeypatch, seed):
     import training.train_vae as tv
 
-    straight = train_vae(tiny_cfg(fashion_root, tmp_path / "a", max_steps=20))
+    straight = train_vae(tiny_cfg(fashion_root, tmp_path / "a", max_steps=20, seed=seed))
     real_save = tv.save_checkpoint
 
     def save_then_die(directory, model, opt, meta):
@@ -92,19 +92,19 @@ def test_resume_after_a_kill_reproduces_an_uninterrupted_run(fashion_root, tmp_p
 
     monkeypatch.setattr(tv, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train_vae(tiny_cfg(fashion_root, tmp_path / "b", max_steps=20))
+        train_vae(tiny_cfg(fashion_root, tmp_path / "b", max_steps=20, seed=seed))
     assert not (tmp_path / "b" / "vae.safetensors").exists()
     monkeypatch.setattr(tv, "save_checkpoint", real_save)
-    resumed = train_vae(tiny_cfg(fashion_root, tmp_path / "b", max_steps=20, resume=True))
+    resumed = train_vae(tiny_cfg(fashion_root, tmp_path / "b", max_steps=20, resume=True, seed=seed))
     a, b = load_file(str(straight / "vae.safetensors")), load_file(str(resumed / "vae.safetensors"))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert json.loads((resumed / "checkpoint.json").read_text())["step"] == 20
 
 
-def test_pack_to_fp16_keeps_outputs_and_rebinds_the_fingerprint(fashion_root, tmp_path):
+def test_pack_to_fp16_keeps_outputs_and_rebinds_the_fingerprint(fashion_root, tmp_path, seed):
     from training.pack import pack
 
-    src = train_vae(tiny_cfg(fashion_root, tmp_path / "src", max_steps=5))
+    src = train_vae(tiny_cfg(fashion_root, tmp_path / "src", max_steps=5, seed=seed))
     dst = pack(src, tmp_path / "dst", stems=("vae",))
     a, ma = load_vae(src)
     b, mb = load_vae(dst)

@@ -24,6 +24,7 @@ from conditioning.rules import RULES
 from conditioning.runtime import autocast, resolve_device
 
 log = logging.getLogger("lcs.encode")
+RULE_SAMPLES = 20000  # decoded prior samples a rule labels
 
 
 def encode_dataset(bundle: str | Path, data: ImageDataset | None = None, device: str = "auto",
@@ -51,7 +52,7 @@ def encode_dataset(bundle: str | Path, data: ImageDataset | None = None, device:
 
 
 @torch.no_grad()
-def build_rule_table(bundle: str | Path, rule: str, out: str | Path = "", n: int = 20000, threshold: float | None = None,
+def build_rule_table(bundle: str | Path, rule: str, out: str | Path = "", n: int = RULE_SAMPLES, threshold: float | None = None,
                      seed: int = 0, device: str = "auto", command: list[str] | None = None) -> Path:
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; choose from {sorted(RULES)}")

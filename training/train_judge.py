@@ -45,7 +45,6 @@ class TrainJudgeConfig:
     max_steps: int = 0
 
 
-@torch.no_grad()
 def ceiling(judge_probs: np.ndarray, target: np.ndarray, manifest: dict, data: ImageDataset) -> dict:
     per_attr = {}
     for ls in data.label_sets.values():

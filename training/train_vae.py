@@ -50,7 +50,6 @@ class TrainVAEConfig:
     max_steps: int = 0  # stop early (tests, smoke runs); 0 = run all epochs
 
 
-@torch.no_grad()
 def vae_manifest(cfg: TrainVAEConfig, vae: VAE, data: ImageDataset, metrics: dict, command: list[str]) -> dict:
     return {
         "kind": "vae",

@@ -26,5 +26,5 @@ fi
 if [ "${PART:-all}" = all ] || [ "${PART}" = eval ]; then
   step lcs eval --bundle "$RUNS/avatars-sx0.1" --sampler prior --label-set faces --compare-vae "$RUNS/avatars-sx1.0"
   step lcs eval --bundle "$RUNS/fashion-sx0.1" --sampler prior --label-set category --compare-vae "$RUNS/fashion-sx1.0"
-  step python bench/foundation.py --runs "$RUNS" --docs docs
+  step python -m bench.foundation --runs "$RUNS" --docs docs
 fi

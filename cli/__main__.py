@@ -1,0 +1,4 @@
+"""``python -m cli``: the same as the ``lcs`` command."""
+from cli import main
+
+main()
