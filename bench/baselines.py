@@ -18,6 +18,7 @@ Writes docs/baselines.json and docs/baselines.md (and sample grids in the work d
 The protocol is in bench/protocol.py, the experiments in bench/runners.py, FLOP counting in bench/flops.py and
 the markdown and figures in bench/render.py; this module only runs them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,12 +29,26 @@ from pathlib import Path
 
 import torch
 
-from bench.protocol import (COMMAND, DATASETS, NEW_PARTS, PROFILES, QUALITY_PARTS, aggregate, bundle_dir,
-                            equal_accuracy)
+from bench.protocol import COMMAND, DATASETS, NEW_PARTS, PROFILES, QUALITY_PARTS, aggregate, bundle_dir, equal_accuracy
 from bench.render import figure, markdown
 from bench.runners import new_label_set, quality
 from conditioning.runtime import setup_logging
 from training.encode import encode_dataset
+
+
+def _redraw_figures(result: dict, work: Path, out: Path, path: Path) -> None:
+    """--figures-only: redraw each dataset's sample figure from the work dir's models, rewrite the JSON and markdown."""
+    for name, d in result["datasets"].items():
+        d["figure"] = figure(
+            name,
+            bundle_dir(name),
+            DATASETS[name],
+            work / name,
+            list(dict.fromkeys(r["method"] for r in d["quality_raw"])),
+            out,
+        )
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    (out / "baselines.md").write_text(markdown(result) + "\n")
 
 
 def main() -> None:
@@ -41,12 +56,22 @@ def main() -> None:
     p.add_argument("--datasets", default="fashion-mnist,avatars")
     p.add_argument("--profile", default="full", choices=sorted(PROFILES))
     p.add_argument("--skip", default="", help="comma-separated parts not to run (recorded in the output)")
-    p.add_argument("--only", default="", help="comma-separated parts to (re)measure, merged into the dataset's existing results; "
-                                              f"parts: {', '.join(QUALITY_PARTS + NEW_PARTS)}")
+    p.add_argument(
+        "--only",
+        default="",
+        help="comma-separated parts to (re)measure, merged into the dataset's existing results; "
+        f"parts: {', '.join(QUALITY_PARTS + NEW_PARTS)}",
+    )
     p.add_argument("--work", default="runs/bench-baselines")
-    p.add_argument("--out", default="docs", help="baselines.json there is updated per dataset run; baselines.md re-rendered")
+    p.add_argument(
+        "--out", default="docs", help="baselines.json there is updated per dataset run; baselines.md re-rendered"
+    )
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--figures-only", action="store_true", help="redraw the sample figures from the work dir's models, re-render the markdown")
+    p.add_argument(
+        "--figures-only",
+        action="store_true",
+        help="redraw the sample figures from the work dir's models, re-render the markdown",
+    )
     a = p.parse_args()
     setup_logging("WARNING")
     if a.threads:
@@ -63,11 +88,7 @@ def main() -> None:
     result = json.loads(path.read_text()) if path.exists() else {"datasets": {}}
     command = " ".join([*COMMAND, *sys.argv[1:]])
     if a.figures_only:
-        for name, d in result["datasets"].items():
-            d["figure"] = figure(name, bundle_dir(name), DATASETS[name], Path(a.work) / name,
-                                 list(dict.fromkeys(r["method"] for r in d["quality_raw"])), out)
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        (out / "baselines.md").write_text(markdown(result) + "\n")
+        _redraw_figures(result, Path(a.work), out, path)
         return
     for name in a.datasets.split(","):
         started = time.time()
@@ -82,8 +103,16 @@ def main() -> None:
             if entry["profile"] != a.profile:
                 raise SystemExit(f"{name} was measured with profile {entry['profile']!r}; --only must use the same")
         else:
-            entry = {"commands": [], "profile": a.profile, "profile_settings": prof, "skipped": skip, "label_set": spec["label_set"],
-                     "quality_raw": [], "new_label_set": None, "wall_minutes": 0.0}
+            entry = {
+                "commands": [],
+                "profile": a.profile,
+                "profile_settings": prof,
+                "skipped": skip,
+                "label_set": spec["label_set"],
+                "quality_raw": [],
+                "new_label_set": None,
+                "wall_minutes": 0.0,
+            }
         entry["machine"] = f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"
         print(f"== {name}: quality on {spec['label_set']}", flush=True)
         fresh = quality(name, bundle, spec, prof, work, parts)

@@ -4,6 +4,7 @@
 ``lcs train-labelset`` uses), so the count follows any change to training; ``image_step_flops`` runs
 every loss of an image baseline's step (``step_losses``) forward and backward.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -48,8 +49,16 @@ def lc_step_flops(bundle: str | Path, label_set: str, recipe: dict, table: str |
     ``table``: the latent table's directory when not the bundle's."""
     cfg = TrainLabelSetConfig(bundle=str(bundle), label_set=label_set, table=str(table), **recipe)
     t = load_table(cfg.table or cfg.bundle, label_set)
-    m = LatentMappers(LatentConfig(latent_dim=t.mu.shape[1], attr_names=t.attr_names, kind=t.kind, width=cfg.width,
-                                   depth=cfg.depth, label_embed=cfg.label_embed))
+    m = LatentMappers(
+        LatentConfig(
+            latent_dim=t.mu.shape[1],
+            attr_names=t.attr_names,
+            kind=t.kind,
+            width=cfg.width,
+            depth=cfg.depth,
+            label_embed=cfg.label_embed,
+        )
+    )
     opts = optimizers(m, cfg.lr, cfg.attr_lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     rows = t.rows(0)

@@ -6,6 +6,7 @@ Reads only what the jobs wrote: the bundle manifests (vae, judge, labelsets/*/ma
 the `lcs eval`, `lcs eval-edits` and `lcs figures` outputs that `training/recipes/default_bundle.sh`
 puts under EVALS/<bundle>/. Every number comes from those files; the quality bars are issue 3's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,24 +41,49 @@ def collect(bundle: Path, evals: Path, label_set: str) -> dict:
     for stem in ("vae", "judge"):
         m = read(bundle / f"{stem}.json")
         if m:
-            out[stem] = {"command": " ".join(m["command"]), "source_command": " ".join(m.get("source_command", [])),
-                         "train_seconds": m.get("metrics", {}).get("train_seconds", m.get("train_seconds"))}
+            out[stem] = {
+                "command": " ".join(m["command"]),
+                "source_command": " ".join(m.get("source_command", [])),
+                "train_seconds": m.get("metrics", {}).get("train_seconds", m.get("train_seconds")),
+            }
     for man in sorted(bundle.glob("labelsets/*/mapper.json")):
         m = json.loads(man.read_text())
         metrics = m["metrics"]
         out["labelsets"][m["name"]] = {
-            "command": " ".join(m["command"]), "train_seconds": metrics["train_seconds"], "steps": metrics["steps"],
-            "lambda_dist": m["lambda_dist"], "lr": m["training"]["lr"], "width": m["config"]["width"],
-            "depth": m["config"]["depth"], "attrs": m["config"]["attr_names"],
-            "diagnostics": {k: metrics[k] for k in ("D_train", "D_val", "D_prior", "D_actor", "shift_prior", "shift_real",
-                                                    "attr_val_accuracy") if k in metrics},
+            "command": " ".join(m["command"]),
+            "train_seconds": metrics["train_seconds"],
+            "steps": metrics["steps"],
+            "lambda_dist": m["lambda_dist"],
+            "lr": m["training"]["lr"],
+            "width": m["config"]["width"],
+            "depth": m["config"]["depth"],
+            "attrs": m["config"]["attr_names"],
+            "diagnostics": {
+                k: metrics[k]
+                for k in ("D_train", "D_val", "D_prior", "D_actor", "shift_prior", "shift_real", "attr_val_accuracy")
+                if k in metrics
+            },
         }
     for s in SAMPLERS:
         e = read(evals / f"eval-{s}-{label_set}.json")
         if e:
-            out["eval"][s] = {k: e[k] for k in ("mean_accuracy", "ceiling_mean_accuracy", "mean_accuracy_over_ceiling",
-                                                "exact_match", "exact_match_3attr", "frechet", "frechet_real_test_vs_train",
-                                                "reconstruction_mean_accuracy", "per_attribute", "n", "seconds") if k in e}
+            out["eval"][s] = {
+                k: e[k]
+                for k in (
+                    "mean_accuracy",
+                    "ceiling_mean_accuracy",
+                    "mean_accuracy_over_ceiling",
+                    "exact_match",
+                    "exact_match_3attr",
+                    "frechet",
+                    "frechet_real_test_vs_train",
+                    "reconstruction_mean_accuracy",
+                    "per_attribute",
+                    "n",
+                    "seconds",
+                )
+                if k in e
+            }
             out["eval"][s]["command"] = " ".join(e["command"])
     for mode in ("actor", "optimize"):
         e = read(evals / f"edits-{mode}-{label_set}.json")
@@ -92,82 +118,145 @@ def fd(e: dict) -> str:
     return f"{f['fd']:.1f} [{f['ci95'][0]:.1f}, {f['ci95'][1]:.1f}]"
 
 
+def _edits_section(edits: dict) -> list[str]:
+    """The `lcs eval-edits` tables of one bundle; empty when it has no edit results."""
+    out: list[str] = []
+    if edits and next(iter(edits.values())).get("kind") == "categorical":
+        out += [
+            "",
+            "### Class edits (`lcs eval-edits`)",
+            "",
+            "Each test image asked for a random class other than the one D_attr reads in it. *Reached*: the judge's "
+            "top-1 is the asked class; *null edit*: how often the plain reconstruction already is. Pixel MSE "
+            "(images in [0, 1]) and the σ̄-weighted latent shift say how far the edit moved from the reconstruction.",
+            "",
+            "| mode | target reached | null edit | pixel MSE vs reconstruction | σ̄-weighted shift | n | wall |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {mode} | {e['target_reached']:.3f} | {e['target_in_reconstruction']:.3f} | "
+            f"{e['pixel_mse_edit_vs_reconstruction']:.4f} | "
+            f"{e['latent_shift_over_sigma_bar']:.2f} | {e['n']} | {e['seconds']:.0f} s |"
+            for mode, e in edits.items()
+        ]
+        out += ["", "Target reached per asked class (actor):", "", "| class | n | reached |", "|---|---|---|"]
+        out += [f"| {k} | {v['n']} | {v['target_reached']:.3f} |" for k, v in edits["actor"]["per_edit"].items()]
+    elif edits:
+        out += [
+            "",
+            "### Identity-preserving edits (`lcs eval-edits`)",
+            "",
+            "One random attribute of each test image flipped from what D_attr reads; the target is the nearest label "
+            "row the data shows. *Kept unchanged* counts the attributes the target keeps, judged on the edited image "
+            "against the original (and against the plain reconstruction, which separates the edit from VAE blur). "
+            "*Null edit*: how often the plain reconstruction already reads the asked value.",
+            "",
+            "| mode | target reached | null edit | kept unchanged vs original | vs reconstruction | "
+            "forced changes / edit | σ̄-weighted shift | n | wall |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for mode, e in edits.items():
+            out.append(
+                f"| {mode} | {e['target_reached']:.3f} | {e['target_in_reconstruction']:.3f} | "
+                f"{e['others_unchanged_vs_original']:.3f} | "
+                f"{e['others_unchanged_vs_reconstruction']:.3f} | {e['forced_changes_per_edit']:.2f} | "
+                f"{e['latent_shift_over_sigma_bar']:.2f} | {e['n']} | {e['seconds']:.0f} s |"
+            )
+        if "actor" in edits:
+            out += ["", "Target reached per edit (actor):", "", "| edit | n | reached |", "|---|---|---|"]
+            out += [f"| {k} | {v['n']} | {v['target_reached']:.3f} |" for k, v in edits["actor"]["per_edit"].items()]
+    return out
+
+
 def markdown(card: dict) -> str:
-    out = ["# Model card: the shipped default bundles", "",
-           "Generated by `python -m bench.model_card` from the artifacts and evaluation outputs of "
-           "`training/recipes/default_bundle.sh`; do not edit by hand. The VAEs and judges are issue 2's "
-           "(see `docs/foundation.md`); this card adds the latent-constraint label sets.", "",
-           "## Quality bars", "", "| bar | target | measured | met |", "|---|---|---|---|"]
+    out = [
+        "# Model card: the shipped default bundles",
+        "",
+        "Generated by `python -m bench.model_card` from the artifacts and evaluation outputs of "
+        "`training/recipes/default_bundle.sh`; do not edit by hand. The VAEs and judges are issue 2's "
+        "(see `docs/foundation.md`); this card adds the latent-constraint label sets.",
+        "",
+        "## Quality bars",
+        "",
+        "| bar | target | measured | met |",
+        "|---|---|---|---|",
+    ]
     for b in card["bars"].values():
         v = "not measured" if b["measured"] is None else f"{b['measured']:.3f}"
         sign = "≥" if b["higher_is_better"] else "≤"
-        out.append(f"| {b['description']} | {sign} {b['bar']} | {v} | {'—' if b['met'] is None else ('yes' if b['met'] else '**no**')} |")
+        out.append(
+            f"| {b['description']} | {sign} {b['bar']} | {v} | "
+            f"{'—' if b['met'] is None else ('yes' if b['met'] else '**no**')} |"
+        )
     for name, c in card["bundles"].items():
         total = sum(c["files"].values())
         out += ["", f"## `{name}` ({total:.1f} MB of weights)", "", "| file | MB |", "|---|---|"]
         out += [f"| {f} | {mb:.2f} |" for f, mb in c["files"].items()]
         if c["labelsets"]:
-            out += ["", "### Label sets", "", "| label set | attributes | steps | lr | λ_dist | MLP | train wall | D train / prior / actor | D_attr val acc |",
-                    "|---|---|---|---|---|---|---|---|---|"]
+            out += [
+                "",
+                "### Label sets",
+                "",
+                "| label set | attributes | steps | lr | λ_dist | MLP | train wall | D train / prior / actor | "
+                "D_attr val acc |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
             for ls, v in c["labelsets"].items():
                 d = v["diagnostics"]
                 acc = f"{d['attr_val_accuracy']:.3f}" if "attr_val_accuracy" in d else "—"
-                out.append(f"| {ls} | {len(v['attrs'])} | {v['steps']} | {v['lr']:g} | {v['lambda_dist']:g} | {v['depth']}×{v['width']} | "
-                           f"{v['train_seconds'] / 60:.1f} min | {d['D_train']:.2f} / {d['D_prior']:.3f} / {d['D_actor']:.2f} | {acc} |")
+                out.append(
+                    f"| {ls} | {len(v['attrs'])} | {v['steps']} | {v['lr']:g} | {v['lambda_dist']:g} | "
+                    f"{v['depth']}×{v['width']} | {v['train_seconds'] / 60:.1f} min | "
+                    f"{d['D_train']:.2f} / {d['D_prior']:.3f} / {d['D_actor']:.2f} | {acc} |"
+                )
         if c["eval"]:
-            out += ["", f"### `lcs eval` on `{c['label_set']}`", "",
-                    "| sampler | accuracy (÷ judge ceiling) | ÷ decoder ceiling | exact match | 3-attr exact | Fréchet, judge features [95% CI] | n | eval wall |",
-                    "|---|---|---|---|---|---|---|---|"]
+            out += [
+                "",
+                f"### `lcs eval` on `{c['label_set']}`",
+                "",
+                "| sampler | accuracy (÷ judge ceiling) | ÷ decoder ceiling | exact match | 3-attr exact | "
+                "Fréchet, judge features [95% CI] | n | eval wall |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
             for s, e in c["eval"].items():
                 e3 = f"{e['exact_match_3attr']:.3f}" if "exact_match_3attr" in e else "—"
-                out.append(f"| {s} | {e['mean_accuracy']:.3f} ({e['mean_accuracy_over_ceiling']:.3f}) | "
-                           f"{e['mean_accuracy'] / e['reconstruction_mean_accuracy']:.3f} | {e['exact_match']:.3f} | {e3} | "
-                           f"{fd(e)} | {e['n']} | {e['seconds']:.0f} s |")
+                out.append(
+                    f"| {s} | {e['mean_accuracy']:.3f} ({e['mean_accuracy_over_ceiling']:.3f}) | "
+                    f"{e['mean_accuracy'] / e['reconstruction_mean_accuracy']:.3f} | {e['exact_match']:.3f} | {e3} | "
+                    f"{fd(e)} | {e['n']} | {e['seconds']:.0f} s |"
+                )
             any_e = next(iter(c["eval"].values()))
-            out.append(f"\nJudge ceiling on real test images: {any_e['ceiling_mean_accuracy']:.3f}. The judge on the VAE's "
-                       f"reconstructions of those images (the decoder's ceiling: every sampler's images come out of this "
-                       f"decoder): {any_e['reconstruction_mean_accuracy']:.3f}, i.e. "
-                       f"{any_e['reconstruction_mean_accuracy'] / any_e['ceiling_mean_accuracy']:.3f} × the judge ceiling. "
-                       f"Real test vs train Fréchet {any_e['frechet_real_test_vs_train']['fd']:.2f}.")
+            out.append(
+                f"\nJudge ceiling on real test images: {any_e['ceiling_mean_accuracy']:.3f}. The judge on the VAE's "
+                f"reconstructions of those images (the decoder's ceiling: every sampler's images come out of this "
+                f"decoder): {any_e['reconstruction_mean_accuracy']:.3f}, i.e. "
+                f"{any_e['reconstruction_mean_accuracy'] / any_e['ceiling_mean_accuracy']:.3f} × the judge ceiling. "
+                f"Real test vs train Fréchet {any_e['frechet_real_test_vs_train']['fd']:.2f}."
+            )
             cond = [s for s in ("actor", "optimize") if s in c["eval"]]
             if cond:
-                out += ["", "Per attribute (accuracy; recall in brackets):", "",
-                        "| attribute | asked rate | ceiling | on reconstructions | " + " | ".join(cond) + " |",
-                        "|---|---|---|---|" + "---|" * len(cond)]
+                out += [
+                    "",
+                    "Per attribute (accuracy; recall in brackets):",
+                    "",
+                    "| attribute | asked rate | ceiling | on reconstructions | " + " | ".join(cond) + " |",
+                    "|---|---|---|---|" + "---|" * len(cond),
+                ]
                 for a, m in c["eval"][cond[0]]["per_attribute"].items():
-                    cells = [f"{c['eval'][s]['per_attribute'][a]['accuracy']:.3f} ({c['eval'][s]['per_attribute'][a]['recall']:.2f})" for s in cond]
-                    out.append(f"| {a} | {m['requested_rate']:.2f} | {m['ceiling_accuracy']:.3f} | {m['reconstruction_accuracy']:.3f} | "
-                               + " | ".join(cells) + " |")
-        if c["edits"] and next(iter(c["edits"].values())).get("kind") == "categorical":
-            out += ["", "### Class edits (`lcs eval-edits`)", "",
-                    "Each test image asked for a random class other than the one D_attr reads in it. *Reached*: the judge's top-1 "
-                    "is the asked class; *null edit*: how often the plain reconstruction already is. Pixel MSE (images in [0, 1]) "
-                    "and the σ̄-weighted latent shift say how far the edit moved from the reconstruction.", "",
-                    "| mode | target reached | null edit | pixel MSE vs reconstruction | σ̄-weighted shift | n | wall |",
-                    "|---|---|---|---|---|---|---|"]
-            out += [f"| {mode} | {e['target_reached']:.3f} | {e['target_in_reconstruction']:.3f} | {e['pixel_mse_edit_vs_reconstruction']:.4f} | "
-                    f"{e['latent_shift_over_sigma_bar']:.2f} | {e['n']} | {e['seconds']:.0f} s |" for mode, e in c["edits"].items()]
-            out += ["", "Target reached per asked class (actor):", "", "| class | n | reached |", "|---|---|---|"]
-            out += [f"| {k} | {v['n']} | {v['target_reached']:.3f} |" for k, v in c["edits"]["actor"]["per_edit"].items()]
-        elif c["edits"]:
-            out += ["", "### Identity-preserving edits (`lcs eval-edits`)", "",
-                    "One random attribute of each test image flipped from what D_attr reads; the target is the nearest label row "
-                    "the data shows. *Kept unchanged* counts the attributes the target keeps, judged on the edited image against "
-                    "the original (and against the plain reconstruction, which separates the edit from VAE blur). *Null edit*: how often "
-                    "the plain reconstruction already reads the asked value.", "",
-                    "| mode | target reached | null edit | kept unchanged vs original | vs reconstruction | forced changes / edit | σ̄-weighted shift | n | wall |",
-                    "|---|---|---|---|---|---|---|---|---|"]
-            for mode, e in c["edits"].items():
-                out.append(f"| {mode} | {e['target_reached']:.3f} | {e['target_in_reconstruction']:.3f} | {e['others_unchanged_vs_original']:.3f} | "
-                           f"{e['others_unchanged_vs_reconstruction']:.3f} | {e['forced_changes_per_edit']:.2f} | "
-                           f"{e['latent_shift_over_sigma_bar']:.2f} | {e['n']} | {e['seconds']:.0f} s |")
-            if "actor" in c["edits"]:
-                out += ["", "Target reached per edit (actor):", "", "| edit | n | reached |", "|---|---|---|"]
-                out += [f"| {k} | {v['n']} | {v['target_reached']:.3f} |" for k, v in c["edits"]["actor"]["per_edit"].items()]
+                    cells = [
+                        f"{c['eval'][s]['per_attribute'][a]['accuracy']:.3f} "
+                        f"({c['eval'][s]['per_attribute'][a]['recall']:.2f})"
+                        for s in cond
+                    ]
+                    out.append(
+                        f"| {a} | {m['requested_rate']:.2f} | {m['ceiling_accuracy']:.3f} | "
+                        f"{m['reconstruction_accuracy']:.3f} | " + " | ".join(cells) + " |"
+                    )
+        out += _edits_section(c["edits"])
         for fig, caption in c.get("figures", {}).items():
             out += ["", f"![{caption}]({fig})", "", caption]
     out += ["", "## Commands", ""]
-    for name, c in card["bundles"].items():
+    for _, c in card["bundles"].items():
         cmds = [c[k]["command"] for k in ("vae", "judge") if k in c] + [v["command"] for v in c["labelsets"].values()]
         cmds += [e["command"] for e in c["eval"].values()] + [e["command"] for e in c["edits"].values()]
         out += [f"- `{x}`" for x in cmds]
@@ -177,13 +266,15 @@ def markdown(card: dict) -> str:
 FIGURES = {
     "realism.png": "Rows in pairs: raw prior samples z ~ N(0, I), then the same z mapped by the realism actor G(z).",
     "specs-{ls}.png": "The same prior z in every column, mapped by the actor under one attribute spec per row "
-                      "(unspecified attributes drawn from the matching label rows).",
+    "(unspecified attributes drawn from the matching label rows).",
     "edits-{ls}.png": "Real test images (top), their reconstructions, then one row per attribute toggled by the actor.",
 }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m bench.model_card", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.model_card", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--evals", default="runs/card", help="EVALS/<bundle>/ holds that bundle's eval outputs and figures")
     ap.add_argument("--bundles", default="service/bundles")
     ap.add_argument("--docs", default="docs")

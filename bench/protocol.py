@@ -1,5 +1,6 @@
 """The baselines bench's protocol: datasets, profiles, the LC recipes, the parts a run can measure, the
 exact-match probe of the hold-one-out, and how probe curves and per-seed rows are summarised."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,20 +16,60 @@ ROOT = Path(__file__).resolve().parent.parent
 COMMAND = ["python", "-m", "bench.baselines"]  # recorded in the manifests of what the bench trains
 
 DATASETS = {
-    # quality is measured on label_set; hold-one-out serves `served` (default label_set) and adds `new`; batch as the shipped VAE
+    # quality is measured on label_set; hold-one-out serves `served` (default label_set) and adds `new`;
+    # batch as the shipped VAE
     "fashion-mnist": {"label_set": "category", "new": "footwear", "batch": 128},
     "avatars": {"label_set": "faces", "served": "faces_no_hair_colour", "new": "hair_colour", "batch": 64},
 }
 PROFILES = {
-    "full": {"seeds": 2, "n_eval": 5000, "image_steps": 3000, "gan_steps": 3000, "lc_steps": 1500, "new_steps": 1500,
-             "probe_every": 100, "n_probe": 1000, "label_counts": [100, 1000, 10000], "efficiency_steps": 1000},
-    "small": {"seeds": 1, "n_eval": 2000, "image_steps": 1200, "gan_steps": 600, "lc_steps": 600, "new_steps": 600,
-              "probe_every": 50, "n_probe": 1000, "label_counts": [100, 1000, 10000], "efficiency_steps": 300},
-    "smoke": {"seeds": 1, "n_eval": 200, "image_steps": 20, "gan_steps": 10, "lc_steps": 10, "new_steps": 10,
-              "probe_every": 5, "n_probe": 100, "label_counts": [100], "efficiency_steps": 5},
+    "full": {
+        "seeds": 2,
+        "n_eval": 5000,
+        "image_steps": 3000,
+        "gan_steps": 3000,
+        "lc_steps": 1500,
+        "new_steps": 1500,
+        "probe_every": 100,
+        "n_probe": 1000,
+        "label_counts": [100, 1000, 10000],
+        "efficiency_steps": 1000,
+    },
+    "small": {
+        "seeds": 1,
+        "n_eval": 2000,
+        "image_steps": 1200,
+        "gan_steps": 600,
+        "lc_steps": 600,
+        "new_steps": 600,
+        "probe_every": 50,
+        "n_probe": 1000,
+        "label_counts": [100, 1000, 10000],
+        "efficiency_steps": 300,
+    },
+    "smoke": {
+        "seeds": 1,
+        "n_eval": 200,
+        "image_steps": 20,
+        "gan_steps": 10,
+        "lc_steps": 10,
+        "new_steps": 10,
+        "probe_every": 5,
+        "n_probe": 100,
+        "label_counts": [100],
+        "efficiency_steps": 5,
+    },
 }
-LC_RECIPE = {"lr": 1e-3, "width": 256, "depth": 4, "critic_steps": 10, "batch_size": 256}  # as training/recipes/default_bundle.sh
-LC_SAMPLING = {**LC_RECIPE, "lambda_dist": 0.0}  # conditional sampling only: no distance penalty (see docs/baselines.md)
+LC_RECIPE = {
+    "lr": 1e-3,
+    "width": 256,
+    "depth": 4,
+    "critic_steps": 10,
+    "batch_size": 256,
+}  # as training/recipes/default_bundle.sh
+LC_SAMPLING = {
+    **LC_RECIPE,
+    "lambda_dist": 0.0,
+}  # conditional sampling only: no distance penalty (see docs/baselines.md)
 
 QUALITY_PARTS = ("prior", "actor", "optimize", "actor-l0") + LATENT_METHODS + IMAGE_METHODS
 NEW_PARTS = ("new:floor", "new:lc", "new:lc-l0", "new:cvae", "new:efficiency")
@@ -46,7 +87,8 @@ def sampler_of(method: str) -> str:
 
 class ExactMatchProbe:
     """Exact match of generated images to requested label rows of one label set: every attribute right (top-1 for a
-    categorical set). The hold-out's probe: a per-attribute mean would hide a wrong hair colour among the right zeros."""
+    categorical set). The hold-out's probe: a per-attribute mean would hide a wrong hair colour among the right
+    zeros."""
 
     def __init__(self, bundle: Path, data, label_set: str, n: int, seed: int = 0):
         self.judge, self.jman = load_judge(bundle, "cpu")
@@ -64,8 +106,13 @@ def to_95(probes: list[dict]) -> dict:
     """First probe reaching 95% of the final accuracy: its step, CPU-seconds, and the final accuracy."""
     final = probes[-1]["accuracy"]
     hit = next(p for p in probes if p["accuracy"] >= 0.95 * final)
-    return {"final_accuracy": final, "steps_to_95": hit["step"], "cpu_s_to_95": round(hit["cpu_s"], 2),
-            "cpu_s_total": round(probes[-1]["cpu_s"], 2), "curve": [[p["step"], round(p["cpu_s"], 2), round(p["accuracy"], 4)] for p in probes]}
+    return {
+        "final_accuracy": final,
+        "steps_to_95": hit["step"],
+        "cpu_s_to_95": round(hit["cpu_s"], 2),
+        "cpu_s_total": round(probes[-1]["cpu_s"], 2),
+        "curve": [[p["step"], round(p["cpu_s"], 2), round(p["accuracy"], 4)] for p in probes],
+    }
 
 
 def gain_95(curve: list, floor: float) -> dict:
@@ -88,17 +135,30 @@ def equal_accuracy(h: dict) -> dict:
     for ref in ("cvae_retrain", "cvae_finetune"):
         if ref in h:
             cpu, budget = reach(h[ref]["curve"]), h[ref]["cpu_s_total"]
-            out[ref] = {"cpu_s": cpu, "budget_cpu_s": budget, "ratio": lc_cpu / cpu if cpu else None,
-                        "ratio_upper_bound": None if cpu else lc_cpu / budget}
+            out[ref] = {
+                "cpu_s": cpu,
+                "budget_cpu_s": budget,
+                "ratio": lc_cpu / cpu if cpu else None,
+                "ratio_upper_bound": None if cpu else lc_cpu / budget,
+            }
     return out
 
 
 def summarise(dataset: str, method: str, seed: int, r: dict, extra: dict) -> dict:
-    return {"dataset": dataset, "method": method, "seed": seed, "accuracy": r["mean_accuracy"],
-            "accuracy_over_ceiling": r["mean_accuracy_over_ceiling"], "exact_match": r["exact_match"],
-            "exact_match_3attr": r.get("exact_match_3attr"), "frechet": r["frechet"]["fd"],
-            "frechet_real": r["frechet_real_test_vs_train"]["fd"], "precision": r["precision_recall"]["precision"],
-            "recall": r["precision_recall"]["recall"], **extra}
+    return {
+        "dataset": dataset,
+        "method": method,
+        "seed": seed,
+        "accuracy": r["mean_accuracy"],
+        "accuracy_over_ceiling": r["mean_accuracy_over_ceiling"],
+        "exact_match": r["exact_match"],
+        "exact_match_3attr": r.get("exact_match_3attr"),
+        "frechet": r["frechet"]["fd"],
+        "frechet_real": r["frechet_real_test_vs_train"]["fd"],
+        "precision": r["precision_recall"]["precision"],
+        "recall": r["precision_recall"]["recall"],
+        **extra,
+    }
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -107,8 +167,15 @@ def aggregate(rows: list[dict]) -> list[dict]:
     out = []
     for ds, method in dict.fromkeys((r["dataset"], r["method"]) for r in rows):
         group = [r for r in rows if r["dataset"] == ds and r["method"] == method]
-        agg = {"dataset": ds, "method": method, "seeds": len(group), "frechet_real": group[0]["frechet_real"],
-               "trained_here": group[0]["trained_here"], "train_cpu_s": group[0].get("train_cpu_s"), "params_stored": group[0].get("params_stored")}
+        agg = {
+            "dataset": ds,
+            "method": method,
+            "seeds": len(group),
+            "frechet_real": group[0]["frechet_real"],
+            "trained_here": group[0]["trained_here"],
+            "train_cpu_s": group[0].get("train_cpu_s"),
+            "params_stored": group[0].get("params_stored"),
+        }
         for k in keys:
             vals = [r[k] for r in group if r[k] is not None]
             agg[k] = float(np.mean(vals)) if vals else None

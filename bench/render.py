@@ -1,7 +1,9 @@
 """What the baselines bench shows: the sample grid per dataset (``figure``) and docs/baselines.md (``markdown``)."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,78 +33,155 @@ def figure(name: str, bundle: Path, spec: dict, work: Path, methods: list[str], 
         images.append(smp.images(labels, torch.Generator().manual_seed(0), torch.device("cpu")))
     path = save_grid(torch.cat(images), out / f"baselines_{name}.png", nrow=len(labels), scale=2)
     attrs = data.label_sets[ls].attrs
-    return {"figure": path.name, "rows": methods,
-            "columns": [",".join(a for a, v in zip(attrs, r.tolist()) if v) or "(none)" for r in labels]}
+    return {
+        "figure": path.name,
+        "rows": methods,
+        "columns": [",".join(a for a, v in zip(attrs, r.tolist(), strict=True) if v) or "(none)" for r in labels],
+    }
+
+
+def _new_label_set_section(h: dict, f: Callable[..., str]) -> list[str]:
+    """The "A new label set" section of one dataset (the hold-out); ``f`` formats a number or None."""
+    lines: list[str] = []
+    lines += [f"### A new label set: `{h['new']}` (served before: `{h['served']}`)", ""]
+    if "floor_accuracy" in h:
+        lines += [
+            f"Floor: unconditional VAE samples score {f(h['floor_accuracy'])} on the requested `{h['new']}` labels "
+            "(what a method that ignores them gets). Accuracy here is exact match: every requested attribute "
+            "of the label set right (top-1 for a categorical set).",
+            "",
+        ]
+    lines += [
+        "| method | final accuracy | gain over floor | steps to 95% | CPU-s to 95% | CPU-s to 95% of the gain "
+        "| CPU-s total "
+        "| FLOPs to 95% | params trained | params stored | drift on served |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for k, label in (
+        ("lc_l0", "LC, λ_dist 0 (sampling recipe): new mapper, frozen VAE"),
+        ("lc", "LC, λ_dist 0.1 (edit recipe)"),
+        ("cvae_finetune", "CVAE fine-tuned from the served model"),
+        ("cvae_retrain", "CVAE retrained from scratch"),
+    ):
+        if k not in h:
+            continue
+        m = h[k]
+        lines.append(
+            f"| {label} | {f(m['final_accuracy'])} | {f(m.get('gain_over_floor'))} | {m['steps_to_95']} | "
+            f"{f(m['cpu_s_to_95'], 1)} | "
+            f"{f(m.get('cpu_s_to_95_gain'), 1)} | {f(m['cpu_s_total'], 1)} | "
+            f"{m['flops_to_95']:.3g} | {m['params_trained']:,} | {m['params_stored']:,} | {f(m['drift_on_served'])} |"
+        )
+    ratios = [
+        f"{lc} ÷ {ref} = {h[f'R_register_{lc}_vs_{ref}']:.3f}"
+        + (f" (to 95% of the gain: {h[f'R_gain_{lc}_vs_{ref}']:.3f})" if f"R_gain_{lc}_vs_{ref}" in h else "")
+        for lc in ("lc_l0", "lc")
+        for ref in ("cvae_retrain", "cvae_finetune")
+        if f"R_register_{lc}_vs_{ref}" in h
+    ]
+    lines += [""]
+    if "R_register" in h:
+        lines += [
+            f"**R_register = {h['R_register']:.3f}** "
+            "(CPU-seconds to 95% of final accuracy, LC ÷ CVAE retrain; target ≤ 0.02). "
+            f"All ratios: {'; '.join(ratios)}."
+        ]
+    eq = h.get("equal_accuracy") or {}
+    for ref, label in (("cvae_retrain", "CVAE retrained"), ("cvae_finetune", "CVAE fine-tuned")):
+        if ref in eq:
+            r = eq[ref]
+            lines += [
+                f"At equal accuracy ({f(eq['target_accuracy'])}, 95% of LC's final): "
+                f"LC needs {f(eq['lc_cpu_s'], 1)} CPU-s; {label} "
+                + (
+                    f"needs {f(r['cpu_s'], 1)}, **R = {r['ratio']:.3f}**."
+                    if r["cpu_s"] is not None
+                    else f"never gets there in its {f(r['budget_cpu_s'], 0)} CPU-s, "
+                    f"so **R < {r['ratio_upper_bound']:.3f}**."
+                )
+            ]
+    if "cvae_finetune" in h:
+        lines += [
+            "Served-set accuracy of the CVAE before / after fine-tuning: "
+            f"{f(h['cvae_finetune']['served_accuracy_before'])} / "
+            f"{f(h['cvae_finetune']['served_accuracy_after'])}."
+        ]
+    if h.get("label_efficiency"):
+        lc_l = "LC (λ_dist 0)" if h["label_efficiency"][0].get("lc_lambda_dist") == 0.0 else "LC (λ_dist 0.1)"
+        lines += [
+            "",
+            "Label efficiency (final accuracy on the new labels):",
+            "",
+            f"| labelled examples | {lc_l} | CVAE fine-tune |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {e['labelled']:,} | {f(e['lc_accuracy'])} | {f(e['cvae_finetune_accuracy'])} |"
+            for e in h["label_efficiency"]
+        ]
+    lines.append("")
+    return lines
 
 
 def markdown(result: dict) -> str:
     f = lambda v, p=3: "–" if v is None else f"{v:.{p}f}"  # noqa: E731
-    lines = ["# Baselines vs latent constraints", "",
-             "Generated by `python -m bench.baselines`; each dataset's section names the command, profile and machine that "
-             "produced it. Never hand-edited.", "",
-             "Samplers: `prior` (unconditional VAE, the floor), `actor` / `optimize` (LC, the shipped mappers), `attrvec-*` "
-             "(attribute vectors), `gmm` (per-condition latent GMM), `cvae` / `cvae-cmma` (learned prior) / `cvae-gan` "
-             "(retrained conditional models on the same backbone). Accuracy: judge accuracy of the requested labels "
-             "(top-1 for categorical sets, mean over attributes for binary ones); FD and precision/recall (k = 3) in judge "
-             "features against real training images. ± is the spread (max − min) over seeds where more than one ran; "
-             "LC rows use the shipped mappers (one training seed), so their spread is over sampling seeds.", ""]
+    lines = [
+        "# Baselines vs latent constraints",
+        "",
+        "Generated by `python -m bench.baselines`; each dataset's section names the command, profile and machine that "
+        "produced it. Never hand-edited.",
+        "",
+        "Samplers: `prior` (unconditional VAE, the floor), `actor` / `optimize` (LC, the shipped mappers), `attrvec-*` "
+        "(attribute vectors), `gmm` (per-condition latent GMM), `cvae` / `cvae-cmma` (learned prior) / `cvae-gan` "
+        "(retrained conditional models on the same backbone). Accuracy: judge accuracy of the requested labels "
+        "(top-1 for categorical sets, mean over attributes for binary ones); FD and precision/recall (k = 3) in judge "
+        "features against real training images. ± is the spread (max − min) over seeds where more than one ran; "
+        "LC rows use the shipped mappers (one training seed), so their spread is over sampling seeds.",
+        "",
+    ]
     for ds, d in result["datasets"].items():
-        lines += [f"## {ds}", "", f"{d['profile']} profile ({json.dumps(d['profile_settings'])}"
-                  + (f"; skipped: {', '.join(skipped)}" if (skipped := [m for m in d["skipped"] if m not in {r["method"] for r in d["quality"]}]) else "") + f") on {d['machine']}; {d['wall_minutes']:.0f} min in all, by:", ""]
-        lines += [f"    {c}" for c in d["commands"]] + ["",
-                  f"### Quality on `{d['label_set']}`", "",
-                  f"| method | accuracy | ÷ ceiling | exact match | 3-attr exact | FD (real test: {f(d['quality'][0]['frechet_real'], 2)}) "
-                  "| precision | recall | train CPU-s | stored params |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {ds}",
+            "",
+            f"{d['profile']} profile ({json.dumps(d['profile_settings'])}"
+            + (
+                f"; skipped: {', '.join(skipped)}"
+                if (skipped := [m for m in d["skipped"] if m not in {r["method"] for r in d["quality"]}])
+                else ""
+            )
+            + f") on {d['machine']}; {d['wall_minutes']:.0f} min in all, by:",
+            "",
+        ]
+        lines += [f"    {c}" for c in d["commands"]] + [
+            "",
+            f"### Quality on `{d['label_set']}`",
+            "",
+            "| method | accuracy | ÷ ceiling | exact match | 3-attr exact | "
+            f"FD (real test: {f(d['quality'][0]['frechet_real'], 2)}) "
+            "| precision | recall | train CPU-s | stored params |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in d["quality"]:
-            pm = lambda k, p=3: f(r[k], p) + (f" ± {f(r[k + '_spread'], p)}" if r.get(k + "_spread") else "")  # noqa: E731
-            lines.append(f"| {r['method']} | {pm('accuracy')} | {pm('accuracy_over_ceiling')} | {pm('exact_match')} | {pm('exact_match_3attr')} | "
-                         f"{pm('frechet', 2)} | {pm('precision')} | {pm('recall')} | {f(r['train_cpu_s'], 0) if r['train_cpu_s'] is not None else '–'} | "
-                         f"{r['params_stored'] if r['params_stored'] is not None else '–'} |")
+            pm = lambda k, p=3, r=r: f(r[k], p) + (f" ± {f(r[k + '_spread'], p)}" if r.get(k + "_spread") else "")  # noqa: E731
+            lines.append(
+                f"| {r['method']} | {pm('accuracy')} | {pm('accuracy_over_ceiling')} | {pm('exact_match')} | "
+                f"{pm('exact_match_3attr')} | {pm('frechet', 2)} | {pm('precision')} | {pm('recall')} | "
+                f"{f(r['train_cpu_s'], 0) if r['train_cpu_s'] is not None else '–'} | "
+                f"{r['params_stored'] if r['params_stored'] is not None else '–'} |"
+            )
         lines.append("")
         if d.get("figure"):
             fig = d["figure"]
-            lines += [f"![Rows, top to bottom: {', '.join(fig['rows'])}; columns: the {len(fig['columns'])} most frequent label rows.]({fig['figure']})", "",
-                      f"Rows, top to bottom: {', '.join(fig['rows'])}. Columns (requested labels): {'; '.join(fig['columns'])}.", ""]
+            lines += [
+                f"![Rows, top to bottom: {', '.join(fig['rows'])}; "
+                f"columns: the {len(fig['columns'])} most frequent label rows.]({fig['figure']})",
+                "",
+                f"Rows, top to bottom: {', '.join(fig['rows'])}. "
+                f"Columns (requested labels): {'; '.join(fig['columns'])}.",
+                "",
+            ]
         h = d.get("new_label_set")
         if not h:
             continue
-        lines += [f"### A new label set: `{h['new']}` (served before: `{h['served']}`)", ""]
-        if "floor_accuracy" in h:
-            lines += [f"Floor: unconditional VAE samples score {f(h['floor_accuracy'])} on the requested `{h['new']}` labels "
-                      "(what a method that ignores them gets). Accuracy here is exact match: every requested attribute "
-                      "of the label set right (top-1 for a categorical set).", ""]
-        lines += ["| method | final accuracy | gain over floor | steps to 95% | CPU-s to 95% | CPU-s to 95% of the gain | CPU-s total "
-                  "| FLOPs to 95% | params trained | params stored | drift on served |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for k, label in (("lc_l0", "LC, λ_dist 0 (sampling recipe): new mapper, frozen VAE"), ("lc", "LC, λ_dist 0.1 (edit recipe)"),
-                         ("cvae_finetune", "CVAE fine-tuned from the served model"), ("cvae_retrain", "CVAE retrained from scratch")):
-            if k not in h:
-                continue
-            m = h[k]
-            lines.append(f"| {label} | {f(m['final_accuracy'])} | {f(m.get('gain_over_floor'))} | {m['steps_to_95']} | {f(m['cpu_s_to_95'], 1)} | "
-                         f"{f(m.get('cpu_s_to_95_gain'), 1)} | {f(m['cpu_s_total'], 1)} | "
-                         f"{m['flops_to_95']:.3g} | {m['params_trained']:,} | {m['params_stored']:,} | {f(m['drift_on_served'])} |")
-        ratios = [f"{lc} ÷ {ref} = {h[f'R_register_{lc}_vs_{ref}']:.3f}"
-                  + (f" (to 95% of the gain: {h[f'R_gain_{lc}_vs_{ref}']:.3f})" if f"R_gain_{lc}_vs_{ref}" in h else "")
-                  for lc in ("lc_l0", "lc") for ref in ("cvae_retrain", "cvae_finetune") if f"R_register_{lc}_vs_{ref}" in h]
-        lines += [""]
-        if "R_register" in h:
-            lines += [f"**R_register = {h['R_register']:.3f}** (CPU-seconds to 95% of final accuracy, LC ÷ CVAE retrain; target ≤ 0.02). "
-                      f"All ratios: {'; '.join(ratios)}."]
-        eq = h.get("equal_accuracy") or {}
-        for ref, label in (("cvae_retrain", "CVAE retrained"), ("cvae_finetune", "CVAE fine-tuned")):
-            if ref in eq:
-                r = eq[ref]
-                lines += [f"At equal accuracy ({f(eq['target_accuracy'])}, 95% of LC's final): LC needs {f(eq['lc_cpu_s'], 1)} CPU-s; {label} "
-                          + (f"needs {f(r['cpu_s'], 1)}, **R = {r['ratio']:.3f}**." if r["cpu_s"] is not None else
-                             f"never gets there in its {f(r['budget_cpu_s'], 0)} CPU-s, so **R < {r['ratio_upper_bound']:.3f}**.")]
-        if "cvae_finetune" in h:
-            lines += [f"Served-set accuracy of the CVAE before / after fine-tuning: {f(h['cvae_finetune']['served_accuracy_before'])} / "
-                      f"{f(h['cvae_finetune']['served_accuracy_after'])}."]
-        if h.get("label_efficiency"):
-            lc_l = "LC (λ_dist 0)" if h["label_efficiency"][0].get("lc_lambda_dist") == 0.0 else "LC (λ_dist 0.1)"
-            lines += ["", "Label efficiency (final accuracy on the new labels):", "", f"| labelled examples | {lc_l} | CVAE fine-tune |", "|---|---|---|"]
-            lines += [f"| {e['labelled']:,} | {f(e['lc_accuracy'])} | {f(e['cvae_finetune_accuracy'])} |" for e in h["label_efficiency"]]
-        lines.append("")
+        lines += _new_label_set_section(h, f)
     return "\n".join(lines)

@@ -9,7 +9,8 @@
 3. R_serve = HTTP images/s at 32 clients / best bare images/s (target >= 0.8).
 Clients and server share the machine; on a 2-core box the clients' own CPU use counts against R_serve.
 Prints a table and writes JSON.
-"""
+"""  # noqa: E501 - the usage line above is printed verbatim by --help (description=__doc__)
+
 from __future__ import annotations
 
 import argparse
@@ -92,16 +93,44 @@ async def load(url: str, clients: int, seconds: float, params: dict) -> dict:
         await asyncio.gather(*[client(i, http) for i in range(clients)])
         dt = time.perf_counter() - t0
     ms = np.array(lat) * 1000
-    return {"clients": clients, "requests": len(lat), "errors": errors, "images_per_s": round(len(lat) * params["n"] / dt, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1)}
+    return {
+        "clients": clients,
+        "requests": len(lat),
+        "errors": errors,
+        "images_per_s": round(len(lat) * params["n"] / dt, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p99_ms": round(float(np.percentile(ms, 99)), 1),
+    }
 
 
-def http_bench(bundle: Path, labelset: str, attrs: str, device: str, threads: int, seconds: float, max_wait_ms: float) -> list[dict]:
+def http_bench(
+    bundle: Path, labelset: str, attrs: str, device: str, threads: int, seconds: float, max_wait_ms: float
+) -> list[dict]:
     port = free_port()
     with tempfile.TemporaryDirectory() as data:
-        proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--bundle", str(bundle), "--data-dir", data,
-                                 "--port", str(port), "--device", device, "--threads", str(threads), "--max-wait-ms", str(max_wait_ms)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "LCS_ADMIN_TOKEN": "bench"})
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "serve",
+                "--bundle",
+                str(bundle),
+                "--data-dir",
+                data,
+                "--port",
+                str(port),
+                "--device",
+                device,
+                "--threads",
+                str(threads),
+                "--max-wait-ms",
+                str(max_wait_ms),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "LCS_ADMIN_TOKEN": "bench"},
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             for _ in range(600):
@@ -121,13 +150,17 @@ def http_bench(bundle: Path, labelset: str, attrs: str, device: str, threads: in
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
     p.add_argument("--labelset", default="faces")
     p.add_argument("--attrs", default="smiling")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--seconds", type=float, default=10.0, help="per HTTP concurrency level (bare: spread over batch sizes)")
+    p.add_argument(
+        "--seconds", type=float, default=10.0, help="per HTTP concurrency level (bare: spread over batch sizes)"
+    )
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--out", default="docs/bench_serve.json")
     a = p.parse_args()
@@ -136,10 +169,24 @@ def main() -> None:
     h = http_bench(bundle, a.labelset, a.attrs, a.device, a.threads, a.seconds, a.max_wait_ms)
     best = max(r["images_per_s"] for r in b)
     r32 = next(r for r in h if r["clients"] == 32)["images_per_s"]
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() and a.device != "cpu" else f"cpu ({os.cpu_count()} cores)"
-    result = {"command": " ".join(["python", "-m", "bench.serve", *sys.argv[1:]]), "device": dev, "host": platform.node(), "bundle": str(bundle),
-              "labelset": a.labelset, "bare": b, "http": h, "best_bare_images_per_s": best, "r_serve": round(r32 / best, 3),
-              "target_r_serve": 0.8, "date": time.strftime("%Y-%m-%d %H:%M")}
+    dev = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available() and a.device != "cpu"
+        else f"cpu ({os.cpu_count()} cores)"
+    )
+    result = {
+        "command": " ".join(["python", "-m", "bench.serve", *sys.argv[1:]]),
+        "device": dev,
+        "host": platform.node(),
+        "bundle": str(bundle),
+        "labelset": a.labelset,
+        "bare": b,
+        "http": h,
+        "best_bare_images_per_s": best,
+        "r_serve": round(r32 / best, 3),
+        "target_r_serve": 0.8,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
     print(f"device: {dev}\n\nbare actor+decoder\n{'batch':>6} {'images/s':>10} {'ms/batch':>9}")
     for r in b:
         print(f"{r['batch']:>6} {r['images_per_s']:>10} {r['ms_per_batch']:>9}")

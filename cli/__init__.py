@@ -3,6 +3,7 @@
 Each subcommand's flags are generated from the config dataclass or job function it fills
 (``cli/flags.py``), so every default lives in one place; this module adds only help texts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,10 @@ import sys
 
 from cli.flags import build, call, config_flags, env_defaults, function_flags
 
-DEVICE_HELP = {"device": "auto (CUDA if present, else CPU) | cpu | cuda", "threads": "CPU threads (0 = PyTorch default)"}
+DEVICE_HELP = {
+    "device": "auto (CUDA if present, else CPU) | cpu | cuda",
+    "threads": "CPU threads (0 = PyTorch default)",
+}
 
 
 def parse_data_args(pairs: list[str]) -> dict:
@@ -30,8 +34,13 @@ def parse_data_args(pairs: list[str]) -> dict:
 
 def add_dataset_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--dataset", required=required, help="avatars | fashion-mnist | celeba | folder")
-    p.add_argument("--data-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="dataset parameter, e.g. n=32000 (avatars), root=/data/celeba (celeba/folder)")
+    p.add_argument(
+        "--data-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dataset parameter, e.g. n=32000 (avatars), root=/data/celeba (celeba/folder)",
+    )
 
 
 def command() -> list[str]:
@@ -133,10 +142,20 @@ def add_jobs(sub) -> None:
 
     p = sub.add_parser("train-vae", help="train the unconditional fixed-σ VAE")
     add_dataset_args(p)
-    config_flags(p, TrainVAEConfig, {
-        "out": "bundle directory to write vae.safetensors/json into", "sigma_x": "fixed decoder σ (0.1 sharp; 1.0 for comparison)",
-        "lr_final": "exponential decay from --lr to this over the run", "max_steps": "stop early (0 = run all epochs)",
-        "resume": "continue from --out/checkpoint.* if present", **DEVICE_HELP}, skip=("dataset", "dataset_params"), required=("out",))
+    config_flags(
+        p,
+        TrainVAEConfig,
+        {
+            "out": "bundle directory to write vae.safetensors/json into",
+            "sigma_x": "fixed decoder σ (0.1 sharp; 1.0 for comparison)",
+            "lr_final": "exponential decay from --lr to this over the run",
+            "max_steps": "stop early (0 = run all epochs)",
+            "resume": "continue from --out/checkpoint.* if present",
+            **DEVICE_HELP,
+        },
+        skip=("dataset", "dataset_params"),
+        required=("out",),
+    )
     p.set_defaults(func=cmd_train_vae)
 
     p = sub.add_parser("encode", help="encode a dataset with the frozen VAE into the bundle's latent table")
@@ -147,32 +166,63 @@ def add_jobs(sub) -> None:
 
     p = sub.add_parser("train-judge", help="train the image-space evaluation classifier")
     add_dataset_args(p)
-    config_flags(p, TrainJudgeConfig, {"out": "bundle directory to write judge.safetensors/json into",
-                                       "shift": "random translation (pixels) as augmentation", **DEVICE_HELP},
-                 skip=("dataset", "dataset_params"), required=("out",))
+    config_flags(
+        p,
+        TrainJudgeConfig,
+        {
+            "out": "bundle directory to write judge.safetensors/json into",
+            "shift": "random translation (pixels) as augmentation",
+            **DEVICE_HELP,
+        },
+        skip=("dataset", "dataset_params"),
+        required=("out",),
+    )
     p.set_defaults(func=cmd_train_judge)
 
     p = sub.add_parser("train-labelset", help="train a label set's latent critic/actor/classifier on the latent table")
-    config_flags(p, TrainLabelSetConfig, {
-        "bundle": "bundle with latents.safetensors/json (from lcs encode)",
-        "label_set": "a label set of the latent table, or 'realism' for G(z)",
-        "table": "directory of another latent table (default: the bundle's)", "out": "default: BUNDLE/labelsets/LABEL_SET",
-        "edit_prob": "share of real-encoding actor rows asked for a one-attribute edit (0 = reference recipe)",
-        "steps": "actor steps", "critic_steps": "critic steps per actor step",
-        "labelled": "train on this many labelled training rows (0 = all)", "threads": DEVICE_HELP["threads"]}, required=("bundle",))
+    config_flags(
+        p,
+        TrainLabelSetConfig,
+        {
+            "bundle": "bundle with latents.safetensors/json (from lcs encode)",
+            "label_set": "a label set of the latent table, or 'realism' for G(z)",
+            "table": "directory of another latent table (default: the bundle's)",
+            "out": "default: BUNDLE/labelsets/LABEL_SET",
+            "edit_prob": "share of real-encoding actor rows asked for a one-attribute edit (0 = reference recipe)",
+            "steps": "actor steps",
+            "critic_steps": "critic steps per actor step",
+            "labelled": "train on this many labelled training rows (0 = all)",
+            "threads": DEVICE_HELP["threads"],
+        },
+        required=("bundle",),
+    )
     p.add_argument("--rule", default="", help="zero-shot label set from a rule on decoded prior samples: bright | warm")
-    p.add_argument("--rule-samples", type=int, default=RULE_SAMPLES, help=f"prior samples the rule labels (default: {RULE_SAMPLES})")
+    p.add_argument(
+        "--rule-samples",
+        type=int,
+        default=RULE_SAMPLES,
+        help=f"prior samples the rule labels (default: {RULE_SAMPLES})",
+    )
     p.set_defaults(func=cmd_train_labelset)
 
     p = sub.add_parser("train-baseline", help="train or fit a baseline (CVAE, CVAE-GAN, attribute vectors, latent GMM)")
-    config_flags(p, TrainBaselineConfig, {
-        "bundle": "bundle whose VAE backbone, data and latent table the baseline uses",
-        "method": "cvae | cvae-cmma | cvae-gan | attrvec-mean | attrvec-lsq | gmm",
-        "label_set": "a label set of the dataset, or several joined by '+' (image methods)",
-        "out": "default: BUNDLE/baselines/METHOD-LABEL_SET", "init": "fine-tune this CVAE / CVAE-GAN directory",
-        "labelled": "use only this many labelled training examples (0 = all)", "steps": "training steps (image methods)",
-        "components": "mixture components per label row (gmm)", "min_count": "fewest examples per label row (gmm)",
-        **DEVICE_HELP}, required=("bundle", "method", "label_set"))
+    config_flags(
+        p,
+        TrainBaselineConfig,
+        {
+            "bundle": "bundle whose VAE backbone, data and latent table the baseline uses",
+            "method": "cvae | cvae-cmma | cvae-gan | attrvec-mean | attrvec-lsq | gmm",
+            "label_set": "a label set of the dataset, or several joined by '+' (image methods)",
+            "out": "default: BUNDLE/baselines/METHOD-LABEL_SET",
+            "init": "fine-tune this CVAE / CVAE-GAN directory",
+            "labelled": "use only this many labelled training examples (0 = all)",
+            "steps": "training steps (image methods)",
+            "components": "mixture components per label row (gmm)",
+            "min_count": "fewest examples per label row (gmm)",
+            **DEVICE_HELP,
+        },
+        required=("bundle", "method", "label_set"),
+    )
     p.set_defaults(func=cmd_train_baseline)
 
 
@@ -189,18 +239,36 @@ def add_evaluation(sub) -> None:
     p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("eval", help="score a sampler on a bundle with the judge (JSON + PNG)")
-    function_flags(p, evaluate, {
-        "bundle": "directory with vae.* and judge.*",
-        "sampler": "prior | realism | actor | optimize | attrvec-mean | attrvec-lsq | gmm | cvae | cvae-cmma | cvae-gan",
-        "artifact": "the trained mapper or baseline directory, if not at its default place in the bundle",
-        "label_set": "label set to condition on (default: the dataset's first)", "n": "samples for accuracy and Fréchet distance",
-        "n_spec3": "samples for 3-attribute specs", "boots": "bootstrap resamples for the Fréchet interval",
-        "compare_vae": "a second VAE bundle (e.g. σx=1) for the σ trade-off figure", "out": "output directory (default: BUNDLE/eval)"})
+    function_flags(
+        p,
+        evaluate,
+        {
+            "bundle": "directory with vae.* and judge.*",
+            "sampler": "prior | realism | actor | optimize | attrvec-mean | attrvec-lsq | gmm | cvae | cvae-cmma "
+            "| cvae-gan",
+            "artifact": "the trained mapper or baseline directory, if not at its default place in the bundle",
+            "label_set": "label set to condition on (default: the dataset's first)",
+            "n": "samples for accuracy and Fréchet distance",
+            "n_spec3": "samples for 3-attribute specs",
+            "boots": "bootstrap resamples for the Fréchet interval",
+            "compare_vae": "a second VAE bundle (e.g. σx=1) for the σ trade-off figure",
+            "out": "output directory (default: BUNDLE/eval)",
+        },
+    )
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("eval-edits", help="flip one attribute of real test images; judge target reached and the rest kept")
-    function_flags(p, evaluate_edits, {"mode": "actor (amortised) | optimize", "n": "test images, one edit each",
-                                       "out": "output directory (default: BUNDLE/eval)"})
+    p = sub.add_parser(
+        "eval-edits", help="flip one attribute of real test images; judge target reached and the rest kept"
+    )
+    function_flags(
+        p,
+        evaluate_edits,
+        {
+            "mode": "actor (amortised) | optimize",
+            "n": "test images, one edit each",
+            "out": "output directory (default: BUNDLE/eval)",
+        },
+    )
     p.set_defaults(func=cmd_eval_edits)
 
     p = sub.add_parser("figures", help="PNG grids: prior vs realism-mapped, the same z under several specs, edits")
@@ -214,22 +282,36 @@ def add_serve(sub) -> None:
     from service.config import ServerConfig
 
     p = sub.add_parser("serve", help="run the HTTP service (FastAPI + uvicorn) on a frozen bundle")
-    config_flags(p, ServerConfig, {
-        "bundle": "VAE bundle (default: the shipped avatars bundle)",
-        "data_dir": "registry, jobs and admin token (share it between replicas)",
-        "max_batch": "samples per decoder forward", "max_wait_ms": "how long a batch waits to fill",
-        "max_queue": "waiting samples before 429", "request_timeout_s": "per-request deadline in seconds (504 after)",
-        "max_n": "images per /sample request", "max_image_bytes": "largest /transform upload",
-        "max_artifact_bytes": "largest label-set upload", "max_job_bytes": "largest training-job upload",
-        "poll_interval_s": "registry sync period in seconds", "job_workers": "training jobs at once",
-        "job_threads": "torch threads per training job", **DEVICE_HELP},
-        skip=("seed_bundle_labelsets",), rename={"request_timeout_s": "timeout", "poll_interval_s": "poll_interval"})
+    config_flags(
+        p,
+        ServerConfig,
+        {
+            "bundle": "VAE bundle (default: the shipped avatars bundle)",
+            "data_dir": "registry, jobs and admin token (share it between replicas)",
+            "max_batch": "samples per decoder forward",
+            "max_wait_ms": "how long a batch waits to fill",
+            "max_queue": "waiting samples before 429",
+            "request_timeout_s": "per-request deadline in seconds (504 after)",
+            "max_n": "images per /sample request",
+            "max_image_bytes": "largest /transform upload",
+            "max_artifact_bytes": "largest label-set upload",
+            "max_job_bytes": "largest training-job upload",
+            "poll_interval_s": "registry sync period in seconds",
+            "job_workers": "training jobs at once",
+            "job_threads": "torch threads per training job",
+            **DEVICE_HELP,
+        },
+        skip=("seed_bundle_labelsets",),
+        rename={"request_timeout_s": "timeout", "poll_interval_s": "poll_interval"},
+    )
     p.set_defaults(func=cmd_serve)
     env_defaults(p, "LCS_")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lcs", description="Latent-constraints conditioning: offline jobs and the server.")
+    parser = argparse.ArgumentParser(
+        prog="lcs", description="Latent-constraints conditioning: offline jobs and the server."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     add_jobs(sub)
     add_evaluation(sub)

@@ -1,4 +1,5 @@
 """``python -m cli``: the same as the ``lcs`` command."""
+
 from cli import main
 
 main()

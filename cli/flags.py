@@ -4,6 +4,7 @@ Why: a default lives in exactly one place, the dataclass field or the job functi
 CLI only adds help texts (and, where a flag keeps an older name, the rename). A field the CLI does
 not expose is listed in ``skip``; everything else becomes ``--field-name``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,13 +25,21 @@ def _add(p: argparse.ArgumentParser, name: str, default: Any, help_text: str | N
         p.add_argument(flag, dest=name, action="store_true", default=default, help=help_text)
     elif isinstance(default, SCALARS):
         shown = f"(default: {default!r})" if default != "" else ""
-        p.add_argument(flag, dest=name, type=type(default), default=default, help=" ".join(filter(None, [help_text, shown])))
+        p.add_argument(
+            flag, dest=name, type=type(default), default=default, help=" ".join(filter(None, [help_text, shown]))
+        )
     else:
         raise TypeError(f"{name}: no flag for a default of type {type(default).__name__}")
 
 
-def config_flags(p: argparse.ArgumentParser, cls: type, help: dict[str, str] | None = None, skip: tuple[str, ...] = (),
-                 rename: dict[str, str] | None = None, required: tuple[str, ...] = ()) -> None:
+def config_flags(
+    p: argparse.ArgumentParser,
+    cls: type,
+    help: dict[str, str] | None = None,
+    skip: tuple[str, ...] = (),
+    rename: dict[str, str] | None = None,
+    required: tuple[str, ...] = (),
+) -> None:
     """One flag per field of dataclass ``cls``, its default taken from the field; ``required`` fields must be given
     on the command line (their dataclass default suits library callers, not a person typing a command)."""
     help, rename = help or {}, rename or {}
@@ -41,8 +50,9 @@ def config_flags(p: argparse.ArgumentParser, cls: type, help: dict[str, str] | N
         _add(p, f.name, REQUIRED if f.name in required else default, help.get(f.name), rename.get(f.name))
 
 
-def function_flags(p: argparse.ArgumentParser, fn: Callable, help: dict[str, str] | None = None,
-                   skip: tuple[str, ...] = ("command",)) -> None:
+def function_flags(
+    p: argparse.ArgumentParser, fn: Callable, help: dict[str, str] | None = None, skip: tuple[str, ...] = ("command",)
+) -> None:
     """One flag per keyword of job function ``fn``; a parameter without a default becomes a required flag."""
     help = help or {}
     for name, param in inspect.signature(fn).parameters.items():
@@ -65,7 +75,8 @@ def call(fn: Callable, a: argparse.Namespace, **extra: Any) -> Any:
 
 
 def env_defaults(p: argparse.ArgumentParser, prefix: str) -> None:
-    """Each flag also reads PREFIX + its name in capitals (``--max-batch`` <- LCS_MAX_BATCH): containers configure by env."""
+    """Each flag also reads PREFIX + its name in capitals (``--max-batch`` <- LCS_MAX_BATCH): containers configure by
+    env."""
     for action in p._actions:
         env = prefix + action.option_strings[-1].lstrip("-").replace("-", "_").upper() if action.option_strings else ""
         if action.nargs == 0 or env not in os.environ:  # --help and on/off switches are not configured by env

@@ -4,6 +4,7 @@ the server, the evaluation and the encoding job share.
 Both directions run in chunks, each padded to at least ``modes.PAD_ROWS`` rows (see there why),
 under bf16 autocast on CUDA and in fp32 on CPU.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,7 +29,7 @@ def decode(vae: VAE, z: torch.Tensor, device: torch.device, chunk: int = CHUNK) 
     """Latents (n x d) -> images n x C x H x W, CPU floats in [0, 1]."""
     out = []
     for s in range(0, len(z), chunk):
-        part = z[s: s + chunk]
+        part = z[s : s + chunk]
         with autocast(device):
             x = vae.decode(pad(part.to(device)))[: len(part)]
         out.append(x.float().clamp(0, 1).cpu())
@@ -36,13 +37,16 @@ def decode(vae: VAE, z: torch.Tensor, device: torch.device, chunk: int = CHUNK) 
 
 
 @torch.no_grad()
-def encode(vae: VAE, images: np.ndarray | torch.Tensor, device: torch.device, chunk: int = CHUNK,
-           progress: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+def encode(
+    vae: VAE, images: np.ndarray | torch.Tensor, device: torch.device, chunk: int = CHUNK, progress: str = ""
+) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images N x C x H x W -> posterior (μ, σ) on the CPU; μ is the identity an edit preserves.
     ``progress``: a progress-bar label for long passes (the bar shows only then)."""
     mus, sigmas = [], []
-    for s in tqdm(range(0, len(images), chunk), desc=progress, unit="batch", disable=not progress or len(images) <= chunk):
-        part = images[s: s + chunk]
+    for s in tqdm(
+        range(0, len(images), chunk), desc=progress, unit="batch", disable=not progress or len(images) <= chunk
+    ):
+        part = images[s : s + chunk]
         with autocast(device):
             mu, sigma = vae.encode(pad(batch_to_float(part, device)))
         mus.append(mu[: len(part)].float().cpu())
@@ -59,8 +63,14 @@ class Backbone:
         self.decoder_fingerprint: str = self.manifest["decoder_fingerprint"]
         self.latent_dim = self.vae.cfg.latent_dim
         self.image_shape = (self.vae.cfg.channels, self.vae.cfg.image_size, self.vae.cfg.image_size)
-        log.info("loaded %s VAE (latent %d, images %s) on %s; decoder %s", self.manifest["dataset"]["name"], self.latent_dim,
-                 self.image_shape, self.device, self.decoder_fingerprint[:12])
+        log.info(
+            "loaded %s VAE (latent %d, images %s) on %s; decoder %s",
+            self.manifest["dataset"]["name"],
+            self.latent_dim,
+            self.image_shape,
+            self.device,
+            self.decoder_fingerprint[:12],
+        )
 
     def live_decoder_fingerprint(self) -> str:
         """Recomputed from the weights in memory, at the precision they are stored in (packed bundles: fp16)."""

@@ -1,5 +1,6 @@
 """Identity-preserving edits of encoded images: the smallest label change that honours the spec,
 reached by the actor (amortised) or by optimisation from the image's own latent."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -25,8 +26,14 @@ def read_labels(ls: LabelSetVersion, z: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def edit(ls: LabelSetVersion, z0: torch.Tensor, spec: dict[str, int], mode: EditMode = "actor",
-         allow_unseen: bool = False, cfg: OptimizeConfig = EDIT_OPTIMIZE) -> tuple[torch.Tensor, torch.Tensor]:
+def edit(
+    ls: LabelSetVersion,
+    z0: torch.Tensor,
+    spec: dict[str, int],
+    mode: EditMode = "actor",
+    allow_unseen: bool = False,
+    cfg: OptimizeConfig = EDIT_OPTIMIZE,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """D_attr reads each latent's current labels, the target is the nearest label-table row honouring
     the spec (see ``specs.nearest_rows``), and the latent moves to it by the actor or by optimisation
     from z0 with a distance term. Returns (edited latents, the target label rows used)."""

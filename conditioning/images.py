@@ -1,4 +1,5 @@
 """Image tensors <-> PNG: grids for people to look at, and batches for the model."""
+
 from __future__ import annotations
 
 import io
@@ -24,7 +25,7 @@ def grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> np.ndarray:
     out = np.full((rows * (h + pad) + pad, ncol * (w + pad) + pad, c), 255, np.uint8)
     for i in range(n):
         r, col = divmod(i, ncol)
-        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = arr[i]
+        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = arr[i]
     return out
 
 

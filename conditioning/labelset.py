@@ -5,6 +5,7 @@ on); ``lcs eval``, ``lcs eval-edits`` and the figures load the same object from 
 numbers in docs/ come from the objects the server serves. (Not to be confused with a dataset's
 label set, ``training.data.LabelSet``: a named group of attribute columns.)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,11 +33,19 @@ class LabelSetVersion:
             self.rows, self.counts = distinct_rows(self.table)
 
     @classmethod
-    def load(cls, directory: str | Path, decoder_fingerprint: str | None, name: str = "", version: str = "") -> LabelSetVersion:
+    def load(
+        cls, directory: str | Path, decoder_fingerprint: str | None, name: str = "", version: str = ""
+    ) -> LabelSetVersion:
         """mapper.json + mapper.safetensors from ``directory``, refused if trained for another decoder."""
         m, manifest, extra = load_mappers(directory, decoder_fingerprint)
-        return cls(name=name or manifest.get("name", ""), version=version, m=m, manifest=manifest,
-                   table=extra["label_table"].float() if m.cfg.n_labels else None, sigma_bar=extra["sigma_bar"].float())
+        return cls(
+            name=name or manifest.get("name", ""),
+            version=version,
+            m=m,
+            manifest=manifest,
+            table=extra["label_table"].float() if m.cfg.n_labels else None,
+            sigma_bar=extra["sigma_bar"].float(),
+        )
 
     @property
     def attr_names(self) -> list[str]:

@@ -15,6 +15,7 @@ bytes depending on what it was batched with. From about 12 rows on, each row's r
 depends on the batch (measured on CPU); padding makes responses reproducible under dynamic
 batching, and makes the server's latents equal to the evaluation's.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ def pad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, x.new_zeros(PAD_ROWS - len(x), *x.shape[1:])])
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimizeConfig:
     steps: int = 300
     lr: float = 1e-2
@@ -49,7 +50,9 @@ class OptimizeConfig:
     attr_confidence: float = 0.5  # ... and D_attr gives every specified attribute at least this probability
 
 
-def attributes_met(m: LatentMappers, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, confidence: float = 0.5) -> torch.Tensor:
+def attributes_met(
+    m: LatentMappers, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, confidence: float = 0.5
+) -> torch.Tensor:
     """D_attr gives each specified attribute's asked value at least ``confidence`` (categorical: the asked class)."""
     if m.attr is None:
         return torch.ones(len(z), dtype=torch.bool)
@@ -61,8 +64,14 @@ def attributes_met(m: LatentMappers, z: torch.Tensor, y: torch.Tensor, mask: tor
     return ((torch.where(y > 0, p, 1 - p) >= confidence) | ~mask).all(1)
 
 
-def optimize_latents(m: LatentMappers, z0: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None,
-                     cfg: OptimizeConfig = OptimizeConfig(), sigma_bar: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+def optimize_latents(
+    m: LatentMappers,
+    z0: torch.Tensor,
+    y: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    cfg: OptimizeConfig = OptimizeConfig(),
+    sigma_bar: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict]:
     """Move each z0 until the critic finds it real and D_attr reads the specified attributes.
 
     y: n x K target labels (float 0/1); mask: n x K bool, True where the attribute is specified
@@ -80,7 +89,9 @@ def optimize_latents(m: LatentMappers, z0: torch.Tensor, y: torch.Tensor, mask: 
     with torch.enable_grad():
         for step in range(cfg.steps):
             with torch.no_grad():
-                ok = (torch.sigmoid(m.critic(z, yy)) > cfg.threshold) & attributes_met(m, z, y, mask, cfg.attr_confidence)
+                ok = (torch.sigmoid(m.critic(z, yy)) > cfg.threshold) & attributes_met(
+                    m, z, y, mask, cfg.attr_confidence
+                )
                 newly = ok & ~done
                 frozen[newly] = z[newly]
                 steps_taken[newly] = step
@@ -122,8 +133,9 @@ def actor(ls: LabelSetVersion, z: torch.Tensor, y: torch.Tensor, mask: torch.Ten
     return ls.m.actor(pad(z), _labels(ls, y))[: len(z)]
 
 
-def optimize(ls: LabelSetVersion, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-             cfg: OptimizeConfig = OptimizeConfig()) -> torch.Tensor:
+def optimize(
+    ls: LabelSetVersion, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, cfg: OptimizeConfig = OptimizeConfig()
+) -> torch.Tensor:
     """Gradient steps on z against D(z, y) and D_attr on the masked attributes."""
     out, _ = optimize_latents(ls.m, pad(z), pad(y), pad(mask), cfg, ls.sigma_bar)
     return out[: len(z)].detach()
@@ -132,7 +144,9 @@ def optimize(ls: LabelSetVersion, z: torch.Tensor, y: torch.Tensor, mask: torch.
 LATENTS: dict[str, Callable[..., torch.Tensor]] = {"prior": prior, "actor": actor, "optimize": optimize}
 
 
-def latents(mode: Mode, ls: LabelSetVersion | None, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def latents(
+    mode: Mode, ls: LabelSetVersion | None, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """The latents a request in ``mode`` decodes: z (n x d prior draws), y (n x K labels), mask (n x K bool)."""
     if mode not in LATENTS:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -145,8 +159,14 @@ def realism(ls: LabelSetVersion, z: torch.Tensor, y: torch.Tensor) -> torch.Tens
     return torch.sigmoid(ls.m.critic(pad(z), _labels(ls, y))[: len(z)])
 
 
-def draw(ls: LabelSetVersion | None, spec: dict[str, int], n: int, latent_dim: int, generator: torch.Generator,
-         allow_unseen: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def draw(
+    ls: LabelSetVersion | None,
+    spec: dict[str, int],
+    n: int,
+    latent_dim: int,
+    generator: torch.Generator,
+    allow_unseen: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A request's randomness, from one generator: prior draws z first, then full label rows y honouring
     the spec (``specs.resolve``), and the mask of the attributes the spec names. Same seed, same (z, y)."""
     z = torch.randn(n, latent_dim, generator=generator)

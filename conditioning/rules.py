@@ -4,6 +4,7 @@ A rule maps images (N x C x H x W in [0, 1]) to a score; ``lcs train-labelset --
 jobs decode prior samples, label those above the median score positive and train an ordinary
 label set on them (``training.encode.build_rule_table``).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -24,5 +25,3 @@ def warm(images: torch.Tensor) -> torch.Tensor:
 
 
 RULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"bright": brightness, "warm": warm}
-
-

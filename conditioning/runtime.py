@@ -1,4 +1,5 @@
 """Device choice shared by every job and the server: same code on a 2-core CPU and a GPU box."""
+
 from __future__ import annotations
 
 import contextlib

@@ -8,6 +8,7 @@ that matches no row is an error, unless the caller allows unseen combinations; t
 unspecified attributes are drawn from their marginal rates instead. For a categorical label
 set a spec names at most one positive class.
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,16 +40,29 @@ def parse_spec(text: str | list[str] | None, attr_names: list[str]) -> dict[str,
             unknown.append(item.lstrip("+-").strip())
             continue
         if spec.get(name, value) != value:
-            raise SpecError("contradictory_attributes", f"attribute {name} is asked for both on and off", {"attribute": name})
+            raise SpecError(
+                "contradictory_attributes", f"attribute {name} is asked for both on and off", {"attribute": name}
+            )
         spec[name] = value
     if unknown:
-        raise SpecError("unknown_attributes", f"unknown attribute(s) {', '.join(unknown)}; valid: {', '.join(attr_names)}",
-                        {"unknown": unknown, "valid": list(attr_names)})
+        raise SpecError(
+            "unknown_attributes",
+            f"unknown attribute(s) {', '.join(unknown)}; valid: {', '.join(attr_names)}",
+            {"unknown": unknown, "valid": list(attr_names)},
+        )
     return spec
 
 
-def resolve(spec: dict[str, int], attr_names: list[str], table: torch.Tensor, n: int, generator: torch.Generator,
-            kind: str = "binary", allow_unseen: bool = False, counts: torch.Tensor | None = None) -> torch.Tensor:
+def resolve(
+    spec: dict[str, int],
+    attr_names: list[str],
+    table: torch.Tensor,
+    n: int,
+    generator: torch.Generator,
+    kind: str = "binary",
+    allow_unseen: bool = False,
+    counts: torch.Tensor | None = None,
+) -> torch.Tensor:
     """n full label rows (float 0/1, n x K) honouring the spec, the rest drawn as documented above.
 
     ``table`` holds the data's label rows; or, with ``counts``, its distinct rows and how often each
@@ -59,8 +73,11 @@ def resolve(spec: dict[str, int], attr_names: list[str], table: torch.Tensor, n:
             raise SpecError("unknown_attributes", "this label set has no attributes", {"valid": []})
         return torch.zeros(n, 0)
     if kind == "categorical" and sum(spec.values()) > 1:
-        raise SpecError("contradictory_attributes", "a categorical label set takes at most one positive class",
-                        {"positive": [a for a, v in spec.items() if v]})
+        raise SpecError(
+            "contradictory_attributes",
+            "a categorical label set takes at most one positive class",
+            {"positive": [a for a, v in spec.items() if v]},
+        )
     cols = torch.tensor([attr_names.index(a) for a in spec], dtype=torch.long)
     want = torch.tensor(list(spec.values()), dtype=table.dtype)
     table = table.float()
@@ -71,8 +88,12 @@ def resolve(spec: dict[str, int], attr_names: list[str], table: torch.Tensor, n:
     if len(rows):
         return rows[torch.randint(len(rows), (n,), generator=generator)].clone()
     if not allow_unseen:
-        raise SpecError("unseen_combination", f"no example in the data has {format_spec(spec)}; "
-                        "pass allow_unseen to draw the other attributes from their marginals", {"spec": spec})
+        raise SpecError(
+            "unseen_combination",
+            f"no example in the data has {format_spec(spec)}; "
+            "pass allow_unseen to draw the other attributes from their marginals",
+            {"spec": spec},
+        )
     if kind == "categorical":  # only negatives can be unseen here: choose uniformly among the allowed classes
         allowed = torch.tensor([spec.get(a, 1) for a in attr_names], dtype=torch.float)
         pick = torch.multinomial(allowed.expand(n, -1), 1, generator=generator).squeeze(1)
@@ -93,8 +114,9 @@ def format_spec(spec: dict[str, int]) -> str:
     return ",".join(a if v else f"-{a}" for a, v in spec.items()) or "(no attributes)"
 
 
-def nearest_rows(current: torch.Tensor, spec: dict[str, int], attr_names: list[str], table: torch.Tensor,
-                 allow_unseen: bool = False) -> torch.Tensor:
+def nearest_rows(
+    current: torch.Tensor, spec: dict[str, int], attr_names: list[str], table: torch.Tensor, allow_unseen: bool = False
+) -> torch.Tensor:
     """Edit targets: per row of ``current`` (n x K), the label-table row that honours the spec and
     differs from it in the fewest attributes (ties: the most frequent row in the data).
 
@@ -109,8 +131,12 @@ def nearest_rows(current: torch.Tensor, spec: dict[str, int], attr_names: list[s
     match = (rows[:, cols] == want).all(1) if len(cols) else torch.ones(len(rows), dtype=torch.bool)
     if not match.any():
         if not allow_unseen:
-            raise SpecError("unseen_combination", f"no example in the data has {format_spec(spec)}; "
-                            "pass allow_unseen to change only the named attributes", {"spec": spec})
+            raise SpecError(
+                "unseen_combination",
+                f"no example in the data has {format_spec(spec)}; "
+                "pass allow_unseen to change only the named attributes",
+                {"spec": spec},
+            )
         out = current.float().clone()
         out[:, cols] = want
         return out

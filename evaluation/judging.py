@@ -3,6 +3,7 @@
 Used by ``lcs train-judge`` (thresholds on validation, the ceiling on test), ``lcs eval``,
 ``lcs eval-edits`` and the baselines bench; the judge never trains anything.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +19,7 @@ def predict(judge: Judge, images, device: torch.device, batch: int = 256) -> tup
     """(probabilities N x K, penultimate features N x F) for uint8 or float images."""
     probs, feats = [], []
     for s in range(0, len(images), batch):
-        x = images[s: s + batch]
+        x = images[s : s + batch]
         x = batch_to_float(x, device) if not torch.is_tensor(x) or x.dtype == torch.uint8 else x.to(device).float()
         with autocast(device):
             logits, f = judge(x)

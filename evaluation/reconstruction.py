@@ -1,4 +1,5 @@
 """Reconstruction error of a VAE: the number ``lcs train-vae`` reports and the σ_x comparison uses."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +16,7 @@ def evaluate_mse(vae: VAE, images: np.ndarray, device: torch.device, batch: int 
     vae.eval()
     total, count = 0.0, 0
     for s in range(0, len(images), batch):
-        x = batch_to_float(images[s: s + batch], device)
+        x = batch_to_float(images[s : s + batch], device)
         with autocast(device):
             mu, _ = vae.encode(x)
             xhat = vae.decode(mu)

@@ -6,13 +6,13 @@ on the frozen VAE (prior, latent constraints, attribute vectors, latent GMM) pro
 that the bundle's decoder turns into images; retrained conditional models (CVAE, CVAE-GAN)
 use their own decoder. Add one by registering a factory in SAMPLERS.
 """
+
 from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
 from typing import Callable, Protocol
 
-import numpy as np
 import torch
 
 from conditioning import backbone, modes
@@ -72,9 +72,16 @@ class ModeSampler(LatentSampler):
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         z = torch.randn(len(labels), self.ls.m.cfg.latent_dim, generator=generator)
-        out = [modes.latents(self.mode, self.ls, z[s: s + self.chunk], labels[s: s + self.chunk],
-                             torch.ones(len(labels[s: s + self.chunk]), labels.shape[1], dtype=torch.bool))
-               for s in range(0, len(labels), self.chunk)]
+        out = [
+            modes.latents(
+                self.mode,
+                self.ls,
+                z[s : s + self.chunk],
+                labels[s : s + self.chunk],
+                torch.ones(len(labels[s : s + self.chunk]), labels.shape[1], dtype=torch.bool),
+            )
+            for s in range(0, len(labels), self.chunk)
+        ]
         return torch.cat(out) if out else z
 
     chunk = 1024  # rows per call (optimisation holds a graph per row)
@@ -138,8 +145,14 @@ class LatentBaselineSampler(LatentSampler):
         return self.model.sample(labels, generator)
 
 
-def fill_columns(labels: torch.Tensor, attrs: list[str], model_attrs: list[str], rows: torch.Tensor, counts: torch.Tensor,
-                 generator: torch.Generator) -> torch.Tensor:
+def fill_columns(
+    labels: torch.Tensor,
+    attrs: list[str],
+    model_attrs: list[str],
+    rows: torch.Tensor,
+    counts: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """Full label rows for a model trained on more columns than were asked for: each request keeps its
     values and takes the other columns from a training row that agrees with it, drawn by frequency."""
     if attrs == model_attrs:
@@ -150,7 +163,7 @@ def fill_columns(labels: torch.Tensor, attrs: list[str], model_attrs: list[str],
     for i, row in enumerate(want):
         match = (rows[:, cols].float() == row).all(1)
         if not match.any():
-            raise ValueError(f"no training row has {dict(zip(attrs, row.tolist()))}")
+            raise ValueError(f"no training row has {dict(zip(attrs, row.tolist(), strict=False))}")
         sel = torch.nonzero(inverse == i).squeeze(1)
         pick = torch.multinomial(counts.float() * match, len(sel), replacement=True, generator=generator)
         out[sel] = rows[pick].float()
@@ -158,8 +171,16 @@ def fill_columns(labels: torch.Tensor, attrs: list[str], model_attrs: list[str],
 
 
 @torch.no_grad()
-def conditional_images(model, labels: torch.Tensor, attrs: list[str], rows: torch.Tensor, counts: torch.Tensor,
-                       generator: torch.Generator, device: torch.device, batch: int = 256) -> torch.Tensor:
+def conditional_images(
+    model,
+    labels: torch.Tensor,
+    attrs: list[str],
+    rows: torch.Tensor,
+    counts: torch.Tensor,
+    generator: torch.Generator,
+    device: torch.device,
+    batch: int = 256,
+) -> torch.Tensor:
     """Images from a CVAE / CVAE-GAN for requested labels of ``attrs`` (its other columns drawn by ``fill_columns``)."""
     model.to(device)
     y = fill_columns(labels, attrs, model.label_config.attr_names, rows, counts, generator)
@@ -167,7 +188,7 @@ def conditional_images(model, labels: torch.Tensor, attrs: list[str], rows: torc
     out = []
     for s in range(0, len(y), batch):
         with autocast(device):
-            out.append(model.decode(z[s: s + batch].to(device), y[s: s + batch].to(device)).float().cpu())
+            out.append(model.decode(z[s : s + batch].to(device), y[s : s + batch].to(device)).float().cpu())
     return torch.cat(out)
 
 

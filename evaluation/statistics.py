@@ -1,4 +1,5 @@
 """Metrics shared by the judge trainer and the evaluation harness (numpy; torch for the k-NN distances)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,7 +33,7 @@ def auc(scores: np.ndarray, target: np.ndarray) -> float:
         j = i
         while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
             j += 1
-        ranks[order[i: j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return float((ranks[target].sum() - npos * (npos + 1) / 2) / (npos * nneg))
 
@@ -66,18 +67,26 @@ def frechet_with_ci(f1: np.ndarray, f2: np.ndarray, boots: int = 50, seed: int =
     """
     rng = np.random.default_rng(seed)
     fd = frechet_distance(f1, f2)
-    values = np.array([frechet_distance(f1[rng.integers(len(f1), size=len(f1))], f2[rng.integers(len(f2), size=len(f2))])
-                       for _ in range(boots)])
+    values = np.array(
+        [
+            frechet_distance(f1[rng.integers(len(f1), size=len(f1))], f2[rng.integers(len(f2), size=len(f2))])
+            for _ in range(boots)
+        ]
+    )
     lo, hi = np.percentile(values - (values.mean() - fd), [2.5, 97.5])
     return {"fd": fd, "ci95": [float(max(lo, 0.0)), float(hi)], "n1": len(f1), "n2": len(f2)}
 
 
 def _kth_nn_radius(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
-    return torch.cat([torch.cdist(x[s: s + chunk], x).topk(k + 1, largest=False).values[:, k] for s in range(0, len(x), chunk)])
+    return torch.cat(
+        [torch.cdist(x[s : s + chunk], x).topk(k + 1, largest=False).values[:, k] for s in range(0, len(x), chunk)]
+    )
 
 
 def _covered(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int = 2048) -> float:
-    hits = torch.cat([(torch.cdist(points[s: s + chunk], centres) <= radii[None]).any(1) for s in range(0, len(points), chunk)])
+    hits = torch.cat(
+        [(torch.cdist(points[s : s + chunk], centres) <= radii[None]).any(1) for s in range(0, len(points), chunk)]
+    )
     return float(hits.float().mean())
 
 

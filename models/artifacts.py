@@ -3,6 +3,7 @@
 ``save_artifact(dir, stem, tensors, manifest)`` writes ``stem.safetensors`` and ``stem.json``
 atomically (temp file + rename), so a reader never sees half a file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -87,12 +88,16 @@ def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], what: s
     extra = sorted(set(tensors) - set(own))
     bad = [k for k in own if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)]
     if missing or extra or bad:
-        raise ArtifactError(f"{what}: weights do not fit the architecture (missing {missing[:3]}, unexpected {extra[:3]}, shape mismatch {bad[:3]})")
+        raise ArtifactError(
+            f"{what}: weights do not fit the architecture (missing {missing[:3]}, unexpected {extra[:3]}, "
+            f"shape mismatch {bad[:3]})"
+        )
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
 
 
-def load_model(directory: str | Path, stem: str, arch: str, build: Callable[[dict], torch.nn.Module],
-               extra: tuple[str, ...] = ()) -> tuple[torch.nn.Module, dict, dict[str, torch.Tensor]]:
+def load_model(
+    directory: str | Path, stem: str, arch: str, build: Callable[[dict], torch.nn.Module], extra: tuple[str, ...] = ()
+) -> tuple[torch.nn.Module, dict, dict[str, torch.Tensor]]:
     """Load ``stem.*``, check its architecture, build it from the manifest's config, load the weights.
 
     Returns (module in eval mode without gradients, manifest, stored tensors as saved). Tensors named

@@ -7,6 +7,7 @@ Fitted in closed form on encodings μ(x) with labels y (N x K, 0/1):
 Sampling moves a prior sample by the vectors of the requested labels relative to the data's mean
 labels: z = z_p + (y − ȳ) V. Editing moves an encoding by the label change: z' = μ(x) + (y' − y) V.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field

@@ -5,6 +5,7 @@ the decoder as K extra inputs beside z: q(z|x, y), p(x|z, y). The prior is N(0, 
 ``learned_prior`` a diagonal Gaussian p(z|y) from a small MLP (the CMMA variant), so sampling for
 a label row starts where that row's encodings live. Same fixed-σ_x Gaussian decoder and β as the VAE.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
@@ -45,8 +46,11 @@ class CVAE(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(replace(b, channels=b.channels + k))
         self.decoder = Decoder(replace(b, latent_dim=b.latent_dim + k))
-        self.prior = (nn.Sequential(nn.Linear(k, cfg.prior_width), nn.SiLU(), nn.Linear(cfg.prior_width, 2 * b.latent_dim))
-                      if cfg.learned_prior else None)
+        self.prior = (
+            nn.Sequential(nn.Linear(k, cfg.prior_width), nn.SiLU(), nn.Linear(cfg.prior_width, 2 * b.latent_dim))
+            if cfg.learned_prior
+            else None
+        )
 
     @property
     def label_config(self) -> CVAEConfig:

@@ -10,8 +10,10 @@ Losses (the authors' weights λ1..λ4 = 3, 1, 1e-3, 1e-3):
   L_GD = ½‖mean f_D(x) − mean f_D(x_p)‖²                                 (mean feature matching),
   L_GC = ½ Σ_c ‖mean f_C(x | y_c = 1) − mean f_C(x_p | y_c = 1)‖²         (per class; per attribute for
   binary label sets), with x_p drawn for the batch's own labels so the class means are comparable.
-Pixels enter L_G on the [−1, 1] scale of the authors' tanh generator; norms are summed per image, averaged over the batch.
+Pixels enter L_G on the [−1, 1] scale of the authors' tanh generator; norms are summed per image, averaged over
+the batch.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -78,8 +80,11 @@ class CVAEGAN(nn.Module):
         return self.cvae.sample_latents(y, generator)
 
     def optim_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {"discriminator": list(self.discriminator.parameters()), "classifier": list(self.classifier.parameters()),
-                "generator": list(self.cvae.parameters())}
+        return {
+            "discriminator": list(self.discriminator.parameters()),
+            "classifier": list(self.classifier.parameters()),
+            "generator": list(self.cvae.parameters()),
+        }
 
     def _class_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.cfg.cvae.kind == "categorical":
@@ -97,8 +102,9 @@ class CVAEGAN(nn.Module):
 
         d_real, _ = self.discriminator(x)
         d_fake, _ = self.discriminator(torch.cat([x_r, x_p]).detach())
-        loss_d = F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real)) \
-            + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+        loss_d = F.binary_cross_entropy_with_logits(
+            d_real, torch.ones_like(d_real)
+        ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
         yield "discriminator", loss_d, {"loss_d": loss_d.item()}
 
         loss_c = self._class_loss(self.classifier(x)[0], y)
@@ -124,8 +130,17 @@ class CVAEGAN(nn.Module):
         finally:
             self.discriminator.requires_grad_(True)
             self.classifier.requires_grad_(True)
-        yield "generator", loss_g, {"kl": kl.item(), "l_g": l_g.item(), "l_gd": l_gd.item(), "l_gc": l_gc.item(),
-                                    "mse": (x - x_r).pow(2).mean().item()}
+        yield (
+            "generator",
+            loss_g,
+            {
+                "kl": kl.item(),
+                "l_g": l_g.item(),
+                "l_gd": l_gd.item(),
+                "l_gc": l_gc.item(),
+                "mse": (x - x_r).pow(2).mean().item(),
+            },
+        )
 
 
 def load_cvaegan(directory, device: str | torch.device = "cpu") -> tuple[CVAEGAN, dict, dict[str, torch.Tensor]]:
@@ -133,7 +148,9 @@ def load_cvaegan(directory, device: str | torch.device = "cpu") -> tuple[CVAEGAN
     from models.artifacts import load_model
 
     extra = ("label_rows", "label_counts")
-    model, manifest, tensors = load_model(directory, "cvaegan", ARCH, lambda cfg: CVAEGAN(CVAEGANConfig.from_json(cfg)), extra)
+    model, manifest, tensors = load_model(
+        directory, "cvaegan", ARCH, lambda cfg: CVAEGAN(CVAEGANConfig.from_json(cfg)), extra
+    )
     return model.to(device), manifest, {k: tensors[k] for k in extra}
 
 

@@ -4,6 +4,7 @@ Deliberately unlike the VAE encoder (residual blocks, BatchNorm, max-pooling, gl
 pooling) so it does not share the encoder's blind spots. One sigmoid output per attribute
 column; categorical label sets are decided by argmax over their columns.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -48,7 +49,9 @@ class Judge(nn.Module):
         w = cfg.width
         stride = 2 if cfg.image_size >= 64 else 1
         self.stem = nn.Sequential(nn.Conv2d(cfg.channels, w, 3, stride, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
-        self.blocks = nn.Sequential(ResBlock(w, w), nn.MaxPool2d(2), ResBlock(w, 2 * w), nn.MaxPool2d(2), ResBlock(2 * w, 4 * w))
+        self.blocks = nn.Sequential(
+            ResBlock(w, w), nn.MaxPool2d(2), ResBlock(w, 2 * w), nn.MaxPool2d(2), ResBlock(2 * w, 4 * w)
+        )
         self.features = nn.Sequential(nn.Linear(4 * w, cfg.feature_dim), nn.ReLU())
         self.head = nn.Linear(cfg.feature_dim, len(cfg.attr_names))
 

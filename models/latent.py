@@ -6,6 +6,7 @@
 - ``AttrClassifier`` D_attr(z): attribute logits from a latent (used by optimisation mode).
 An empty label set (K = 0) gives the unconditional realism mapper G(z).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -54,7 +55,9 @@ class _Conditioned(nn.Module):
         if self.embed is None:
             return z
         if y is None or y.shape != (len(z), self.cfg.n_labels):
-            raise ValueError(f"labels must be {len(z)} x {self.cfg.n_labels}, got {None if y is None else tuple(y.shape)}")
+            raise ValueError(
+                f"labels must be {len(z)} x {self.cfg.n_labels}, got {None if y is None else tuple(y.shape)}"
+            )
         return torch.cat([z, self.embed(y.to(z.dtype))], 1)
 
 
@@ -97,7 +100,9 @@ class LatentMappers(nn.Module):
         self.attr = AttrClassifier(cfg) if cfg.n_labels else None
 
 
-def load_mappers(directory, decoder_fingerprint: str | None = None) -> tuple[LatentMappers, dict, dict[str, torch.Tensor]]:
+def load_mappers(
+    directory, decoder_fingerprint: str | None = None
+) -> tuple[LatentMappers, dict, dict[str, torch.Tensor]]:
     """Load mapper.safetensors + mapper.json -> (mappers, manifest, extra tensors: label_table, sigma_bar).
 
     Refuses a mapper trained for another decoder: its latents would mean something else.
@@ -106,8 +111,10 @@ def load_mappers(directory, decoder_fingerprint: str | None = None) -> tuple[Lat
 
     manifest = load_manifest(directory, "mapper")
     if decoder_fingerprint is not None and manifest.get("decoder_fingerprint") != decoder_fingerprint:
-        raise ArtifactError(f"{directory}: mapper was trained for decoder {str(manifest.get('decoder_fingerprint'))[:12]}…, "
-                            f"this decoder is {decoder_fingerprint[:12]}…")
+        raise ArtifactError(
+            f"{directory}: mapper was trained for decoder {str(manifest.get('decoder_fingerprint'))[:12]}…, "
+            f"this decoder is {decoder_fingerprint[:12]}…"
+        )
     extra = ("label_table", "sigma_bar")
     m, manifest, tensors = load_model(directory, "mapper", ARCH, lambda cfg: LatentMappers(LatentConfig(**cfg)), extra)
     return m, manifest, {k: tensors[k] for k in extra if k in tensors}

@@ -6,6 +6,7 @@ draws from its mixture; a row without its own mixture uses the nearest fitted ro
 attributes, ties to the most frequent). Cheap and faithful to what was seen, but it cannot compose
 attributes into combinations the data lacks, and its size grows with the number of distinct rows.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,7 +23,9 @@ class LatentGMMConfig:
     latent_dim: int
     attr_names: list[str] = field(default_factory=list)
     kind: str = "binary"
-    n_rows: int = 1  # distinct label rows with a mixture (fixed by ``fit``; part of the config so loading knows the shapes)
+    n_rows: int = (
+        1  # distinct label rows with a mixture (fixed by ``fit``; part of the config so loading knows the shapes)
+    )
     components: int = 4
     min_count: int = 20
     var_floor: float = 1e-3

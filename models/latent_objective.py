@@ -12,6 +12,7 @@ applied to prior samples and, when λ_dist > 0, to real encodings with their own
 ``lcs train-labelset`` runs ``step`` in its loop; the baselines bench counts its FLOPs by running
 the same function, so the count follows any change to the step.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,9 +45,11 @@ class Optimizers:
 
 def optimizers(m: LatentMappers, lr: float, attr_lr: float) -> Optimizers:
     """Adam with β = (0, 0.9) for critic and actor (the reference), plain Adam for D_attr."""
-    return Optimizers(torch.optim.Adam(m.critic.parameters(), lr=lr, betas=(0.0, 0.9)),
-                      torch.optim.Adam(m.actor.parameters(), lr=lr, betas=(0.0, 0.9)),
-                      torch.optim.Adam(m.attr.parameters(), lr=attr_lr) if m.attr is not None else None)
+    return Optimizers(
+        torch.optim.Adam(m.critic.parameters(), lr=lr, betas=(0.0, 0.9)),
+        torch.optim.Adam(m.actor.parameters(), lr=lr, betas=(0.0, 0.9)),
+        torch.optim.Adam(m.attr.parameters(), lr=attr_lr) if m.attr is not None else None,
+    )
 
 
 def mismatched_labels(y: torch.Tensor, pool: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +59,9 @@ def mismatched_labels(y: torch.Tensor, pool: torch.Tensor, gen: torch.Generator)
     return other, keep
 
 
-def critic_batch(m: LatentMappers, t: LatentTable, idx: torch.Tensor, obj: LatentObjective, gen: torch.Generator) -> dict:
+def critic_batch(
+    m: LatentMappers, t: LatentTable, idx: torch.Tensor, obj: LatentObjective, gen: torch.Generator
+) -> dict:
     """The rows of one critic step (returned whole so tests can check what the critic sees)."""
     y = t.labels[idx]
     real = posterior_sample(t, idx, gen)
@@ -65,8 +70,14 @@ def critic_batch(m: LatentMappers, t: LatentTable, idx: torch.Tensor, obj: Laten
     with torch.no_grad():
         fake = torch.where(use_actor[:, None], m.actor(prior, y if t.labels.shape[1] else None), prior)
     alpha = torch.rand(len(idx), 1, generator=gen)
-    batch = {"real": real, "fake": fake, "labels": y, "alpha": alpha, "interp": alpha * real + (1 - alpha) * fake,
-             "use_actor": use_actor}
+    batch = {
+        "real": real,
+        "fake": fake,
+        "labels": y,
+        "alpha": alpha,
+        "interp": alpha * real + (1 - alpha) * fake,
+        "use_actor": use_actor,
+    }
     if t.labels.shape[1]:
         batch["mismatched_labels"], batch["mismatched_keep"] = mismatched_labels(y, t.labels[t.rows(0)], gen)
     return batch
@@ -83,7 +94,7 @@ def critic_loss(m: LatentMappers, b: dict, gp_weight: float) -> tuple[torch.Tens
     logits_all, targets_all = torch.cat(logits), torch.cat(targets).to(logits[0].device)
     ce = F.binary_cross_entropy_with_logits(logits_all, targets_all)
     interp = b["interp"].detach().requires_grad_(True)
-    grad, = torch.autograd.grad(m.critic(interp, y).sum(), interp, create_graph=True)
+    (grad,) = torch.autograd.grad(m.critic(interp, y).sum(), interp, create_graph=True)
     gp = (grad.norm(dim=1) - 1).pow(2).mean()
     return ce + gp_weight * gp, {"critic_ce": ce.item(), "gp": gp.item()}
 
@@ -93,12 +104,14 @@ def edit_labels(y: torch.Tensor, rows: torch.Tensor, gen: torch.Generator) -> to
     nearest row the data shows that has the flipped value (random among equally near ones)."""
     a = torch.randint(y.shape[1], (len(y),), generator=gen)
     flipped = 1 - y[torch.arange(len(y)), a]
-    allowed = rows[:, a].T == flipped[:, None]
+    allowed = flipped[:, None] == rows[:, a].T
     target = nearest_allowed(y, rows, allowed, 0.5 * torch.rand(len(y), len(rows), generator=gen))
     return torch.where(allowed.any(1, keepdim=True), target, y)  # an attribute the data never flips stays
 
 
-def actor_loss(m: LatentMappers, t: LatentTable, idx: torch.Tensor, obj: LatentObjective, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+def actor_loss(
+    m: LatentMappers, t: LatentTable, idx: torch.Tensor, obj: LatentObjective, gen: torch.Generator
+) -> tuple[torch.Tensor, dict]:
     y = t.labels[idx]
     z = torch.randn(len(idx), t.mu.shape[1], generator=gen)
     if obj.lambda_dist > 0:
@@ -133,8 +146,14 @@ def attr_predict(m: LatentMappers, z: torch.Tensor, kind: str) -> torch.Tensor:
     return (logits > 0).float()
 
 
-def step(m: LatentMappers, opts: Optimizers, t: LatentTable, batch: Callable[[], torch.Tensor], obj: LatentObjective,
-         gen: torch.Generator) -> dict:
+def step(
+    m: LatentMappers,
+    opts: Optimizers,
+    t: LatentTable,
+    batch: Callable[[], torch.Tensor],
+    obj: LatentObjective,
+    gen: torch.Generator,
+) -> dict:
     """One actor step: ``critic_steps`` critic updates, one actor update, one D_attr update.
     ``batch()`` draws the training-row indices of one minibatch. Returns the last losses."""
     for _ in range(obj.critic_steps):

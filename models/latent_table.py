@@ -6,6 +6,7 @@ training split, per dimension; the actor's distance penalty divides by its squar
 fingerprints that tie the table to its VAE. Written by ``lcs encode``, rule tables and server
 jobs; read by ``lcs train-labelset``, the latent baselines and the bench.
 """
+
 from __future__ import annotations
 
 import sys
@@ -50,13 +51,21 @@ def load_table(bundle: str | Path, label_set: str) -> LatentTable:
     elif label_set in man["label_sets"]:
         names, kind = man["label_sets"][label_set]["attrs"], man["label_sets"][label_set]["kind"]
     else:
-        raise ValueError(f"label set {label_set!r} is not in {bundle}/latents.json; it has {sorted(man['label_sets'])} (or 'realism')")
+        raise ValueError(
+            f"label set {label_set!r} is not in {bundle}/latents.json; "
+            f"it has {sorted(man['label_sets'])} (or 'realism')"
+        )
     cols = [man["attr_names"].index(a) for a in names]
     return LatentTable(
-        mu=tensors["mu"].float(), sigma=tensors["sigma"].float(),
-        labels=tensors["attrs"][:, cols].float(), split=tensors["split"].long(),
-        sigma_bar=torch.tensor(man["sigma_bar"]), attr_names=list(names), kind=kind,
-        decoder_fingerprint=man["decoder_fingerprint"], data_fingerprint=fingerprint(tensors),
+        mu=tensors["mu"].float(),
+        sigma=tensors["sigma"].float(),
+        labels=tensors["attrs"][:, cols].float(),
+        split=tensors["split"].long(),
+        sigma_bar=torch.tensor(man["sigma_bar"]),
+        attr_names=list(names),
+        kind=kind,
+        decoder_fingerprint=man["decoder_fingerprint"],
+        data_fingerprint=fingerprint(tensors),
     )
 
 
@@ -64,15 +73,33 @@ def posterior_sample(t: LatentTable, idx: torch.Tensor, gen: torch.Generator) ->
     return t.mu[idx] + t.sigma[idx] * torch.randn(t.mu[idx].shape, generator=gen)
 
 
-def write_latent_table(bundle: str | Path, mu: torch.Tensor, sigma: torch.Tensor, attrs, split, *, attr_names: list[str],
-                       label_sets: dict, decoder_fingerprint: str, dataset: dict, ids=None, command=None,
-                       sigma_bar: torch.Tensor | None = None, extra_stats: dict | None = None) -> dict:
+def write_latent_table(
+    bundle: str | Path,
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    attrs,
+    split,
+    *,
+    attr_names: list[str],
+    label_sets: dict,
+    decoder_fingerprint: str,
+    dataset: dict,
+    ids=None,
+    command=None,
+    sigma_bar: torch.Tensor | None = None,
+    extra_stats: dict | None = None,
+) -> dict:
     """Write latents.safetensors/json; σ̄_z defaults to the encoder σ averaged over the training split."""
     split_t = torch.as_tensor(split).to(torch.uint8)
     if sigma_bar is None:
         sigma_bar = sigma[split_t == 0].mean(0)
     train = split_t == 0
-    tensors = {"mu": mu.float(), "sigma": sigma.float(), "attrs": torch.as_tensor(attrs).to(torch.int8), "split": split_t}
+    tensors = {
+        "mu": mu.float(),
+        "sigma": sigma.float(),
+        "attrs": torch.as_tensor(attrs).to(torch.int8),
+        "split": split_t,
+    }
     manifest = {
         "kind": "latents",
         "latent_dim": mu.shape[1],
@@ -95,7 +122,9 @@ def write_latent_table(bundle: str | Path, mu: torch.Tensor, sigma: torch.Tensor
     return manifest
 
 
-def nearest_allowed(current: torch.Tensor, rows: torch.Tensor, allowed: torch.Tensor, tiebreak: torch.Tensor) -> torch.Tensor:
+def nearest_allowed(
+    current: torch.Tensor, rows: torch.Tensor, allowed: torch.Tensor, tiebreak: torch.Tensor
+) -> torch.Tensor:
     """Per row of ``current``: the allowed row of ``rows`` at the smallest Hamming distance; among
     equals, the largest ``tiebreak`` (values in [0, 1)). allowed/tiebreak: n x len(rows)."""
     score = torch.cdist(current.float(), rows, p=0) - tiebreak

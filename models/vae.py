@@ -4,6 +4,7 @@
 Small σ_x (0.1) weights reconstruction heavily: sharp reconstructions, but prior samples land
 off the data manifold — the gap the latent constraints close.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,10 +35,10 @@ class VAEConfig:
 
     @property
     def feature_size(self) -> int:
-        return self.image_size // 2 ** self.stages
+        return self.image_size // 2**self.stages
 
     def widths(self) -> list[int]:
-        return [self.width * 2 ** i for i in range(self.stages)]
+        return [self.width * 2**i for i in range(self.stages)]
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -53,7 +54,7 @@ def conv_trunk(cfg: VAEConfig) -> tuple[nn.Sequential, int]:
         if res <= 16:
             layers += [nn.Conv2d(c, c, 3, 1, 1), nn.SiLU()]
         c_in = c
-    return nn.Sequential(*layers), c_in * cfg.feature_size ** 2
+    return nn.Sequential(*layers), c_in * cfg.feature_size**2
 
 
 class Encoder(nn.Module):
@@ -76,10 +77,10 @@ class Decoder(nn.Module):
         super().__init__()
         widths = cfg.widths()[::-1]
         self.shape = (widths[0], cfg.feature_size, cfg.feature_size)
-        self.fc = nn.Linear(cfg.latent_dim, widths[0] * cfg.feature_size ** 2)
+        self.fc = nn.Linear(cfg.latent_dim, widths[0] * cfg.feature_size**2)
         layers, res = [], cfg.feature_size
         outs = widths[1:] + [max(widths[-1] // 2, 8)]
-        for c_in, c_out in zip(widths, outs):
+        for c_in, c_out in zip(widths, outs, strict=True):
             res *= 2
             layers += [nn.SiLU(), nn.ConvTranspose2d(c_in, c_out, 4, 2, 1)]
             if res <= 16:
@@ -114,9 +115,17 @@ class VAE(nn.Module):
         return elbo(x, self.decoder(z), mu, logvar, self.cfg)
 
 
-def elbo(x: torch.Tensor, xhat: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, cfg: VAEConfig,
-         prior_mu: torch.Tensor | None = None, prior_logvar: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Negative ELBO with the fixed-σ_x Gaussian decoder; KL to N(0, I), or to a learned prior N(prior_mu, e^prior_logvar)."""
+def elbo(
+    x: torch.Tensor,
+    xhat: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    cfg: VAEConfig,
+    prior_mu: torch.Tensor | None = None,
+    prior_logvar: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Negative ELBO with the fixed-σ_x Gaussian decoder; KL to N(0, I), or to a learned prior
+    N(prior_mu, e^prior_logvar)."""
     sq = (x - xhat).pow(2).flatten(1)
     d = sq.shape[1]
     s = cfg.sigma_x

@@ -1,5 +1,6 @@
 """HTTP routes. Model work goes through the batcher's model thread, PNG encoding through the thread
 pool, so the event loop only parses, routes and answers."""
+
 from __future__ import annotations
 
 import base64
@@ -14,6 +15,11 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
+from conditioning import edits, modes
+from conditioning.images import grid, png_bytes, to_uint8
+from conditioning.labelset import LabelSetVersion
+from conditioning.rules import RULES
+from conditioning.specs import SpecError, parse_spec
 from models.latent_table import REALISM
 from service.auth import require_admin
 from service.batcher import SampleWork
@@ -21,11 +27,6 @@ from service.errors import ApiError, envelope
 from service.jobs import read_status, training_params
 from service.registry import check_name
 from service.uploads import decode_image, open_zip, parse_labels_csv
-from conditioning import edits, modes
-from conditioning.images import grid, png_bytes, to_uint8
-from conditioning.labelset import LabelSetVersion
-from conditioning.rules import RULES
-from conditioning.specs import SpecError, parse_spec
 
 router = APIRouter()
 
@@ -33,8 +34,13 @@ router = APIRouter()
 def state(request: Request):
     st = request.app.state.lcs
     if not st.ready:
-        raise ApiError(503, "not_ready", "the server is still starting" if st.startup_error is None else "start-up failed",
-                       {"pending": dict(st.pending), "error": st.startup_error}, headers={"Retry-After": "1"})
+        raise ApiError(
+            503,
+            "not_ready",
+            "the server is still starting" if st.startup_error is None else "start-up failed",
+            {"pending": dict(st.pending), "error": st.startup_error},
+            headers={"Retry-After": "1"},
+        )
     return st
 
 
@@ -49,20 +55,32 @@ def pick_labelset(st, labelset: str | None, attrs: str | None) -> LabelSetVersio
     names = {p.strip().lstrip("+-").strip().lower() for p in (attrs or "").split(",") if p.strip().lstrip("+-").strip()}
     if not names:
         if REALISM not in sets:
-            raise ApiError(404, "unknown_labelset", "no attributes were asked for and no 'realism' label set is registered",
-                           {"available": sorted(sets)})
+            raise ApiError(
+                404,
+                "unknown_labelset",
+                "no attributes were asked for and no 'realism' label set is registered",
+                {"available": sorted(sets)},
+            )
         return sets[REALISM]
     found = [ls for ls in sets.values() if names <= {a.lower() for a in ls.attr_names}]
     if len(found) == 1:
         return found[0]
     if found:
-        raise ApiError(422, "ambiguous_labelset", f"label sets {', '.join(sorted(ls.name for ls in found))} all have these "
-                       "attributes; pass labelset=", {"candidates": sorted(ls.name for ls in found)})
+        raise ApiError(
+            422,
+            "ambiguous_labelset",
+            f"label sets {', '.join(sorted(ls.name for ls in found))} all have these attributes; pass labelset=",
+            {"candidates": sorted(ls.name for ls in found)},
+        )
     valid = {ls.name: ls.attr_names for ls in sets.values() if ls.attr_names}
     known = {a.lower() for v in valid.values() for a in v}
-    raise ApiError(422, "unknown_attributes", f"no label set has all of {', '.join(sorted(names))}"
-                   + (f" (unknown: {', '.join(sorted(names - known))})" if names - known else ""),
-                   {"unknown": sorted(names - known), "valid": valid})
+    raise ApiError(
+        422,
+        "unknown_attributes",
+        f"no label set has all of {', '.join(sorted(names))}"
+        + (f" (unknown: {', '.join(sorted(names - known))})" if names - known else ""),
+        {"unknown": sorted(names - known), "valid": valid},
+    )
 
 
 def spec_error(e: SpecError, ls: LabelSetVersion, **extra) -> ApiError:
@@ -85,7 +103,7 @@ def headers(st, ls: LabelSetVersion | None, mode: str, **extra) -> dict[str, str
 
 
 def label_rows(ls: LabelSetVersion | None, y: torch.Tensor) -> list[dict[str, int]]:
-    return [] if ls is None else [{a: int(v) for a, v in zip(ls.attr_names, row.tolist())} for row in y]
+    return [] if ls is None else [{a: int(v) for a, v in zip(ls.attr_names, row.tolist(), strict=False)} for row in y]
 
 
 def _png(images: np.ndarray) -> bytes:
@@ -96,19 +114,23 @@ def _png(images: np.ndarray) -> bytes:
 
 
 @router.get("/sample", summary="Conditional (or realism-mapped) samples as PNG or JSON")
-async def sample(request: Request,
-                 attrs: str | None = Query(None, description="comma-separated attributes, '-' negates: smiling,-eyeglasses"),
-                 labelset: str | None = Query(None, description="inferred when the attributes name exactly one label set"),
-                 n: int = Query(1, ge=1, description="images (a grid when > 1); at most the server's max_n"),
-                 seed: int | None = Query(None, ge=0, le=2 ** 63 - 1, description="same seed, same bytes"),
-                 mode: modes.Mode = "actor",
-                 format: Literal["png", "json"] = "png",
-                 allow_unseen: bool = Query(False, description="allow attribute combinations the data never shows")):
+async def sample(
+    request: Request,
+    attrs: str | None = Query(None, description="comma-separated attributes, '-' negates: smiling,-eyeglasses"),
+    labelset: str | None = Query(None, description="inferred when the attributes name exactly one label set"),
+    n: int = Query(1, ge=1, description="images (a grid when > 1); at most the server's max_n"),
+    seed: int | None = Query(None, ge=0, le=2**63 - 1, description="same seed, same bytes"),
+    mode: modes.Mode = "actor",
+    format: Literal["png", "json"] = "png",
+    allow_unseen: bool = Query(False, description="allow attribute combinations the data never shows"),
+):
     st = state(request)
     if n > st.cfg.max_n:
         raise ApiError(422, "n_out_of_range", f"n must be between 1 and {st.cfg.max_n}", {"max": st.cfg.max_n})
     if mode == "prior" and attrs:
-        raise ApiError(422, "prior_ignores_attrs", "mode=prior draws unconditional prior samples; drop attrs or use actor/optimize")
+        raise ApiError(
+            422, "prior_ignores_attrs", "mode=prior draws unconditional prior samples; drop attrs or use actor/optimize"
+        )
     ls = None if mode == "prior" else pick_labelset(st, labelset, attrs)
     seed = secrets.randbits(63) if seed is None else seed
     spec = spec_for(ls, attrs) if ls is not None else {}
@@ -124,11 +146,23 @@ async def sample(request: Request,
     h = headers(st, ls, mode, seed=seed, batch_samples=result.batch_samples)
     if format == "json":
         pngs = await run_in_threadpool(lambda: [base64.b64encode(png_bytes(im)).decode() for im in result.images])
-        body = {"labelset": ls and ls.name, "version": ls and ls.version, "decoder_fingerprint": st.backbone.decoder_fingerprint,
-                "seed": seed, "mode": mode, "attr_names": ls.attr_names if ls else [],
-                "images": [{"png_base64": p, "labels": lab, "realism": None if result.realism is None else round(float(r), 4)}
-                           for p, lab, r in zip(pngs, label_rows(ls, y) or [None] * n,
-                                                result.realism.tolist() if result.realism is not None else [None] * n)]}
+        body = {
+            "labelset": ls and ls.name,
+            "version": ls and ls.version,
+            "decoder_fingerprint": st.backbone.decoder_fingerprint,
+            "seed": seed,
+            "mode": mode,
+            "attr_names": ls.attr_names if ls else [],
+            "images": [
+                {"png_base64": p, "labels": lab, "realism": None if result.realism is None else round(float(r), 4)}
+                for p, lab, r in zip(
+                    pngs,
+                    label_rows(ls, y) or [None] * n,
+                    result.realism.tolist() if result.realism is not None else [None] * n,
+                    strict=True,
+                )
+            ],
+        }
         return JSONResponse(body, headers=h)
     if y.shape[1]:
         h["X-LCS-Attrs"] = ",".join(ls.attr_names)
@@ -138,14 +172,21 @@ async def sample(request: Request,
 
 
 @router.post("/transform", summary="Identity-preserving edit of an uploaded image")
-async def transform(request: Request, image: UploadFile = File(..., description="PNG or JPEG"),
-                    attrs: str = Form("", description="attributes to set, e.g. eyeglasses or -smiling"),
-                    labelset: str | None = Form(None), mode: edits.EditMode = Form("actor"),
-                    format: Literal["png", "json"] = Form("png"), allow_unseen: bool = Form(False)):
+async def transform(
+    request: Request,
+    image: UploadFile = File(..., description="PNG or JPEG"),
+    attrs: str = Form("", description="attributes to set, e.g. eyeglasses or -smiling"),
+    labelset: str | None = Form(None),
+    mode: edits.EditMode = Form("actor"),
+    format: Literal["png", "json"] = Form("png"),
+    allow_unseen: bool = Form(False),
+):
     st = state(request)
     data = await image.read()
     if len(data) > st.cfg.max_image_bytes:
-        raise ApiError(413, "payload_too_large", f"the image is {len(data)} bytes; the limit is {st.cfg.max_image_bytes}")
+        raise ApiError(
+            413, "payload_too_large", f"the image is {len(data)} bytes; the limit is {st.cfg.max_image_bytes}"
+        )
     ls = pick_labelset(st, labelset, attrs)
     spec = spec_for(ls, attrs)
     if not spec:
@@ -167,19 +208,35 @@ async def transform(request: Request, image: UploadFile = File(..., description=
     h = headers(st, ls, mode, attrs=",".join(ls.attr_names), target="".join(str(int(v)) for v in target[0].tolist()))
     if format == "json":
         edited, recon = await run_in_threadpool(lambda: [base64.b64encode(png_bytes(im)).decode() for im in images])
-        return JSONResponse({"labelset": ls.name, "version": ls.version, "mode": mode, "target": label_rows(ls, target)[0],
-                             "edited_png_base64": edited, "reconstruction_png_base64": recon,
-                             "realism": round(float(realism[0]), 4), "decoder_fingerprint": st.backbone.decoder_fingerprint},
-                            headers=h)
+        return JSONResponse(
+            {
+                "labelset": ls.name,
+                "version": ls.version,
+                "mode": mode,
+                "target": label_rows(ls, target)[0],
+                "edited_png_base64": edited,
+                "reconstruction_png_base64": recon,
+                "realism": round(float(realism[0]), 4),
+                "decoder_fingerprint": st.backbone.decoder_fingerprint,
+            },
+            headers=h,
+        )
     body = await run_in_threadpool(png_bytes, images[0])
     return Response(body, media_type="image/png", headers=h)
 
 
 # ---- label sets -------------------------------------------------------------------------------
 
+
 def _summary(ls: LabelSetVersion) -> dict:
-    return {"name": ls.name, "version": ls.version, "labels": ls.attr_names, "kind": ls.kind,
-            "trained_as": ls.manifest.get("name"), "metrics": ls.manifest.get("metrics", {})}
+    return {
+        "name": ls.name,
+        "version": ls.version,
+        "labels": ls.attr_names,
+        "kind": ls.kind,
+        "trained_as": ls.manifest.get("name"),
+        "metrics": ls.manifest.get("metrics", {}),
+    }
 
 
 @router.get("/labelsets", summary="Label sets serving now")
@@ -194,10 +251,18 @@ async def get_labelset(request: Request, name: str):
     return await run_in_threadpool(st.registry.describe, check_name(name))
 
 
-@router.put("/labelsets/{name}", status_code=201, dependencies=[Depends(require_admin)],
-            summary="Register a new immutable version (mapper.json + mapper.safetensors from lcs train-labelset)")
-async def put_labelset(request: Request, name: str, manifest: UploadFile = File(..., description="mapper.json"),
-                       weights: UploadFile = File(..., description="mapper.safetensors")):
+@router.put(
+    "/labelsets/{name}",
+    status_code=201,
+    dependencies=[Depends(require_admin)],
+    summary="Register a new immutable version (mapper.json + mapper.safetensors from lcs train-labelset)",
+)
+async def put_labelset(
+    request: Request,
+    name: str,
+    manifest: UploadFile = File(..., description="mapper.json"),
+    weights: UploadFile = File(..., description="mapper.safetensors"),
+):
     st = state(request)
     check_name(name)
     staged = st.registry.stage()
@@ -209,13 +274,17 @@ async def put_labelset(request: Request, name: str, manifest: UploadFile = File(
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
-    vid = await run_in_threadpool(st.registry.publish, name, staged, st.backbone.decoder_fingerprint, st.backbone.latent_dim, "upload")
+    vid = await run_in_threadpool(
+        st.registry.publish, name, staged, st.backbone.decoder_fingerprint, st.backbone.latent_dim, "upload"
+    )
     await run_in_threadpool(st.live.sync)
     ls = st.live.get(name)
     return JSONResponse(_summary(ls) if ls is not None and ls.version == vid else {"name": name, "version": vid}, 201)
 
 
-@router.delete("/labelsets/{name}", dependencies=[Depends(require_admin)], summary="Delete a label set and all its versions")
+@router.delete(
+    "/labelsets/{name}", dependencies=[Depends(require_admin)], summary="Delete a label set and all its versions"
+)
 async def delete_labelset(request: Request, name: str):
     st = state(request)
     await run_in_threadpool(st.registry.delete, name)
@@ -223,16 +292,22 @@ async def delete_labelset(request: Request, name: str):
     return {"deleted": name}
 
 
-@router.delete("/labelsets/{name}/versions/{version}", dependencies=[Depends(require_admin)],
-               summary="Delete one earlier (not serving) version")
+@router.delete(
+    "/labelsets/{name}/versions/{version}",
+    dependencies=[Depends(require_admin)],
+    summary="Delete one earlier (not serving) version",
+)
 async def delete_version(request: Request, name: str, version: str):
     st = state(request)
     await run_in_threadpool(st.registry.delete_version, name, version)
     return {"deleted": name, "version": version}
 
 
-@router.post("/labelsets/{name}/rollback", dependencies=[Depends(require_admin)],
-             summary="Serve an earlier version again (default: the previous one)")
+@router.post(
+    "/labelsets/{name}/rollback",
+    dependencies=[Depends(require_admin)],
+    summary="Serve an earlier version again (default: the previous one)",
+)
 async def rollback(request: Request, name: str, version: str | None = Query(None)):
     st = state(request)
     vid = await run_in_threadpool(st.registry.rollback, name, version)
@@ -240,20 +315,42 @@ async def rollback(request: Request, name: str, version: str | None = Query(None
     return {"name": name, "version": vid}
 
 
-@router.post("/labelsets/{name}/jobs", status_code=202, dependencies=[Depends(require_admin)],
-             summary="Train a new label set on the frozen model from uploaded labels, images or a rule")
-async def create_job(request: Request, name: str,
-                     labels: UploadFile | None = File(None, description="CSV: id|file, then one 0/1 column per attribute"),
-                     images: UploadFile | None = File(None, description="zip of the images the CSV's 'file' column names"),
-                     rule: str | None = Form(None, description=f"label decoded prior samples by a rule: {', '.join(sorted(RULES))}"),
-                     kind: Literal["binary", "categorical"] = Form("binary"),
-                     steps: int | None = Form(None), lambda_dist: float | None = Form(None), width: int | None = Form(None),
-                     depth: int | None = Form(None), batch_size: int | None = Form(None), lr: float | None = Form(None),
-                     edit_prob: float | None = Form(None), rule_samples: int | None = Form(None)):
+@router.post(
+    "/labelsets/{name}/jobs",
+    status_code=202,
+    dependencies=[Depends(require_admin)],
+    summary="Train a new label set on the frozen model from uploaded labels, images or a rule",
+)
+async def create_job(
+    request: Request,
+    name: str,
+    labels: UploadFile | None = File(None, description="CSV: id|file, then one 0/1 column per attribute"),
+    images: UploadFile | None = File(None, description="zip of the images the CSV's 'file' column names"),
+    rule: str | None = Form(None, description=f"label decoded prior samples by a rule: {', '.join(sorted(RULES))}"),
+    kind: Literal["binary", "categorical"] = Form("binary"),
+    steps: int | None = Form(None),
+    lambda_dist: float | None = Form(None),
+    width: int | None = Form(None),
+    depth: int | None = Form(None),
+    batch_size: int | None = Form(None),
+    lr: float | None = Form(None),
+    edit_prob: float | None = Form(None),
+    rule_samples: int | None = Form(None),
+):
     st = state(request)
     check_name(name)
-    train = training_params({"steps": steps, "lambda_dist": lambda_dist, "width": width, "depth": depth, "batch_size": batch_size,
-                             "lr": lr, "edit_prob": edit_prob, "rule_samples": rule_samples})
+    train = training_params(
+        {
+            "steps": steps,
+            "lambda_dist": lambda_dist,
+            "width": width,
+            "depth": depth,
+            "batch_size": batch_size,
+            "lr": lr,
+            "edit_prob": edit_prob,
+            "rule_samples": rule_samples,
+        }
+    )
     files: dict[str, bytes] = {}
     if rule is not None:
         if labels is not None or images is not None:
@@ -268,15 +365,25 @@ async def create_job(request: Request, name: str,
         if images is not None:
             files["images.zip"] = await images.read()
             await run_in_threadpool(open_zip, files["images.zip"], keys, 8 * st.cfg.max_job_bytes)
-        request_doc, rows = {"source": "images" if images is not None else "ids", "attrs": names, "rows": len(keys)}, len(keys)
+        request_doc, rows = (
+            {"source": "images" if images is not None else "ids", "attrs": names, "rows": len(keys)},
+            len(keys),
+        )
     else:
         raise ApiError(422, "invalid_request", "send a labels CSV (optionally with an images zip) or a rule")
     if rows - rows // 10 < train["batch_size"]:
-        raise ApiError(422, "too_few_rows", f"{rows} rows leave fewer training rows than one batch of {train['batch_size']}; "
-                       "send more rows or a smaller batch_size", {"rows": rows, "batch_size": train["batch_size"]})
+        raise ApiError(
+            422,
+            "too_few_rows",
+            f"{rows} rows leave fewer training rows than one batch of {train['batch_size']}; "
+            "send more rows or a smaller batch_size",
+            {"rows": rows, "batch_size": train["batch_size"]},
+        )
     status = st.jobs.create(name, {**request_doc, "kind": kind, "train": train}, files)
     st.jobs.pump()
-    return JSONResponse({**status, "status_url": f"/jobs/{status['id']}"}, 202, headers={"Location": f"/jobs/{status['id']}"})
+    return JSONResponse(
+        {**status, "status_url": f"/jobs/{status['id']}"}, 202, headers={"Location": f"/jobs/{status['id']}"}
+    )
 
 
 @router.get("/jobs/{job_id}", summary="A training job's state, progress, result or error")
@@ -286,14 +393,20 @@ async def get_job(request: Request, job_id: str):
 
 # ---- operations -------------------------------------------------------------------------------
 
+
 @router.get("/info", summary="What this server serves (the web page is at /)")
 async def info(request: Request):
     st = request.app.state.lcs
     out = {"service": "latent-constraints", "ready": st.ready, "bundle": st.cfg.bundle}
     if st.backbone is not None:
-        out.update(dataset=st.backbone.manifest["dataset"]["name"], image_shape=list(st.backbone.image_shape),
-                   latent_dim=st.backbone.latent_dim, device=str(st.backbone.device), decoder_fingerprint=st.backbone.decoder_fingerprint,
-                   live_decoder_fingerprint=await run_in_threadpool(st.backbone.live_decoder_fingerprint))
+        out.update(
+            dataset=st.backbone.manifest["dataset"]["name"],
+            image_shape=list(st.backbone.image_shape),
+            latent_dim=st.backbone.latent_dim,
+            device=str(st.backbone.device),
+            decoder_fingerprint=st.backbone.decoder_fingerprint,
+            live_decoder_fingerprint=await run_in_threadpool(st.backbone.live_decoder_fingerprint),
+        )
     if st.live is not None:
         out["labelsets"] = {k: v.version for k, v in sorted(st.live.sets.items())}
     return out
@@ -309,8 +422,13 @@ async def readyz(request: Request):
     st = request.app.state.lcs
     if st.ready:
         return {"ready": True}
-    return envelope(503, "not_ready", "not ready: " + (st.startup_error or ", ".join(f"{k} {v}" for k, v in st.pending.items())),
-                    {"pending": dict(st.pending), "error": st.startup_error}, headers={"Retry-After": "1"})
+    return envelope(
+        503,
+        "not_ready",
+        "not ready: " + (st.startup_error or ", ".join(f"{k} {v}" for k, v in st.pending.items())),
+        {"pending": dict(st.pending), "error": st.startup_error},
+        headers={"Retry-After": "1"},
+    )
 
 
 @router.get("/metrics", summary="Prometheus metrics")

@@ -4,6 +4,7 @@ Start-up runs in the background so /livez and /readyz answer at once: load the f
 and sync the registry (seeding it with the bundle's label sets the first time), warm the model
 up, start the batcher. /readyz says which of these is still missing.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -57,7 +58,9 @@ async def _start(app: FastAPI, st: State) -> None:
         st.backbone = await asyncio.to_thread(Backbone, cfg.bundle, cfg.device, cfg.threads)
         st.pending.pop("decoder")
         st.registry.sweep()
-        added = await asyncio.to_thread(st.registry.seed_from, Path(cfg.bundle), st.backbone.decoder_fingerprint, st.backbone.latent_dim)
+        added = await asyncio.to_thread(
+            st.registry.seed_from, Path(cfg.bundle), st.backbone.decoder_fingerprint, st.backbone.latent_dim
+        )
         if added:
             log.info("seeded the registry with the bundle's label sets: %s", ", ".join(added))
         st.live = LiveLabelSets(st.registry, st.backbone.decoder_fingerprint)
@@ -68,7 +71,11 @@ async def _start(app: FastAPI, st: State) -> None:
         st.batcher = Batcher(st.backbone, st.metrics, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue)
         st.batcher.start()
         app.state.tasks += [asyncio.create_task(_poll(st)), asyncio.create_task(st.jobs.run())]
-        log.info("ready: %d label set(s) serving: %s", len(st.live.sets), ", ".join(f"{k}@{v.version}" for k, v in st.live.sets.items()))
+        log.info(
+            "ready: %d label set(s) serving: %s",
+            len(st.live.sets),
+            ", ".join(f"{k}@{v.version}" for k, v in st.live.sets.items()),
+        )
     except Exception as e:  # noqa: BLE001 - reported by /readyz and the log; the process stays up to say so
         st.startup_error = f"{type(e).__name__}: {e}"
         log.exception("start-up failed")
@@ -117,8 +124,12 @@ class BodyLimit:
         limit = self.limit(scope["method"], scope["path"])
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            return await errors.envelope(413, "payload_too_large", f"the body is {int(length)} bytes; this route takes at most {limit}",
-                                         {"limit": limit})(scope, receive, send)
+            return await errors.envelope(
+                413,
+                "payload_too_large",
+                f"the body is {int(length)} bytes; this route takes at most {limit}",
+                {"limit": limit},
+            )(scope, receive, send)
         seen = 0
 
         async def limited():
@@ -152,7 +163,9 @@ class Timing:
             await self.app(scope, receive, record)
         finally:
             route = scope.get("route")
-            self.metrics.latency.labels(getattr(route, "path", "unmatched"), str(status[0])).observe(time.perf_counter() - started)
+            self.metrics.latency.labels(getattr(route, "path", "unmatched"), str(status[0])).observe(
+                time.perf_counter() - started
+            )
 
 
 def create_app(cfg: ServerConfig | None = None) -> FastAPI:
@@ -175,9 +188,13 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     from service import web
     from service.api import router
 
-    app = FastAPI(title="Latent constraints service", version="0.1.0", lifespan=lifespan,
-                  description="Conditional samples and identity-preserving edits from a frozen VAE with latent constraints "
-                              "(Engel, Hoffman, Roberts, ICLR 2018). Label sets are hot-registered without a restart.")
+    app = FastAPI(
+        title="Latent constraints service",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Conditional samples and identity-preserving edits from a frozen VAE with latent constraints "
+        "(Engel, Hoffman, Roberts, ICLR 2018). Label sets are hot-registered without a restart.",
+    )
     app.state.lcs = st
     app.state.admin_token = admin_token(cfg.data_dir)
     app.state.started = time.time()
@@ -199,8 +216,10 @@ def check_data_dir(path: str | Path) -> None:
         with tempfile.NamedTemporaryFile(dir=p, prefix=".write-check-"):
             pass
     except OSError as e:
-        raise SystemExit(f"lcs serve: the data dir {p} is not writable by uid {os.getuid()} ({e.strerror}); "
-                         "give that user the directory (in the container: chown 10001) or use a named volume") from None
+        raise SystemExit(
+            f"lcs serve: the data dir {p} is not writable by uid {os.getuid()} ({e.strerror}); "
+            "give that user the directory (in the container: chown 10001) or use a named volume"
+        ) from None
 
 
 def serve(cfg: ServerConfig) -> None:

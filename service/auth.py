@@ -3,6 +3,7 @@
 The token is ``LCS_ADMIN_TOKEN`` when set; otherwise one is generated on first start and kept in
 DATA/admin_token (mode 0600), whose path is logged, so a fresh install is never left open.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -44,7 +45,13 @@ def require_admin(request: Request) -> None:
     scheme, _, token = given.partition(" ")
     expected = request.app.state.admin_token
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "unauthorized", "this route needs 'Authorization: Bearer <admin token>'",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            "unauthorized",
+            "this route needs 'Authorization: Bearer <admin token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     if not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        raise ApiError(401, "unauthorized", "the admin token is not this server's", headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401, "unauthorized", "the admin token is not this server's", headers={"WWW-Authenticate": "Bearer"}
+        )

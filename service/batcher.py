@@ -6,6 +6,7 @@ on the single model thread (so the event loop never blocks and model work never 
 through the decoder once. Beyond ``max_queue`` waiting samples a request gets 429 with
 Retry-After; past its deadline, 504 (its rows are skipped if the batch has not started).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -52,7 +53,9 @@ class SampleResult:
 
 
 class Batcher:
-    def __init__(self, backbone: Backbone, metrics: Metrics, max_batch: int = 64, max_wait_ms: float = 5.0, max_queue: int = 1024):
+    def __init__(
+        self, backbone: Backbone, metrics: Metrics, max_batch: int = 64, max_wait_ms: float = 5.0, max_queue: int = 1024
+    ):
         self.backbone, self.metrics = backbone, metrics
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="lcs-model")
@@ -73,8 +76,13 @@ class Batcher:
     def _admit(self, n: int) -> None:
         if self.waiting and self.waiting + n > self.max_queue:
             self.metrics.rejected.labels("queue_full").inc()
-            raise ApiError(429, "queue_full", f"{self.waiting} samples are waiting; try again shortly",
-                           {"waiting": self.waiting, "max_queue": self.max_queue}, headers={"Retry-After": "1"})
+            raise ApiError(
+                429,
+                "queue_full",
+                f"{self.waiting} samples are waiting; try again shortly",
+                {"waiting": self.waiting, "max_queue": self.max_queue},
+                headers={"Retry-After": "1"},
+            )
 
     async def sample(self, work: SampleWork, timeout: float) -> SampleResult:
         self._admit(work.n)
@@ -138,7 +146,7 @@ class Batcher:
             n = sum(w.n for w in batch)
             self.metrics.batch_size.observe(n)
             self.metrics.batch_requests.observe(len(batch))
-            for w, r in zip(batch, results):
+            for w, r in zip(batch, results, strict=True):
                 if not w.future.done():
                     w.future.set_result(r)
             del batch, results, w  # do not pin this batch's label-set versions while waiting for the next
@@ -158,12 +166,12 @@ class Batcher:
             realism = modes.realism(ls, out, y) if ls is not None else None
             start = 0
             for i in idx:
-                latents[i] = out[start: start + batch[i].n]
-                scores[i] = None if realism is None else realism[start: start + batch[i].n]
+                latents[i] = out[start : start + batch[i].n]
+                scores[i] = None if realism is None else realism[start : start + batch[i].n]
                 start += batch[i].n
         images = to_uint8(self.backbone.decode(torch.cat(latents)))
         results, start, total = [], 0, len(images)
         for i, w in enumerate(batch):
-            results.append(SampleResult(images[start: start + w.n], scores[i], total))
+            results.append(SampleResult(images[start : start + w.n], scores[i], total))
             start += w.n
         return results

@@ -8,6 +8,7 @@
 
 Every error response becomes ``ServiceError`` with the envelope's code, message and details.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,15 +46,22 @@ def _sample_params(attrs, labelset, n, seed, mode, fmt, allow_unseen) -> dict:
 
 
 def _transform_request(image, attrs, labelset, mode, fmt, allow_unseen) -> dict:
-    data = {"attrs": attrs if isinstance(attrs, str) else ",".join(attrs), "mode": mode, "format": fmt,
-            "allow_unseen": str(allow_unseen).lower(), **({"labelset": labelset} if labelset else {})}
+    data = {
+        "attrs": attrs if isinstance(attrs, str) else ",".join(attrs),
+        "mode": mode,
+        "format": fmt,
+        "allow_unseen": str(allow_unseen).lower(),
+        **({"labelset": labelset} if labelset else {}),
+    }
     return {"files": {"image": ("image.png", image, "image/png")}, "data": data}
 
 
 def _artifact_files(directory: str | Path) -> dict:
     d = Path(directory)
-    return {"manifest": ("mapper.json", (d / "mapper.json").read_bytes(), "application/json"),
-            "weights": ("mapper.safetensors", (d / "mapper.safetensors").read_bytes(), "application/octet-stream")}
+    return {
+        "manifest": ("mapper.json", (d / "mapper.json").read_bytes(), "application/json"),
+        "weights": ("mapper.safetensors", (d / "mapper.safetensors").read_bytes(), "application/octet-stream"),
+    }
 
 
 def _job_request(labels_csv, images_zip, rule, settings) -> tuple[dict, dict]:
@@ -70,8 +78,9 @@ def _job_request(labels_csv, images_zip, rule, settings) -> tuple[dict, dict]:
 
 class Client:
     def __init__(self, base_url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 60.0):
-        self.http = httpx.Client(base_url=base_url, timeout=timeout,
-                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+        self.http = httpx.Client(
+            base_url=base_url, timeout=timeout, headers={"Authorization": f"Bearer {token}"} if token else {}
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -84,11 +93,15 @@ class Client:
 
     def sample(self, attrs=None, labelset=None, n=1, seed=None, mode="actor", format="png", allow_unseen=False):
         """PNG bytes (format='png') or the JSON body (format='json')."""
-        r = _check(self.http.get("/sample", params=_sample_params(attrs, labelset, n, seed, mode, format, allow_unseen)))
+        r = _check(
+            self.http.get("/sample", params=_sample_params(attrs, labelset, n, seed, mode, format, allow_unseen))
+        )
         return r.json() if format == "json" else r.content
 
     def transform(self, image: bytes, attrs, labelset=None, mode="actor", format="png", allow_unseen=False):
-        r = _check(self.http.post("/transform", **_transform_request(image, attrs, labelset, mode, format, allow_unseen)))
+        r = _check(
+            self.http.post("/transform", **_transform_request(image, attrs, labelset, mode, format, allow_unseen))
+        )
         return r.json() if format == "json" else r.content
 
     def labelsets(self) -> list[dict]:
@@ -105,13 +118,24 @@ class Client:
         return _check(self.http.delete(path)).json()
 
     def rollback(self, name: str, version: str | None = None) -> dict:
-        return _check(self.http.post(f"/labelsets/{name}/rollback", params={"version": version} if version else {})).json()
+        return _check(
+            self.http.post(f"/labelsets/{name}/rollback", params={"version": version} if version else {})
+        ).json()
 
     def job(self, job_id: str) -> dict:
         return _check(self.http.get(f"/jobs/{job_id}")).json()
 
-    def train(self, name: str, labels_csv: bytes | None = None, images_zip: bytes | None = None, rule: str | None = None,
-              wait: bool = True, poll: float = 1.0, timeout: float = 3600, **settings) -> dict:
+    def train(
+        self,
+        name: str,
+        labels_csv: bytes | None = None,
+        images_zip: bytes | None = None,
+        rule: str | None = None,
+        wait: bool = True,
+        poll: float = 1.0,
+        timeout: float = 3600,
+        **settings,
+    ) -> dict:
         """Start a training job; with wait=True return its final status (raise ServiceError if it failed)."""
         files, data = _job_request(labels_csv, images_zip, rule, settings)
         status = _check(self.http.post(f"/labelsets/{name}/jobs", files=files or None, data=data)).json()
@@ -126,10 +150,19 @@ class Client:
 
 
 class AsyncClient:
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 60.0,
-                 max_connections: int = 100):
-        self.http = httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=httpx.Limits(max_connections=max_connections),
-                                      headers={"Authorization": f"Bearer {token}"} if token else {})
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        token: str | None = None,
+        timeout: float = 60.0,
+        max_connections: int = 100,
+    ):
+        self.http = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=max_connections),
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+        )
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -141,11 +174,15 @@ class AsyncClient:
         await self.aclose()
 
     async def sample(self, attrs=None, labelset=None, n=1, seed=None, mode="actor", format="png", allow_unseen=False):
-        r = _check(await self.http.get("/sample", params=_sample_params(attrs, labelset, n, seed, mode, format, allow_unseen)))
+        r = _check(
+            await self.http.get("/sample", params=_sample_params(attrs, labelset, n, seed, mode, format, allow_unseen))
+        )
         return r.json() if format == "json" else r.content
 
     async def transform(self, image: bytes, attrs, labelset=None, mode="actor", format="png", allow_unseen=False):
-        r = _check(await self.http.post("/transform", **_transform_request(image, attrs, labelset, mode, format, allow_unseen)))
+        r = _check(
+            await self.http.post("/transform", **_transform_request(image, attrs, labelset, mode, format, allow_unseen))
+        )
         return r.json() if format == "json" else r.content
 
     async def labelsets(self) -> list[dict]:
@@ -157,8 +194,17 @@ class AsyncClient:
     async def job(self, job_id: str) -> dict:
         return _check(await self.http.get(f"/jobs/{job_id}")).json()
 
-    async def train(self, name: str, labels_csv: bytes | None = None, images_zip: bytes | None = None, rule: str | None = None,
-                    wait: bool = True, poll: float = 1.0, timeout: float = 3600, **settings) -> dict:
+    async def train(
+        self,
+        name: str,
+        labels_csv: bytes | None = None,
+        images_zip: bytes | None = None,
+        rule: str | None = None,
+        wait: bool = True,
+        poll: float = 1.0,
+        timeout: float = 3600,
+        **settings,
+    ) -> dict:
         files, data = _job_request(labels_csv, images_zip, rule, settings)
         status = _check(await self.http.post(f"/labelsets/{name}/jobs", files=files or None, data=data)).json()
         deadline = time.monotonic() + timeout

@@ -1,4 +1,5 @@
 """Server settings: one dataclass, filled from ``lcs serve`` flags (defaults suit a 2-core CPU box)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -5,20 +5,21 @@ a ``details`` dict and a ``kind`` that says what sort of failure it is. Which HT
 becomes is decided once, at the API edge (``service.errors``); this module imports no web framework,
 so the job worker (``python -m service.jobs``) and the CLI can raise and report these errors too.
 """
+
 from __future__ import annotations
 
 from enum import Enum
 
 
 class Kind(str, Enum):
-    MALFORMED = "malformed"        # the input could not be read at all (empty, undecodable, not a zip)
-    INVALID = "invalid"            # read, but its content is refused (bad name, labels, artifact, settings)
-    NOT_FOUND = "not_found"        # no such label set, version or job
-    CONFLICT = "conflict"          # the request contradicts the current state (e.g. delete the serving version)
-    UNSUPPORTED = "unsupported"    # a format this server does not accept (pickles, GIFs)
-    TOO_LARGE = "too_large"        # over a size limit
-    BUSY = "busy"                  # refused for load; try again later
-    UNAVAILABLE = "unavailable"    # cannot be served right now
+    MALFORMED = "malformed"  # the input could not be read at all (empty, undecodable, not a zip)
+    INVALID = "invalid"  # read, but its content is refused (bad name, labels, artifact, settings)
+    NOT_FOUND = "not_found"  # no such label set, version or job
+    CONFLICT = "conflict"  # the request contradicts the current state (e.g. delete the serving version)
+    UNSUPPORTED = "unsupported"  # a format this server does not accept (pickles, GIFs)
+    TOO_LARGE = "too_large"  # over a size limit
+    BUSY = "busy"  # refused for load; try again later
+    UNAVAILABLE = "unavailable"  # cannot be served right now
 
 
 class DomainError(Exception):

@@ -5,6 +5,7 @@ Routes raise ``ApiError``; storage, uploads and jobs raise transport-neutral ``D
 own errors (validation, unknown route, wrong method) and any unexpected exception are rewritten into
 the same envelope, so clients parse one shape and never see a traceback.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,17 +27,38 @@ class ApiError(Exception):
         self.details, self.headers = details or {}, headers or {}
 
 
-def envelope(status: int, code: str, message: str, details: dict | None = None, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "details": details or {}}}, status, headers=headers)
+def envelope(
+    status: int, code: str, message: str, details: dict | None = None, headers: dict | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "details": details or {}}}, status, headers=headers
+    )
 
 
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-               409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 429: "too_many_requests"}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+}
 
 
 # The one place a domain error's kind becomes an HTTP status.
-HTTP_STATUS = {Kind.MALFORMED: 400, Kind.NOT_FOUND: 404, Kind.CONFLICT: 409, Kind.TOO_LARGE: 413, Kind.UNSUPPORTED: 415,
-               Kind.INVALID: 422, Kind.BUSY: 429, Kind.UNAVAILABLE: 503}
+HTTP_STATUS = {
+    Kind.MALFORMED: 400,
+    Kind.NOT_FOUND: 404,
+    Kind.CONFLICT: 409,
+    Kind.TOO_LARGE: 413,
+    Kind.UNSUPPORTED: 415,
+    Kind.INVALID: 422,
+    Kind.BUSY: 429,
+    Kind.UNAVAILABLE: 503,
+}
 
 
 def http_status(e: DomainError) -> int:
@@ -54,13 +76,21 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, e: RequestValidationError):
-        errors = [{"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")} for err in e.errors()]
+        errors = [
+            {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+            for err in e.errors()
+        ]
         where = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in errors)
         return envelope(422, "invalid_request", f"invalid request: {where}", {"errors": errors})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException):
-        return envelope(e.status_code, _HTTP_CODES.get(e.status_code, "http_error"), str(e.detail), headers=getattr(e, "headers", None))
+        return envelope(
+            e.status_code,
+            _HTTP_CODES.get(e.status_code, "http_error"),
+            str(e.detail),
+            headers=getattr(e, "headers", None),
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, e: Exception):

@@ -3,6 +3,7 @@
 A module rather than an inline ``python -c "…"`` because podman's Docker API splits a compose
 ``healthcheck.test`` on spaces, which breaks any argument that contains one.
 """
+
 import os
 import sys
 import urllib.request

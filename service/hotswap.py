@@ -5,13 +5,14 @@ current. A request takes a reference to a ``LabelSetVersion`` when it starts and
 newer version is swapped in meanwhile; a dropped version is freed once its last request ends
 (``live_versions`` counts the ones still alive, for /metrics and the memory test).
 """
+
 from __future__ import annotations
 
 import logging
 import weakref
 
-from models.artifacts import ArtifactError
 from conditioning.labelset import LabelSetVersion
+from models.artifacts import ArtifactError
 from service.registry import Registry
 
 log = logging.getLogger("lcs.hotswap")

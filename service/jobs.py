@@ -7,6 +7,7 @@ samples), runs ``train_labelset``, and publishes through the registry's usual va
 never writes the decoder: it only reads the bundle. ``status.json`` (atomic writes) says where
 the job is; any replica sharing DATA can answer ``GET /jobs/ID``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,16 @@ from service.domain import DomainError, Kind
 log = logging.getLogger("lcs.jobs")
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 FINAL = ("succeeded", "failed")
-TRAIN_FIELDS = {"steps": (int, 1, 100_000), "lambda_dist": (float, 0.0, 100.0), "width": (int, 8, 2048),
-                "depth": (int, 1, 8), "batch_size": (int, 8, 4096), "lr": (float, 1e-6, 1.0),
-                "edit_prob": (float, 0.0, 1.0), "rule_samples": (int, 256, 1_000_000)}
+TRAIN_FIELDS = {
+    "steps": (int, 1, 100_000),
+    "lambda_dist": (float, 0.0, 100.0),
+    "width": (int, 8, 2048),
+    "depth": (int, 1, 8),
+    "batch_size": (int, 8, 4096),
+    "lr": (float, 1e-6, 1.0),
+    "edit_prob": (float, 0.0, 1.0),
+    "rule_samples": (int, 256, 1_000_000),
+}
 # What a job changes from ``lcs train-labelset``'s defaults (TrainLabelSetConfig), and why: a job trains on the
 # server's own CPU, next to serving, so it takes half the CLI's actor steps.
 JOB_CHANGES = {"steps": 1000}
@@ -69,7 +77,10 @@ def training_params(form: dict) -> dict:
     from training.train_labelset import TrainLabelSetConfig
 
     defaults = TrainLabelSetConfig()
-    out = {k: getattr(defaults, k) for k in TRAIN_FIELDS if k != "rule_samples"} | {"rule_samples": RULE_SAMPLES, **JOB_CHANGES}
+    out = {k: getattr(defaults, k) for k in TRAIN_FIELDS if k != "rule_samples"} | {
+        "rule_samples": RULE_SAMPLES,
+        **JOB_CHANGES,
+    }
     for k, (typ, lo, hi) in TRAIN_FIELDS.items():
         if form.get(k) in (None, ""):
             continue
@@ -78,7 +89,9 @@ def training_params(form: dict) -> dict:
         except (TypeError, ValueError):
             raise JobError(Kind.INVALID, "invalid_request", f"{k} must be a {typ.__name__}", {"field": k}) from None
         if not lo <= v <= hi:
-            raise JobError(Kind.INVALID, "invalid_request", f"{k} must be within [{lo}, {hi}]", {"field": k, "value": v})
+            raise JobError(
+                Kind.INVALID, "invalid_request", f"{k} must be within [{lo}, {hi}]", {"field": k, "value": v}
+            )
         out[k] = v
     return out
 
@@ -106,8 +119,15 @@ class JobManager:
         for fname, data in files.items():
             (d / fname).write_bytes(data)
         write_json(d / "job.json", {"id": job_id, "name": name, **request})
-        status = {"id": job_id, "name": name, "state": "queued", "created": now(), "progress": {"step": 0, "steps": request["train"]["steps"]},
-                  "result": None, "error": None}
+        status = {
+            "id": job_id,
+            "name": name,
+            "state": "queued",
+            "created": now(),
+            "progress": {"step": 0, "steps": request["train"]["steps"]},
+            "result": None,
+            "error": None,
+        }
         write_json(d / "status.json", status)
         self.queue.append(job_id)
         log.info("job %s queued: label set %s from %s", job_id, name, request["source"])
@@ -122,19 +142,33 @@ class JobManager:
             del self.running[job_id]
             status = read_status(self.data_dir, job_id)
             if status["state"] not in FINAL:  # killed or crashed before it could say so
-                status.update(state="failed", finished=now(),
-                              error={"code": "worker_died", "message": f"the worker exited with code {rc}; see worker.log"})
+                status.update(
+                    state="failed",
+                    finished=now(),
+                    error={"code": "worker_died", "message": f"the worker exited with code {rc}; see worker.log"},
+                )
                 write_json(job_dir(self.data_dir, job_id) / "status.json", status)
             self.metrics.jobs.labels(status["state"]).inc()
             log.info("job %s %s", job_id, status["state"])
         while self.queue and len(self.running) < self.workers:
             job_id = self.queue.pop(0)
             d = job_dir(self.data_dir, job_id)
-            logf = open(d / "worker.log", "ab")
-            cmd = [sys.executable, "-m", "service.jobs", str(d), "--bundle", str(self.bundle), "--data-dir", str(self.data_dir),
-                   "--threads", str(self.threads)]
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-            logf.close()
+            cmd = [
+                sys.executable,
+                "-m",
+                "service.jobs",
+                str(d),
+                "--bundle",
+                str(self.bundle),
+                "--data-dir",
+                str(self.data_dir),
+                "--threads",
+                str(self.threads),
+            ]
+            with open(d / "worker.log", "ab") as logf:  # the worker has its own copy of the descriptor
+                proc = subprocess.Popen(
+                    cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                )
             self.running[job_id] = _Running(job_id, proc)
         self.metrics.jobs_running.set(len(self.running))
 
@@ -156,6 +190,7 @@ class JobManager:
 
 # ---- worker process ------------------------------------------------------------------------
 
+
 class _Status:
     def __init__(self, d: Path):
         import json
@@ -171,16 +206,18 @@ class _Status:
 
 def build_table(d: Path, job: dict, bundle: Path, device: torch.device) -> tuple[Path, str]:
     """The job's latent table in d/table; returns (table dir, label-set name inside it)."""
+    from conditioning import backbone
     from models.artifacts import load_artifact, load_manifest
+    from models.latent_table import write_latent_table
     from models.vae import load_vae
     from service.uploads import open_zip, parse_labels_csv, zip_images
-    from conditioning import backbone
-    from models.latent_table import write_latent_table
     from training.encode import build_rule_table
 
     out = d / "table"
     if job["source"] == "rule":
-        build_rule_table(bundle, job["rule"], out=out, n=job["train"]["rule_samples"], device=str(device), command=["job", job["id"]])
+        build_rule_table(
+            bundle, job["rule"], out=out, n=job["train"]["rule_samples"], device=str(device), command=["job", job["id"]]
+        )
         return out, job["rule"]
     vae, vman = load_vae(bundle, device)
     key = "file" if job["source"] == "images" else "id"
@@ -203,9 +240,18 @@ def build_table(d: Path, job: dict, bundle: Path, device: torch.device) -> tuple
     kind = job.get("kind", "binary")
     if kind == "categorical" and not (labels.sum(1) == 1).all():
         raise JobError(Kind.INVALID, "invalid_labels", "a categorical label set needs exactly one 1 per row")
-    write_latent_table(out, mu, sigma, labels, split, attr_names=names, label_sets={"job": {"name": "job", "attrs": names, "kind": kind}},
-                       decoder_fingerprint=load_manifest(bundle, "vae")["decoder_fingerprint"],
-                       dataset={"name": f"job:{job['source']}", "params": {"rows": len(keys)}}, command=["job", job["id"]])
+    write_latent_table(
+        out,
+        mu,
+        sigma,
+        labels,
+        split,
+        attr_names=names,
+        label_sets={"job": {"name": "job", "attrs": names, "kind": kind}},
+        decoder_fingerprint=load_manifest(bundle, "vae")["decoder_fingerprint"],
+        dataset={"name": f"job:{job['source']}", "params": {"rows": len(keys)}},
+        command=["job", job["id"]],
+    )
     return out, "job"
 
 
@@ -214,16 +260,21 @@ def _rows_for(keys: list[str], ids: list[str] | None, n: int) -> np.ndarray:
     lookup = {k: i for i, k in enumerate(ids)} if ids else {str(i): i for i in range(n)}
     missing = [k for k in keys if k not in lookup]
     if missing:
-        raise JobError(Kind.INVALID, "unknown_ids", f"{len(missing)} id(s) are not examples of the bundle's dataset", {"missing": missing[:20]})
+        raise JobError(
+            Kind.INVALID,
+            "unknown_ids",
+            f"{len(missing)} id(s) are not examples of the bundle's dataset",
+            {"missing": missing[:20]},
+        )
     return np.array([lookup[k] for k in keys])
 
 
 def work(d: Path, bundle: Path, data_dir: Path, threads: int) -> None:
     import json
 
+    from conditioning.runtime import resolve_device
     from models.artifacts import load_manifest
     from service.registry import Registry
-    from conditioning.runtime import resolve_device
     from training.train_labelset import TrainLabelSetConfig, train_labelset
 
     job = json.loads((d / "job.json").read_text())
@@ -233,23 +284,41 @@ def work(d: Path, bundle: Path, data_dir: Path, threads: int) -> None:
         device = resolve_device("cpu", threads)  # the GPU (if any) stays with the server
         table, label_set = build_table(d, job, bundle, device)
         settings = {k: v for k, v in job["train"].items() if k != "rule_samples"}
-        cfg = TrainLabelSetConfig(bundle=str(bundle), table=str(table), label_set=label_set, out=str(d / "out"), threads=threads,
-                                  diag_every=max(settings["steps"] // 5, 1), **settings)
-        train_labelset(cfg, ["POST", f"/labelsets/{job['name']}/jobs", job["id"]],
-                       progress=lambda step, steps: status.update(False, progress={"step": step, "steps": steps}))
+        cfg = TrainLabelSetConfig(
+            bundle=str(bundle),
+            table=str(table),
+            label_set=label_set,
+            out=str(d / "out"),
+            threads=threads,
+            diag_every=max(settings["steps"] // 5, 1),
+            **settings,
+        )
+        train_labelset(
+            cfg,
+            ["POST", f"/labelsets/{job['name']}/jobs", job["id"]],
+            progress=lambda step, steps: status.update(False, progress={"step": step, "steps": steps}),
+        )
         registry = Registry(data_dir)
         staged = registry.stage()
         for f in ("mapper.safetensors", "mapper.json"):
             shutil.copyfile(d / "out" / f, staged / f)
         vman = load_manifest(bundle, "vae")
-        vid = registry.publish(job["name"], staged, vman["decoder_fingerprint"], vman["config"]["latent_dim"], source=f"job:{job['id']}")
-        status.update(state="succeeded", finished=now(), progress={"step": cfg.steps, "steps": cfg.steps},
-                      result={"labelset": job["name"], "version": vid})
+        vid = registry.publish(
+            job["name"], staged, vman["decoder_fingerprint"], vman["config"]["latent_dim"], source=f"job:{job['id']}"
+        )
+        status.update(
+            state="succeeded",
+            finished=now(),
+            progress={"step": cfg.steps, "steps": cfg.steps},
+            result={"labelset": job["name"], "version": vid},
+        )
     except DomainError as e:  # registry, upload and job errors: their code and message are the job's error
         status.update(state="failed", finished=now(), error=e.to_dict())
     except Exception as e:  # noqa: BLE001 - the job reports it; the traceback goes to worker.log
         log.exception("job %s failed", job["id"])
-        status.update(state="failed", finished=now(), error={"code": "job_failed", "message": f"{type(e).__name__}: {e}"})
+        status.update(
+            state="failed", finished=now(), error={"code": "job_failed", "message": f"{type(e).__name__}: {e}"}
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

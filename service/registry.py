@@ -10,6 +10,7 @@ changes once written. A writer stages and validates a complete copy, renames it 
 killed at any moment therefore leaves ``current.json`` naming a complete version: the new one
 or the previous one. Writers on one host serialise on an ``flock``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,8 +52,12 @@ def _unknown_labelset(name: str, available: list[str]) -> RegistryError:
 
 def check_name(name: str) -> str:
     if not NAME_RE.match(name or ""):
-        raise RegistryError(Kind.INVALID, "invalid_name", "label-set names are 1-64 letters, digits, '_' or '-', starting with a letter or digit",
-                            {"name": name})
+        raise RegistryError(
+            Kind.INVALID,
+            "invalid_name",
+            "label-set names are 1-64 letters, digits, '_' or '-', starting with a letter or digit",
+            {"name": name},
+        )
     return name
 
 
@@ -66,24 +71,42 @@ def check_safetensors_header(path: Path) -> dict:
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise RegistryError(Kind.UNSUPPORTED, "not_safetensors", "mapper.safetensors is not a safetensors file (too short)")
+            raise RegistryError(
+                Kind.UNSUPPORTED, "not_safetensors", "mapper.safetensors is not a safetensors file (too short)"
+            )
         (n,) = struct.unpack("<Q", head)
         if n > min(size - 8, 100 << 20):
-            raise RegistryError(Kind.UNSUPPORTED, "not_safetensors", "mapper.safetensors is not a safetensors file (pickles and other formats are refused)")
+            raise RegistryError(
+                Kind.UNSUPPORTED,
+                "not_safetensors",
+                "mapper.safetensors is not a safetensors file (pickles and other formats are refused)",
+            )
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise RegistryError(Kind.UNSUPPORTED, "not_safetensors", "mapper.safetensors has no valid safetensors header") from None
+            raise RegistryError(
+                Kind.UNSUPPORTED, "not_safetensors", "mapper.safetensors has no valid safetensors header"
+            ) from None
     if not isinstance(header, dict):
         raise RegistryError(Kind.UNSUPPORTED, "not_safetensors", "mapper.safetensors has no valid safetensors header")
-    end = max([v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
-               and "data_offsets" in v] or [0])
+    end = max(
+        [
+            v["data_offsets"][1]
+            for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v
+        ]
+        or [0]
+    )
     if 8 + n + end != size:
-        raise _invalid(f"mapper.safetensors is truncated or padded: header promises {8 + n + end} bytes, file has {size}")
+        raise _invalid(
+            f"mapper.safetensors is truncated or padded: header promises {8 + n + end} bytes, file has {size}"
+        )
     return header
 
 
-def validate_artifact(directory: Path, decoder_fingerprint: str, latent_dim: int) -> tuple[LatentMappers, dict, dict]:
+def validate_artifact(  # noqa: C901 - one flat list of admission checks, each raising its own reason
+    directory: Path, decoder_fingerprint: str, latent_dim: int
+) -> tuple[LatentMappers, dict, dict]:
     """Everything checked before a label set may serve; raises RegistryError with the reason."""
     for f in FILES:
         if not (directory / f).is_file():
@@ -98,8 +121,12 @@ def validate_artifact(directory: Path, decoder_fingerprint: str, latent_dim: int
     if manifest.get("arch") not in ALLOWED_ARCHS:
         raise _invalid(f"architecture {manifest.get('arch')!r} is not allowed", allowed=sorted(ALLOWED_ARCHS))
     if manifest.get("decoder_fingerprint") != decoder_fingerprint:
-        raise RegistryError(Kind.INVALID, "decoder_mismatch", "this mapper was trained for another decoder; its latents would mean something else",
-                            {"artifact": str(manifest.get("decoder_fingerprint")), "server": decoder_fingerprint})
+        raise RegistryError(
+            Kind.INVALID,
+            "decoder_mismatch",
+            "this mapper was trained for another decoder; its latents would mean something else",
+            {"artifact": str(manifest.get("decoder_fingerprint")), "server": decoder_fingerprint},
+        )
     try:
         cfg = LatentConfig(**manifest["config"])
         names = [str(a) for a in cfg.attr_names]
@@ -107,19 +134,38 @@ def validate_artifact(directory: Path, decoder_fingerprint: str, latent_dim: int
         raise _invalid(f"mapper.json has no valid config: {e}") from None
     if cfg.latent_dim != latent_dim:
         raise _invalid(f"latent size {cfg.latent_dim} does not match the decoder's {latent_dim}")
-    too_big = {k: v for k, v in (("width", cfg.width), ("depth", cfg.depth), ("label_embed", cfg.label_embed),
-                                 ("n_labels", cfg.n_labels)) if not isinstance(v, int) or not 0 <= v <= LIMITS[k]}
+    too_big = {
+        k: v
+        for k, v in (
+            ("width", cfg.width),
+            ("depth", cfg.depth),
+            ("label_embed", cfg.label_embed),
+            ("n_labels", cfg.n_labels),
+        )
+        if not isinstance(v, int) or not 0 <= v <= LIMITS[k]
+    }
     if too_big or cfg.kind not in ("binary", "categorical") or len(set(names)) != len(names):
-        raise _invalid("config out of bounds (sizes, kind binary|categorical, unique attribute names)", bad=too_big, limits=LIMITS)
+        raise _invalid(
+            "config out of bounds (sizes, kind binary|categorical, unique attribute names)", bad=too_big, limits=LIMITS
+        )
     try:
         m, manifest, extra = load_mappers(directory, decoder_fingerprint)
     except ArtifactError as e:
         raise _invalid(str(e).replace(str(directory), "artifact")) from None
     table, sigma_bar = extra.get("label_table"), extra.get("sigma_bar")
-    if sigma_bar is None or tuple(sigma_bar.shape) != (latent_dim,) or not bool(torch.isfinite(sigma_bar).all() and (sigma_bar > 0).all()):
+    if (
+        sigma_bar is None
+        or tuple(sigma_bar.shape) != (latent_dim,)
+        or not bool(torch.isfinite(sigma_bar).all() and (sigma_bar > 0).all())
+    ):
         raise _invalid(f"sigma_bar must be {latent_dim} positive finite values")
-    if cfg.n_labels and (table is None or table.ndim != 2 or table.shape[1] != cfg.n_labels or len(table) == 0
-                         or not bool(((table == 0) | (table == 1)).all())):
+    if cfg.n_labels and (
+        table is None
+        or table.ndim != 2
+        or table.shape[1] != cfg.n_labels
+        or len(table) == 0
+        or not bool(((table == 0) | (table == 1)).all())
+    ):
         raise _invalid(f"label_table must be N x {cfg.n_labels} of 0/1 with N > 0")
     with torch.no_grad():  # dry forward on a few rows the label set can be asked for
         z = torch.randn(4, latent_dim, generator=torch.Generator().manual_seed(0))
@@ -179,9 +225,17 @@ class Registry:
                 meta = json.loads((d / "meta.json").read_text())
             except FileNotFoundError:
                 continue
-            versions.append({"version": vid, "current": vid == cur["version"], **meta,
-                             "labels": man["config"]["attr_names"], "kind": man["config"]["kind"],
-                             "metrics": man.get("metrics", {}), "command": man.get("command")})
+            versions.append(
+                {
+                    "version": vid,
+                    "current": vid == cur["version"],
+                    **meta,
+                    "labels": man["config"]["attr_names"],
+                    "kind": man["config"]["kind"],
+                    "metrics": man.get("metrics", {}),
+                    "command": man.get("command"),
+                }
+            )
         return {"name": name, "current": cur["version"], "versions": versions}
 
     # ---- writing -------------------------------------------------------------------------
@@ -208,9 +262,15 @@ class Registry:
             for f in FILES:
                 with open(staged / f, "rb") as fh:
                     os.fsync(fh.fileno())
-            write_json(staged / "meta.json", {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                              "source": source, "bytes": sum((staged / f).stat().st_size for f in FILES),
-                                              "trained_as": manifest.get("name")})
+            write_json(
+                staged / "meta.json",
+                {
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "source": source,
+                    "bytes": sum((staged / f).stat().st_size for f in FILES),
+                    "trained_as": manifest.get("name"),
+                },
+            )
             with self.lock():
                 dest = self.version_dir(name, vid)
                 if not dest.exists():
@@ -226,8 +286,10 @@ class Registry:
             shutil.rmtree(staged, ignore_errors=True)
 
     def _point(self, name: str, vid: str, history: list[str]) -> None:
-        write_json(self.root / name / "current.json", {"version": vid, "history": history,
-                                                       "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        write_json(
+            self.root / name / "current.json",
+            {"version": vid, "history": history, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        )
 
     def rollback(self, name: str, version: str | None = None) -> str:
         with self.lock():
@@ -237,11 +299,19 @@ class Registry:
             history = list(cur["history"])
             if version is None:
                 if not history:
-                    raise RegistryError(Kind.CONFLICT, "no_previous_version", f"label set {name!r} has no earlier version to roll back to")
+                    raise RegistryError(
+                        Kind.CONFLICT,
+                        "no_previous_version",
+                        f"label set {name!r} has no earlier version to roll back to",
+                    )
                 version = history[-1]
             if version not in history:
-                raise RegistryError(Kind.NOT_FOUND, "unknown_version", f"label set {name!r} has no earlier version {version!r}",
-                                    {"versions": history})
+                raise RegistryError(
+                    Kind.NOT_FOUND,
+                    "unknown_version",
+                    f"label set {name!r} has no earlier version {version!r}",
+                    {"versions": history},
+                )
             history.remove(version)
             self._point(name, version, history + [cur["version"]])
         log.info("label set %s rolled back to %s", name, version)
@@ -262,7 +332,11 @@ class Registry:
             if cur is None:
                 raise _unknown_labelset(name, self.names())
             if version == cur["version"]:
-                raise RegistryError(Kind.CONFLICT, "version_is_current", f"{version} is the serving version of {name!r}; roll back or delete the label set")
+                raise RegistryError(
+                    Kind.CONFLICT,
+                    "version_is_current",
+                    f"{version} is the serving version of {name!r}; roll back or delete the label set",
+                )
             if version not in cur["history"]:
                 raise RegistryError(Kind.NOT_FOUND, "unknown_version", f"label set {name!r} has no version {version!r}")
             self._point(name, cur["version"], [v for v in cur["history"] if v != version])

@@ -1,4 +1,5 @@
 """What users upload, turned into model inputs or a clear ``UploadError``: images, label CSVs, image zips."""
+
 from __future__ import annotations
 
 import csv
@@ -6,6 +7,7 @@ import io
 import re
 import warnings
 import zipfile
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -33,18 +35,30 @@ def decode_image(data: bytes, channels: int, size: int, what: str = "image") -> 
             im = Image.open(io.BytesIO(data))
             fmt = im.format
             if fmt not in IMAGE_FORMATS:
-                raise UploadError(Kind.UNSUPPORTED, "unsupported_media_type", f"{what} is {fmt or 'not an image'}; send PNG or JPEG",
-                                  {"accepted": sorted(IMAGE_FORMATS)})
+                raise UploadError(
+                    Kind.UNSUPPORTED,
+                    "unsupported_media_type",
+                    f"{what} is {fmt or 'not an image'}; send PNG or JPEG",
+                    {"accepted": sorted(IMAGE_FORMATS)},
+                )
             if im.width * im.height > MAX_PIXELS:
-                raise UploadError(Kind.TOO_LARGE, "image_too_large", f"{what} has {im.width}x{im.height} pixels; the limit is {MAX_PIXELS}")
+                raise UploadError(
+                    Kind.TOO_LARGE,
+                    "image_too_large",
+                    f"{what} has {im.width}x{im.height} pixels; the limit is {MAX_PIXELS}",
+                )
             im.load()
     except UploadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UploadError(Kind.TOO_LARGE, "image_too_large", f"{what} has too many pixels") from None
     except Image.UnidentifiedImageError:
-        raise UploadError(Kind.UNSUPPORTED, "unsupported_media_type", f"{what} is not an image format this server reads; send PNG or JPEG",
-                          {"accepted": sorted(IMAGE_FORMATS)}) from None
+        raise UploadError(
+            Kind.UNSUPPORTED,
+            "unsupported_media_type",
+            f"{what} is not an image format this server reads; send PNG or JPEG",
+            {"accepted": sorted(IMAGE_FORMATS)},
+        ) from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
         raise UploadError(Kind.MALFORMED, "undecodable_image", f"{what} could not be decoded: {e}") from None
     im = im.convert("RGB" if channels == 3 else "L")
@@ -55,8 +69,28 @@ def decode_image(data: bytes, channels: int, size: int, what: str = "image") -> 
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1).copy()
 
 
+def _parse_label_rows(
+    body: list[list[str]], header: list[str], bad: Callable[..., UploadError]
+) -> tuple[list[str], np.ndarray]:
+    """The CSV's data rows -> (keys, N x K int8 labels); ``bad`` builds the error for a short row or a bad cell."""
+    names = header[1:]
+    keys, labels = [], np.zeros((len(body), len(names)), np.int8)
+    for i, r in enumerate(body):
+        if len(r) != len(header):
+            raise bad(f"line {i + 2} has {len(r)} cells, the header has {len(header)}", line=i + 2)
+        keys.append(r[0].strip())
+        for j, cell in enumerate(r[1:]):
+            v = VALUES.get(cell.strip().lower())
+            if v is None:
+                raise bad(f"line {i + 2}, column {names[j]}: {cell!r} is not 0/1", line=i + 2, column=names[j])
+            labels[i, j] = v
+    return keys, labels
+
+
 def parse_labels_csv(data: bytes, key: str) -> tuple[list[str], list[str], np.ndarray]:
-    """CSV with header ``KEY,attr1,attr2,...`` and 0/1 (or -1/1, true/false) cells -> (keys, attribute names, N x K int8)."""
+    """CSV with header ``KEY,attr1,attr2,...`` and 0/1 (or -1/1, true/false) cells -> (keys, attribute names,
+    N x K int8)."""
+
     def bad(msg: str, **details):
         return UploadError(Kind.INVALID, "invalid_labels", msg, details)
 
@@ -69,8 +103,10 @@ def parse_labels_csv(data: bytes, key: str) -> tuple[list[str], list[str], np.nd
         raise bad("the labels CSV needs a header and at least one row")
     header = [c.strip() for c in rows[0]]
     if header[0].lower() != key:
-        raise bad(f"the first column must be {key!r} ({'zip member names' if key == 'file' else 'dataset example ids'})",
-                  header=header)
+        raise bad(
+            f"the first column must be {key!r} ({'zip member names' if key == 'file' else 'dataset example ids'})",
+            header=header,
+        )
     names = header[1:]
     if not names:
         raise bad("the labels CSV names no attribute columns")
@@ -79,16 +115,7 @@ def parse_labels_csv(data: bytes, key: str) -> tuple[list[str], list[str], np.nd
         raise bad("attribute names must be unique identifiers (letters, digits, '_')", bad=wrong)
     if len(rows) - 1 > MAX_ROWS:
         raise bad(f"at most {MAX_ROWS} rows")
-    keys, labels = [], np.zeros((len(rows) - 1, len(names)), np.int8)
-    for i, r in enumerate(rows[1:]):
-        if len(r) != len(header):
-            raise bad(f"line {i + 2} has {len(r)} cells, the header has {len(header)}", line=i + 2)
-        keys.append(r[0].strip())
-        for j, cell in enumerate(r[1:]):
-            v = VALUES.get(cell.strip().lower())
-            if v is None:
-                raise bad(f"line {i + 2}, column {names[j]}: {cell!r} is not 0/1", line=i + 2, column=names[j])
-            labels[i, j] = v
+    keys, labels = _parse_label_rows(rows[1:], header, bad)
     if len(set(keys)) != len(keys):
         raise bad(f"the {key!r} column has duplicates")
     return keys, names, labels
@@ -103,7 +130,12 @@ def open_zip(data: bytes, files: list[str], max_bytes: int) -> zipfile.ZipFile:
         raise UploadError(Kind.MALFORMED, "invalid_zip", "the images upload is not a zip file") from None
     missing = [f for f in files if f not in members]
     if missing:
-        raise UploadError(Kind.INVALID, "invalid_labels", f"{len(missing)} file(s) named in the CSV are not in the zip", {"missing": missing[:20]})
+        raise UploadError(
+            Kind.INVALID,
+            "invalid_labels",
+            f"{len(missing)} file(s) named in the CSV are not in the zip",
+            {"missing": missing[:20]},
+        )
     if sum(members[f].file_size for f in files) > max_bytes:
         raise UploadError(Kind.TOO_LARGE, "zip_too_large", f"the images expand to more than {max_bytes} bytes")
     return zf

@@ -3,6 +3,7 @@
 The page only calls the public API with relative URLs; the admin token is typed into it and kept in
 the tab's memory, never in the page's code or storage.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

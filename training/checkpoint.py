@@ -1,4 +1,5 @@
 """Resumable checkpoints without pickles: model + optimizer tensors in safetensors, the rest in JSON."""
+
 from __future__ import annotations
 
 from pathlib import Path

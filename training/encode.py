@@ -5,6 +5,7 @@ Rule tables are the paper's zero-shot experiment: decode z ~ N(0, I), score each
 (``conditioning/rules.py``), label it positive above the threshold (default: the median score, so
 the classes balance) and write (z, label) as an ordinary latent table; no labelled image is involved.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,22 +14,22 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from models.artifacts import load_manifest
-from models.latent_table import write_latent_table
-from models.vae import VAE, load_vae
-from training.data import ImageDataset, load_dataset
 from conditioning import backbone
 from conditioning.rules import RULES
 from conditioning.runtime import autocast, resolve_device
+from models.artifacts import load_manifest
+from models.latent_table import write_latent_table
+from models.vae import load_vae
+from training.data import ImageDataset, load_dataset
 
 log = logging.getLogger("lcs.encode")
 RULE_SAMPLES = 20000  # decoded prior samples a rule labels
 
 
-def encode_dataset(bundle: str | Path, data: ImageDataset | None = None, device: str = "auto",
-                   command: list[str] | None = None) -> Path:
+def encode_dataset(
+    bundle: str | Path, data: ImageDataset | None = None, device: str = "auto", command: list[str] | None = None
+) -> Path:
     bundle = Path(bundle)
     dev = resolve_device(device)
     vae, vman = load_vae(bundle, dev)
@@ -36,24 +37,48 @@ def encode_dataset(bundle: str | Path, data: ImageDataset | None = None, device:
         ds = vman["dataset"]
         data = load_dataset(ds["name"], **ds["params"])
     if tuple(data.image_shape) != (vae.cfg.channels, vae.cfg.image_size, vae.cfg.image_size):
-        raise ValueError(f"dataset images are {data.image_shape}, the VAE takes "
-                         f"{(vae.cfg.channels, vae.cfg.image_size, vae.cfg.image_size)}")
+        raise ValueError(
+            f"dataset images are {data.image_shape}, the VAE takes "
+            f"{(vae.cfg.channels, vae.cfg.image_size, vae.cfg.image_size)}"
+        )
     started = time.time()
     mu, sigma = backbone.encode(vae, data.images, dev, progress=f"encode {data.name}")
     manifest = write_latent_table(
-        bundle, mu, sigma, data.attrs, data.split, attr_names=data.attr_names,
+        bundle,
+        mu,
+        sigma,
+        data.attrs,
+        data.split,
+        attr_names=data.attr_names,
         label_sets={k: v.to_json() for k, v in data.label_sets.items()},
-        decoder_fingerprint=vman["decoder_fingerprint"], dataset={"name": data.name, "params": data.params},
-        ids=data.ids, command=command or sys.argv, extra_stats={"seconds": round(time.time() - started, 1)},
+        decoder_fingerprint=vman["decoder_fingerprint"],
+        dataset={"name": data.name, "params": data.params},
+        ids=data.ids,
+        command=command or sys.argv,
+        extra_stats={"seconds": round(time.time() - started, 1)},
     )
-    log.info("wrote %s: %d x %d latents, mean σ̄_z %.4f, %d active dims", bundle / "latents.safetensors",
-             len(data), vae.cfg.latent_dim, manifest["stats"]["sigma_bar_mean"], manifest["stats"]["active_dims"])
+    log.info(
+        "wrote %s: %d x %d latents, mean σ̄_z %.4f, %d active dims",
+        bundle / "latents.safetensors",
+        len(data),
+        vae.cfg.latent_dim,
+        manifest["stats"]["sigma_bar_mean"],
+        manifest["stats"]["active_dims"],
+    )
     return bundle / "latents.safetensors"
 
 
 @torch.no_grad()
-def build_rule_table(bundle: str | Path, rule: str, out: str | Path = "", n: int = RULE_SAMPLES, threshold: float | None = None,
-                     seed: int = 0, device: str = "auto", command: list[str] | None = None) -> Path:
+def build_rule_table(
+    bundle: str | Path,
+    rule: str,
+    out: str | Path = "",
+    n: int = RULE_SAMPLES,
+    threshold: float | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    command: list[str] | None = None,
+) -> Path:
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; choose from {sorted(RULES)}")
     bundle = Path(bundle)
@@ -65,7 +90,7 @@ def build_rule_table(bundle: str | Path, rule: str, out: str | Path = "", n: int
     scores = []
     for s in range(0, n, 256):
         with autocast(dev):
-            scores.append(RULES[rule](vae.decode(z[s: s + 256].to(dev)).float()).cpu())
+            scores.append(RULES[rule](vae.decode(z[s : s + 256].to(dev)).float()).cpu())
     score = torch.cat(scores)
     thr = float(score.median()) if threshold is None else threshold
     labels = (score > thr).to(torch.int8)[:, None]
@@ -75,13 +100,28 @@ def build_rule_table(bundle: str | Path, rule: str, out: str | Path = "", n: int
     except Exception:  # noqa: BLE001 - no latent table yet: unit scale
         sigma_bar = torch.ones(vae.cfg.latent_dim)
     write_latent_table(
-        out, z, torch.zeros_like(z), labels, split, attr_names=[rule],
+        out,
+        z,
+        torch.zeros_like(z),
+        labels,
+        split,
+        attr_names=[rule],
         label_sets={rule: {"name": rule, "attrs": [rule], "kind": "binary"}},
-        decoder_fingerprint=vman["decoder_fingerprint"], sigma_bar=sigma_bar,
-        dataset={"name": "rule", "params": {"rule": rule, "n": n, "threshold": thr, "seed": seed,
-                                            "doc": RULES[rule].__doc__}},
-        command=command or sys.argv, extra_stats={"positive_rate": float(labels.float().mean()), "threshold": thr},
+        decoder_fingerprint=vman["decoder_fingerprint"],
+        sigma_bar=sigma_bar,
+        dataset={
+            "name": "rule",
+            "params": {"rule": rule, "n": n, "threshold": thr, "seed": seed, "doc": RULES[rule].__doc__},
+        },
+        command=command or sys.argv,
+        extra_stats={"positive_rate": float(labels.float().mean()), "threshold": thr},
     )
-    log.info("rule %r on %d decoded prior samples: threshold %.4f, %.1f%% positive -> %s", rule, n, thr,
-             100 * float(labels.float().mean()), out / "latents.safetensors")
+    log.info(
+        "rule %r on %d decoded prior samples: threshold %.4f, %.1f%% positive -> %s",
+        rule,
+        n,
+        thr,
+        100 * float(labels.float().mean()),
+        out / "latents.safetensors",
+    )
     return out

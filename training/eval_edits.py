@@ -9,6 +9,7 @@ A categorical set has nothing else to keep: each image is moved to a random clas
 one D_attr reads, and the judge says whether it reached it; the pixel and σ̄-weighted latent
 distances say how much of the image the edit kept.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,20 +21,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from conditioning import backbone
+from conditioning.edits import edit, read_labels
+from conditioning.images import batch_to_float, save_grid
+from conditioning.labelset import LabelSetVersion
+from evaluation.judging import decide, predict
+from evaluation.samplers import load_labelset
 from models.vae import load_vae
 from training.data import load_dataset
 from training.evaluate import open_bundle
-from conditioning.images import batch_to_float, save_grid
-from conditioning import backbone
-from conditioning.edits import edit, read_labels
-from conditioning.labelset import LabelSetVersion
-from evaluation.samplers import load_labelset
-from evaluation.judging import decide, predict
 
 log = logging.getLogger("lcs.edits")
 
 
-def flip_edits(ls: LabelSetVersion, z0: torch.Tensor, attrs: list[int], mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def flip_edits(
+    ls: LabelSetVersion, z0: torch.Tensor, attrs: list[int], mode: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Flip attribute ``attrs[i]`` of latent i (from D_attr's reading), through the server's edit.
     Returns (edited, target rows, asked value)."""
     names = ls.attr_names
@@ -58,8 +61,16 @@ def class_edits(ls: LabelSetVersion, z0: torch.Tensor, classes: list[int], mode:
     return edited
 
 
-def evaluate_edits(bundle: str | Path, label_set: str = "faces", n: int = 1000, mode: str = "actor", seed: int = 0,
-                   device: str = "auto", out: str | Path = "", command: list[str] | None = None) -> dict:
+def evaluate_edits(
+    bundle: str | Path,
+    label_set: str = "faces",
+    n: int = 1000,
+    mode: str = "actor",
+    seed: int = 0,
+    device: str = "auto",
+    out: str | Path = "",
+    command: list[str] | None = None,
+) -> dict:
     started = time.time()
     bundle, out, dev, vae, vman, judge, jman, data = open_bundle(bundle, device, out)
     ls = load_labelset(bundle, label_set)
@@ -70,11 +81,20 @@ def evaluate_edits(bundle: str | Path, label_set: str = "faces", n: int = 1000, 
     judge_of = lambda x: decide(predict(judge, x, dev)[0], jman, ls.attr_names)  # noqa: E731
     metrics = class_metrics if ls.kind == "categorical" else flip_metrics
     edited, recon, after, result = metrics(ls, vae, dev, z0, images, judge_of, rng, mode)
-    result = {"bundle": str(bundle), "label_set": label_set, "kind": ls.kind, "mode": mode, "n": len(idx), "seed": seed, **result,
-              "pixel_mse_edit_vs_reconstruction": float((after - recon).pow(2).mean()),
-              "latent_shift_over_sigma_bar": float(((edited - z0).abs() / ls.sigma_bar).mean()),
-              "decoder_fingerprint": vman["decoder_fingerprint"], "seconds": round(time.time() - started, 1),
-              "command": command or sys.argv}
+    result = {
+        "bundle": str(bundle),
+        "label_set": label_set,
+        "kind": ls.kind,
+        "mode": mode,
+        "n": len(idx),
+        "seed": seed,
+        **result,
+        "pixel_mse_edit_vs_reconstruction": float((after - recon).pow(2).mean()),
+        "latent_shift_over_sigma_bar": float(((edited - z0).abs() / ls.sigma_bar).mean()),
+        "decoder_fingerprint": vman["decoder_fingerprint"],
+        "seconds": round(time.time() - started, 1),
+        "command": command or sys.argv,
+    }
     (out / f"edits-{mode}-{label_set}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(format_edits(result))
     return result
@@ -88,11 +108,20 @@ def class_metrics(ls, vae, dev, z0, images, judge_of, rng, mode):
     edited = class_edits(ls, z0, asked.tolist(), mode)
     recon, after = backbone.decode(vae, z0, dev), backbone.decode(vae, edited, dev)
     reached = judge_of(after).argmax(1) == asked
-    return edited, recon, after, {
-        "target_reached": float(reached.mean()),
-        "target_in_reconstruction": float((judge_of(recon).argmax(1) == asked).mean()),  # the null edit
-        "per_edit": {name: {"n": int((asked == c).sum()), "target_reached": float(reached[asked == c].mean())}
-                     for c, name in enumerate(names) if (asked == c).any()}}
+    return (
+        edited,
+        recon,
+        after,
+        {
+            "target_reached": float(reached.mean()),
+            "target_in_reconstruction": float((judge_of(recon).argmax(1) == asked).mean()),  # the null edit
+            "per_edit": {
+                name: {"n": int((asked == c).sum()), "target_reached": float(reached[asked == c].mean())}
+                for c, name in enumerate(names)
+                if (asked == c).any()
+            },
+        },
+    )
 
 
 def flip_metrics(ls, vae, dev, z0, images, judge_of, rng, mode):
@@ -116,34 +145,58 @@ def flip_metrics(ls, vae, dev, z0, images, judge_of, rng, mode):
             sel = (asked_col == a) & (asked.numpy() == value)
             if sel.any():
                 per_attr[f"{name}={value}"] = {"n": int(sel.sum()), "target_reached": float(reached[sel].mean())}
-    return edited, recon, after, {
-        "target_reached": float(reached.mean()),
-        # the null edit: how often the plain reconstruction already reads the asked value
-        "target_in_reconstruction": float((judged["reconstruction"][rows, asked_col] == asked.numpy()).mean()),
-        "others_unchanged_vs_original": same("original", keep),
-        "others_unchanged_vs_reconstruction": same("reconstruction", keep),
-        "all_non_asked_unchanged_vs_original": same("original", others),
-        "forced_changes_per_edit": float(((target != current).numpy() & others).sum(1).mean()),
-        "reconstruction_keeps_attributes": float((judged["reconstruction"] == judged["original"]).mean()),
-        "per_edit": per_attr}
+    return (
+        edited,
+        recon,
+        after,
+        {
+            "target_reached": float(reached.mean()),
+            # the null edit: how often the plain reconstruction already reads the asked value
+            "target_in_reconstruction": float((judged["reconstruction"][rows, asked_col] == asked.numpy()).mean()),
+            "others_unchanged_vs_original": same("original", keep),
+            "others_unchanged_vs_reconstruction": same("reconstruction", keep),
+            "all_non_asked_unchanged_vs_original": same("original", others),
+            "forced_changes_per_edit": float(((target != current).numpy() & others).sum(1).mean()),
+            "reconstruction_keeps_attributes": float((judged["reconstruction"] == judged["original"]).mean()),
+            "per_edit": per_attr,
+        },
+    )
 
 
 def format_edits(r: dict) -> str:
     lines = [f"edits mode={r['mode']} label_set={r['label_set']} n={r['n']}", f"{'edit':<16} {'n':>5} {'reached':>8}"]
     lines += [f"{k:<16} {v['n']:>5} {v['target_reached']:>8.3f}" for k, v in r["per_edit"].items()]
     if r["kind"] == "categorical":
-        return "\n".join(lines + [f"target class reached {r['target_reached']:.3f} (null edit {r['target_in_reconstruction']:.3f}); "
-                                   f"pixel MSE vs reconstruction {r['pixel_mse_edit_vs_reconstruction']:.4f}; "
-                                   f"σ̄-weighted latent shift {r['latent_shift_over_sigma_bar']:.2f}"])
-    kept = ("n/a (one attribute)" if r["others_unchanged_vs_original"] is None else
-            f"{r['others_unchanged_vs_original']:.3f} vs original, {r['others_unchanged_vs_reconstruction']:.3f} vs reconstruction")
-    lines.append(f"target reached {r['target_reached']:.3f} (null edit {r['target_in_reconstruction']:.3f}); "
-                 f"kept attributes unchanged {kept}; forced changes per edit {r['forced_changes_per_edit']:.2f}")
+        return "\n".join(
+            lines
+            + [
+                f"target class reached {r['target_reached']:.3f} (null edit {r['target_in_reconstruction']:.3f}); "
+                f"pixel MSE vs reconstruction {r['pixel_mse_edit_vs_reconstruction']:.4f}; "
+                f"σ̄-weighted latent shift {r['latent_shift_over_sigma_bar']:.2f}"
+            ]
+        )
+    kept = (
+        "n/a (one attribute)"
+        if r["others_unchanged_vs_original"] is None
+        else f"{r['others_unchanged_vs_original']:.3f} vs original, "
+        f"{r['others_unchanged_vs_reconstruction']:.3f} vs reconstruction"
+    )
+    lines.append(
+        f"target reached {r['target_reached']:.3f} (null edit {r['target_in_reconstruction']:.3f}); "
+        f"kept attributes unchanged {kept}; forced changes per edit {r['forced_changes_per_edit']:.2f}"
+    )
     return "\n".join(lines)
 
 
-def edit_figure(bundle: str | Path, label_set: str, path: str | Path, edits: list[str], n: int = 10, mode: str = "actor",
-                seed: int = 0) -> Path:
+def edit_figure(
+    bundle: str | Path,
+    label_set: str,
+    path: str | Path,
+    edits: list[str],
+    n: int = 10,
+    mode: str = "actor",
+    seed: int = 0,
+) -> Path:
     """Columns: test images. Rows: original, reconstruction, then one row per attribute toggled."""
     bundle = Path(bundle)
     vae, vman = load_vae(bundle, "cpu")

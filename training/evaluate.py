@@ -6,6 +6,7 @@ attribute (accuracy/precision/recall/F1, raw and ÷ the judge's accuracy on real
 exact match of whole rows and of 3-attribute specs (3 random attributes of the row), and the
 Fréchet distance in judge features to real training images with a bootstrap 95% interval.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from conditioning import backbone
+from conditioning.images import batch_to_float, save_grid
+from conditioning.runtime import resolve_device
+from evaluation.judging import decide, predict
+from evaluation.reconstruction import evaluate_mse
+from evaluation.samplers import build_sampler
+from evaluation.statistics import binary_metrics, frechet_with_ci, precision_recall
 from models.judge import load_judge
 from models.vae import VAE, load_vae
 from training.data import load_dataset
-from conditioning.images import batch_to_float, save_grid
-from evaluation.statistics import binary_metrics, frechet_with_ci, precision_recall
-from conditioning.runtime import resolve_device
-from conditioning import backbone
-from evaluation.samplers import build_sampler
-from evaluation.judging import decide, predict
-from evaluation.reconstruction import evaluate_mse
 
 log = logging.getLogger("lcs.eval")
 
@@ -55,9 +56,20 @@ def open_bundle(bundle: str | Path, device: str, out: str | Path):
     return bundle, out, dev, vae, vman, judge, jman, data
 
 
-def evaluate(bundle: str | Path, sampler: str = "prior", label_set: str = "", n: int = 10000, n_spec3: int = 2000,
-             seed: int = 0, device: str = "auto", out: str | Path = "", compare_vae: str = "", boots: int = 50,
-             command: list[str] | None = None, artifact: str | Path = "") -> dict:
+def evaluate(
+    bundle: str | Path,
+    sampler: str = "prior",
+    label_set: str = "",
+    n: int = 10000,
+    n_spec3: int = 2000,
+    seed: int = 0,
+    device: str = "auto",
+    out: str | Path = "",
+    compare_vae: str = "",
+    boots: int = 50,
+    command: list[str] | None = None,
+    artifact: str | Path = "",
+) -> dict:
     started = time.time()
     bundle, out, dev, vae, vman, judge, jman, data = open_bundle(bundle, device, out)
     label_set = label_set or next(iter(data.label_sets))
@@ -88,8 +100,12 @@ def evaluate(bundle: str | Path, sampler: str = "prior", label_set: str = "", n:
     mean_acc = exact if ls.kind == "categorical" else float(np.mean([m["accuracy"] for m in per_attr.values()]))
     ceiling_mean = ceil_set["accuracy"]
     result = {
-        "bundle": str(bundle), "sampler": sampler, "conditional": smp.conditional, "label_set": ls.to_json(),
-        "n": n, "seed": seed,
+        "bundle": str(bundle),
+        "sampler": sampler,
+        "conditional": smp.conditional,
+        "label_set": ls.to_json(),
+        "n": n,
+        "seed": seed,
         "per_attribute": per_attr,
         "mean_accuracy": mean_acc,
         "ceiling_mean_accuracy": ceiling_mean,
@@ -123,8 +139,9 @@ def evaluate(bundle: str | Path, sampler: str = "prior", label_set: str = "", n:
     rec_acc = (rec_got == test_labels).mean(0)
     for j, a in enumerate(ls.attrs):
         per_attr[a]["reconstruction_accuracy"] = float(rec_acc[j])
-    result["reconstruction_mean_accuracy"] = float((rec_got == test_labels).all(1).mean() if ls.kind == "categorical"
-                                                   else rec_acc.mean())
+    result["reconstruction_mean_accuracy"] = float(
+        (rec_got == test_labels).all(1).mean() if ls.kind == "categorical" else rec_acc.mean()
+    )
     result["decoder_fingerprint"] = vman["decoder_fingerprint"]
     result["seconds"] = round(time.time() - started, 1)
     result["command"] = command or sys.argv
@@ -134,11 +151,22 @@ def evaluate(bundle: str | Path, sampler: str = "prior", label_set: str = "", n:
     if compare_vae:
         other, _ = load_vae(compare_vae, "cpu")
         result["sigma_tradeoff"] = {
-            "figure": str(sigma_tradeoff_figure(vae.cpu(), other, data.images[data.indices("test")], out / "sigma_tradeoff.png", seed=seed)),
-            "rows": ["real test images", f"reconstructions σx={vae.cfg.sigma_x}", f"reconstructions σx={other.cfg.sigma_x}",
-                     f"prior samples σx={vae.cfg.sigma_x}", f"prior samples σx={other.cfg.sigma_x}"],
-            "reconstruction_mse_test": {str(vae.cfg.sigma_x): result["reconstruction_mse_test"],
-                                        str(other.cfg.sigma_x): evaluate_mse(other, data.images[data.indices("test")], torch.device("cpu"))},
+            "figure": str(
+                sigma_tradeoff_figure(
+                    vae.cpu(), other, data.images[data.indices("test")], out / "sigma_tradeoff.png", seed=seed
+                )
+            ),
+            "rows": [
+                "real test images",
+                f"reconstructions σx={vae.cfg.sigma_x}",
+                f"reconstructions σx={other.cfg.sigma_x}",
+                f"prior samples σx={vae.cfg.sigma_x}",
+                f"prior samples σx={other.cfg.sigma_x}",
+            ],
+            "reconstruction_mse_test": {
+                str(vae.cfg.sigma_x): result["reconstruction_mse_test"],
+                str(other.cfg.sigma_x): evaluate_mse(other, data.images[data.indices("test")], torch.device("cpu")),
+            },
         }
     (out / f"eval-{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(format_table(result))
@@ -147,17 +175,30 @@ def evaluate(bundle: str | Path, sampler: str = "prior", label_set: str = "", n:
 
 
 def format_table(r: dict) -> str:
-    lines = [f"sampler={r['sampler']} label_set={r['label_set']['name']} n={r['n']}",
-             f"{'attribute':<14} {'req':>5} {'acc':>6} {'prec':>6} {'rec':>6} {'f1':>6} {'ceil':>6} {'acc/ceil':>8}"]
+    lines = [
+        f"sampler={r['sampler']} label_set={r['label_set']['name']} n={r['n']}",
+        f"{'attribute':<14} {'req':>5} {'acc':>6} {'prec':>6} {'rec':>6} {'f1':>6} {'ceil':>6} {'acc/ceil':>8}",
+    ]
     for a, m in r["per_attribute"].items():
-        lines.append(f"{a:<14} {m['requested_rate']:>5.2f} {m['accuracy']:>6.3f} {m['precision']:>6.3f} {m['recall']:>6.3f} "
-                     f"{m['f1']:>6.3f} {m['ceiling_accuracy']:>6.3f} {m['accuracy_over_ceiling']:>8.3f}")
-    lines.append(f"{'top-1' if r['label_set']['kind'] == 'categorical' else 'mean'} accuracy {r['mean_accuracy']:.4f} (ceiling {r['ceiling_mean_accuracy']:.4f}, ratio {r['mean_accuracy_over_ceiling']:.3f}); "
-                 f"exact match {r['exact_match']:.4f} (ceiling {r['ceiling_exact_match']:.4f})"
-                 + (f"; 3-attr exact match {r['exact_match_3attr']:.4f}" if "exact_match_3attr" in r else ""))
+        lines.append(
+            f"{a:<14} {m['requested_rate']:>5.2f} {m['accuracy']:>6.3f} {m['precision']:>6.3f} {m['recall']:>6.3f} "
+            f"{m['f1']:>6.3f} {m['ceiling_accuracy']:>6.3f} {m['accuracy_over_ceiling']:>8.3f}"
+        )
+    lines.append(
+        f"{'top-1' if r['label_set']['kind'] == 'categorical' else 'mean'} accuracy {r['mean_accuracy']:.4f} "
+        f"(ceiling {r['ceiling_mean_accuracy']:.4f}, ratio {r['mean_accuracy_over_ceiling']:.3f}); "
+        f"exact match {r['exact_match']:.4f} (ceiling {r['ceiling_exact_match']:.4f})"
+        + (f"; 3-attr exact match {r['exact_match_3attr']:.4f}" if "exact_match_3attr" in r else "")
+    )
     f, fr = r["frechet"], r["frechet_real_test_vs_train"]
-    lines.append(f"judge on reconstructions of real test images (the decoder's ceiling): {r['reconstruction_mean_accuracy']:.4f}")
+    lines.append(
+        f"judge on reconstructions of real test images (the decoder's ceiling): {r['reconstruction_mean_accuracy']:.4f}"
+    )
     pr = r["precision_recall"]
-    lines.append(f"Fréchet (judge features) {f['fd']:.3f} [{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}]; real test vs train {fr['fd']:.3f}; "
-                 f"precision {pr['precision']:.3f} recall {pr['recall']:.3f} (k={pr['k']}); reconstruction MSE {r['reconstruction_mse_test']:.5f}")
+    lines.append(
+        f"Fréchet (judge features) {f['fd']:.3f} [{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}]; "
+        f"real test vs train {fr['fd']:.3f}; "
+        f"precision {pr['precision']:.3f} recall {pr['recall']:.3f} (k={pr['k']}); "
+        f"reconstruction MSE {r['reconstruction_mse_test']:.5f}"
+    )
     return "\n".join(lines)

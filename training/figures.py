@@ -4,6 +4,7 @@
 - specs: one row per attribute spec, the same prior z in every column (what the label changes);
 - edits: real test images, their reconstructions and attribute toggles (``edits.edit_figure``).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,9 @@ def realism_figure(bundle: Path, path: Path, n: int = 12, pairs: int = 3, seed: 
     vae, _ = load_vae(bundle, CPU)
     ls, none = load_labelset(bundle, "realism"), torch.zeros(n, 0)
     z = torch.randn(pairs, n, vae.cfg.latent_dim, generator=torch.Generator().manual_seed(seed))
-    rows = [backbone.decode(vae, zz, CPU) for p in range(pairs) for zz in (z[p], modes.actor(ls, z[p], none, none.bool()))]
+    rows = [
+        backbone.decode(vae, zz, CPU) for p in range(pairs) for zz in (z[p], modes.actor(ls, z[p], none, none.bool()))
+    ]
     return save_grid(torch.cat(rows), path, nrow=n, scale=2)
 
 
@@ -38,18 +41,23 @@ def spec_figure(bundle: Path, label_set: str, specs: list[str], path: Path, n: i
     z = torch.randn(n, vae.cfg.latent_dim, generator=g)
     rows = []
     for text in specs:
-        y = resolve(parse_spec(text, ls.attr_names), ls.attr_names, ls.table, n, torch.Generator().manual_seed(seed), ls.kind)
+        y = resolve(
+            parse_spec(text, ls.attr_names), ls.attr_names, ls.table, n, torch.Generator().manual_seed(seed), ls.kind
+        )
         rows.append(backbone.decode(vae, modes.actor(ls, z, y, y.bool()), CPU))
     return save_grid(torch.cat(rows), path, nrow=n, scale=2)
 
 
-def draw_all(bundle: str | Path, label_set: str, out: str | Path, specs: list[str], edits: list[str],
-             seed: int = 0) -> list[Path]:
+def draw_all(
+    bundle: str | Path, label_set: str, out: str | Path, specs: list[str], edits: list[str], seed: int = 0
+) -> list[Path]:
     from training.eval_edits import edit_figure
 
     bundle, out = Path(bundle), Path(out)
-    paths = [realism_figure(bundle, out / "realism.png", seed=seed),
-             spec_figure(bundle, label_set, specs, out / f"specs-{label_set}.png", seed=seed)]
+    paths = [
+        realism_figure(bundle, out / "realism.png", seed=seed),
+        spec_figure(bundle, label_set, specs, out / f"specs-{label_set}.png", seed=seed),
+    ]
     rows = {paths[0].name: ["prior z", "G(z)"] * 3, paths[1].name: [s or "(no attributes)" for s in specs]}
     if edits:
         paths.append(edit_figure(bundle, label_set, out / f"edits-{label_set}.png", edits, seed=seed))

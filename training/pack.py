@@ -4,6 +4,7 @@ fp16 halves the size of the shipped default. The decoder fingerprint is recomput
 stored tensors, so everything trained afterwards (latent table, label sets) is bound to exactly
 the weights that ship; the source fingerprint is kept in the manifest for provenance.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,13 @@ log = logging.getLogger("lcs.pack")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def pack(src: str | Path, dst: str | Path, dtype: str = "float16", stems: tuple[str, ...] = ("vae", "judge"),
-         command: list[str] | None = None) -> Path:
+def pack(
+    src: str | Path,
+    dst: str | Path,
+    dtype: str = "float16",
+    stems: tuple[str, ...] = ("vae", "judge"),
+    command: list[str] | None = None,
+) -> Path:
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     src, dst = Path(src), Path(dst)

@@ -12,6 +12,7 @@ BUNDLE/baselines/METHOD-LABELSET/ (or --out) with safetensors + JSON manifest an
 CPU-seconds (process time, all threads) are recorded; a ``probe`` callback sees the model every
 ``probe_every`` steps without its own time being counted (the cost-of-a-new-label-set bench uses it).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,22 +27,29 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from conditioning.images import batch_to_float
+from conditioning.runtime import autocast, resolve_device
 from models.artifacts import load_manifest, save_artifact
 from models.attrvec import AttributeVectors, AttrVecConfig
 from models.cvae import CVAE, CVAEConfig
 from models.cvaegan import CVAEGAN, CVAEGANConfig, load_conditional
 from models.latent_gmm import LatentGMM, LatentGMMConfig
+from models.latent_table import load_table
 from models.vae import VAEConfig
 from training.data import ImageDataset, load_dataset
-from conditioning.images import batch_to_float
-from conditioning.runtime import autocast, resolve_device
-from models.latent_table import load_table
 
 log = logging.getLogger("lcs.train_baseline")
 IMAGE_METHODS = ("cvae", "cvae-cmma", "cvae-gan")
 LATENT_METHODS = ("attrvec-mean", "attrvec-lsq", "gmm")
 METHODS = IMAGE_METHODS + LATENT_METHODS
-ARTIFACT_STEM = {"cvae": "cvae", "cvae-cmma": "cvae", "cvae-gan": "cvaegan", "attrvec-mean": "attrvec", "attrvec-lsq": "attrvec", "gmm": "gmm"}
+ARTIFACT_STEM = {
+    "cvae": "cvae",
+    "cvae-cmma": "cvae",
+    "cvae-gan": "cvaegan",
+    "attrvec-mean": "attrvec",
+    "attrvec-lsq": "attrvec",
+    "gmm": "gmm",
+}
 
 
 @dataclass
@@ -81,7 +89,9 @@ def labelled_subset(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, n]).choice(rows, size=n, replace=False))
 
 
-def widen_labels(model: torch.nn.Module, old_attrs: list[str], new_attrs: list[str], old: dict[str, torch.Tensor]) -> None:
+def widen_labels(
+    model: torch.nn.Module, old_attrs: list[str], new_attrs: list[str], old: dict[str, torch.Tensor]
+) -> None:
     """Load ``old`` (a state dict for ``old_attrs``) into ``model`` built for ``new_attrs`` ⊇ old_attrs:
     label inputs (encoder planes, decoder/prior inputs) and label outputs (classifier head) are the last
     len(attrs) entries along the dimension that grew; old columns keep their weights, new ones start at 0."""
@@ -94,7 +104,7 @@ def widen_labels(model: torch.nn.Module, old_attrs: list[str], new_attrs: list[s
         if src.shape == new.shape:
             new.copy_(src)
             continue
-        d = next(i for i, (a, b) in enumerate(zip(src.shape, new.shape)) if a != b)
+        d = next(i for i, (a, b) in enumerate(zip(src.shape, new.shape, strict=False)) if a != b)
         base = new.shape[d] - len(new_attrs)
         if base != src.shape[d] - len(old_attrs):
             raise ValueError(f"{k}: cannot widen {tuple(src.shape)} to {tuple(new.shape)}")
@@ -115,43 +125,51 @@ def build_image_model(cfg: TrainBaselineConfig, backbone: VAEConfig, attrs: list
     return model
 
 
-def train_image_model(cfg: TrainBaselineConfig, model: torch.nn.Module, data: ImageDataset, y_all: np.ndarray, rows: np.ndarray,
-                      device: torch.device, out: Path, probe: Callable | None, probe_every: int) -> dict:
+def train_image_model(
+    cfg: TrainBaselineConfig,
+    model: torch.nn.Module,
+    data: ImageDataset,
+    y_all: np.ndarray,
+    rows: np.ndarray,
+    device: torch.device,
+    out: Path,
+    probe: Callable | None,
+    probe_every: int,
+) -> dict:
     model.to(device).train()
     opts = {g: torch.optim.Adam(p, lr=cfg.lr) for g, p in model.optim_groups().items()}
     decay = (cfg.lr_final / cfg.lr) ** (1 / max(cfg.steps, 1))
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    log_file = open(out / "train_log.jsonl", "w")
-    cpu, window, probes = 0.0, [], []
-    for step in tqdm(range(1, cfg.steps + 1), desc=f"train-baseline {cfg.method} {cfg.label_set}", unit="step"):
-        t0 = time.process_time()
-        idx = np.sort(rows[torch.randint(len(rows), (cfg.batch_size,), generator=gen).numpy()])
-        x = batch_to_float(data.images[idx], device)
-        y = torch.from_numpy(y_all[idx]).float().to(device)
-        info = {}
-        for opt in opts.values():
-            for pg in opt.param_groups:
-                pg["lr"] = cfg.lr * decay ** step
-        with autocast(device):
-            for group, loss, part in model.step_losses(x, y):
-                opts[group].zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(opts[group].param_groups[0]["params"], 1e4)
-                opts[group].step()
-                info.update(part)
-        cpu += time.process_time() - t0
-        window.append(info)
-        if step % 50 == 0 or step == cfg.steps:
-            mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-            window.clear()
-            log_file.write(json.dumps({"step": step, **mean, "cpu_s": round(cpu, 2)}) + "\n")
-            log_file.flush()
-        if probe is not None and (step % probe_every == 0 or step == cfg.steps):
-            model.eval()
-            probes.append({"step": step, "cpu_s": cpu, **probe(step, model)})
-            model.train()
-    log_file.close()
+    with open(out / "train_log.jsonl", "w") as log_file:
+        cpu, window, probes = 0.0, [], []
+        for step in tqdm(range(1, cfg.steps + 1), desc=f"train-baseline {cfg.method} {cfg.label_set}", unit="step"):
+            t0 = time.process_time()
+            idx = np.sort(rows[torch.randint(len(rows), (cfg.batch_size,), generator=gen).numpy()])
+            x = batch_to_float(data.images[idx], device)
+            y = torch.from_numpy(y_all[idx]).float().to(device)
+            info = {}
+            for opt in opts.values():
+                for pg in opt.param_groups:
+                    pg["lr"] = cfg.lr * decay**step
+            with autocast(device):
+                for group, loss, part in model.step_losses(x, y):
+                    opts[group].zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(opts[group].param_groups[0]["params"], 1e4)
+                    opts[group].step()
+                    info.update(part)
+            cpu += time.process_time() - t0
+            window.append(info)
+            if step % 50 == 0 or step == cfg.steps:
+                mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                window.clear()
+                log_file.write(json.dumps({"step": step, **mean, "cpu_s": round(cpu, 2)}) + "\n")
+                log_file.flush()
+            if probe is not None and (step % probe_every == 0 or step == cfg.steps):
+                model.eval()
+                probes.append({"step": step, "cpu_s": cpu, **probe(step, model)})
+                model.train()
     return {"steps": cfg.steps, "cpu_seconds": round(cpu, 2), "probes": probes}
 
 
@@ -163,16 +181,31 @@ def fit_latent_model(cfg: TrainBaselineConfig, attrs: list[str], kind: str) -> t
     gen = torch.Generator().manual_seed(cfg.seed)
     if cfg.method == "gmm":
         z = t.mu[rows] + t.sigma[rows] * torch.randn(len(rows), t.mu.shape[1], generator=gen)
-        model = LatentGMM.fit(LatentGMMConfig(latent_dim=t.mu.shape[1], attr_names=attrs, kind=kind, components=cfg.components,
-                                              min_count=min(cfg.min_count, max(1, len(rows) // 50))), z, t.labels[rows], cfg.seed)
+        model = LatentGMM.fit(
+            LatentGMMConfig(
+                latent_dim=t.mu.shape[1],
+                attr_names=attrs,
+                kind=kind,
+                components=cfg.components,
+                min_count=min(cfg.min_count, max(1, len(rows) // 50)),
+            ),
+            z,
+            t.labels[rows],
+            cfg.seed,
+        )
     else:
-        model = AttributeVectors(AttrVecConfig(latent_dim=t.mu.shape[1], attr_names=attrs, kind=kind,
-                                               method=cfg.method.split("-")[1])).fit(t.mu[rows], t.labels[rows])
+        model = AttributeVectors(
+            AttrVecConfig(latent_dim=t.mu.shape[1], attr_names=attrs, kind=kind, method=cfg.method.split("-")[1])
+        ).fit(t.mu[rows], t.labels[rows])
     return model, {"cpu_seconds": round(time.process_time() - t0, 3)}, {"decoder_fingerprint": t.decoder_fingerprint}
 
 
-def train_baseline(cfg: TrainBaselineConfig, command: list[str] | None = None,
-                   probe: Callable[[int, torch.nn.Module], dict] | None = None, probe_every: int = 0) -> Path:
+def train_baseline(
+    cfg: TrainBaselineConfig,
+    command: list[str] | None = None,
+    probe: Callable[[int, torch.nn.Module], dict] | None = None,
+    probe_every: int = 0,
+) -> Path:
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; choose from {METHODS}")
     device = resolve_device(cfg.device if cfg.method in IMAGE_METHODS else "cpu", cfg.threads)
@@ -186,8 +219,16 @@ def train_baseline(cfg: TrainBaselineConfig, command: list[str] | None = None,
     started = time.time()
     if cfg.method in IMAGE_METHODS:
         model = build_image_model(cfg, VAEConfig(**vman["config"]), attrs, kind)
-        log.info("training %s on %s (%d labelled training images, labels %s) for %d steps on %s%s", cfg.method, data.name,
-                 len(rows), ", ".join(attrs), cfg.steps, device, f", from {cfg.init}" if cfg.init else "")
+        log.info(
+            "training %s on %s (%d labelled training images, labels %s) for %d steps on %s%s",
+            cfg.method,
+            data.name,
+            len(rows),
+            ", ".join(attrs),
+            cfg.steps,
+            device,
+            f", from {cfg.init}" if cfg.init else "",
+        )
         metrics = train_image_model(cfg, model, data, y_all, rows, device, out, probe, probe_every)
         model = model.cpu().eval()
         distinct, counts = np.unique(y_all[rows].astype(np.int8), axis=0, return_counts=True)
@@ -200,13 +241,33 @@ def train_baseline(cfg: TrainBaselineConfig, command: list[str] | None = None,
         extra = {}
         cfg_json, arch = model.cfg.to_json(), sys.modules[type(model).__module__].ARCH
     stored = sum(t.numel() for t in model.state_dict().values())
-    trained = sum(p.numel() for p in model.parameters()) if cfg.method in IMAGE_METHODS else stored  # fits: every number is fitted
-    metrics.update({"params_trained": trained, "params_stored": stored, "wall_seconds": round(time.time() - started, 1),
-                    "labelled_examples": int(len(rows)), "device": str(device)})
-    manifest = {"kind": "baseline", "method": cfg.method, "arch": arch, "config": cfg_json, "label_set": cfg.label_set,
-                "dataset": vman["dataset"]["name"], "training": {k: v for k, v in cfg.__dict__.items() if k not in ("bundle", "out")},
-                "command": command or sys.argv, "metrics": metrics, **fp}
+    trained = (
+        sum(p.numel() for p in model.parameters()) if cfg.method in IMAGE_METHODS else stored
+    )  # fits: every number is fitted
+    metrics.update(
+        {
+            "params_trained": trained,
+            "params_stored": stored,
+            "wall_seconds": round(time.time() - started, 1),
+            "labelled_examples": int(len(rows)),
+            "device": str(device),
+        }
+    )
+    manifest = {
+        "kind": "baseline",
+        "method": cfg.method,
+        "arch": arch,
+        "config": cfg_json,
+        "label_set": cfg.label_set,
+        "dataset": vman["dataset"]["name"],
+        "training": {k: v for k, v in cfg.__dict__.items() if k not in ("bundle", "out")},
+        "command": command or sys.argv,
+        "metrics": metrics,
+        **fp,
+    }
     stem = ARTIFACT_STEM[cfg.method]
     save_artifact(out, stem, {**model.state_dict(), **extra}, manifest)
-    log.info("wrote %s (%d parameters trained, %.1f CPU-s)", out / f"{stem}.safetensors", trained, metrics["cpu_seconds"])
+    log.info(
+        "wrote %s (%d parameters trained, %.1f CPU-s)", out / f"{stem}.safetensors", trained, metrics["cpu_seconds"]
+    )
     return out

@@ -4,6 +4,7 @@ Thresholds are chosen per attribute on the validation split; test accuracy/AUC p
 (and top-1 accuracy per categorical label set) is the *ceiling* that generated samples are
 compared against. Nothing is ever trained against the judge.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,13 +19,13 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from conditioning.images import batch_to_float
+from conditioning.runtime import autocast, resolve_device
+from evaluation.judging import decide, predict
+from evaluation.statistics import auc, best_threshold, binary_metrics
 from models.artifacts import save_artifact
 from models.judge import ARCH, Judge, JudgeConfig
 from training.data import ImageDataset, load_dataset
-from conditioning.images import batch_to_float
-from evaluation.judging import decide, predict
-from evaluation.statistics import auc, best_threshold, binary_metrics
-from conditioning.runtime import autocast, resolve_device
 
 log = logging.getLogger("lcs.train_judge")
 
@@ -59,8 +60,12 @@ def ceiling(judge_probs: np.ndarray, target: np.ndarray, manifest: dict, data: I
         exact = float((pred == tgt).all(1).mean())
         mean_attr = float(np.mean([per_attr[a]["accuracy"] for a in ls.attrs]))
         # Headline accuracy: top-1 for a categorical set (one-vs-rest accuracies flatter it), else the attribute mean.
-        sets[name] = {"kind": ls.kind, "accuracy": exact if ls.kind == "categorical" else mean_attr,
-                      "mean_attribute_accuracy": mean_attr, "exact_match": exact}
+        sets[name] = {
+            "kind": ls.kind,
+            "accuracy": exact if ls.kind == "categorical" else mean_attr,
+            "mean_attribute_accuracy": mean_attr,
+            "exact_match": exact,
+        }
     return {"per_attribute": per_attr, "label_sets": sets}
 
 
@@ -92,11 +97,13 @@ def train_judge(cfg: TrainJudgeConfig, command: list[str] | None = None) -> Path
         for i in range(steps_per_epoch):
             if step >= total:
                 break
-            idx = np.sort(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])
+            idx = np.sort(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
             x = batch_to_float(data.images[idx], device)
             if cfg.shift:
                 dx, dy = np.random.default_rng([cfg.seed, step, 1]).integers(-cfg.shift, cfg.shift + 1, 2)
-                x = torch.roll(F.pad(x, [cfg.shift] * 4, value=1.0), (int(dy), int(dx)), (2, 3))[..., cfg.shift:-cfg.shift, cfg.shift:-cfg.shift]
+                x = torch.roll(F.pad(x, [cfg.shift] * 4, value=1.0), (int(dy), int(dx)), (2, 3))[
+                    ..., cfg.shift : -cfg.shift, cfg.shift : -cfg.shift
+                ]
             y = attrs_t[idx].to(device)
             with autocast(device):
                 logits, _ = judge(x)

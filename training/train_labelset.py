@@ -3,6 +3,7 @@ latent table (the losses and the step: ``models/latent_objective.py``). The VAE 
 for training; only its decoder fingerprint is recorded. An empty label set trains the
 unconditional realism mapper G(z).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,9 @@ import torch
 from tqdm import tqdm
 
 from conditioning.runtime import resolve_device
+from models import latent_objective as objective
 from models.artifacts import save_artifact
 from models.latent import ARCH, LatentConfig, LatentMappers
-from models import latent_objective as objective
 from models.latent_objective import LatentObjective, attr_predict
 from models.latent_table import REALISM, LatentTable, load_table, posterior_sample
 
@@ -53,7 +54,9 @@ class TrainLabelSetConfig:
     labelled: int = 0  # train on this many labelled training rows, drawn with the seed (0: all); label-efficiency runs
 
     def objective(self) -> LatentObjective:
-        return LatentObjective(self.lambda_dist, self.critic_steps, self.gp_weight, self.fake_actor_prob, self.edit_prob)
+        return LatentObjective(
+            self.lambda_dist, self.critic_steps, self.gp_weight, self.fake_actor_prob, self.edit_prob
+        )
 
 
 @torch.no_grad()
@@ -82,9 +85,13 @@ def diagnostics(m: LatentMappers, t: LatentTable, gen: torch.Generator, n: int =
     return out
 
 
-def train_labelset(cfg: TrainLabelSetConfig, command: list[str] | None = None,
-                   progress: Callable[[int, int], None] | None = None,
-                   probe: Callable[[int, LatentMappers], dict] | None = None, probe_every: int = 0) -> Path:
+def train_labelset(
+    cfg: TrainLabelSetConfig,
+    command: list[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    probe: Callable[[int, LatentMappers], dict] | None = None,
+    probe_every: int = 0,
+) -> Path:
     """Train and write OUT/mapper.*; ``progress(step, steps)`` is called after every actor step (server jobs report it).
 
     CPU-seconds (process time, all threads) are recorded in the metrics; ``probe(step, mappers)`` runs every
@@ -95,39 +102,69 @@ def train_labelset(cfg: TrainLabelSetConfig, command: list[str] | None = None,
     t = load_table(cfg.table or cfg.bundle, cfg.label_set)
     out = Path(cfg.out) if cfg.out else Path(cfg.bundle) / "labelsets" / cfg.label_set
     out.mkdir(parents=True, exist_ok=True)
-    lcfg = LatentConfig(latent_dim=t.mu.shape[1], attr_names=t.attr_names, kind=t.kind, width=cfg.width,
-                        depth=cfg.depth, label_embed=cfg.label_embed)
+    lcfg = LatentConfig(
+        latent_dim=t.mu.shape[1],
+        attr_names=t.attr_names,
+        kind=t.kind,
+        width=cfg.width,
+        depth=cfg.depth,
+        label_embed=cfg.label_embed,
+    )
     m = LatentMappers(lcfg)
     opts, obj = objective.optimizers(m, cfg.lr, cfg.attr_lr), cfg.objective()
     train_rows = t.rows(0)
     if cfg.labelled and cfg.labelled < len(train_rows):
-        train_rows = torch.sort(train_rows[torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.labelled]])[0]
-    if len(train_rows) < cfg.batch_size and not cfg.labelled:  # a deliberately small labelled subset is drawn with replacement
+        train_rows = torch.sort(
+            train_rows[
+                torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.labelled]
+            ]
+        )[0]
+    if (
+        len(train_rows) < cfg.batch_size and not cfg.labelled
+    ):  # a deliberately small labelled subset is drawn with replacement
         raise ValueError(f"{len(train_rows)} training rows is fewer than one batch of {cfg.batch_size}")
-    log.info("training label set %r (%d attributes: %s) on %d latents of dim %d", cfg.label_set, lcfg.n_labels,
-             ", ".join(t.attr_names) or "none: realism mapper", len(train_rows), lcfg.latent_dim)
+    log.info(
+        "training label set %r (%d attributes: %s) on %d latents of dim %d",
+        cfg.label_set,
+        lcfg.n_labels,
+        ", ".join(t.attr_names) or "none: realism mapper",
+        len(train_rows),
+        lcfg.latent_dim,
+    )
     batch = lambda: train_rows[torch.randint(len(train_rows), (cfg.batch_size,), generator=gen)]  # noqa: E731
-    log_file = open(out / "train_log.jsonl", "w")
-    started, cpu, probes = time.time(), 0.0, []
-    for step in tqdm(range(1, cfg.steps + 1), desc=f"train-labelset {cfg.label_set}", unit="step"):
-        t0 = time.process_time()
-        info = objective.step(m, opts, t, batch, obj, gen)
-        cpu += time.process_time() - t0
-        if probe is not None and (step % probe_every == 0 or step == cfg.steps):
-            probes.append({"step": step, "cpu_s": cpu, **probe(step, m)})
-        if progress is not None:
-            progress(step, cfg.steps)
-        if step % cfg.diag_every == 0 or step == cfg.steps:
-            diag = diagnostics(m, t, gen)
-            row = {"step": step, **info, **diag, "elapsed_s": round(time.time() - started, 1)}
-            log_file.write(json.dumps(row) + "\n")
-            log_file.flush()
-            log.info("step %d: D train %.3f val %.3f prior %.3f actor %.3f, shift %.3f%s", step, diag["D_train"],
-                     diag["D_val"], diag["D_prior"], diag["D_actor"], diag["shift_prior"],
-                     f", D_attr val acc {diag['attr_val_accuracy']:.3f}" if "attr_val_accuracy" in diag else "")
-    log_file.close()
-    metrics = {**diagnostics(m, t, gen), "train_seconds": round(time.time() - started, 1), "cpu_seconds": round(cpu, 2),
-               "steps": cfg.steps, "labelled_examples": len(train_rows), **({"probes": probes} if probes else {})}
+    with open(out / "train_log.jsonl", "w") as log_file:
+        started, cpu, probes = time.time(), 0.0, []
+        for step in tqdm(range(1, cfg.steps + 1), desc=f"train-labelset {cfg.label_set}", unit="step"):
+            t0 = time.process_time()
+            info = objective.step(m, opts, t, batch, obj, gen)
+            cpu += time.process_time() - t0
+            if probe is not None and (step % probe_every == 0 or step == cfg.steps):
+                probes.append({"step": step, "cpu_s": cpu, **probe(step, m)})
+            if progress is not None:
+                progress(step, cfg.steps)
+            if step % cfg.diag_every == 0 or step == cfg.steps:
+                diag = diagnostics(m, t, gen)
+                row = {"step": step, **info, **diag, "elapsed_s": round(time.time() - started, 1)}
+                log_file.write(json.dumps(row) + "\n")
+                log_file.flush()
+                log.info(
+                    "step %d: D train %.3f val %.3f prior %.3f actor %.3f, shift %.3f%s",
+                    step,
+                    diag["D_train"],
+                    diag["D_val"],
+                    diag["D_prior"],
+                    diag["D_actor"],
+                    diag["shift_prior"],
+                    f", D_attr val acc {diag['attr_val_accuracy']:.3f}" if "attr_val_accuracy" in diag else "",
+                )
+    metrics = {
+        **diagnostics(m, t, gen),
+        "train_seconds": round(time.time() - started, 1),
+        "cpu_seconds": round(cpu, 2),
+        "steps": cfg.steps,
+        "labelled_examples": len(train_rows),
+        **({"probes": probes} if probes else {}),
+    }
     train_labels = t.labels[train_rows].to(torch.int8)  # only the rows it was trained on
     tensors = {**{k: v for k, v in m.state_dict().items()}, "label_table": train_labels, "sigma_bar": t.sigma_bar}
     manifest = {

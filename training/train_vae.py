@@ -3,6 +3,7 @@
 Writes into --out: train_log.jsonl, grids/ (reconstructions and prior samples as PNG),
 checkpoint.* (resumable with --resume), and the final artifact vae.safetensors + vae.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,13 +17,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from conditioning.images import batch_to_float, save_grid
+from conditioning.runtime import autocast, resolve_device
+from evaluation.reconstruction import evaluate_mse
 from models.artifacts import fingerprint, save_artifact
 from models.vae import ARCH, VAE, VAEConfig
 from training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from training.data import ImageDataset, load_dataset
-from evaluation.reconstruction import evaluate_mse
-from conditioning.images import batch_to_float, save_grid
-from conditioning.runtime import autocast, resolve_device
 
 log = logging.getLogger("lcs.train_vae")
 
@@ -55,8 +56,12 @@ def vae_manifest(cfg: TrainVAEConfig, vae: VAE, data: ImageDataset, metrics: dic
         "kind": "vae",
         "arch": ARCH,
         "config": vae.cfg.to_json(),
-        "dataset": {"name": data.name, "params": data.params, "attr_names": data.attr_names,
-                    "label_sets": {k: v.to_json() for k, v in data.label_sets.items()}},
+        "dataset": {
+            "name": data.name,
+            "params": data.params,
+            "attr_names": data.attr_names,
+            "label_sets": {k: v.to_json() for k, v in data.label_sets.items()},
+        },
         "training": {k: v for k, v in cfg.__dict__.items() if k not in ("dataset", "dataset_params")},
         "command": command,
         "decoder_fingerprint": fingerprint({f"decoder.{k}": v for k, v in vae.decoder.state_dict().items()}),
@@ -76,7 +81,9 @@ def train_vae(cfg: TrainVAEConfig, command: list[str] | None = None) -> Path:
     c, h, w = data.image_shape
     if h != w:
         raise ValueError(f"square images expected, got {h}x{w}")
-    vcfg = VAEConfig(channels=c, image_size=h, latent_dim=cfg.latent_dim, width=cfg.width, sigma_x=cfg.sigma_x, beta=cfg.beta)
+    vcfg = VAEConfig(
+        channels=c, image_size=h, latent_dim=cfg.latent_dim, width=cfg.width, sigma_x=cfg.sigma_x, beta=cfg.beta
+    )
     vae = VAE(vcfg).to(device)
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     steps_per_epoch = len(train_idx) // cfg.batch_size
@@ -91,51 +98,70 @@ def train_vae(cfg: TrainVAEConfig, command: list[str] | None = None) -> Path:
     if cfg.resume and has_checkpoint(out):
         step = load_checkpoint(out, vae, opt)["step"]
         log.info("resumed from %s at step %d", out / "checkpoint.safetensors", step)
-    log.info("training VAE %s on %s (%d train / %d val images, %s) for %d steps on %s",
-             vcfg.to_json(), data.name, len(train_idx), len(val_idx), data.image_shape, total_steps, device)
+    log.info(
+        "training VAE %s on %s (%d train / %d val images, %s) for %d steps on %s",
+        vcfg.to_json(),
+        data.name,
+        len(train_idx),
+        len(val_idx),
+        data.image_shape,
+        total_steps,
+        device,
+    )
 
     fixed_x = batch_to_float(data.images[val_idx[:32]], device)
     fixed_z = torch.randn(32, vcfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
-    log_file = open(out / "train_log.jsonl", "a")
-    started, window = time.time(), []
-    bar = tqdm(total=total_steps, initial=step, desc=f"train-vae σx={cfg.sigma_x}", unit="step")
-    while step < total_steps:
-        epoch, offset = divmod(step, steps_per_epoch)
-        # Per-epoch permutation from (seed, epoch): resuming mid-epoch replays the same order.
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(train_idx)
-        for i in range(offset, steps_per_epoch):
-            if step >= total_steps:
-                break
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * decay ** step
-            x = batch_to_float(data.images[np.sort(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])], device)
-            with autocast(device):
-                parts = vae.loss(x)
-            opt.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1e4)
-            opt.step()
-            step += 1
-            window.append({k: v.item() for k, v in parts.items()})
-            bar.update()
-            if step % cfg.log_every == 0 or step == total_steps:
-                mean = {k: float(np.mean([wi[k] for wi in window])) for k in window[0]}
-                window.clear()
-                bar.set_postfix(loss=f"{mean['loss']:.0f}", kl=f"{mean['kl']:.1f}", mse=f"{mean['mse']:.4f}")
-                log_file.write(json.dumps({"step": step, "epoch": epoch, "lr": cfg.lr * decay ** step, **mean,
-                                           "elapsed_s": round(time.time() - started, 1)}) + "\n")
-                log_file.flush()
-            if step % cfg.grid_every == 0 or step == total_steps:
-                with torch.no_grad():
-                    vae.eval()
-                    recon = vae.decode(vae.encode(fixed_x)[0])
-                    save_grid(torch.cat([fixed_x[:16], recon[:16]]), out / "grids" / f"recon_{step:07d}.png", nrow=16)
-                    save_grid(vae.decode(fixed_z), out / "grids" / f"prior_{step:07d}.png", nrow=16)
-                    vae.train()
-            if step % cfg.ckpt_every == 0 or step == total_steps:
-                save_checkpoint(out, vae, opt, {"step": step, "config": vcfg.to_json()})
-    bar.close()
-    log_file.close()
+    with open(out / "train_log.jsonl", "a") as log_file:
+        started, window = time.time(), []
+        bar = tqdm(total=total_steps, initial=step, desc=f"train-vae σx={cfg.sigma_x}", unit="step")
+        while step < total_steps:
+            epoch, offset = divmod(step, steps_per_epoch)
+            # Per-epoch permutation from (seed, epoch): resuming mid-epoch replays the same order.
+            order = np.random.default_rng([cfg.seed, epoch]).permutation(train_idx)
+            for i in range(offset, steps_per_epoch):
+                if step >= total_steps:
+                    break
+                for g in opt.param_groups:
+                    g["lr"] = cfg.lr * decay**step
+                x = batch_to_float(data.images[np.sort(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])], device)
+                with autocast(device):
+                    parts = vae.loss(x)
+                opt.zero_grad(set_to_none=True)
+                parts["loss"].backward()
+                torch.nn.utils.clip_grad_norm_(vae.parameters(), 1e4)
+                opt.step()
+                step += 1
+                window.append({k: v.item() for k, v in parts.items()})
+                bar.update()
+                if step % cfg.log_every == 0 or step == total_steps:
+                    mean = {k: float(np.mean([wi[k] for wi in window])) for k in window[0]}
+                    window.clear()
+                    bar.set_postfix(loss=f"{mean['loss']:.0f}", kl=f"{mean['kl']:.1f}", mse=f"{mean['mse']:.4f}")
+                    log_file.write(
+                        json.dumps(
+                            {
+                                "step": step,
+                                "epoch": epoch,
+                                "lr": cfg.lr * decay**step,
+                                **mean,
+                                "elapsed_s": round(time.time() - started, 1),
+                            }
+                        )
+                        + "\n"
+                    )
+                    log_file.flush()
+                if step % cfg.grid_every == 0 or step == total_steps:
+                    with torch.no_grad():
+                        vae.eval()
+                        recon = vae.decode(vae.encode(fixed_x)[0])
+                        save_grid(
+                            torch.cat([fixed_x[:16], recon[:16]]), out / "grids" / f"recon_{step:07d}.png", nrow=16
+                        )
+                        save_grid(vae.decode(fixed_z), out / "grids" / f"prior_{step:07d}.png", nrow=16)
+                        vae.train()
+                if step % cfg.ckpt_every == 0 or step == total_steps:
+                    save_checkpoint(out, vae, opt, {"step": step, "config": vcfg.to_json()})
+        bar.close()
 
     metrics = {
         "val_mse": evaluate_mse(vae, data.images[val_idx], device),

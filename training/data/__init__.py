@@ -1,4 +1,5 @@
 """Datasets by name. ``load_dataset(name, **params)`` rebuilds exactly what an artifact recorded."""
+
 from __future__ import annotations
 
 from .base import DataError, ImageDataset, LabelSet

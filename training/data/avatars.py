@@ -7,12 +7,14 @@ options passed (python-avatars silently drops some parts; see ``attributes_for``
 Conventions for options that have no unambiguous CelebA-style label:
 - never sampled: tops HIJAB, JEDI (hood), GLADIATOR_HELMET, ASTRONAUT (head coverings that are
   neither clearly a hat nor hair); tops STRAIGHT_2 and SHAVED_SIDES (hair drawn in a fixed brown
-  whatever colour is asked, so the image would contradict its hair-colour labels); hair colours BROWN_DARK, PLATINUM, BLONDE (between two named
-  colours); mouths DEFAULT, GRIMACE, TONGUE (neither smiling nor clearly not); accessory EYEPATCH.
+  whatever colour is asked, so the image would contradict its hair-colour labels); hair colours BROWN_DARK,
+  PLATINUM, BLONDE (between two named colours); mouths DEFAULT, GRIMACE, TONGUE (neither smiling nor clearly
+  not); accessory EYEPATCH.
 - hair colours AUBURN, RED, PASTEL_PINK are sampled and set none of the hair-colour attributes.
 - facial hair takes the hair colour; a beard (any non-moustache type) sets No_Beard = 0, a
   moustache-only type sets Mustache = 1.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,8 +27,17 @@ from tqdm import tqdm
 from .base import ImageDataset, LabelSet, cached_arrays
 
 ATTRS = [
-    "Smiling", "Eyeglasses", "Wearing_Hat", "Bald", "Black_Hair", "Blond_Hair",
-    "Brown_Hair", "Gray_Hair", "Mustache", "No_Beard", "Pale_Skin",
+    "Smiling",
+    "Eyeglasses",
+    "Wearing_Hat",
+    "Bald",
+    "Black_Hair",
+    "Blond_Hair",
+    "Brown_Hair",
+    "Gray_Hair",
+    "Mustache",
+    "No_Beard",
+    "Pale_Skin",
 ]
 HAIR_COLOUR_ATTRS = ["Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair"]
 # faces without the hair colours: the served set when hair colour is the new label set (bench/baselines.py hold-one-out)
@@ -36,22 +47,56 @@ RENDER_VERSION = 1  # bump when sampling or labelling changes: it is part of the
 # Square viewBoxes on the 264 x 280 figure.
 CROPS = {"head": "24 0 216 216", "figure": "-8 0 280 280"}
 
-SMILING = {"SMILE": 1, "BIG_SMILE": 1, "TWINKLE": 1, "SAD": 0, "SERIOUS": 0, "CONCERNED": 0,
-           "SCREAM_OPEN": 0, "DISBELIEF": 0, "VOMIT": 0, "EATING": 0}
-GLASSES = ["PRESCRIPTION_1", "PRESCRIPTION_2", "ROUND", "SUNGLASSES", "WAYFARERS", "SUNGLASSES_2",
-           "WAYFARERS_2", "KURT"]
+SMILING = {
+    "SMILE": 1,
+    "BIG_SMILE": 1,
+    "TWINKLE": 1,
+    "SAD": 0,
+    "SERIOUS": 0,
+    "CONCERNED": 0,
+    "SCREAM_OPEN": 0,
+    "DISBELIEF": 0,
+    "VOMIT": 0,
+    "EATING": 0,
+}
+GLASSES = [
+    "PRESCRIPTION_1",
+    "PRESCRIPTION_2",
+    "ROUND",
+    "SUNGLASSES",
+    "WAYFARERS",
+    "SUNGLASSES_2",
+    "WAYFARERS_2",
+    "KURT",
+]
 BEARDS = ["BEARD_LIGHT", "BEARD_MAGESTIC", "BEARD_MEDIUM", "WICK_BEARD"]
 MOUSTACHES = ["MOUSTACHE_FANCY", "MOUSTACHE_MAGNUM", "EINSTEIN_MOUSTACHE"]
-HAIR_COLOURS = {"BLACK": "Black_Hair", "BROWN": "Brown_Hair", "BLONDE_GOLDEN": "Blond_Hair",
-                "SILVER_GRAY": "Gray_Hair", "AUBURN": None, "RED": None, "PASTEL_PINK": None}
+HAIR_COLOURS = {
+    "BLACK": "Black_Hair",
+    "BROWN": "Brown_Hair",
+    "BLONDE_GOLDEN": "Blond_Hair",
+    "SILVER_GRAY": "Gray_Hair",
+    "AUBURN": None,
+    "RED": None,
+    "PASTEL_PINK": None,
+}
 HATS = ["HAT", "TURBAN", "WINTER_HAT_1", "WINTER_HAT_2", "WINTER_HAT_3", "WINTER_HAT_4", "CHEF_CAP"]
 EXCLUDED_HAIR = {"ASTRONAUT", "STRAIGHT_2", "SHAVED_SIDES"}
 # What python-avatars does not draw (measured; see ../shared/README.md).
 DROPS_FACIAL_HAIR = {"ASTRONAUT", "CURLY_2", "LONG_HAIR_CURLY", "LOOSE_HAIR", "HIJAB"}
 DROPS_GLASSES = {"LONG_HAIR_CURLY"}
 NO_HAIR_COLOUR = {"NONE", "SHAVED_SIDES", "STRAIGHT_2", "HAT"}
-CLOTHING = ["BLAZER_SHIRT", "BLAZER_SWEATER", "COLLAR_SWEATER", "GRAPHIC_SHIRT", "HOODIE", "OVERALL",
-            "SHIRT_CREW_NECK", "SHIRT_SCOOP_NECK", "SHIRT_V_NECK"]
+CLOTHING = [
+    "BLAZER_SHIRT",
+    "BLAZER_SWEATER",
+    "COLLAR_SWEATER",
+    "GRAPHIC_SHIRT",
+    "HOODIE",
+    "OVERALL",
+    "SHIRT_CREW_NECK",
+    "SHIRT_SCOOP_NECK",
+    "SHIRT_V_NECK",
+]
 
 
 @dataclass(frozen=True)
@@ -134,17 +179,29 @@ def render(o: AvatarOptions, size: int, crop: str) -> np.ndarray:
     top = getattr(pa.HatType, o.top) if o.top_kind == "hat" else getattr(pa.HairType, o.top)
     hair = getattr(pa.HairColor, o.hair_color)
     avatar = pa.Avatar(
-        style=pa.AvatarStyle.TRANSPARENT, top=top, hair_color=hair, facial_hair_color=hair,
-        accessory=getattr(pa.AccessoryType, o.accessory), facial_hair=getattr(pa.FacialHairType, o.facial_hair),
-        mouth=getattr(pa.MouthType, o.mouth), skin_color=getattr(pa.SkinColor, o.skin),
-        eyes=getattr(pa.EyeType, o.eyes), eyebrows=getattr(pa.EyebrowType, o.eyebrows),
-        nose=getattr(pa.NoseType, o.nose), clothing=getattr(pa.ClothingType, o.clothing),
-        clothing_color=getattr(pa.ClothingColor, o.clothing_color), hat_color=getattr(pa.ClothingColor, o.hat_color),
+        style=pa.AvatarStyle.TRANSPARENT,
+        top=top,
+        hair_color=hair,
+        facial_hair_color=hair,
+        accessory=getattr(pa.AccessoryType, o.accessory),
+        facial_hair=getattr(pa.FacialHairType, o.facial_hair),
+        mouth=getattr(pa.MouthType, o.mouth),
+        skin_color=getattr(pa.SkinColor, o.skin),
+        eyes=getattr(pa.EyeType, o.eyes),
+        eyebrows=getattr(pa.EyebrowType, o.eyebrows),
+        nose=getattr(pa.NoseType, o.nose),
+        clothing=getattr(pa.ClothingType, o.clothing),
+        clothing_color=getattr(pa.ClothingColor, o.clothing_color),
+        hat_color=getattr(pa.ClothingColor, o.hat_color),
         shirt_graphic=getattr(pa.ClothingGraphic, o.graphic),
     )
     svg = avatar.render()
-    svg = re.sub(r'width="264px" height="280px" viewBox="0 0 264 280"',
-                 f'width="{size}px" height="{size}px" viewBox="{CROPS[crop]}"', svg, count=1)
+    svg = re.sub(
+        r'width="264px" height="280px" viewBox="0 0 264 280"',
+        f'width="{size}px" height="{size}px" viewBox="{CROPS[crop]}"',
+        svg,
+        count=1,
+    )
     png = resvg_py.svg_to_bytes(svg_string=svg, width=size, height=size, background="#ffffff")
     return np.asarray(Image.open(io.BytesIO(bytes(png))).convert("RGB"))
 

@@ -3,6 +3,7 @@
 Label sets are views on the attribute table (a list of columns and a kind), so one judge
 and one latent table serve every label set of a dataset.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,9 +47,14 @@ class ImageDataset:
     def __post_init__(self) -> None:
         n = len(self.images)
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise DataError(f"{self.name}: images must be uint8 N x C x H x W, got {self.images.dtype} {self.images.shape}")
+            raise DataError(
+                f"{self.name}: images must be uint8 N x C x H x W, got {self.images.dtype} {self.images.shape}"
+            )
         if self.attrs.shape != (n, len(self.attr_names)):
-            raise DataError(f"{self.name}: attribute table {self.attrs.shape} does not match {n} images x {len(self.attr_names)} names")
+            raise DataError(
+                f"{self.name}: attribute table {self.attrs.shape} does not match {n} images x "
+                f"{len(self.attr_names)} names"
+            )
         if self.split.shape != (n,):
             raise DataError(f"{self.name}: split has shape {self.split.shape}, expected ({n},)")
         for ls in self.label_sets.values():

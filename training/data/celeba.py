@@ -2,6 +2,7 @@
 
 Images are centre-cropped to 128 x 128 and resized to 64 x 64, as in the paper.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -74,10 +75,17 @@ def load_image(path: Path, crop: int, size: int) -> np.ndarray:
 
 def load_celeba(root: str, crop: int = 128, size: int = 64, limit: int = 0) -> ImageDataset:
     rootp = Path(root).expanduser().resolve()
-    attr_path, part_path, img_dir = rootp / "list_attr_celeba.txt", rootp / "list_eval_partition.txt", rootp / "img_align_celeba"
+    attr_path, part_path, img_dir = (
+        rootp / "list_attr_celeba.txt",
+        rootp / "list_eval_partition.txt",
+        rootp / "img_align_celeba",
+    )
     for p in (attr_path, part_path, img_dir):
         if not p.exists():
-            raise DataError(f"CelebA: {p} is missing (expected img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt in {rootp})")
+            raise DataError(
+                f"CelebA: {p} is missing "
+                f"(expected img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt in {rootp})"
+            )
     files, names, table = parse_attr_file(attr_path)
     partition = parse_partition_file(part_path)
     if limit:

@@ -1,4 +1,5 @@
 """Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package (gzip IDX files)."""
+
 from __future__ import annotations
 
 import gzip
@@ -37,7 +38,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(data) < header:
         raise DataError(f"{path}: truncated IDX header")
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(dtypes[data[2]])
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(data) - header != expected:
@@ -47,8 +48,10 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 def load_fashion_mnist(root: str = "") -> ImageDataset:
     root_path = Path(root or os.environ.get("LCS_FASHION_MNIST", DEFAULT_ROOT))
-    files = {k: root_path / f"{k}-idx{3 if 'images' in k else 1}-ubyte.gz"
-             for k in ("train-images", "train-labels", "t10k-images", "t10k-labels")}
+    files = {
+        k: root_path / f"{k}-idx{3 if 'images' in k else 1}-ubyte.gz"
+        for k in ("train-images", "train-labels", "t10k-images", "t10k-labels")
+    }
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
         raise DataError(
@@ -64,7 +67,7 @@ def load_fashion_mnist(root: str = "") -> ImageDataset:
     derived = np.stack([onehot[:, [CLASS_ATTRS.index(c) for c in cols]].max(1) for cols in DERIVED.values()], 1)
     split = np.full(len(x), 2, np.uint8)
     split[:n_train] = 0
-    split[n_train - n_train // 12: n_train] = 1  # the last 5,000 of the 60,000 training images validate
+    split[n_train - n_train // 12 : n_train] = 1  # the last 5,000 of the 60,000 training images validate
     return ImageDataset(
         name="fashion-mnist",
         images=np.ascontiguousarray(x[:, None]),

@@ -5,6 +5,7 @@ the folder and gives 0/1 per attribute (1/-1 and true/false are accepted). The o
 ``split`` column holds train/val/test; without it examples are split 80/10/10 by a hash of
 the file name (stable when rows are added).
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,7 +40,7 @@ def read_attribute_csv(path: Path) -> tuple[list[str], list[str], np.ndarray, li
         if len(row) != len(header):
             raise DataError(f"{path}:{lineno}: {len(row)} columns, header has {len(header)}")
         values = []
-        for name, cell in zip(names, row[1: 1 + len(names)]):
+        for name, cell in zip(names, row[1 : 1 + len(names)], strict=True):
             c = cell.strip().lower()
             if c not in TRUE | FALSE:
                 raise DataError(f"{path}:{lineno}: attribute {name} must be 0/1, got {cell!r}")
@@ -61,7 +62,9 @@ def hash_split(name: str) -> int:
     return 1 if r == 8 else 2 if r == 9 else 0
 
 
-def load_folder(root: str, csv_path: str = "", size: int = 64, channels: int = 3, label_set: str = "attributes") -> ImageDataset:
+def load_folder(
+    root: str, csv_path: str = "", size: int = 64, channels: int = 3, label_set: str = "attributes"
+) -> ImageDataset:
     from PIL import Image, UnidentifiedImageError
 
     rootp = Path(root).expanduser().resolve()
