@@ -185,7 +185,7 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
             await st.batcher.stop()
         st.jobs.stop()
 
-    from service import web
+    from service import manage, web
     from service.api import router
 
     app = FastAPI(
@@ -202,6 +202,7 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, cfg=cfg)
     app.add_middleware(Timing, metrics=st.metrics)
     app.include_router(router)
+    app.include_router(manage.router)
     app.include_router(web.router)
     web.mount_static(app)
     return app
