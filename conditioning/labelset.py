@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from conditioning.specs import distinct_rows
-from models.latent import LatentMappers, load_mappers
+from models.latent import LabelKind, LatentMappers, load_mappers
 
 
 @dataclass(eq=False)
@@ -52,5 +52,5 @@ class LabelSetVersion:
         return list(self.m.cfg.attr_names)
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> LabelKind:
         return self.m.cfg.kind

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from models.latent import LabelKind
 from models.latent_table import nearest_allowed
 
 
@@ -59,7 +60,7 @@ def resolve(
     table: torch.Tensor,
     n: int,
     generator: torch.Generator,
-    kind: str = "binary",
+    kind: LabelKind = "binary",
     allow_unseen: bool = False,
     counts: torch.Tensor | None = None,
 ) -> torch.Tensor:

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from models.latent import LabelKind
+
 ARCH = "latent-attribute-vectors-v1"
 METHODS = ("mean", "lsq")
 
@@ -23,7 +25,7 @@ METHODS = ("mean", "lsq")
 class AttrVecConfig:
     latent_dim: int
     attr_names: list[str] = field(default_factory=list)
-    kind: str = "binary"
+    kind: LabelKind = "binary"
     method: str = "lsq"
     ridge: float = 1e-3
 

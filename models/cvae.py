@@ -14,6 +14,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from models.latent import LabelKind
 from models.vae import Decoder, Encoder, VAEConfig, elbo
 
 ARCH = "conv-cvae-v1"
@@ -23,7 +24,7 @@ ARCH = "conv-cvae-v1"
 class CVAEConfig:
     backbone: VAEConfig
     attr_names: list[str] = field(default_factory=list)
-    kind: str = "binary"  # "binary" or "categorical"
+    kind: LabelKind = "binary"
     learned_prior: bool = False
     prior_width: int = 128
 

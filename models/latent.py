@@ -10,9 +10,13 @@ An empty label set (K = 0) gives the unconditional realism mapper G(z).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
+
+# A label set's kind: independent 0/1 attributes, or exactly one of K classes.
+LabelKind = Literal["binary", "categorical"]
 
 ARCH = "latent-constraints-mlp-v1"
 
@@ -21,7 +25,7 @@ ARCH = "latent-constraints-mlp-v1"
 class LatentConfig:
     latent_dim: int
     attr_names: list[str] = field(default_factory=list)
-    kind: str = "binary"  # "binary" or "categorical"
+    kind: LabelKind = "binary"
     width: int = 256
     depth: int = 4
     label_embed: int = 64

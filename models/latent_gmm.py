@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from models.latent import LabelKind
+
 ARCH = "latent-gmm-diag-v1"
 
 
@@ -22,7 +24,7 @@ ARCH = "latent-gmm-diag-v1"
 class LatentGMMConfig:
     latent_dim: int
     attr_names: list[str] = field(default_factory=list)
-    kind: str = "binary"
+    kind: LabelKind = "binary"
     n_rows: int = (
         1  # distinct label rows with a mixture (fixed by ``fit``; part of the config so loading knows the shapes)
     )

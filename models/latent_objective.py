@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
-from models.latent import LatentMappers
+from models.latent import LabelKind, LatentMappers
 from models.latent_table import LatentTable, nearest_allowed, posterior_sample
 
 
@@ -132,14 +132,14 @@ def actor_loss(
     return realism + obj.lambda_dist * dist, {"actor_realism": realism.item(), "dist": dist.item()}
 
 
-def attr_loss(m: LatentMappers, z: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+def attr_loss(m: LatentMappers, z: torch.Tensor, y: torch.Tensor, kind: LabelKind) -> torch.Tensor:
     logits = m.attr(z)
     if kind == "categorical":
         return F.cross_entropy(logits, y.argmax(1))
     return F.binary_cross_entropy_with_logits(logits, y)
 
 
-def attr_predict(m: LatentMappers, z: torch.Tensor, kind: str) -> torch.Tensor:
+def attr_predict(m: LatentMappers, z: torch.Tensor, kind: LabelKind) -> torch.Tensor:
     logits = m.attr(z)
     if kind == "categorical":
         return F.one_hot(logits.argmax(1), logits.shape[1]).float()

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from models.artifacts import fingerprint, load_artifact, save_artifact
+from models.latent import LabelKind
 
 REALISM = "realism"  # the reserved name of the empty label set: the unconditional realism mapper G(z)
 
@@ -31,7 +32,7 @@ class LatentTable:
     split: torch.Tensor
     sigma_bar: torch.Tensor
     attr_names: list[str]
-    kind: str
+    kind: LabelKind
     decoder_fingerprint: str
     data_fingerprint: str
 

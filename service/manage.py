@@ -4,7 +4,6 @@ Admin routes need the bearer token (``service.auth``); storage errors map to HTT
 from __future__ import annotations
 
 import shutil
-from typing import Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -12,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from conditioning.labelset import LabelSetVersion
 from conditioning.rules import RULES
+from models.latent import LabelKind
 from service.api import state
 from service.auth import require_admin
 from service.errors import ApiError
@@ -121,7 +121,7 @@ async def create_job(
     labels: UploadFile | None = File(None, description="CSV: id|file, then one 0/1 column per attribute"),
     images: UploadFile | None = File(None, description="zip of the images the CSV's 'file' column names"),
     rule: str | None = Form(None, description=f"label decoded prior samples by a rule: {', '.join(sorted(RULES))}"),
-    kind: Literal["binary", "categorical"] = Form("binary"),
+    kind: LabelKind = Form("binary"),
     steps: int | None = Form(None),
     lambda_dist: float | None = Form(None),
     width: int | None = Form(None),

@@ -33,6 +33,7 @@ from models.artifacts import load_manifest, save_artifact
 from models.attrvec import AttributeVectors, AttrVecConfig
 from models.cvae import CVAE, CVAEConfig
 from models.cvaegan import CVAEGAN, CVAEGANConfig, load_conditional
+from models.latent import LabelKind
 from models.latent_gmm import LatentGMM, LatentGMMConfig
 from models.latent_table import load_table
 from models.vae import VAEConfig
@@ -114,7 +115,9 @@ def widen_labels(
         new.index_copy_(d, cols, src.narrow(d, base, len(old_attrs)))
 
 
-def build_image_model(cfg: TrainBaselineConfig, backbone: VAEConfig, attrs: list[str], kind: str) -> torch.nn.Module:
+def build_image_model(
+    cfg: TrainBaselineConfig, backbone: VAEConfig, attrs: list[str], kind: LabelKind
+) -> torch.nn.Module:
     ccfg = CVAEConfig(backbone=backbone, attr_names=attrs, kind=kind, learned_prior=cfg.method == "cvae-cmma")
     model = CVAEGAN(CVAEGANConfig(cvae=ccfg)) if cfg.method == "cvae-gan" else CVAE(ccfg)
     if cfg.init:
@@ -173,7 +176,7 @@ def train_image_model(
     return {"steps": cfg.steps, "cpu_seconds": round(cpu, 2), "probes": probes}
 
 
-def fit_latent_model(cfg: TrainBaselineConfig, attrs: list[str], kind: str) -> tuple[torch.nn.Module, dict, dict]:
+def fit_latent_model(cfg: TrainBaselineConfig, attrs: list[str], kind: LabelKind) -> tuple[torch.nn.Module, dict, dict]:
     """Closed-form / EM fits on the training split of the bundle's latent table."""
     t = load_table(cfg.bundle, cfg.label_set)
     rows = labelled_subset(t.rows(0).numpy(), cfg.labelled, cfg.seed)

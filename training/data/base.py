@@ -16,6 +16,8 @@ from typing import Callable
 
 import numpy as np
 
+from models.latent import LabelKind
+
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
@@ -27,7 +29,7 @@ class DataError(ValueError):
 class LabelSet:
     name: str
     attrs: list[str]
-    kind: str = "binary"  # "binary": independent 0/1 columns; "categorical": exactly one is 1
+    kind: LabelKind = "binary"  # "binary": independent 0/1 columns; "categorical": exactly one is 1
 
     def to_json(self) -> dict:
         return {"name": self.name, "attrs": list(self.attrs), "kind": self.kind}
