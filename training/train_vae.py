@@ -21,8 +21,8 @@ from conditioning.images import batch_to_float, save_grid
 from conditioning.runtime import autocast, resolve_device
 from evaluation.reconstruction import evaluate_mse
 from models.artifacts import fingerprint, save_artifact
+from models.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from models.vae import ARCH, VAE, VAEConfig
-from training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from training.data import ImageDataset, load_dataset
 
 log = logging.getLogger("lcs.train_vae")
