@@ -1,0 +1,1 @@
+"""The offline jobs behind ``lcs``: datasets (``data/``), training, encoding, evaluation jobs, packing."""
