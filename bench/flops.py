@@ -14,7 +14,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from models.latent import LatentConfig, LatentMappers
+from models.latent import LatentMappers
 from models.latent_objective import optimizers, step
 from models.latent_table import load_table
 from training.train_labelset import TrainLabelSetConfig
@@ -49,16 +49,7 @@ def lc_step_flops(bundle: str | Path, label_set: str, recipe: dict, table: str |
     ``table``: the latent table's directory when not the bundle's."""
     cfg = TrainLabelSetConfig(bundle=str(bundle), label_set=label_set, table=str(table), **recipe)
     t = load_table(cfg.table or cfg.bundle, label_set)
-    m = LatentMappers(
-        LatentConfig(
-            latent_dim=t.mu.shape[1],
-            attr_names=t.attr_names,
-            kind=t.kind,
-            width=cfg.width,
-            depth=cfg.depth,
-            label_embed=cfg.label_embed,
-        )
-    )
+    m = LatentMappers(cfg.network(t))
     opts = optimizers(m, cfg.lr, cfg.attr_lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     rows = t.rows(0)

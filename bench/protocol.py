@@ -59,17 +59,8 @@ PROFILES = {
         "efficiency_steps": 5,
     },
 }
-LC_RECIPE = {
-    "lr": 1e-3,
-    "width": 256,
-    "depth": 4,
-    "critic_steps": 10,
-    "batch_size": 256,
-}  # as training/recipes/default_bundle.sh
-LC_SAMPLING = {
-    **LC_RECIPE,
-    "lambda_dist": 0.0,
-}  # conditional sampling only: no distance penalty (see docs/baselines.md)
+LC_RECIPE: dict = {}  # TrainLabelSetConfig's defaults, as training/recipes/default_bundle.sh trains the shipped sets
+LC_SAMPLING = {"lambda_dist": 0.0}  # conditional sampling only: no distance penalty (see docs/baselines.md)
 
 QUALITY_PARTS = ("prior", "actor", "optimize", "actor-l0") + LATENT_METHODS + IMAGE_METHODS
 NEW_PARTS = ("new:floor", "new:lc", "new:lc-l0", "new:cvae", "new:efficiency")

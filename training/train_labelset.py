@@ -25,7 +25,6 @@ from models.latent_objective import LatentObjective, attr_predict
 from models.latent_table import REALISM, LatentTable, load_table, posterior_sample
 
 log = logging.getLogger("lcs.train_labelset")
-_OBJ = LatentObjective()
 
 
 @dataclass
@@ -34,24 +33,28 @@ class TrainLabelSetConfig:
     label_set: str = REALISM  # a label set of the latent table, or "realism" for G(z)
     table: str = ""  # directory of the latent table; default: the bundle's (rule tables live elsewhere)
     out: str = ""  # default: BUNDLE/labelsets/<label_set>
-    width: int = 256
-    depth: int = 4
-    label_embed: int = 64
-    lambda_dist: float = _OBJ.lambda_dist
+    width: int = LatentConfig.width
+    depth: int = LatentConfig.depth
+    label_embed: int = LatentConfig.label_embed
+    lambda_dist: float = LatentObjective.lambda_dist
     steps: int = 2000  # actor steps
-    critic_steps: int = _OBJ.critic_steps
+    critic_steps: int = LatentObjective.critic_steps
     batch_size: int = 256
     # The reference's 1e-4 had not converged within a few thousand actor steps on 2 CPU cores; every shipped
     # label set, server job and bench run trains with 1e-3 (issue 3 notes, docs/baselines.md).
     lr: float = 1e-3
     attr_lr: float = 1e-3
-    gp_weight: float = _OBJ.gp_weight
-    fake_actor_prob: float = _OBJ.fake_actor_prob
-    edit_prob: float = _OBJ.edit_prob  # share of the real-encoding actor rows asked for a one-attribute edit
+    gp_weight: float = LatentObjective.gp_weight
+    fake_actor_prob: float = LatentObjective.fake_actor_prob
+    edit_prob: float = LatentObjective.edit_prob  # share of the real-encoding actor rows asked for a one-attribute edit
     diag_every: int = 200
     seed: int = 0
     threads: int = 0  # latent MLPs are small: they train on CPU, also on a GPU host
     labelled: int = 0  # train on this many labelled training rows, drawn with the seed (0: all); label-efficiency runs
+
+    def network(self, t: LatentTable) -> LatentConfig:
+        """The mappers' sizes for table ``t`` (its latent size, attributes and kind)."""
+        return LatentConfig(t.mu.shape[1], t.attr_names, t.kind, self.width, self.depth, self.label_embed)
 
     def objective(self) -> LatentObjective:
         return LatentObjective(
@@ -102,14 +105,7 @@ def train_labelset(
     t = load_table(cfg.table or cfg.bundle, cfg.label_set)
     out = Path(cfg.out) if cfg.out else Path(cfg.bundle) / "labelsets" / cfg.label_set
     out.mkdir(parents=True, exist_ok=True)
-    lcfg = LatentConfig(
-        latent_dim=t.mu.shape[1],
-        attr_names=t.attr_names,
-        kind=t.kind,
-        width=cfg.width,
-        depth=cfg.depth,
-        label_embed=cfg.label_embed,
-    )
+    lcfg = cfg.network(t)
     m = LatentMappers(lcfg)
     opts, obj = objective.optimizers(m, cfg.lr, cfg.attr_lr), cfg.objective()
     train_rows = t.rows(0)
