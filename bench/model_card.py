@@ -237,10 +237,14 @@ def markdown(card: dict) -> str:
             if cond:
                 out += [
                     "",
-                    "Per attribute (accuracy; recall in brackets):",
+                    "Per attribute (accuracy; recall in brackets). On reconstructions: accuracy, then the decoder's "
+                    "ceiling per attribute as recall / specificity (of the test images with the attribute, the share "
+                    "that keep it; of those without, the share that stay without):",
                     "",
-                    "| attribute | asked rate | ceiling | on reconstructions | " + " | ".join(cond) + " |",
-                    "|---|---|---|---|" + "---|" * len(cond),
+                    "| attribute | asked rate | ceiling | on reconstructions | recall / specificity | "
+                    + " | ".join(cond)
+                    + " |",
+                    "|---|---|---|---|---|" + "---|" * len(cond),
                 ]
                 for a, m in c["eval"][cond[0]]["per_attribute"].items():
                     cells = [
@@ -248,9 +252,11 @@ def markdown(card: dict) -> str:
                         f"({c['eval'][s]['per_attribute'][a]['recall']:.2f})"
                         for s in cond
                     ]
+                    rec = m.get("reconstruction")
+                    kept = f"{rec['recall']:.2f} / {rec['specificity']:.2f}" if rec else "—"
                     out.append(
                         f"| {a} | {m['requested_rate']:.2f} | {m['ceiling_accuracy']:.3f} | "
-                        f"{m['reconstruction_accuracy']:.3f} | " + " | ".join(cells) + " |"
+                        f"{m['reconstruction_accuracy']:.3f} | {kept} | " + " | ".join(cells) + " |"
                     )
         out += _edits_section(c["edits"])
         for fig, caption in c.get("figures", {}).items():

@@ -7,16 +7,29 @@ import torch
 
 
 def binary_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """Accuracy, precision, recall, F1 of 0/1 predictions (precision/recall are 0 when undefined)."""
+    """Accuracy, precision, recall (hit rate where the target is 1), specificity (where it is 0), their mean
+    (balanced accuracy) and F1 of 0/1 predictions. An undefined rate is 0 (precision, recall, specificity);
+    balanced accuracy averages only the defined ones, so a column without positives is not halved."""
     pred, target = pred.astype(bool), target.astype(bool)
     tp = float((pred & target).sum())
     fp = float((pred & ~target).sum())
     fn = float((~pred & target).sum())
+    tn = float((~pred & ~target).sum())
     acc = float((pred == target).mean()) if len(pred) else 0.0
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
+    specificity = tn / (tn + fp) if tn + fp else 0.0
+    defined = [r for r, n in ((recall, tp + fn), (specificity, tn + fp)) if n]
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"accuracy": acc, "precision": precision, "recall": recall, "f1": f1, "support": int(target.sum())}
+    return {
+        "accuracy": acc,
+        "precision": precision,
+        "recall": recall,
+        "specificity": specificity,
+        "balanced_accuracy": float(np.mean(defined)) if defined else 0.0,
+        "f1": f1,
+        "support": int(target.sum()),
+    }
 
 
 def auc(scores: np.ndarray, target: np.ndarray) -> float:

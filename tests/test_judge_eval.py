@@ -24,7 +24,13 @@ def test_auc_matches_pairwise_definition():
 
 def test_binary_metrics_and_threshold():
     m = binary_metrics(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0]))
-    assert m == {"accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert m == {"accuracy": 0.5, "precision": 0.5, "recall": 0.5, "specificity": 0.5, "balanced_accuracy": 0.5,
+                 "f1": 0.5, "support": 2}
+    # planted: 1 of 2 positives kept (recall 0.5), 2 of 3 negatives kept (specificity 2/3)
+    m = binary_metrics(np.array([1, 0, 1, 0, 0]), np.array([1, 1, 0, 0, 0]))
+    assert (m["recall"], m["specificity"], m["balanced_accuracy"]) == (0.5, 2 / 3, (0.5 + 2 / 3) / 2)
+    # no positives at all: recall is undefined, so balanced accuracy is the specificity alone (not halved)
+    assert binary_metrics(np.array([0, 1, 0]), np.array([0, 0, 0]))["balanced_accuracy"] == 2 / 3
     probs = np.array([0.1, 0.2, 0.35, 0.4, 0.9])
     t = best_threshold(probs, np.array([0, 0, 0, 1, 1]))
     assert 0.35 < t <= 0.4
@@ -111,6 +117,9 @@ def test_eval_binary_label_set_and_sigma_figure(tiny_bundle, fashion_root, tmp_p
     assert set(r["per_attribute"]) == {"footwear"} and 0 <= r["exact_match"] <= 1
     assert "exact_match_3attr" not in r  # one attribute: no 3-attribute specs
     assert set(r["sigma_tradeoff"]["reconstruction_mse_test"]) == {"0.1", "1.0"}
+    rec = r["per_attribute"]["footwear"]["reconstruction"]  # the decoder's ceiling for this attribute
+    assert rec["accuracy"] == r["per_attribute"]["footwear"]["reconstruction_accuracy"]
+    assert rec["support"] == 60 and 0 <= rec["specificity"] <= 1 and rec["recall"] > 0.5  # 3 of 10 test classes
     assert (tmp_path / "ev" / "sigma_tradeoff.png").exists()
 
 

@@ -139,6 +139,9 @@ def evaluate(
     rec_acc = (rec_got == test_labels).mean(0)
     for j, a in enumerate(ls.attrs):
         per_attr[a]["reconstruction_accuracy"] = float(rec_acc[j])
+        # per attribute: of the test images that have it, how many keep it through the decoder (recall), and of
+        # those without it, how many stay without (specificity): the decoder's ceiling, attribute by attribute
+        per_attr[a]["reconstruction"] = binary_metrics(rec_got[:, j], test_labels[:, j])
     result["reconstruction_mean_accuracy"] = float(
         (rec_got == test_labels).all(1).mean() if ls.kind == "categorical" else rec_acc.mean()
     )
@@ -194,6 +197,13 @@ def format_table(r: dict) -> str:
     lines.append(
         f"judge on reconstructions of real test images (the decoder's ceiling): {r['reconstruction_mean_accuracy']:.4f}"
     )
+    lines.append(
+        f"{'decoder ceiling':<14} {'has':>5} {'kept':>6} {'absent':>6}   (recall / specificity on reconstructions)"
+    )
+    for a, m in r["per_attribute"].items():
+        if "reconstruction" in m:
+            rec = m["reconstruction"]
+            lines.append(f"{a:<14} {rec['support']:>5d} {rec['recall']:>6.3f} {rec['specificity']:>6.3f}")
     pr = r["precision_recall"]
     lines.append(
         f"Fréchet (judge features) {f['fd']:.3f} [{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}]; "
