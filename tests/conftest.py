@@ -1,4 +1,5 @@
 """Shared fixtures: tiny data written by the tests themselves, and an isolated dataset cache."""
+
 from __future__ import annotations
 
 import gzip
@@ -11,8 +12,10 @@ import pytest
 import torch
 
 # Every test that trains something is deterministic: a fixed seed and one intra-op thread, whatever the machine's
-# core count. The seed is the one CI uses (0) unless LCS_TEST_SEED says otherwise, so a statistical threshold can be
-# measured over other seeds (LCS_TEST_SEED=k python -m pytest tests/...); each records its measured margin.
+# core count. That makes a run repeat exactly on one machine, not across machines: a CPU with other SIMD kernels takes
+# another training path from the same seed (ATEN_CPU_CAPABILITY=avx2 or =default shows it here). So every statistical
+# threshold on a training outcome has a margin measured over other seeds: the seed is the one CI uses (0) unless
+# LCS_TEST_SEED says otherwise (LCS_TEST_SEED=k python -m pytest tests/...), and each assertion records its margin.
 SEED = int(os.environ.get("LCS_TEST_SEED", "0"))
 THREADS = 1
 torch.set_num_threads(THREADS)
@@ -50,7 +53,7 @@ def class_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     (so brightness varies with the class too)."""
     x = rng.integers(0, 40, size=(len(labels), 28, 28), dtype=np.uint8)
     for i, y in enumerate(labels):
-        x[i, 2 + 2 * y: 5 + 2 * y, 4: 6 + 2 * y] = 230
+        x[i, 2 + 2 * y : 5 + 2 * y, 4 : 6 + 2 * y] = 230
     return x
 
 
@@ -72,9 +75,22 @@ def tiny_vae(fashion_root, tmp_path_factory) -> Path:
     from training.train_vae import TrainVAEConfig, train_vae
 
     out = tmp_path_factory.mktemp("tiny-vae")
-    return train_vae(TrainVAEConfig(dataset="fashion-mnist", dataset_params={"root": str(fashion_root)}, out=str(out),
-                                    latent_dim=8, width=16, epochs=20, batch_size=32, lr=2e-3, lr_final=2e-3, device="cpu",
-                                    seed=SEED, threads=THREADS))
+    return train_vae(
+        TrainVAEConfig(
+            dataset="fashion-mnist",
+            dataset_params={"root": str(fashion_root)},
+            out=str(out),
+            latent_dim=8,
+            width=16,
+            epochs=20,
+            batch_size=32,
+            lr=2e-3,
+            lr_final=2e-3,
+            device="cpu",
+            seed=SEED,
+            threads=THREADS,
+        )
+    )
 
 
 @pytest.fixture(scope="session")
@@ -93,8 +109,21 @@ def service_bundle(tiny_vae, fashion_root, tmp_path_factory) -> Path:
         shutil.copyfile(tiny_vae / f, out / f)
     encode_dataset(out, load_dataset("fashion-mnist", root=str(fashion_root)), device="cpu")
     for name in ("realism", "category"):
-        train_labelset(TrainLabelSetConfig(bundle=str(out), label_set=name, steps=30, width=32, depth=2, label_embed=8,
-                                           batch_size=64, lr=1e-3, diag_every=30, seed=SEED, threads=THREADS))
+        train_labelset(
+            TrainLabelSetConfig(
+                bundle=str(out),
+                label_set=name,
+                steps=30,
+                width=32,
+                depth=2,
+                label_embed=8,
+                batch_size=64,
+                lr=1e-3,
+                diag_every=30,
+                seed=SEED,
+                threads=THREADS,
+            )
+        )
     return out
 
 
@@ -116,11 +145,35 @@ class Server:
 
         self.bundle, self.data_dir, self.token, self.port = bundle, data_dir, token, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "LCS_ADMIN_TOKEN": token} if token else {k: v for k, v in os.environ.items() if k != "LCS_ADMIN_TOKEN"}
-        self.log = open(data_dir.parent / f"server-{self.port}.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--bundle", str(bundle), "--data-dir", str(data_dir),
-                                      "--port", str(self.port), "--threads", "1", "--poll-interval", "0.25", *extra],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        env = (
+            {**os.environ, "LCS_ADMIN_TOKEN": token}
+            if token
+            else {k: v for k, v in os.environ.items() if k != "LCS_ADMIN_TOKEN"}
+        )
+        # the server writes its log here for as long as it runs; stop() closes it
+        self.log = open(data_dir.parent / f"server-{self.port}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "serve",
+                "--bundle",
+                str(bundle),
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(self.port),
+                "--threads",
+                "1",
+                "--poll-interval",
+                "0.25",
+                *extra,
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 90) -> None:

@@ -1,18 +1,18 @@
 """Baselines: CVAE (+ learned prior), CVAE-GAN, attribute vectors, latent GMM — build, train, save/load,
 sample, fine-tune for a wider label set, and score through ``lcs eval`` on the tiny fixture."""
+
 import shutil
 
 import pytest
 import torch
 
+from evaluation.samplers import build_sampler, fill_columns
 from models.attrvec import AttributeVectors, AttrVecConfig, load_attrvec
 from models.cvae import CVAE, CVAEConfig
-from models.cvaegan import CVAEGAN, CVAEGANConfig
+from models.cvaegan import CVAEGAN, CVAEGANConfig, load_conditional
 from models.latent_gmm import LatentGMM, LatentGMMConfig, load_latent_gmm
 from models.vae import VAEConfig
 from training.evaluate import evaluate
-from evaluation.samplers import build_sampler, fill_columns
-from models.cvaegan import load_conditional
 from training.train_baseline import TrainBaselineConfig, train_baseline, widen_labels
 
 BACKBONE = VAEConfig(channels=1, image_size=28, latent_dim=6, width=8)
@@ -48,6 +48,8 @@ def test_cvae_step_lowers_its_loss_and_samples_images(learned_prior):
     m = CVAE(CVAEConfig(BACKBONE, ["a", "b", "c"], learned_prior=learned_prior))
     x, y = batch()
     before, after = losses_after_stepping(m, x, y, "model")
+    # One Adam step on the same batch and noise; with torch.manual_seed(k) and batch(seed=k) for k = 0-19 the loss
+    # fell every time, by a relative 1e-4 to 1.2e-3 (plain and learned prior): deterministic, not a coin.
     assert after["model"] < before["model"]
     z = m.sample_latents(y, torch.Generator().manual_seed(1))
     assert z.shape == (16, 6) and m.decode(z, y).shape == (16, 1, 28, 28)
@@ -62,6 +64,7 @@ def test_cvaegan_each_step_lowers_its_own_loss():
     x, y = batch()
     for group in ("discriminator", "classifier", "generator"):
         before, after = losses_after_stepping(m, x, y, group)
+        # Seeds 0-19 as above: every group fell every time, by a relative 1e-4 (generator) to 5e-3 (classifier).
         assert after[group] < before[group], group
     assert all(p.requires_grad for p in m.parameters())  # D and C are unfrozen after the generator's loss
     with pytest.raises(ValueError, match="standard normal prior"):
@@ -108,6 +111,7 @@ def test_latent_gmm_samples_each_condition_from_its_own_cluster():
     assert m.cfg.n_rows == 3
     for i, row in enumerate(rows):
         s = m.sample(row.expand(500, 2), g)
+        # With data and fit seeds k = 0-4: max |mean - centre| at most 0.044, std 0.29..0.31; bounds 0.15, 0.2..0.4.
         assert torch.allclose(s.mean(0), centres[i], atol=0.15) and 0.2 < s.std(0).mean() < 0.4
     # a row never seen ([1, 1]) falls back to a nearest seen row: one differing attribute
     assert (m.rows[m.row_index(torch.tensor([[1.0, 1]]))].float() - torch.tensor([1.0, 1])).abs().sum() == 1
@@ -121,62 +125,137 @@ def test_fill_columns_keeps_the_request_and_draws_the_rest_from_seen_rows():
     assert torch.equal(out[:, 3], asked[:, 0])
     assert all(any(torch.equal(r, s.float()) for s in rows) for r in out)
     with pytest.raises(ValueError, match="no training row"):
-        fill_columns(torch.tensor([[1.0, 1.0]]), ["c0", "c1"], ["c0", "c1", "c2", "shoe"], rows, counts, torch.Generator())
+        fill_columns(
+            torch.tensor([[1.0, 1.0]]), ["c0", "c1"], ["c0", "c1", "c2", "shoe"], rows, counts, torch.Generator()
+        )
 
 
 @pytest.fixture(scope="module")
 def judged_bundle(service_bundle, tmp_path_factory, seed):
     """The tiny served bundle (VAE, latent table, label sets) plus a judge, so ``lcs eval`` can score baselines."""
-    from training.train_judge import TrainJudgeConfig, train_judge
     from models.artifacts import load_manifest
+    from training.train_judge import TrainJudgeConfig, train_judge
 
     out = tmp_path_factory.mktemp("judged")
     shutil.copytree(service_bundle, out, dirs_exist_ok=True)
     params = load_manifest(out, "vae")["dataset"]["params"]
-    train_judge(TrainJudgeConfig(dataset="fashion-mnist", dataset_params=params, out=str(out), width=16, epochs=6,
-                                 batch_size=32, device="cpu", seed=seed, threads=1))
+    train_judge(
+        TrainJudgeConfig(
+            dataset="fashion-mnist",
+            dataset_params=params,
+            out=str(out),
+            width=16,
+            epochs=6,
+            batch_size=32,
+            device="cpu",
+            seed=seed,
+            threads=1,
+        )
+    )
     return out
 
 
 @pytest.mark.parametrize("method", ["cvae", "cvae-cmma", "cvae-gan"])
 def test_image_baselines_train_save_load_and_evaluate(judged_bundle, method, tmp_path):
     seen = []
-    out = train_baseline(TrainBaselineConfig(bundle=str(judged_bundle), method=method, label_set="category", steps=40,
-                                             batch_size=32, device="cpu", out=str(tmp_path / method)),
-                         probe=lambda step, model: seen.append(step) or {"ok": 1}, probe_every=20)
+    out = train_baseline(
+        TrainBaselineConfig(
+            bundle=str(judged_bundle),
+            method=method,
+            label_set="category",
+            steps=40,
+            batch_size=32,
+            device="cpu",
+            out=str(tmp_path / method),
+        ),
+        probe=lambda step, model: seen.append(step) or {"ok": 1},
+        probe_every=20,
+    )
     model, manifest, extra = load_conditional(out)
     assert manifest["method"] == method and manifest["metrics"]["cpu_seconds"] > 0
     assert [p["step"] for p in manifest["metrics"]["probes"]] == seen == [20, 40]
     assert manifest["metrics"]["params_trained"] == sum(p.numel() for p in model.parameters())
-    assert extra["label_rows"].shape == (10, 10) and int(extra["label_counts"].sum()) == manifest["metrics"]["labelled_examples"]
-    r = evaluate(judged_bundle, sampler=method, label_set="category", n=60, boots=3, device="cpu", artifact=out, out=tmp_path / "ev")
+    assert (
+        extra["label_rows"].shape == (10, 10)
+        and int(extra["label_counts"].sum()) == manifest["metrics"]["labelled_examples"]
+    )
+    r = evaluate(
+        judged_bundle,
+        sampler=method,
+        label_set="category",
+        n=60,
+        boots=3,
+        device="cpu",
+        artifact=out,
+        out=tmp_path / "ev",
+    )
     assert r["sampler"] == method and 0 <= r["mean_accuracy"] <= 1
     assert 0 <= r["precision_recall"]["precision"] <= 1 and 0 <= r["precision_recall"]["recall"] <= 1
 
 
 def test_cvae_fine_tuned_for_a_new_label_set_serves_both(judged_bundle, tmp_path):
-    base = train_baseline(TrainBaselineConfig(bundle=str(judged_bundle), method="cvae", label_set="category", steps=10,
-                                              batch_size=32, device="cpu", out=str(tmp_path / "base")))
-    wide = train_baseline(TrainBaselineConfig(bundle=str(judged_bundle), method="cvae", label_set="category+footwear", steps=10,
-                                              batch_size=32, device="cpu", init=str(base), labelled=100, out=str(tmp_path / "wide")))
+    base = train_baseline(
+        TrainBaselineConfig(
+            bundle=str(judged_bundle),
+            method="cvae",
+            label_set="category",
+            steps=10,
+            batch_size=32,
+            device="cpu",
+            out=str(tmp_path / "base"),
+        )
+    )
+    wide = train_baseline(
+        TrainBaselineConfig(
+            bundle=str(judged_bundle),
+            method="cvae",
+            label_set="category+footwear",
+            steps=10,
+            batch_size=32,
+            device="cpu",
+            init=str(base),
+            labelled=100,
+            out=str(tmp_path / "wide"),
+        )
+    )
     model, manifest, extra = load_conditional(wide)
     assert model.cfg.attr_names[-1] == "footwear" and manifest["metrics"]["labelled_examples"] == 100
     smp = build_sampler("cvae", judged_bundle, "footwear", None, wide)  # its own decoder: no VAE needed
     imgs = smp.images(torch.tensor([[1.0], [0.0], [1.0]]), torch.Generator().manual_seed(0), torch.device("cpu"))
-    assert imgs.shape == (3, 1, 28, 28) and 0 <= imgs.min() and imgs.max() <= 1
+    assert imgs.shape == (3, 1, 28, 28) and imgs.min() >= 0 and imgs.max() <= 1
     with pytest.raises(ValueError, match="lacks label set"):
         build_sampler("cvae", judged_bundle, "footwear", None, base)
     with pytest.raises(ValueError, match="is a CVAE"):
-        train_baseline(TrainBaselineConfig(bundle=str(judged_bundle), method="cvae-gan", label_set="category", steps=1,
-                                           device="cpu", init=str(base), out=str(tmp_path / "x")))
+        train_baseline(
+            TrainBaselineConfig(
+                bundle=str(judged_bundle),
+                method="cvae-gan",
+                label_set="category",
+                steps=1,
+                device="cpu",
+                init=str(base),
+                out=str(tmp_path / "x"),
+            )
+        )
 
 
 @pytest.mark.parametrize("method", ["attrvec-mean", "attrvec-lsq", "gmm"])
 def test_latent_baselines_fit_on_the_latent_table_and_evaluate(judged_bundle, method, tmp_path):
-    out = train_baseline(TrainBaselineConfig(bundle=str(judged_bundle), method=method, label_set="category", out=str(tmp_path / method)))
+    out = train_baseline(
+        TrainBaselineConfig(bundle=str(judged_bundle), method=method, label_set="category", out=str(tmp_path / method))
+    )
     model, manifest = (load_latent_gmm if method == "gmm" else load_attrvec)(out)
     assert manifest["decoder_fingerprint"] and manifest["metrics"]["params_stored"] > 0
-    r = evaluate(judged_bundle, sampler=method, label_set="category", n=60, boots=3, device="cpu", artifact=out, out=tmp_path / "ev")
+    r = evaluate(
+        judged_bundle,
+        sampler=method,
+        label_set="category",
+        n=60,
+        boots=3,
+        device="cpu",
+        artifact=out,
+        out=tmp_path / "ev",
+    )
     assert r["sampler"] == method and 0 <= r["mean_accuracy"] <= 1
     with pytest.raises(ValueError, match="not label set"):
         build_sampler(method, judged_bundle, "footwear", None, out)
@@ -186,4 +265,6 @@ def test_unknown_method_and_label_set_are_clear(judged_bundle):
     with pytest.raises(ValueError, match="unknown method"):
         train_baseline(TrainBaselineConfig(bundle=str(judged_bundle), method="bigan"))
     with pytest.raises(ValueError, match="not in fashion-mnist"):
-        train_baseline(TrainBaselineConfig(bundle=str(judged_bundle), method="cvae", label_set="category+hats", steps=1))
+        train_baseline(
+            TrainBaselineConfig(bundle=str(judged_bundle), method="cvae", label_set="category+hats", steps=1)
+        )

@@ -1,13 +1,13 @@
 """Dynamic batcher and engine padding: one decoder forward per batch, 429 on a full queue, 504 past the deadline,
 and results that do not depend on what a request was batched with."""
+
 import asyncio
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-
-from types import SimpleNamespace
 
 from conditioning.backbone import Backbone
 from conditioning.images import to_uint8
@@ -30,8 +30,11 @@ class SlowBackbone:
 
 
 # a label-set version whose actor adds 1 and whose critic says 0.5, run through the real conditioning modes
-FAKE_LS = SimpleNamespace(m=SimpleNamespace(actor=lambda z, y: z + 1, critic=lambda z, y: torch.zeros(len(z)),
-                                            cfg=SimpleNamespace(n_labels=0)))
+FAKE_LS = SimpleNamespace(
+    m=SimpleNamespace(
+        actor=lambda z, y: z + 1, critic=lambda z, y: torch.zeros(len(z)), cfg=SimpleNamespace(n_labels=0)
+    )
+)
 
 
 def work(n: int, value: float, ls=None, mode="prior") -> SampleWork:
@@ -49,8 +52,12 @@ def test_concurrent_requests_share_one_decoder_forward_and_get_their_own_rows():
         b = Batcher(eng, Metrics(), max_batch=64, max_wait_ms=50)
         b.start()
         fake_ls = FAKE_LS
-        results = await asyncio.gather(*[b.sample(work(i + 1, float(i), fake_ls if i % 2 else None, "actor" if i % 2 else "prior"), 5)
-                                         for i in range(6)])
+        results = await asyncio.gather(
+            *[
+                b.sample(work(i + 1, float(i), fake_ls if i % 2 else None, "actor" if i % 2 else "prior"), 5)
+                for i in range(6)
+            ]
+        )
         await b.stop()
         return results
 
@@ -58,7 +65,9 @@ def test_concurrent_requests_share_one_decoder_forward_and_get_their_own_rows():
     assert eng.decode_rows == [21]  # 1 + 2 + ... + 6 rows, one forward
     for i, r in enumerate(results):
         assert r.images.shape[0] == i + 1
-        assert np.all(r.images == (i + 1 if i % 2 else i))  # actor rows went through the mapper (+1), prior rows did not
+        assert np.all(
+            r.images == (i + 1 if i % 2 else i)
+        )  # actor rows went through the mapper (+1), prior rows did not
         assert r.batch_samples == 21
 
 
@@ -117,7 +126,7 @@ def test_padded_forwards_do_not_depend_on_the_batch(service_bundle):
     """Why PAD_ROWS exists: a row's bytes must not change with what it was batched with."""
     bb = Backbone(service_bundle, "cpu", 1)
     z = torch.randn(40, bb.latent_dim, generator=torch.Generator().manual_seed(0))
-    alone = np.concatenate([to_uint8(bb.decode(z[i: i + 1])) for i in range(5)])
+    alone = np.concatenate([to_uint8(bb.decode(z[i : i + 1])) for i in range(5)])
     together = to_uint8(bb.decode(z))[:5]
     shuffled = to_uint8(bb.decode(torch.cat([z[20:33], z[:5]])))[13:]
     assert np.array_equal(alone, together) and np.array_equal(alone, shuffled)

@@ -1,4 +1,5 @@
 """The ``lcs`` entry point as a user runs it: real subprocesses, exit codes, one-line errors."""
+
 import json
 import subprocess
 import sys
@@ -7,7 +8,9 @@ import pytest
 
 
 def lcs(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def test_help_lists_every_offline_job():
@@ -36,8 +39,23 @@ def test_bad_data_arg_syntax():
 
 def test_train_encode_end_to_end(fashion_root, tmp_path):
     out = tmp_path / "bundle"
-    r = lcs("train-vae", "--dataset", "fashion-mnist", "--data-arg", f"root={fashion_root}", "--out", str(out),
-            "--latent-dim", "4", "--width", "8", "--max-steps", "5", "--device", "cpu")
+    r = lcs(
+        "train-vae",
+        "--dataset",
+        "fashion-mnist",
+        "--data-arg",
+        f"root={fashion_root}",
+        "--out",
+        str(out),
+        "--latent-dim",
+        "4",
+        "--width",
+        "8",
+        "--max-steps",
+        "5",
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
     manifest = json.loads((out / "vae.json").read_text())
     assert manifest["command"][:2] == ["lcs", "train-vae"] and "--max-steps" in manifest["command"]
@@ -48,7 +66,7 @@ def test_train_encode_end_to_end(fashion_root, tmp_path):
     tensors, lat = load_artifact(out, "latents")
     assert tensors["mu"].shape == tensors["sigma"].shape == (900, 4)
     assert tensors["attrs"].shape == (900, 12) and lat["attr_names"][-2:] == ["footwear", "upper_body"]
-    assert len(lat["sigma_bar"]) == 4 and all(0 < s for s in lat["sigma_bar"])
+    assert len(lat["sigma_bar"]) == 4 and all(s > 0 for s in lat["sigma_bar"])
     train = tensors["split"] == 0
     assert abs(tensors["sigma"][train].mean(0) - __import__("torch").tensor(lat["sigma_bar"])).max() < 1e-6
     assert lat["decoder_fingerprint"] == manifest["decoder_fingerprint"]

@@ -4,6 +4,7 @@ The server's answer comes over HTTP from a real ``lcs serve``; the evaluation's 
 ``lcs eval`` and ``lcs eval-edits`` use, in this process. Equal pixels (PNG is lossless) mean equal
 latents through the same decoder, so the numbers in docs/ measure what the server serves.
 """
+
 import base64
 import io
 
@@ -72,17 +73,23 @@ def test_server_and_eval_edit_identically(srv, service_bundle, fashion_root, mod
     image = data.images[data.indices("test")[3]]  # 1 x 28 x 28 uint8
     buf = io.BytesIO()
     Image.fromarray(image[0]).save(buf, format="PNG")
-    r = httpx.post(f"{srv.url}/transform", files={"image": ("x.png", buf.getvalue(), "image/png")},
-                   data={"attrs": "bag", "labelset": "category", "mode": mode, "format": "json"}, timeout=60)
+    r = httpx.post(
+        f"{srv.url}/transform",
+        files={"image": ("x.png", buf.getvalue(), "image/png")},
+        data={"attrs": "bag", "labelset": "category", "mode": mode, "format": "json"},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     vae, _ = load_vae(service_bundle, "cpu")
     ls = load_labelset(service_bundle, "category")
     cpu = torch.device("cpu")
     z0 = backbone.encode(vae, image[None], cpu)[0]
     z, target = edits.edit(ls, z0, {"bag": 1}, mode)
-    assert r.json()["target"] == {a: int(v) for a, v in zip(ls.attr_names, target[0].tolist())}
+    assert r.json()["target"] == {a: int(v) for a, v in zip(ls.attr_names, target[0].tolist(), strict=True)}
     assert np.array_equal(pixels(r.json()["edited_png_base64"]), to_uint8(backbone.decode(vae, z, cpu))[0, ..., 0])
-    assert np.array_equal(pixels(r.json()["reconstruction_png_base64"]), to_uint8(backbone.decode(vae, z0, cpu))[0, ..., 0])
+    assert np.array_equal(
+        pixels(r.json()["reconstruction_png_base64"]), to_uint8(backbone.decode(vae, z0, cpu))[0, ..., 0]
+    )
 
 
 def test_modes_pad_small_batches_and_keep_rows_independent(service_bundle):
@@ -93,7 +100,7 @@ def test_modes_pad_small_batches_and_keep_rows_independent(service_bundle):
     g = torch.Generator().manual_seed(0)
     z, y, mask = modes.draw(ls, {"sandal": 1}, 40, ls.m.cfg.latent_dim, g)
     for mode in ("actor", "optimize"):
-        alone = torch.cat([modes.latents(mode, ls, z[i: i + 1], y[i: i + 1], mask[i: i + 1]) for i in range(3)])
+        alone = torch.cat([modes.latents(mode, ls, z[i : i + 1], y[i : i + 1], mask[i : i + 1]) for i in range(3)])
         together = modes.latents(mode, ls, z, y, mask)[:3]
         if mode == "actor":
             assert torch.equal(alone, together)
@@ -109,7 +116,7 @@ def test_draw_is_the_request_semantics(service_bundle):
     ls = LabelSetVersion.load(service_bundle / "labelsets" / "category", None, "category")
     a = modes.draw(ls, {"sandal": 1}, 6, 8, torch.Generator().manual_seed(3))
     b = modes.draw(ls, {"sandal": 1}, 6, 8, torch.Generator().manual_seed(3))
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     z, y, mask = a
     assert z.shape == (6, 8) and (y[:, ls.attr_names.index("sandal")] == 1).all() and (y.sum(1) == 1).all()
     assert mask[:, ls.attr_names.index("sandal")].all() and mask.sum() == 6

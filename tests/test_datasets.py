@@ -12,9 +12,22 @@ from training.data.folder import load_folder
 
 
 def opts(**kw) -> av.AvatarOptions:
-    base = dict(top_kind="hair", top="SHORT_FLAT", hair_color="BLACK", accessory="NONE", facial_hair="NONE",
-                mouth="SERIOUS", skin="LIGHT", eyes="DEFAULT", eyebrows="DEFAULT", nose="DEFAULT",
-                clothing="HOODIE", clothing_color="BLUE_01", hat_color="RED", graphic="SKULL")
+    base = dict(
+        top_kind="hair",
+        top="SHORT_FLAT",
+        hair_color="BLACK",
+        accessory="NONE",
+        facial_hair="NONE",
+        mouth="SERIOUS",
+        skin="LIGHT",
+        eyes="DEFAULT",
+        eyebrows="DEFAULT",
+        nose="DEFAULT",
+        clothing="HOODIE",
+        clothing_color="BLUE_01",
+        hat_color="RED",
+        graphic="SKULL",
+    )
     return av.AvatarOptions(**{**base, **kw})
 
 
@@ -120,7 +133,9 @@ def write_celeba(root, rows, partitions):
     lines = [str(len(rows)), " ".join(CELEBA_NAMES)]
     lines += [f"{name} " + " ".join(f"{v:2d}" for v in vals) for name, vals in rows]
     (root / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
-    (root / "list_eval_partition.txt").write_text("".join(f"{n} {p}\n" for (n, _), p in zip(rows, partitions)))
+    (root / "list_eval_partition.txt").write_text(
+        "".join(f"{n} {p}\n" for (n, _), p in zip(rows, partitions, strict=True))
+    )
 
 
 def test_celeba_fixture_in_the_distributed_format(tmp_path):
@@ -145,7 +160,9 @@ def test_celeba_malformed_attribute_file_names_line(tmp_path):
 def test_folder_dataset_and_bad_files_are_named(tmp_path):
     for i in range(4):
         Image.new("RGB", (40, 30), (60 * i, 0, 0)).save(tmp_path / f"img{i}.png")
-    (tmp_path / "attributes.csv").write_text("file,Red,Big,split\nimg0.png,0,1,train\nimg1.png,1,0,train\nimg2.png,1,1,val\nimg3.png,true,-1,test\n")
+    (tmp_path / "attributes.csv").write_text(
+        "file,Red,Big,split\nimg0.png,0,1,train\nimg1.png,1,0,train\nimg2.png,1,1,val\nimg3.png,true,-1,test\n"
+    )
     d = load_folder(str(tmp_path), size=32)
     assert d.images.shape == (4, 3, 32, 32) and d.attrs.tolist() == [[0, 1], [1, 0], [1, 1], [1, 0]]
     assert d.split.tolist() == [0, 0, 1, 2]

@@ -5,9 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from training.evaluate import evaluate
-from evaluation.statistics import auc, best_threshold, binary_metrics, frechet_distance, frechet_with_ci, precision_recall
 from evaluation.samplers import SAMPLERS, LatentSampler, build_sampler
+from evaluation.statistics import (
+    auc,
+    best_threshold,
+    binary_metrics,
+    frechet_distance,
+    frechet_with_ci,
+    precision_recall,
+)
+from training.evaluate import evaluate
 from training.train_judge import TrainJudgeConfig, train_judge
 from training.train_vae import TrainVAEConfig, train_vae
 
@@ -24,8 +31,15 @@ def test_auc_matches_pairwise_definition():
 
 def test_binary_metrics_and_threshold():
     m = binary_metrics(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0]))
-    assert m == {"accuracy": 0.5, "precision": 0.5, "recall": 0.5, "specificity": 0.5, "balanced_accuracy": 0.5,
-                 "f1": 0.5, "support": 2}
+    assert m == {
+        "accuracy": 0.5,
+        "precision": 0.5,
+        "recall": 0.5,
+        "specificity": 0.5,
+        "balanced_accuracy": 0.5,
+        "f1": 0.5,
+        "support": 2,
+    }
     # planted: 1 of 2 positives kept (recall 0.5), 2 of 3 negatives kept (specificity 2/3)
     m = binary_metrics(np.array([1, 0, 1, 0, 0]), np.array([1, 1, 0, 0, 0]))
     assert (m["recall"], m["specificity"], m["balanced_accuracy"]) == (0.5, 2 / 3, (0.5 + 2 / 3) / 2)
@@ -52,8 +66,19 @@ def test_frechet_distance_known_values():
 def tiny_bundle(tiny_vae, fashion_root, seed):
     out = tiny_vae
     params = {"root": str(fashion_root)}
-    train_judge(TrainJudgeConfig(dataset="fashion-mnist", dataset_params=params, out=str(out), width=16, epochs=10,
-                                 batch_size=32, device="cpu", seed=seed, threads=1))
+    train_judge(
+        TrainJudgeConfig(
+            dataset="fashion-mnist",
+            dataset_params=params,
+            out=str(out),
+            width=16,
+            epochs=10,
+            batch_size=32,
+            device="cpu",
+            seed=seed,
+            threads=1,
+        )
+    )
     return out
 
 
@@ -62,7 +87,8 @@ def test_judge_learns_the_visible_class_and_records_a_ceiling(tiny_bundle):
     assert m["arch"] == "resnet-judge-v1"
     ceiling = m["ceiling"]
     # The fixture's class is a bright band at a class-specific height: easy, so the ceiling is high.
-    assert ceiling["label_sets"]["category"]["accuracy"] > 0.8
+    # Measured over seeds 0-9 (LCS_TEST_SEED): min 0.62, max 0.995 (chance 0.1); threshold 0.5.
+    assert ceiling["label_sets"]["category"]["accuracy"] > 0.5
     assert set(ceiling["per_attribute"]) >= {"sandal", "footwear", "upper_body"}
     assert all(0.0 < t < 1.0 for t in m["thresholds"].values())
 
@@ -76,8 +102,8 @@ class OracleSampler(LatentSampler):
         from models.vae import load_vae
 
         super().__init__(vae)
-        from training.data import load_dataset
         from conditioning.images import batch_to_float
+        from training.data import load_dataset
 
         _, man = load_vae(bundle)
         data = load_dataset(man["dataset"]["name"], **man["dataset"]["params"])
@@ -97,6 +123,8 @@ class OracleSampler(LatentSampler):
 def test_eval_prior_vs_conditional_oracle(tiny_bundle, monkeypatch):
     prior = evaluate(tiny_bundle, sampler="prior", label_set="category", n=300, boots=5, device="cpu")
     assert prior["label_set"]["kind"] == "categorical"
+    # Measured over seeds 0-9: prior accuracy min 0.077, max 0.097; prior FD min 411 vs real test-vs-train FD
+    # max 0.36; reconstruction MSE min 0.0021, max 0.0023; thresholds 0.5, the real FD, 0.1.
     assert 0.0 <= prior["mean_accuracy"] < 0.5  # unconditional: near chance (0.1) for 10 classes
     assert prior["frechet"]["fd"] > prior["frechet_real_test_vs_train"]["fd"] >= 0
     assert 0 < prior["reconstruction_mse_test"] < 0.1
@@ -105,20 +133,35 @@ def test_eval_prior_vs_conditional_oracle(tiny_bundle, monkeypatch):
 
     monkeypatch.setitem(SAMPLERS, "oracle", lambda bundle, ls, vae, artifact="": OracleSampler(bundle, vae))
     oracle = evaluate(tiny_bundle, sampler="oracle", label_set="category", n=300, boots=5, device="cpu")
+    # Measured over seeds 0-9: oracle - prior min 0.46, max 0.92 (lowest where the judge is weakest); threshold 0.3.
     assert oracle["mean_accuracy"] > prior["mean_accuracy"] + 0.3
     for m in oracle["per_attribute"].values():
         assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1 and 0 <= m["f1"] <= 1
 
 
 def test_eval_binary_label_set_and_sigma_figure(tiny_bundle, fashion_root, tmp_path):
-    other = train_vae(TrainVAEConfig(dataset="fashion-mnist", dataset_params={"root": str(fashion_root)}, out=str(tmp_path),
-                                     latent_dim=8, width=8, sigma_x=1.0, max_steps=5, batch_size=32, device="cpu"))
-    r = evaluate(tiny_bundle, label_set="footwear", n=200, boots=5, device="cpu", compare_vae=str(other), out=tmp_path / "ev")
+    other = train_vae(
+        TrainVAEConfig(
+            dataset="fashion-mnist",
+            dataset_params={"root": str(fashion_root)},
+            out=str(tmp_path),
+            latent_dim=8,
+            width=8,
+            sigma_x=1.0,
+            max_steps=5,
+            batch_size=32,
+            device="cpu",
+        )
+    )
+    r = evaluate(
+        tiny_bundle, label_set="footwear", n=200, boots=5, device="cpu", compare_vae=str(other), out=tmp_path / "ev"
+    )
     assert set(r["per_attribute"]) == {"footwear"} and 0 <= r["exact_match"] <= 1
     assert "exact_match_3attr" not in r  # one attribute: no 3-attribute specs
     assert set(r["sigma_tradeoff"]["reconstruction_mse_test"]) == {"0.1", "1.0"}
     rec = r["per_attribute"]["footwear"]["reconstruction"]  # the decoder's ceiling for this attribute
     assert rec["accuracy"] == r["per_attribute"]["footwear"]["reconstruction_accuracy"]
+    # Measured over seeds 0-9: reconstruction recall 1.0 every time (specificity min 0.60, max 0.86); threshold 0.5.
     assert rec["support"] == 60 and 0 <= rec["specificity"] <= 1 and rec["recall"] > 0.5  # 3 of 10 test classes
     assert (tmp_path / "ev" / "sigma_tradeoff.png").exists()
 
@@ -149,22 +192,44 @@ def lc_bundle(tiny_bundle, seed):
 
     encode_dataset(tiny_bundle, device="cpu")
     for name in ("realism", "category", "footwear"):
-        train_labelset(TrainLabelSetConfig(bundle=str(tiny_bundle), label_set=name, width=64, depth=2, label_embed=16,
-                                           steps=800, critic_steps=5, batch_size=64, lr=1e-3, diag_every=200, seed=seed, threads=1))
+        train_labelset(
+            TrainLabelSetConfig(
+                bundle=str(tiny_bundle),
+                label_set=name,
+                width=64,
+                depth=2,
+                label_embed=16,
+                steps=800,
+                critic_steps=5,
+                batch_size=64,
+                lr=1e-3,
+                diag_every=200,
+                seed=seed,
+                threads=1,
+            )
+        )
     return tiny_bundle
 
 
 def test_latent_constraint_samplers_through_eval(lc_bundle, tmp_path):
     prior = evaluate(lc_bundle, sampler="prior", label_set="category", n=300, boots=5, device="cpu", out=tmp_path)
     actor = evaluate(lc_bundle, sampler="actor", label_set="category", n=300, boots=5, device="cpu", out=tmp_path)
-    assert actor["conditional"] and actor["mean_accuracy"] > prior["mean_accuracy"] + 0.3, (actor["mean_accuracy"], prior["mean_accuracy"])
+    # Measured over seeds 0-9: actor - prior min 0.097 (seed 6; 0.35 over seeds 0-4), max 0.90; an untrained
+    # (1-step) mapper gives -0.003..0.003; threshold 0.05.
+    assert actor["conditional"] and actor["mean_accuracy"] > prior["mean_accuracy"] + 0.05, (
+        actor["mean_accuracy"],
+        prior["mean_accuracy"],
+    )
     # Optimisation mode runs through the same harness (its mechanics are tested on the 2-D mixture; on this
     # tiny VAE it fools D_attr more than it changes the image, which the model card reports for the real bundle).
     opt = evaluate(lc_bundle, sampler="optimize", label_set="category", n=100, boots=5, device="cpu", out=tmp_path)
     assert opt["conditional"] and opt["n"] == 100 and set(opt["per_attribute"]) == set(actor["per_attribute"])
     realism = evaluate(lc_bundle, sampler="realism", label_set="category", n=300, boots=5, device="cpu", out=tmp_path)
-    assert not realism["conditional"] and realism["frechet"]["fd"] < prior["frechet"]["fd"]
-    assert {p.name for p in tmp_path.glob("eval-*.json")} == {f"eval-{s}-category.json" for s in ("prior", "actor", "optimize", "realism")}
+    # Measured over seeds 0-9: realism FD / prior FD min 0.05, max 0.25; untrained mapper 0.93..1.07; threshold 0.5.
+    assert not realism["conditional"] and realism["frechet"]["fd"] < 0.5 * prior["frechet"]["fd"]
+    assert {p.name for p in tmp_path.glob("eval-*.json")} == {
+        f"eval-{s}-category.json" for s in ("prior", "actor", "optimize", "realism")
+    }
 
 
 def test_edit_evaluation_and_figures(lc_bundle, tmp_path):
@@ -175,13 +240,26 @@ def test_edit_evaluation_and_figures(lc_bundle, tmp_path):
     assert r["n"] == 120 and set(r["per_edit"]) <= {"footwear=0", "footwear=1"}
     assert sum(v["n"] for v in r["per_edit"].values()) == 120
     # The edit moves the class band: the judge sees the asked value far more often than in the plain reconstruction.
-    assert r["target_reached"] > r["target_in_reconstruction"] + 0.1, (r["target_reached"], r["target_in_reconstruction"])
-    assert r["others_unchanged_vs_original"] is None and r["forced_changes_per_edit"] == 0  # one attribute: nothing else
+    # Measured over seeds 0-9: reached - null min 0.092 (seed 4; a CI machine read 0.083 at seed 0), max 0.43;
+    # threshold 0.04. An edit that does nothing reads 0, but an untrained (1-step) mapper already reads 0.00..0.28
+    # here: this only catches a no-op edit; the categorical check below is the one an untrained mapper fails.
+    assert r["target_reached"] > r["target_in_reconstruction"] + 0.04, (
+        r["target_reached"],
+        r["target_in_reconstruction"],
+    )
+    assert (
+        r["others_unchanged_vs_original"] is None and r["forced_changes_per_edit"] == 0
+    )  # one attribute: nothing else
     assert json.loads((tmp_path / "edits-actor-footwear.json").read_text())["mode"] == "actor"
     # A categorical set: every image asked for a class other than the one D_attr reads in it.
     c = evaluate_edits(lc_bundle, label_set="category", n=120, mode="actor", device="cpu", out=tmp_path)
     assert c["kind"] == "categorical" and sum(v["n"] for v in c["per_edit"].values()) == 120
-    assert c["target_reached"] > c["target_in_reconstruction"] + 0.3, (c["target_reached"], c["target_in_reconstruction"])
+    # Measured over seeds 0-9: reached - null min 0.10 (seed 5; 0.33 over seeds 0-4), max 0.85; untrained
+    # (1-step) mapper -0.03..0.03; threshold 0.05. Latent shift / sigma-bar min 3.3, max 5.9 (untrained 2.2..2.9).
+    assert c["target_reached"] > c["target_in_reconstruction"] + 0.05, (
+        c["target_reached"],
+        c["target_in_reconstruction"],
+    )
     assert c["latent_shift_over_sigma_bar"] > 0 and "others_unchanged_vs_original" not in c
     paths = draw_all(lc_bundle, "category", tmp_path / "fig", ["sandal", "-sandal", "trouser"], [], seed=1)
     assert [p.name for p in paths] == ["realism.png", "specs-category.png"]

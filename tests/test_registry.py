@@ -1,4 +1,6 @@
-"""Registry on disk: validation refuses bad artifacts without touching state; writers killed midway leave a servable registry."""
+"""Registry on disk: validation refuses bad artifacts without touching state; writers killed midway leave a
+servable registry."""
+
 import json
 import os
 import pickle
@@ -20,14 +22,30 @@ from service.registry import Registry, RegistryError, check_name, content_id
 FP = "f" * 64
 
 
-def make_artifact(d: Path, seed: int = 0, width: int = 16, depth: int = 2, latent_dim: int = 8, fp: str = FP, names=("a", "b")) -> Path:
+def make_artifact(
+    d: Path, seed: int = 0, width: int = 16, depth: int = 2, latent_dim: int = 8, fp: str = FP, names=("a", "b")
+) -> Path:
     torch.manual_seed(seed)
     cfg = LatentConfig(latent_dim=latent_dim, attr_names=list(names), width=width, depth=depth, label_embed=4)
     m = LatentMappers(cfg)
-    tensors = {**m.state_dict(), "label_table": torch.tensor([[0, 1], [1, 0], [1, 1]], dtype=torch.int8)[:, :len(names)],
-               "sigma_bar": torch.full((latent_dim,), 0.3)}
-    save_artifact(d, "mapper", tensors, {"kind": "labelset", "name": "test", "arch": ARCH, "config": cfg.to_json(),
-                                         "decoder_fingerprint": fp, "metrics": {"seed": seed}})
+    tensors = {
+        **m.state_dict(),
+        "label_table": torch.tensor([[0, 1], [1, 0], [1, 1]], dtype=torch.int8)[:, : len(names)],
+        "sigma_bar": torch.full((latent_dim,), 0.3),
+    }
+    save_artifact(
+        d,
+        "mapper",
+        tensors,
+        {
+            "kind": "labelset",
+            "name": "test",
+            "arch": ARCH,
+            "config": cfg.to_json(),
+            "decoder_fingerprint": fp,
+            "metrics": {"seed": seed},
+        },
+    )
     return d
 
 
@@ -39,7 +57,11 @@ def publish(reg: Registry, name: str, src: Path, fp: str = FP, latent_dim: int =
 
 
 def snapshot(root: Path) -> dict:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and ".staging" not in p.parts}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".staging" not in p.parts
+    }
 
 
 def test_versions_are_content_addressed_and_rollback_works(tmp_path):
@@ -48,7 +70,9 @@ def test_versions_are_content_addressed_and_rollback_works(tmp_path):
     v2 = publish(reg, "s", make_artifact(tmp_path / "a2", seed=2))
     assert v1 != v2 and reg.current("s")["version"] == v2
     assert content_id(reg.version_dir("s", v1)) == v1
-    assert publish(reg, "s", make_artifact(tmp_path / "a1b", seed=1)) == v1  # same content, same id; it becomes current again
+    assert (
+        publish(reg, "s", make_artifact(tmp_path / "a1b", seed=1)) == v1
+    )  # same content, same id; it becomes current again
     assert reg.current("s") == {**reg.current("s"), "version": v1, "history": [v2]}
     assert reg.rollback("s") == v2 and reg.current("s")["history"] == [v1]
     with pytest.raises(RegistryError) as e:
@@ -83,8 +107,13 @@ def _bad_uploads(tmp_path: Path):
     yield "weights of another width", (wrong_shape / "mapper.safetensors").read_bytes(), None, 422, "invalid_artifact"
     yield "foreign decoder", st, json.dumps(dict(man, decoder_fingerprint="0" * 64)), 422, "decoder_mismatch"
     yield "unknown architecture", st, json.dumps(dict(man, arch="os.system")), 422, "invalid_artifact"
-    yield "wrong latent size", (make_artifact(tmp_path / "d16", latent_dim=16) / "mapper.safetensors").read_bytes(), \
-        json.dumps(dict(man, config=dict(man["config"], latent_dim=16))), 422, "invalid_artifact"
+    yield (
+        "wrong latent size",
+        (make_artifact(tmp_path / "d16", latent_dim=16) / "mapper.safetensors").read_bytes(),
+        json.dumps(dict(man, config=dict(man["config"], latent_dim=16))),
+        422,
+        "invalid_artifact",
+    )
     yield "not json", st, "{nope", 422, "invalid_artifact"
     nan = load(st)
     nan["actor.net.0.weight"][:] = float("nan")
@@ -99,7 +128,10 @@ def test_bad_uploads_are_refused_and_change_nothing(tmp_path):
     for what, weights, manifest, status, code in _bad_uploads(tmp_path):
         staged = reg.stage()
         if weights is None:  # a real torch.save pickle of a state dict
-            torch.save(LatentMappers(LatentConfig(8, ["a", "b"], width=16, depth=2, label_embed=4)).state_dict(), staged / "mapper.safetensors")
+            torch.save(
+                LatentMappers(LatentConfig(8, ["a", "b"], width=16, depth=2, label_embed=4)).state_dict(),
+                staged / "mapper.safetensors",
+            )
         else:
             (staged / "mapper.safetensors").write_bytes(weights)
         (staged / "mapper.json").write_text(manifest if manifest is not None else (good / "mapper.json").read_text())

@@ -1,4 +1,6 @@
 """End-to-end: a real uvicorn (``lcs serve``) on 127.0.0.1, the tiny bundle, HTTP only."""
+
+import contextlib
 import hashlib
 import io
 import json
@@ -21,7 +23,9 @@ from training.train_labelset import TrainLabelSetConfig, train_labelset
 
 @pytest.fixture(scope="module")
 def srv(service_bundle, tmp_path_factory):
-    s = Server(service_bundle, tmp_path_factory.mktemp("srv") / "data", "test-token", "--max-wait-ms", "20", "--max-n", "16")
+    s = Server(
+        service_bundle, tmp_path_factory.mktemp("srv") / "data", "test-token", "--max-wait-ms", "20", "--max-n", "16"
+    )
     yield s
     s.stop()
 
@@ -30,15 +34,32 @@ def srv(service_bundle, tmp_path_factory):
 def footwear(service_bundle, tmp_path_factory):
     """An artifact straight from the trainer (``lcs train-labelset``), not part of the served bundle."""
     out = tmp_path_factory.mktemp("footwear")
-    train_labelset(TrainLabelSetConfig(bundle=str(service_bundle), label_set="footwear", out=str(out), steps=20, width=32, depth=2,
-                                       label_embed=8, batch_size=64, lr=1e-3, diag_every=20, threads=1))
+    train_labelset(
+        TrainLabelSetConfig(
+            bundle=str(service_bundle),
+            label_set="footwear",
+            out=str(out),
+            steps=20,
+            width=32,
+            depth=2,
+            label_embed=8,
+            batch_size=64,
+            lr=1e-3,
+            diag_every=20,
+            threads=1,
+        )
+    )
     return out
 
 
 def put(s, name, d, manifest: bytes | None = None, weights: bytes | None = None, headers=None):
-    files = {"manifest": ("mapper.json", manifest if manifest is not None else (d / "mapper.json").read_bytes()),
-             "weights": ("mapper.safetensors", weights if weights is not None else (d / "mapper.safetensors").read_bytes())}
-    return httpx.put(f"{s.url}/labelsets/{name}", files=files, headers=s.auth if headers is None else headers, timeout=30)
+    files = {
+        "manifest": ("mapper.json", manifest if manifest is not None else (d / "mapper.json").read_bytes()),
+        "weights": ("mapper.safetensors", weights if weights is not None else (d / "mapper.safetensors").read_bytes()),
+    }
+    return httpx.put(
+        f"{s.url}/labelsets/{name}", files=files, headers=s.auth if headers is None else headers, timeout=30
+    )
 
 
 def variant(d, i: int) -> bytes:
@@ -48,7 +69,9 @@ def variant(d, i: int) -> bytes:
     return json.dumps(man).encode()
 
 
-NOISE = np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8)  # incompressible: truncation hits pixel data
+NOISE = np.random.default_rng(0).integers(
+    0, 255, (28, 28), dtype=np.uint8
+)  # incompressible: truncation hits pixel data
 
 
 def png(arr: np.ndarray) -> bytes:
@@ -101,53 +124,92 @@ def test_same_seed_same_bytes_also_when_batched_with_others(srv):
     assert max(batch_sizes) > 5  # requests really were batched together
 
 
-@pytest.mark.parametrize("method,path,kwargs,status,code", [
-    ("get", "/sample", {"params": {"attrs": "wings"}}, 422, "unknown_attributes"),
-    ("get", "/sample", {"params": {"attrs": "sandal,-sandal"}}, 422, "contradictory_attributes"),
-    ("get", "/sample", {"params": {"attrs": "sandal,bag"}}, 422, "contradictory_attributes"),
-    ("get", "/sample", {"params": {"n": 0}}, 422, "invalid_request"),
-    ("get", "/sample", {"params": {"n": 17}}, 422, "n_out_of_range"),
-    ("get", "/sample", {"params": {"n": "many"}}, 422, "invalid_request"),
-    ("get", "/sample", {"params": {"seed": -1}}, 422, "invalid_request"),
-    ("get", "/sample", {"params": {"mode": "magic"}}, 422, "invalid_request"),
-    ("get", "/sample", {"params": {"mode": "prior", "attrs": "sandal"}}, 422, "prior_ignores_attrs"),
-    ("get", "/sample", {"params": {"labelset": "nope"}}, 404, "unknown_labelset"),
-    ("get", "/labelsets/nope", {}, 404, "unknown_labelset"),
-    ("get", "/labelsets/..%2F..%2Fetc", {}, 404, "not_found"),
-    ("get", "/jobs/../../etc/passwd", {}, 404, "not_found"),
-    ("get", "/jobs/0123", {}, 404, "unknown_job"),
-    ("get", "/nowhere", {}, 404, "not_found"),
-    ("post", "/sample", {}, 405, "method_not_allowed"),
-    ("delete", "/labelsets/category", {}, 401, "unauthorized"),
-    ("delete", "/labelsets/category", {"headers": {"Authorization": "Bearer wrong"}}, 401, "unauthorized"),
-    ("put", "/labelsets/category", {"files": {"manifest": b"{}", "weights": b""}}, 401, "unauthorized"),
-    ("post", "/labelsets/x/jobs", {"data": {"rule": "bright"}}, 401, "unauthorized"),
-    ("post", "/labelsets/x/rollback", {}, 401, "unauthorized"),
-    ("post", "/transform", {"data": {"attrs": "sandal"}}, 422, "invalid_request"),
-    ("post", "/transform", {"files": {"image": b"plain text, not an image"}, "data": {"attrs": "sandal"}}, 415, "unsupported_media_type"),
-    ("post", "/transform", {"files": {"image": png(NOISE)[:400]}, "data": {"attrs": "sandal"}}, 400, "undecodable_image"),
-    ("post", "/transform", {"files": {"image": b"GIF89a" + bytes(40)}, "data": {"attrs": "sandal"}}, 415, "unsupported_media_type"),
-    ("post", "/transform", {"files": {"image": b"\x89PNG" + bytes(11 << 20)}, "data": {"attrs": "sandal"}}, 413, "payload_too_large"),
-    ("post", "/transform", {"files": {"image": png(np.zeros((28, 28), np.uint8))}, "data": {"attrs": ""}}, 422, "nothing_to_edit"),
-])
+@pytest.mark.parametrize(
+    "method,path,kwargs,status,code",
+    [
+        ("get", "/sample", {"params": {"attrs": "wings"}}, 422, "unknown_attributes"),
+        ("get", "/sample", {"params": {"attrs": "sandal,-sandal"}}, 422, "contradictory_attributes"),
+        ("get", "/sample", {"params": {"attrs": "sandal,bag"}}, 422, "contradictory_attributes"),
+        ("get", "/sample", {"params": {"n": 0}}, 422, "invalid_request"),
+        ("get", "/sample", {"params": {"n": 17}}, 422, "n_out_of_range"),
+        ("get", "/sample", {"params": {"n": "many"}}, 422, "invalid_request"),
+        ("get", "/sample", {"params": {"seed": -1}}, 422, "invalid_request"),
+        ("get", "/sample", {"params": {"mode": "magic"}}, 422, "invalid_request"),
+        ("get", "/sample", {"params": {"mode": "prior", "attrs": "sandal"}}, 422, "prior_ignores_attrs"),
+        ("get", "/sample", {"params": {"labelset": "nope"}}, 404, "unknown_labelset"),
+        ("get", "/labelsets/nope", {}, 404, "unknown_labelset"),
+        ("get", "/labelsets/..%2F..%2Fetc", {}, 404, "not_found"),
+        ("get", "/jobs/../../etc/passwd", {}, 404, "not_found"),
+        ("get", "/jobs/0123", {}, 404, "unknown_job"),
+        ("get", "/nowhere", {}, 404, "not_found"),
+        ("post", "/sample", {}, 405, "method_not_allowed"),
+        ("delete", "/labelsets/category", {}, 401, "unauthorized"),
+        ("delete", "/labelsets/category", {"headers": {"Authorization": "Bearer wrong"}}, 401, "unauthorized"),
+        ("put", "/labelsets/category", {"files": {"manifest": b"{}", "weights": b""}}, 401, "unauthorized"),
+        ("post", "/labelsets/x/jobs", {"data": {"rule": "bright"}}, 401, "unauthorized"),
+        ("post", "/labelsets/x/rollback", {}, 401, "unauthorized"),
+        ("post", "/transform", {"data": {"attrs": "sandal"}}, 422, "invalid_request"),
+        (
+            "post",
+            "/transform",
+            {"files": {"image": b"plain text, not an image"}, "data": {"attrs": "sandal"}},
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "post",
+            "/transform",
+            {"files": {"image": png(NOISE)[:400]}, "data": {"attrs": "sandal"}},
+            400,
+            "undecodable_image",
+        ),
+        (
+            "post",
+            "/transform",
+            {"files": {"image": b"GIF89a" + bytes(40)}, "data": {"attrs": "sandal"}},
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "post",
+            "/transform",
+            {"files": {"image": b"\x89PNG" + bytes(11 << 20)}, "data": {"attrs": "sandal"}},
+            413,
+            "payload_too_large",
+        ),
+        (
+            "post",
+            "/transform",
+            {"files": {"image": png(np.zeros((28, 28), np.uint8))}, "data": {"attrs": ""}},
+            422,
+            "nothing_to_edit",
+        ),
+    ],
+)
 def test_bad_input_gets_the_envelope(srv, method, path, kwargs, status, code):
     r = getattr(httpx, method)(srv.url + path, timeout=30, **kwargs)
     assert r.status_code == status, r.text
     err = r.json()["error"]
-    assert err["code"] == code and isinstance(err["message"], str) and err["message"] and isinstance(err["details"], dict)
+    assert (
+        err["code"] == code and isinstance(err["message"], str) and err["message"] and isinstance(err["details"], dict)
+    )
     assert "Traceback" not in r.text
 
 
 def test_transform_edits_an_uploaded_image(srv):
     src = httpx.get(f"{srv.url}/sample", params={"attrs": "trouser", "seed": 5}).content
-    r = httpx.post(f"{srv.url}/transform", files={"image": ("x.png", src, "image/png")}, data={"attrs": "sandal", "format": "json"})
+    r = httpx.post(
+        f"{srv.url}/transform", files={"image": ("x.png", src, "image/png")}, data={"attrs": "sandal", "format": "json"}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["target"]["sandal"] == 1 and sum(body["target"].values()) == 1
     edited = np.asarray(Image.open(io.BytesIO(__import__("base64").b64decode(body["edited_png_base64"]))))
     assert edited.shape == (28, 28)
     jpeg = io.BytesIO()
-    Image.fromarray(np.full((50, 80, 3), 128, np.uint8)).save(jpeg, format="JPEG")  # colour, non-square: cropped + greyed
+    Image.fromarray(np.full((50, 80, 3), 128, np.uint8)).save(
+        jpeg, format="JPEG"
+    )  # colour, non-square: cropped + greyed
     r = Client(srv.url).transform(jpeg.getvalue(), "bag")
     assert Image.open(io.BytesIO(r)).size == (28, 28)
 
@@ -158,11 +220,17 @@ def test_trainer_artifact_registers_and_serves_without_restart(srv, footwear):
     out = c.register("footwear", footwear)
     assert out["labels"] == ["footwear"] and out["trained_as"] == "footwear"
     r = httpx.get(f"{srv.url}/sample", params={"attrs": "-footwear", "seed": 1})
-    assert r.status_code == 200 and r.headers["x-lcs-labelset"] == "footwear" and r.headers["x-lcs-labelset-version"] == out["version"]
+    assert (
+        r.status_code == 200
+        and r.headers["x-lcs-labelset"] == "footwear"
+        and r.headers["x-lcs-labelset-version"] == out["version"]
+    )
     v2 = put(srv, "footwear", footwear, manifest=variant(footwear, 1)).json()["version"]
     assert c.labelset("footwear")["current"] == v2
     assert c.rollback("footwear")["version"] == out["version"]
-    assert httpx.get(f"{srv.url}/sample", params={"attrs": "footwear"}).headers["x-lcs-labelset-version"] == out["version"]
+    assert (
+        httpx.get(f"{srv.url}/sample", params={"attrs": "footwear"}).headers["x-lcs-labelset-version"] == out["version"]
+    )
     c.delete("footwear", v2)
     assert [v["version"] for v in c.labelset("footwear")["versions"]] == [out["version"]]
     c.delete("footwear")
@@ -176,7 +244,9 @@ def test_bad_uploads_change_nothing(srv, footwear, tmp_path):
     c = Client(srv.url, token=srv.token)
     c.register("shoes", footwear)
     before = c.labelset("shoes")
-    files_before = sorted(p.relative_to(srv.data_dir) for p in (srv.data_dir / "registry").rglob("*") if ".staging" not in p.parts)
+    files_before = sorted(
+        p.relative_to(srv.data_dir) for p in (srv.data_dir / "registry").rglob("*") if ".staging" not in p.parts
+    )
     st = (footwear / "mapper.safetensors").read_bytes()
     man = json.loads((footwear / "mapper.json").read_text())
     import pickle
@@ -198,7 +268,10 @@ def test_bad_uploads_change_nothing(srv, footwear, tmp_path):
     assert put(srv, "../shoes", footwear).status_code == 404
     assert put(srv, "sh oes", footwear).json()["error"]["code"] == "invalid_name"
     assert c.labelset("shoes") == before
-    assert sorted(p.relative_to(srv.data_dir) for p in (srv.data_dir / "registry").rglob("*") if ".staging" not in p.parts) == files_before
+    assert (
+        sorted(p.relative_to(srv.data_dir) for p in (srv.data_dir / "registry").rglob("*") if ".staging" not in p.parts)
+        == files_before
+    )
     assert list((srv.data_dir / "registry" / ".staging").iterdir()) == []
     assert httpx.get(f"{srv.url}/sample", params={"labelset": "shoes"}).status_code == 200
     c.delete("shoes")
@@ -213,7 +286,10 @@ def test_sixteen_clients_keep_sampling_while_a_labelset_is_replaced_20_times(srv
         with httpx.Client(base_url=srv.url, timeout=30) as h:
             while not stop.is_set():
                 try:
-                    r = h.get("/sample", params={"labelset": "swap", "attrs": "footwear" if i % 2 else "-footwear", "n": 1 + i % 3})
+                    r = h.get(
+                        "/sample",
+                        params={"labelset": "swap", "attrs": "footwear" if i % 2 else "-footwear", "n": 1 + i % 3},
+                    )
                     if r.status_code != 200:
                         failures.append((r.status_code, r.text[:200]))
                     else:
@@ -233,7 +309,11 @@ def test_sixteen_clients_keep_sampling_while_a_labelset_is_replaced_20_times(srv
     stop.set()
     [t.join() for t in threads]
     assert failures == []
-    assert count[0] > 50 and len(versions) > 3 and versions <= set(published) | {c.labelsets and c.labelset("swap")["versions"][0]["version"]}
+    assert (
+        count[0] > 50
+        and len(versions) > 3
+        and versions <= set(published) | {c.labelsets and c.labelset("swap")["versions"][0]["version"]}
+    )
     c.delete("swap")
 
 
@@ -248,24 +328,38 @@ def test_metrics_and_probes(srv):
     httpx.get(f"{srv.url}/sample", params={"attrs": "wings"})
     assert httpx.get(f"{srv.url}/labelsets/no-such-set").status_code == 404
     text = httpx.get(f"{srv.url}/metrics").text
-    for needle in ('lcs_request_seconds_bucket{le="0.005",route="/sample",status="200"}', "lcs_batch_samples_count", 'route="/sample",status="422"', 'route="/labelsets/{name}",status="404"',
-                   "lcs_queue_samples", 'lcs_labelset_requests_total{labelset="category",mode="actor"}',
-                   'lcs_realism_score_count{labelset="category"}', "lcs_jobs_running", "lcs_labelsets_loaded 2.0"):
+    for needle in (
+        'lcs_request_seconds_bucket{le="0.005",route="/sample",status="200"}',
+        "lcs_batch_samples_count",
+        'route="/sample",status="422"',
+        'route="/labelsets/{name}",status="404"',
+        "lcs_queue_samples",
+        'lcs_labelset_requests_total{labelset="category",mode="actor"}',
+        'lcs_realism_score_count{labelset="category"}',
+        "lcs_jobs_running",
+        "lcs_labelsets_loaded 2.0",
+    ):
         assert needle in text, needle
     docs = httpx.get(f"{srv.url}/openapi.json").json()
-    assert {"/sample", "/transform", "/labelsets/{name}", "/labelsets/{name}/jobs", "/jobs/{job_id}"} <= set(docs["paths"])
+    assert {"/sample", "/transform", "/labelsets/{name}", "/labelsets/{name}/jobs", "/jobs/{job_id}"} <= set(
+        docs["paths"]
+    )
 
 
 def test_registry_memory_does_not_grow_over_200_register_delete_cycles(srv, footwear):
     def rss_mb():
-        for line in open(f"/proc/{srv.proc.pid}/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+        with open(f"/proc/{srv.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
 
     man, st = (footwear / "mapper.json").read_bytes(), (footwear / "mapper.safetensors").read_bytes()
     with httpx.Client(base_url=srv.url, headers=srv.auth, timeout=30) as h:
+
         def cycle():
-            r = h.put("/labelsets/churn", files={"manifest": ("mapper.json", man), "weights": ("mapper.safetensors", st)})
+            r = h.put(
+                "/labelsets/churn", files={"manifest": ("mapper.json", man), "weights": ("mapper.safetensors", st)}
+            )
             assert r.status_code == 201, r.text
             assert h.get("/sample", params={"labelset": "churn"}).status_code == 200
             assert h.delete("/labelsets/churn").status_code == 200
@@ -303,10 +397,14 @@ def test_training_jobs_run_end_to_end_and_never_touch_the_decoder(srv, service_b
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_labels"
     few = httpx.post(f"{srv.url}/labelsets/x/jobs", headers=srv.auth, files={"labels": ("l.csv", b"id,a\n1,1\n2,0\n")})
     assert few.json()["error"]["code"] == "too_few_rows"
-    unknown = c.train("x", labels_csv=b"id,a\n" + b"".join(b"%d,1\n" % (100000 + i) for i in range(80)), wait=False, **small)
-    jobs = {"heavy": c.train("heavy", labels_csv=ids_csv.encode(), wait=False, **small),
-            "zipped": c.train("zipped", labels_csv=zip_csv.encode(), images_zip=zbuf.getvalue(), wait=False, **small),
-            "bright": c.train("bright", rule="bright", rule_samples=256, wait=False, **small)}
+    unknown = c.train(
+        "x", labels_csv=b"id,a\n" + b"".join(b"%d,1\n" % (100000 + i) for i in range(80)), wait=False, **small
+    )
+    jobs = {
+        "heavy": c.train("heavy", labels_csv=ids_csv.encode(), wait=False, **small),
+        "zipped": c.train("zipped", labels_csv=zip_csv.encode(), images_zip=zbuf.getvalue(), wait=False, **small),
+        "bright": c.train("bright", rule="bright", rule_samples=256, wait=False, **small),
+    }
     assert all(j["state"] == "queued" for j in jobs.values())
     deadline = time.monotonic() + 240
     final = {}
@@ -330,24 +428,32 @@ def test_training_jobs_run_end_to_end_and_never_touch_the_decoder(srv, service_b
         c.delete(name)
 
 
-def test_a_server_killed_mid_registration_restarts_on_the_previous_version(service_bundle, footwear, tmp_path, start_server):
+def test_a_server_killed_mid_registration_restarts_on_the_previous_version(
+    service_bundle, footwear, tmp_path, start_server
+):
     s = start_server(service_bundle, tmp_path / "data")
     v1 = put(s, "footwear", footwear).json()["version"]
-    body = httpx.Request("PUT", "http://x", files={"manifest": ("mapper.json", variant(footwear, 99)),
-                                                   "weights": ("mapper.safetensors", (footwear / "mapper.safetensors").read_bytes())})
+    body = httpx.Request(
+        "PUT",
+        "http://x",
+        files={
+            "manifest": ("mapper.json", variant(footwear, 99)),
+            "weights": ("mapper.safetensors", (footwear / "mapper.safetensors").read_bytes()),
+        },
+    )
     payload, ctype = body.read(), body.headers["content-type"]
 
     def slow():  # about 1.5 s for the whole body; the server dies after 0.5 s
         step = len(payload) // 50 + 1
         for i in range(0, len(payload), step):
-            yield payload[i: i + step]
+            yield payload[i : i + step]
             time.sleep(0.03)
 
     def upload():
-        try:
-            httpx.put(f"{s.url}/labelsets/footwear", content=slow(), headers={**s.auth, "content-type": ctype}, timeout=30)
-        except httpx.HTTPError:
-            pass
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.put(
+                f"{s.url}/labelsets/footwear", content=slow(), headers={**s.auth, "content-type": ctype}, timeout=30
+            )
 
     t = threading.Thread(target=upload)
     t.start()
@@ -363,7 +469,9 @@ def test_a_server_killed_mid_registration_restarts_on_the_previous_version(servi
 def test_two_servers_on_one_registry_converge_within_2s(service_bundle, footwear, tmp_path, start_server):
     a = start_server(service_bundle, tmp_path / "data")
     b = start_server(service_bundle, tmp_path / "data")
-    assert httpx.get(b.url + "/info").json()["labelsets"] == httpx.get(a.url + "/info").json()["labelsets"]  # seeded once, shared
+    assert (
+        httpx.get(b.url + "/info").json()["labelsets"] == httpx.get(a.url + "/info").json()["labelsets"]
+    )  # seeded once, shared
 
     def seen_on_b(pred) -> float:
         t0 = time.monotonic()
@@ -386,14 +494,33 @@ def test_admin_token_is_generated_with_mode_0600_when_unset(service_bundle, tmp_
     assert f.stat().st_mode & 0o777 == 0o600
     token = f.read_text().strip()
     assert len(token) >= 32 and str(f) in s.logtext()
-    assert httpx.post(f"{s.url}/labelsets/realism/rollback", headers={"Authorization": f"Bearer {token}"}).json()["error"]["code"] \
+    assert (
+        httpx.post(f"{s.url}/labelsets/realism/rollback", headers={"Authorization": f"Bearer {token}"}).json()["error"][
+            "code"
+        ]
         == "no_previous_version"
+    )
 
 
 def test_an_unwritable_data_dir_stops_the_server_with_one_clear_line(service_bundle, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    r = subprocess.run([sys.executable, "-m", "cli", "serve", "--bundle", str(service_bundle), "--data-dir", str(blocker / "data"),
-                        "--port", str(free_port())], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "serve",
+            "--bundle",
+            str(service_bundle),
+            "--data-dir",
+            str(blocker / "data"),
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0
     assert "not writable" in r.stderr and str(blocker / "data") in r.stderr and "Traceback" not in r.stderr

@@ -39,19 +39,36 @@ def test_fixed_sigma_scales_the_reconstruction_term():
 
 
 def tiny_cfg(root, out, **kw) -> TrainVAEConfig:
-    base = dict(dataset="fashion-mnist", dataset_params={"root": str(root)}, out=str(out), latent_dim=8, width=8,
-                epochs=10, batch_size=32, lr=2e-3, log_every=5, grid_every=10, ckpt_every=10, device="cpu", threads=1)
+    base = dict(
+        dataset="fashion-mnist",
+        dataset_params={"root": str(root)},
+        out=str(out),
+        latent_dim=8,
+        width=8,
+        epochs=10,
+        batch_size=32,
+        lr=2e-3,
+        log_every=5,
+        grid_every=10,
+        ckpt_every=10,
+        device="cpu",
+        threads=1,
+    )
     return TrainVAEConfig(**{**base, **kw})
 
 
 def test_training_lowers_the_loss_and_writes_the_artifact(fashion_root, tmp_path, seed):
     out = train_vae(tiny_cfg(fashion_root, tmp_path, max_steps=60, seed=seed), command=["lcs", "train-vae", "test"])
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert log[-1]["loss"] < 0.8 * log[0]["loss"]
+    # Measured over seeds 0-11 (LCS_TEST_SEED): last/first loss min 0.20, max 0.84 (some seeds leave the initial
+    # plateau late); untrained (lr 1e-9) 0.997..1.000; threshold 0.9.
+    assert log[-1]["loss"] < 0.9 * log[0]["loss"]
     manifest = json.loads((out / "vae.json").read_text())
     assert manifest["config"]["sigma_x"] == 0.1 and manifest["command"] == ["lcs", "train-vae", "test"]
     assert manifest["dataset"]["name"] == "fashion-mnist" and "category" in manifest["dataset"]["label_sets"]
-    assert 0 < manifest["metrics"]["val_mse"] < 0.2
+    # Measured over seeds 0-11: min 0.063, max 0.186; untrained (lr 1e-9) 0.158..0.212, so this is a sanity bound
+    # (the loss ratio above is the learning check); threshold 0.25.
+    assert 0 < manifest["metrics"]["val_mse"] < 0.25
     assert sorted(p.name for p in (out / "grids").iterdir())[:2] == ["prior_0000010.png", "prior_0000020.png"]
 
 
@@ -61,7 +78,9 @@ def test_save_load_round_trip_is_exact(fashion_root, tmp_path):
     tensors = load_file(str(out / "vae.safetensors"))
     for k, v in vae.state_dict().items():
         assert torch.equal(v, tensors[k]), k
-    assert manifest["decoder_fingerprint"] == fingerprint({k: v for k, v in tensors.items() if k.startswith("decoder.")})
+    assert manifest["decoder_fingerprint"] == fingerprint(
+        {k: v for k, v in tensors.items() if k.startswith("decoder.")}
+    )
     z = torch.randn(4, 8)
     again, _ = load_vae(out)
     assert torch.equal(vae.decode(z), again.decode(z))
@@ -97,6 +116,7 @@ def test_resume_after_a_kill_reproduces_an_uninterrupted_run(fashion_root, tmp_p
     monkeypatch.setattr(tv, "save_checkpoint", real_save)
     resumed = train_vae(tiny_cfg(fashion_root, tmp_path / "b", max_steps=20, resume=True, seed=seed))
     a, b = load_file(str(straight / "vae.safetensors")), load_file(str(resumed / "vae.safetensors"))
+    # Measured over seeds 0-4: max |difference| 0.0 every time (resume is exact on one thread); tolerance 1e-6.
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert json.loads((resumed / "checkpoint.json").read_text())["step"] == 20
 
@@ -111,4 +131,5 @@ def test_pack_to_fp16_keeps_outputs_and_rebinds_the_fingerprint(fashion_root, tm
     assert load_file(str(dst / "vae.safetensors"))["decoder.fc.weight"].dtype == torch.float16
     assert mb["source_decoder_fingerprint"] == ma["decoder_fingerprint"] != mb["decoder_fingerprint"]
     z = torch.randn(4, 8)
+    # Measured over seeds 0-4: max |fp32 - fp16| at most 1e-5; threshold 5e-3.
     assert (a.decode(z) - b.decode(z)).abs().max() < 5e-3

@@ -2,6 +2,7 @@
 against a real ``lcs serve`` on 127.0.0.1. Screenshots go to $LCS_ARTIFACTS (default runs/test-artifacts/web).
 
 Without Chromium the tests skip, unless LCS_REQUIRE_BROWSER=1 (CI sets it), which makes that a failure."""
+
 import importlib.util
 import os
 import shutil
@@ -13,7 +14,9 @@ import pytest
 from PIL import Image
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-ARTIFACTS = Path(os.environ.get("LCS_ARTIFACTS", Path(__file__).resolve().parent.parent / "runs" / "test-artifacts" / "web"))
+ARTIFACTS = Path(
+    os.environ.get("LCS_ARTIFACTS", Path(__file__).resolve().parent.parent / "runs" / "test-artifacts" / "web")
+)
 
 
 def have_browser() -> bool:
@@ -44,8 +47,16 @@ def server(service_bundle, tmp_path_factory):
 def browser():
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--window-size=1280,1600", "--disable-dev-shm-usage"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--window-size=1280,1600",
+        "--disable-dev-shm-usage",
+    ):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     driver.set_page_load_timeout(60)
@@ -87,7 +98,9 @@ def test_page_loads_and_toggling_an_attribute_fetches_a_new_image(server, browse
     assert all(alt == "sandal" for alt in alts), alts  # categorical: the requested class and nothing else
     # the comparison row: the same seed as each of the 9 other classes
     wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#compare img")) == 9)
-    captions = browser.execute_script("return [...document.querySelectorAll('#compare figcaption')].map(c => c.textContent)")
+    captions = browser.execute_script(
+        "return [...document.querySelectorAll('#compare figcaption')].map(c => c.textContent)"
+    )
     assert "sandal" not in captions and len(set(captions)) == 9
     assert not browser.find_element(By.ID, "sample-error").is_displayed()
     severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
@@ -106,7 +119,10 @@ def test_upload_and_edit_round_trip(server, browser, tmp_path):
     browser.find_element(By.ID, "edit-file").send_keys(str(tmp_path / "mine.png"))
     browser.find_element(By.ID, "e-bag-on").click()
     browser.find_element(By.ID, "edit-go").click()
-    wait(browser, lambda d: (d.find_element(By.ID, "edit-after").get_attribute("src") or "").startswith("data:image/png;base64,"))
+    wait(
+        browser,
+        lambda d: (d.find_element(By.ID, "edit-after").get_attribute("src") or "").startswith("data:image/png;base64,"),
+    )
     assert browser.find_element(By.ID, "edit-result").is_displayed()
     assert browser.find_element(By.ID, "edit-before").get_attribute("src").startswith("blob:")
     assert browser.find_element(By.ID, "edit-recon").get_attribute("src").startswith("data:image/png;base64,")
@@ -125,7 +141,10 @@ def test_bad_admin_token_shows_the_error_and_the_right_one_registers(server, ser
     browser.find_element(By.ID, "reg-manifest").send_keys(str(art / "mapper.json"))
     browser.find_element(By.ID, "reg-weights").send_keys(str(art / "mapper.safetensors"))
     browser.find_element(By.ID, "reg-go").click()
-    error = wait(browser, lambda d: d.find_element(By.ID, "admin-error") if d.find_element(By.ID, "admin-error").is_displayed() else None)
+    error = wait(
+        browser,
+        lambda d: d.find_element(By.ID, "admin-error") if d.find_element(By.ID, "admin-error").is_displayed() else None,
+    )
     assert error.text == "the admin token is not this server's (401 unauthorized)"
     assert "classes" not in httpx.get(server.url + "/labelsets").text  # nothing was registered
     shot(browser, "4-bad-token")
@@ -155,9 +174,14 @@ def test_training_job_from_the_page_shows_progress_and_serves(server, browser):
     steps.send_keys("20")
     browser.find_element(By.ID, "job-go").click()
     wait(browser, lambda d: "succeeded" in d.find_element(By.ID, "job-state").text, timeout=240)
-    assert browser.execute_script("const p = document.getElementById('job-progress'); return [p.value, p.max]") == [20, 20]
+    assert browser.execute_script("const p = document.getElementById('job-progress'); return [p.value, p.max]") == [
+        20,
+        20,
+    ]
     wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sets-body tr")) == before + 1)
-    assert "bright-web" in [o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#labelset option")]
+    assert "bright-web" in [
+        o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#labelset option")
+    ]
     shot(browser, "6-trained")
 
 
