@@ -62,6 +62,23 @@ def test_frechet_distance_known_values():
     assert r["ci95"][0] <= r["fd"] <= r["ci95"][1]
 
 
+def test_judge_trains_without_positive_weights(fashion_root, tmp_path):
+    """pos_weight_cap 0 turns the class balancing off (the avatars judge needs it off to learn Smiling)."""
+    cfg = TrainJudgeConfig(
+        dataset="fashion-mnist",
+        dataset_params={"root": str(fashion_root)},
+        out=str(tmp_path),
+        width=8,
+        max_steps=3,
+        batch_size=32,
+        device="cpu",
+        threads=1,
+        pos_weight_cap=0,
+    )
+    man = json.loads((train_judge(cfg) / "judge.json").read_text())
+    assert man["training"]["pos_weight_cap"] == 0 and set(man["thresholds"]) == set(man["config"]["attr_names"])
+
+
 @pytest.fixture(scope="module")
 def tiny_bundle(tiny_vae, fashion_root, seed):
     out = tiny_vae
