@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from torch.nn import functional as F
 
 from conditioning.labelset import LabelSetVersion
 from conditioning.modes import OptimizeConfig, optimize_latents, pad
 from conditioning.specs import nearest_rows
+from models.latent_objective import attr_predict
 
 EditMode = Literal["actor", "optimize"]
 EDIT_OPTIMIZE = OptimizeConfig(dist_weight=1.0)  # optimisation edits keep z near the image's own latent
@@ -19,10 +19,7 @@ EDIT_OPTIMIZE = OptimizeConfig(dist_weight=1.0)  # optimisation edits keep z nea
 @torch.no_grad()
 def read_labels(ls: LabelSetVersion, z: torch.Tensor) -> torch.Tensor:
     """D_attr's reading of each latent as 0/1 label rows (categorical: one-hot of the top class)."""
-    logits = ls.m.attr(pad(z))[: len(z)]
-    if ls.kind == "categorical":
-        return F.one_hot(logits.argmax(1), ls.m.cfg.n_labels).float()
-    return (logits > 0).float()
+    return attr_predict(ls.m, pad(z), ls.kind)[: len(z)]
 
 
 @torch.no_grad()

@@ -65,6 +65,7 @@ class ModeSampler(LatentSampler):
     first from the generator, every requested attribute specified (the mask is all true)."""
 
     name, conditional, mode = "mode", True, "actor"
+    chunk = 1024  # rows per call (optimisation holds a graph per row)
 
     def __init__(self, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = ""):
         super().__init__(vae)
@@ -72,19 +73,9 @@ class ModeSampler(LatentSampler):
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         z = torch.randn(len(labels), self.ls.m.cfg.latent_dim, generator=generator)
-        out = [
-            modes.latents(
-                self.mode,
-                self.ls,
-                z[s : s + self.chunk],
-                labels[s : s + self.chunk],
-                torch.ones(len(labels[s : s + self.chunk]), labels.shape[1], dtype=torch.bool),
-            )
-            for s in range(0, len(labels), self.chunk)
-        ]
-        return torch.cat(out) if out else z
-
-    chunk = 1024  # rows per call (optimisation holds a graph per row)
+        mask = torch.ones(labels.shape, dtype=torch.bool)
+        parts = [slice(s, s + self.chunk) for s in range(0, len(labels), self.chunk)]
+        return torch.cat([modes.latents(self.mode, self.ls, z[p], labels[p], mask[p]) for p in parts]) if parts else z
 
 
 class ActorSampler(ModeSampler):
