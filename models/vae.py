@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ class VAEConfig:
     image_size: int = 64  # 64 (4 stride-2 stages to 4x4) or 28 (2 stages to 7x7)
     latent_dim: int = 128
     width: int = 32  # channels of the first stage; doubles each stage
+    res_blocks: int = 0  # residual blocks after every stage of the encoder and the decoder (0: none, as shipped)
     sigma_x: float = 0.1
     beta: float = 1.0
 
@@ -44,15 +46,28 @@ class VAEConfig:
         return asdict(self)
 
 
+class ResBlock(nn.Module):
+    """x + conv(SiLU(conv(SiLU(x)))): depth at every resolution without losing the identity path."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.SiLU(), nn.Conv2d(c, c, 3, 1, 1), nn.SiLU(), nn.Conv2d(c, c, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
 def conv_trunk(cfg: VAEConfig) -> tuple[nn.Sequential, int]:
-    """Stride-2 4x4 convs; an extra 3x3 conv only at resolutions <= 16 (cheap on CPU). Returns the
-    trunk and its flattened output size; the encoder and the baselines' critics share it."""
+    """Stride-2 4x4 convs; an extra 3x3 conv only at resolutions <= 16 (cheap on CPU), then ``res_blocks``
+    residual blocks per stage. Returns the trunk and its flattened output size; the encoder and the
+    baselines' critics share it."""
     layers, c_in, res = [], cfg.channels, cfg.image_size
     for c in cfg.widths():
         res //= 2
         layers += [nn.Conv2d(c_in, c, 4, 2, 1), nn.SiLU()]
         if res <= 16:
             layers += [nn.Conv2d(c, c, 3, 1, 1), nn.SiLU()]
+        layers += [ResBlock(c) for _ in range(cfg.res_blocks)]
         c_in = c
     return nn.Sequential(*layers), c_in * cfg.feature_size**2
 
@@ -85,6 +100,7 @@ class Decoder(nn.Module):
             layers += [nn.SiLU(), nn.ConvTranspose2d(c_in, c_out, 4, 2, 1)]
             if res <= 16:
                 layers += [nn.SiLU(), nn.Conv2d(c_out, c_out, 3, 1, 1)]
+            layers += [ResBlock(c_out) for _ in range(cfg.res_blocks)]
         layers += [nn.SiLU(), nn.Conv2d(outs[-1], cfg.channels, 3, 1, 1)]
         self.conv = nn.Sequential(*layers)
 
@@ -113,6 +129,14 @@ class VAE(nn.Module):
         mu, logvar = self.encoder(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         return elbo(x, self.decoder(z), mu, logvar, self.cfg)
+
+    def optim_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"vae": list(self.parameters())}
+
+    def step_losses(self, x: torch.Tensor) -> Iterator[tuple[str, torch.Tensor, dict[str, torch.Tensor]]]:
+        """The trainer's interface (shared with ``models.vaegan``): one optimiser group, the negative ELBO."""
+        parts = self.loss(x)
+        yield "vae", parts["loss"], parts
 
 
 def elbo(

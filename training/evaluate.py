@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from conditioning import backbone
 from conditioning.images import batch_to_float, save_grid
 from conditioning.runtime import resolve_device
 from evaluation.judging import decide, predict
-from evaluation.reconstruction import evaluate_mse
+from evaluation.reconstruction import evaluate_mse, reconstruction_scores
 from evaluation.samplers import build_sampler
 from evaluation.statistics import binary_metrics, frechet_with_ci, precision_recall
 from models.judge import load_judge
@@ -134,14 +133,12 @@ def evaluate(
     result["reconstruction_mse_test"] = evaluate_mse(vae, data.images[data.indices("test")], dev)
     # The decoder's own ceiling: the judge on reconstructions of real test images. No latent sampler
     # can beat it by much, since every sample goes through the same decoder.
-    recon = backbone.decode(vae, backbone.encode(vae, data.images[data.indices("test")], dev)[0], dev)
-    rec_got = decide(predict(judge, recon, dev)[0], jman, ls.attrs)
+    test_images = data.images[data.indices("test")]
+    rec, rec_got = reconstruction_scores(vae, judge, jman, test_images, test_labels, ls.attrs, dev)
     rec_acc = (rec_got == test_labels).mean(0)
     for j, a in enumerate(ls.attrs):
         per_attr[a]["reconstruction_accuracy"] = float(rec_acc[j])
-        # per attribute: of the test images that have it, how many keep it through the decoder (recall), and of
-        # those without it, how many stay without (specificity): the decoder's ceiling, attribute by attribute
-        per_attr[a]["reconstruction"] = binary_metrics(rec_got[:, j], test_labels[:, j])
+        per_attr[a]["reconstruction"] = rec[a]
     result["reconstruction_mean_accuracy"] = float(
         (rec_got == test_labels).all(1).mean() if ls.kind == "categorical" else rec_acc.mean()
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ from conditioning.runtime import autocast, resolve_device
 from evaluation.reconstruction import evaluate_mse
 from models.artifacts import fingerprint, save_artifact
 from models.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from models.vae import ARCH, VAE, VAEConfig
+from models.vae import ARCH, VAE, VAEConfig, load_vae
+from models.vaegan import VAEGAN, VAEGANConfig
 from training.data import ImageDataset, load_dataset
 
 log = logging.getLogger("lcs.train_vae")
@@ -33,14 +35,20 @@ class TrainVAEConfig:
     dataset: str = "avatars"
     dataset_params: dict = field(default_factory=dict)
     out: str = "runs/avatars"
-    latent_dim: int = 128
-    width: int = 32
-    sigma_x: float = 0.1
-    beta: float = 1.0
+    latent_dim: int = VAEConfig.latent_dim
+    width: int = VAEConfig.width
+    res_blocks: int = VAEConfig.res_blocks
+    sigma_x: float = VAEConfig.sigma_x
+    beta: float = VAEConfig.beta
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
-    lr_final: float = 1e-5  # exponential decay from lr to lr_final over the run
+    lr_final: float = 1e-5  # the schedule goes from lr to lr_final over the run
+    lr_schedule: str = "exp"  # exp (exponential decay) or cosine
+    # VAE-GAN (models.vaegan): weights of the image discriminator's adversarial and feature-matching terms (0, 0: VAE)
+    adv_weight: float = VAEGANConfig.adv
+    fm_weight: float = VAEGANConfig.fm
+    init: str = ""  # start from this trained VAE directory's weights (same config): fine-tuning
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -69,6 +77,71 @@ def vae_manifest(cfg: TrainVAEConfig, vae: VAE, data: ImageDataset, metrics: dic
     }
 
 
+def build_models(cfg: TrainVAEConfig, data: ImageDataset, device: torch.device):
+    """(the VAE, what trains it: the VAE itself or a VAE-GAN around it, one Adam over its parameter groups)."""
+    c, h, _ = data.image_shape
+    vcfg = VAEConfig(
+        channels=c,
+        image_size=h,
+        latent_dim=cfg.latent_dim,
+        width=cfg.width,
+        res_blocks=cfg.res_blocks,
+        sigma_x=cfg.sigma_x,
+        beta=cfg.beta,
+    )
+    vae = VAE(vcfg)
+    if cfg.init:
+        base, _ = load_vae(cfg.init)
+        if base.cfg != vcfg:
+            raise ValueError(f"--init {cfg.init} has config {base.cfg.to_json()}, this run {vcfg.to_json()}")
+        vae.load_state_dict(base.state_dict())
+    gan = VAEGANConfig(adv=cfg.adv_weight, fm=cfg.fm_weight)
+    # A VAE-GAN trains the VAE with its discriminator (the checkpoint holds both); the artifact is the VAE alone.
+    model = (VAEGAN(vae, gan) if gan.enabled else vae).to(device)
+    # One Adam, a parameter group per network: a group whose loss did not reach it has no gradient and is skipped.
+    opt = torch.optim.Adam(
+        [
+            {"params": p, "name": g, "betas": (0.5, 0.999) if g == "discriminator" else (0.9, 0.999)}
+            for g, p in model.optim_groups().items()
+        ],
+        lr=cfg.lr,
+    )
+    return vae, model, opt
+
+
+def train_step(model: VAE | VAEGAN, opt: torch.optim.Optimizer, x: torch.Tensor, device: torch.device) -> dict:
+    """One step of every optimiser group in the model's order; returns the loss parts as floats."""
+    info = {}
+    with autocast(device):
+        for _, loss, parts in model.step_losses(x):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1e4)
+            opt.step()
+            info.update({k: v.item() for k, v in parts.items()})
+    return info
+
+
+@torch.no_grad()
+def save_grids(vae: VAE, x: torch.Tensor, z: torch.Tensor, directory: Path, step: int) -> None:
+    """recon_STEP.png (16 images over their reconstructions) and prior_STEP.png (decodes of fixed prior samples)."""
+    vae.eval()
+    recon = vae.decode(vae.encode(x)[0])
+    save_grid(torch.cat([x[:16], recon[:16]]), directory / f"recon_{step:07d}.png", nrow=16)
+    save_grid(vae.decode(z), directory / f"prior_{step:07d}.png", nrow=16)
+    vae.train()
+
+
+def learning_rate(cfg: TrainVAEConfig, step: int, total: int) -> float:
+    """lr at ``step``: from cfg.lr to cfg.lr_final, exponentially or along a half cosine."""
+    t = step / max(total, 1)
+    if cfg.lr_schedule == "exp":
+        return cfg.lr * (cfg.lr_final / cfg.lr) ** t
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * t))
+    raise ValueError(f"lr_schedule must be exp or cosine, got {cfg.lr_schedule!r}")
+
+
 def train_vae(cfg: TrainVAEConfig, command: list[str] | None = None) -> Path:
     command = command or sys.argv
     out = Path(cfg.out)
@@ -78,29 +151,26 @@ def train_vae(cfg: TrainVAEConfig, command: list[str] | None = None) -> Path:
 
     data = load_dataset(cfg.dataset, **cfg.dataset_params)
     train_idx, val_idx = data.indices("train"), data.indices("val")
-    c, h, w = data.image_shape
+    _, h, w = data.image_shape
     if h != w:
         raise ValueError(f"square images expected, got {h}x{w}")
-    vcfg = VAEConfig(
-        channels=c, image_size=h, latent_dim=cfg.latent_dim, width=cfg.width, sigma_x=cfg.sigma_x, beta=cfg.beta
-    )
-    vae = VAE(vcfg).to(device)
-    opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
+    vae, model, opt = build_models(cfg, data, device)
+    vcfg, gan = vae.cfg, model.cfg if isinstance(model, VAEGAN) else None
     steps_per_epoch = len(train_idx) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_idx)} training images is fewer than one batch of {cfg.batch_size}")
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    decay = (cfg.lr_final / cfg.lr) ** (1 / max(total_steps, 1))
 
     step = 0
     if cfg.resume and has_checkpoint(out):
-        step = load_checkpoint(out, vae, opt)["step"]
+        step = load_checkpoint(out, model, opt)["step"]
         log.info("resumed from %s at step %d", out / "checkpoint.safetensors", step)
     log.info(
-        "training VAE %s on %s (%d train / %d val images, %s) for %d steps on %s",
+        "training VAE %s%s on %s (%d train / %d val images, %s) for %d steps on %s",
         vcfg.to_json(),
+        f" with an image discriminator {gan.to_json()}" if gan else "",
         data.name,
         len(train_idx),
         len(val_idx),
@@ -121,46 +191,24 @@ def train_vae(cfg: TrainVAEConfig, command: list[str] | None = None) -> Path:
             for i in range(offset, steps_per_epoch):
                 if step >= total_steps:
                     break
+                lr = learning_rate(cfg, step, total_steps)
                 for g in opt.param_groups:
-                    g["lr"] = cfg.lr * decay**step
+                    g["lr"] = lr
                 x = batch_to_float(data.images[np.sort(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])], device)
-                with autocast(device):
-                    parts = vae.loss(x)
-                opt.zero_grad(set_to_none=True)
-                parts["loss"].backward()
-                torch.nn.utils.clip_grad_norm_(vae.parameters(), 1e4)
-                opt.step()
+                window.append(train_step(model, opt, x, device))
                 step += 1
-                window.append({k: v.item() for k, v in parts.items()})
                 bar.update()
                 if step % cfg.log_every == 0 or step == total_steps:
                     mean = {k: float(np.mean([wi[k] for wi in window])) for k in window[0]}
                     window.clear()
                     bar.set_postfix(loss=f"{mean['loss']:.0f}", kl=f"{mean['kl']:.1f}", mse=f"{mean['mse']:.4f}")
-                    log_file.write(
-                        json.dumps(
-                            {
-                                "step": step,
-                                "epoch": epoch,
-                                "lr": cfg.lr * decay**step,
-                                **mean,
-                                "elapsed_s": round(time.time() - started, 1),
-                            }
-                        )
-                        + "\n"
-                    )
+                    row = {"step": step, "epoch": epoch, "lr": lr, **mean, "elapsed_s": round(time.time() - started, 1)}
+                    log_file.write(json.dumps(row) + "\n")
                     log_file.flush()
                 if step % cfg.grid_every == 0 or step == total_steps:
-                    with torch.no_grad():
-                        vae.eval()
-                        recon = vae.decode(vae.encode(fixed_x)[0])
-                        save_grid(
-                            torch.cat([fixed_x[:16], recon[:16]]), out / "grids" / f"recon_{step:07d}.png", nrow=16
-                        )
-                        save_grid(vae.decode(fixed_z), out / "grids" / f"prior_{step:07d}.png", nrow=16)
-                        vae.train()
+                    save_grids(vae, fixed_x, fixed_z, out / "grids", step)
                 if step % cfg.ckpt_every == 0 or step == total_steps:
-                    save_checkpoint(out, vae, opt, {"step": step, "config": vcfg.to_json()})
+                    save_checkpoint(out, model, opt, {"step": step, "config": vcfg.to_json()})
         bar.close()
 
     metrics = {
