@@ -148,7 +148,12 @@ def add_jobs(sub) -> None:
         {
             "out": "bundle directory to write vae.safetensors/json into",
             "sigma_x": "fixed decoder σ (0.1 sharp; 1.0 for comparison)",
-            "lr_final": "exponential decay from --lr to this over the run",
+            "lr_final": "the schedule goes from --lr to this over the run",
+            "lr_schedule": "exp | cosine",
+            "res_blocks": "residual blocks per stage of the encoder and the decoder",
+            "adv_weight": "VAE-GAN: weight of the image discriminator's adversarial term (0, 0: plain VAE)",
+            "fm_weight": "VAE-GAN: weight of feature matching on the discriminator's features",
+            "init": "fine-tune: start from this trained VAE directory (same sizes)",
             "max_steps": "stop early (0 = run all epochs)",
             "resume": "continue from --out/checkpoint.* if present",
             **DEVICE_HELP,
@@ -172,6 +177,8 @@ def add_jobs(sub) -> None:
         {
             "out": "bundle directory to write judge.safetensors/json into",
             "shift": "random translation (pixels) as augmentation",
+            "flip": "random horizontal flips as augmentation",
+            "pos_weight_cap": "class balancing: positive weight negatives/positives capped here (0 = off)",
             **DEVICE_HELP,
         },
         skip=("dataset", "dataset_params"),

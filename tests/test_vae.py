@@ -240,3 +240,13 @@ def test_learning_rate_schedules_run_from_lr_to_lr_final():
     assert learning_rate(TrainVAEConfig(lr_schedule="exp"), 50, 100) == pytest.approx(1e-4)
     with pytest.raises(ValueError, match="lr_schedule"):
         learning_rate(TrainVAEConfig(lr_schedule="step"), 0, 10)
+
+
+def test_a_time_budget_fixes_the_run_length_from_its_pace():
+    from training.train_vae import paced_length
+
+    cfg = TrainVAEConfig(max_minutes=1.0)
+    # 20 steps took 10 s (0.5 s/step): the 50 s left hold 100 more steps
+    assert paced_length(cfg, 20, 20, 10_000, 10.0) == 120
+    assert paced_length(cfg, 20, 20, 50, 10.0) == 50  # never longer than the run asked for
+    assert paced_length(cfg, 200, 200, 10_000, 70.0) == 200  # out of time: ends at the current step

@@ -94,6 +94,9 @@ def train_judge(cfg: TrainJudgeConfig, command: list[str] | None = None) -> Path
     # Balance rare attributes (pos_weight_cap > 0): positive weight = negatives / positives, capped.
     rate = attrs_t[train_idx].mean(0).clamp(1e-3, 1 - 1e-3)
     pos_weight = ((1 - rate) / rate).clamp(max=cfg.pos_weight_cap).to(device) if cfg.pos_weight_cap > 0 else None
+    categorical = [
+        [data.attr_names.index(a) for a in ls.attrs] for ls in data.label_sets.values() if ls.kind == "categorical"
+    ]
     started = time.time()
     step = 0
     bar = tqdm(total=total, desc="train-judge", unit="step")
@@ -117,6 +120,8 @@ def train_judge(cfg: TrainJudgeConfig, command: list[str] | None = None) -> Path
             with autocast(device):
                 logits, _ = judge(x)
             loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight)
+            for cols in categorical:  # decided by argmax, so trained as one softmax too (top-1, not one-vs-rest)
+                loss = loss + F.cross_entropy(logits[:, cols].float(), y[:, cols].argmax(1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -28,6 +28,7 @@ from models.vaegan import VAEGAN, VAEGANConfig
 from training.data import ImageDataset, load_dataset
 
 log = logging.getLogger("lcs.train_vae")
+PACE_STEPS = 20  # a --max-minutes run re-estimates its length every this many steps
 
 
 @dataclass
@@ -57,6 +58,9 @@ class TrainVAEConfig:
     ckpt_every: int = 500  # steps between checkpoints
     resume: bool = False
     max_steps: int = 0  # stop early (tests, smoke runs); 0 = run all epochs
+    # Wall-clock budget (0 = none): the run shortens itself to the steps that fit (re-estimated as it goes), so
+    # candidates compared at equal cost each get a schedule that completes (issue 15's lever runs).
+    max_minutes: float = 0.0
 
 
 def vae_manifest(cfg: TrainVAEConfig, vae: VAE, data: ImageDataset, metrics: dict, command: list[str]) -> dict:
@@ -98,6 +102,8 @@ def build_models(cfg: TrainVAEConfig, data: ImageDataset, device: torch.device):
     gan = VAEGANConfig(adv=cfg.adv_weight, fm=cfg.fm_weight)
     # A VAE-GAN trains the VAE with its discriminator (the checkpoint holds both); the artifact is the VAE alone.
     model = (VAEGAN(vae, gan) if gan.enabled else vae).to(device)
+    if gan.enabled:
+        log.info("with an image discriminator (VAE-GAN) %s", gan.to_json())
     # One Adam, a parameter group per network: a group whose loss did not reach it has no gradient and is skipped.
     opt = torch.optim.Adam(
         [
@@ -132,6 +138,21 @@ def save_grids(vae: VAE, x: torch.Tensor, z: torch.Tensor, directory: Path, step
     vae.train()
 
 
+def planned_steps(cfg: TrainVAEConfig, n_train: int) -> tuple[int, int]:
+    """(steps per epoch, steps of the run)."""
+    per_epoch = n_train // cfg.batch_size
+    if per_epoch == 0:
+        raise ValueError(f"{n_train} training images is fewer than one batch of {cfg.batch_size}")
+    return per_epoch, min(per_epoch * cfg.epochs, cfg.max_steps or per_epoch * cfg.epochs)
+
+
+def paced_length(cfg: TrainVAEConfig, done: int, step: int, planned: int, elapsed: float) -> int:
+    """The run's length under --max-minutes: the steps that fit at the pace so far (``done`` steps in ``elapsed``
+    seconds). Re-estimated every PACE_STEPS steps, so a machine that gets busier mid-run still ends on time."""
+    per_step = elapsed / done
+    return max(step, min(planned, step + int((cfg.max_minutes * 60 - elapsed) / per_step)))
+
+
 def learning_rate(cfg: TrainVAEConfig, step: int, total: int) -> float:
     """lr at ``step``: from cfg.lr to cfg.lr_final, exponentially or along a half cosine."""
     t = step / max(total, 1)
@@ -155,22 +176,17 @@ def train_vae(cfg: TrainVAEConfig, command: list[str] | None = None) -> Path:
     if h != w:
         raise ValueError(f"square images expected, got {h}x{w}")
     vae, model, opt = build_models(cfg, data, device)
-    vcfg, gan = vae.cfg, model.cfg if isinstance(model, VAEGAN) else None
-    steps_per_epoch = len(train_idx) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_idx)} training images is fewer than one batch of {cfg.batch_size}")
-    total_steps = steps_per_epoch * cfg.epochs
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
+    vcfg = vae.cfg
+    steps_per_epoch, planned = planned_steps(cfg, len(train_idx))
+    total_steps = planned
 
     step = 0
     if cfg.resume and has_checkpoint(out):
         step = load_checkpoint(out, model, opt)["step"]
         log.info("resumed from %s at step %d", out / "checkpoint.safetensors", step)
     log.info(
-        "training VAE %s%s on %s (%d train / %d val images, %s) for %d steps on %s",
+        "training VAE %s on %s (%d train / %d val images, %s) for %d steps on %s",
         vcfg.to_json(),
-        f" with an image discriminator {gan.to_json()}" if gan else "",
         data.name,
         len(train_idx),
         len(val_idx),
@@ -182,7 +198,7 @@ def train_vae(cfg: TrainVAEConfig, command: list[str] | None = None) -> Path:
     fixed_x = batch_to_float(data.images[val_idx[:32]], device)
     fixed_z = torch.randn(32, vcfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
     with open(out / "train_log.jsonl", "a") as log_file:
-        started, window = time.time(), []
+        started, window, paced_from = time.time(), [], step
         bar = tqdm(total=total_steps, initial=step, desc=f"train-vae σx={cfg.sigma_x}", unit="step")
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
@@ -197,13 +213,16 @@ def train_vae(cfg: TrainVAEConfig, command: list[str] | None = None) -> Path:
                 x = batch_to_float(data.images[np.sort(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])], device)
                 window.append(train_step(model, opt, x, device))
                 step += 1
+                if cfg.max_minutes and step >= paced_from + PACE_STEPS and step % PACE_STEPS == 0:
+                    total_steps = bar.total = paced_length(cfg, step - paced_from, step, planned, time.time() - started)
                 bar.update()
                 if step % cfg.log_every == 0 or step == total_steps:
                     mean = {k: float(np.mean([wi[k] for wi in window])) for k in window[0]}
                     window.clear()
                     bar.set_postfix(loss=f"{mean['loss']:.0f}", kl=f"{mean['kl']:.1f}", mse=f"{mean['mse']:.4f}")
-                    row = {"step": step, "epoch": epoch, "lr": lr, **mean, "elapsed_s": round(time.time() - started, 1)}
-                    log_file.write(json.dumps(row) + "\n")
+                    elapsed = round(time.time() - started, 1)
+                    log_file.write(json.dumps({"step": step, "epoch": epoch, "lr": lr, **mean, "elapsed_s": elapsed}))
+                    log_file.write("\n")
                     log_file.flush()
                 if step % cfg.grid_every == 0 or step == total_steps:
                     save_grids(vae, fixed_x, fixed_z, out / "grids", step)
