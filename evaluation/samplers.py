@@ -21,13 +21,19 @@ from conditioning.runtime import autocast
 from models.artifacts import load_manifest
 from models.vae import VAE
 
+Mask = torch.Tensor | None  # n x K bool: the attributes a request names (None: all)
+
 
 class Sampler(Protocol):
     name: str
     conditional: bool
 
-    def images(self, labels: torch.Tensor, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        """Images (n x C x H x W, CPU floats in [0, 1]) for n rows of requested labels."""
+    def images(
+        self, labels: torch.Tensor, generator: torch.Generator, device: torch.device, mask: Mask = None
+    ) -> torch.Tensor:
+        """Images (n x C x H x W, CPU floats in [0, 1]) for n rows of requested labels. ``mask`` (n x K bool):
+        the attributes the request names (default: all). Only optimisation mode uses it, as the server does;
+        the other methods condition on the full rows."""
 
 
 class LatentSampler:
@@ -38,11 +44,13 @@ class LatentSampler:
     def __init__(self, vae: VAE):
         self.vae = vae
 
-    def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def sample(self, labels: torch.Tensor, generator: torch.Generator, mask: Mask = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def images(self, labels: torch.Tensor, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        return backbone.decode(self.vae, self.sample(labels, generator), device)
+    def images(
+        self, labels: torch.Tensor, generator: torch.Generator, device: torch.device, mask: Mask = None
+    ) -> torch.Tensor:
+        return backbone.decode(self.vae, self.sample(labels, generator, mask), device)
 
 
 class PriorSampler(LatentSampler):
@@ -50,7 +58,7 @@ class PriorSampler(LatentSampler):
 
     name, conditional = "prior", False
 
-    def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def sample(self, labels: torch.Tensor, generator: torch.Generator, mask: Mask = None) -> torch.Tensor:
         return torch.randn(len(labels), self.vae.cfg.latent_dim, generator=generator)
 
 
@@ -62,7 +70,7 @@ def load_labelset(bundle: Path, name: str, artifact: str | Path = "") -> LabelSe
 
 class ModeSampler(LatentSampler):
     """A conditioning mode of ``conditioning.modes`` on a label set, exactly as the server runs it: z drawn
-    first from the generator, every requested attribute specified (the mask is all true)."""
+    first from the generator; the mask says which attributes the request names (default all)."""
 
     name, conditional, mode = "mode", True, "actor"
     chunk = 1024  # rows per call (optimisation holds a graph per row)
@@ -71,9 +79,9 @@ class ModeSampler(LatentSampler):
         super().__init__(vae)
         self.ls = load_labelset(bundle, label_set, artifact)
 
-    def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def sample(self, labels: torch.Tensor, generator: torch.Generator, mask: Mask = None) -> torch.Tensor:
         z = torch.randn(len(labels), self.ls.m.cfg.latent_dim, generator=generator)
-        mask = torch.ones(labels.shape, dtype=torch.bool)
+        mask = torch.ones(labels.shape, dtype=torch.bool) if mask is None else mask
         parts = [slice(s, s + self.chunk) for s in range(0, len(labels), self.chunk)]
         return torch.cat([modes.latents(self.mode, self.ls, z[p], labels[p], mask[p]) for p in parts]) if parts else z
 
@@ -92,7 +100,7 @@ class RealismSampler(ModeSampler):
     def __init__(self, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = ""):
         super().__init__(bundle, "realism", vae, artifact)
 
-    def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def sample(self, labels: torch.Tensor, generator: torch.Generator, mask: Mask = None) -> torch.Tensor:
         return super().sample(torch.zeros(len(labels), 0), generator)
 
 
@@ -132,7 +140,7 @@ class LatentBaselineSampler(LatentSampler):
             raise ValueError(f"{path} models {self.model.cfg.attr_names}, not label set {label_set!r}")
 
     @torch.no_grad()
-    def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def sample(self, labels: torch.Tensor, generator: torch.Generator, mask: Mask = None) -> torch.Tensor:
         return self.model.sample(labels, generator)
 
 
@@ -200,7 +208,9 @@ class ConditionalModelSampler:
             raise ValueError(f"{path} was trained on {trained_on}, which lacks label set {label_set!r}")
         self.rows, self.counts = extra["label_rows"], extra["label_counts"]
 
-    def images(self, labels: torch.Tensor, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    def images(
+        self, labels: torch.Tensor, generator: torch.Generator, device: torch.device, mask: Mask = None
+    ) -> torch.Tensor:
         return conditional_images(self.model, labels, self.attrs, self.rows, self.counts, generator, device)
 
 

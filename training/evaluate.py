@@ -20,13 +20,14 @@ import torch
 
 from conditioning.images import batch_to_float, save_grid
 from conditioning.runtime import resolve_device
+from conditioning.specs import SpecError, resolve
 from evaluation.judging import decide, predict
 from evaluation.reconstruction import evaluate_mse, reconstruction_scores
 from evaluation.samplers import build_sampler
 from evaluation.statistics import binary_metrics, frechet_with_ci, precision_recall
 from models.judge import load_judge
 from models.vae import VAE, load_vae
-from training.data import load_dataset
+from training.data import LabelSet, load_dataset
 
 log = logging.getLogger("lcs.eval")
 
@@ -55,12 +56,63 @@ def open_bundle(bundle: str | Path, device: str, out: str | Path):
     return bundle, out, dev, vae, vman, judge, jman, data
 
 
+def single_attribute_requests(
+    smp, ls: LabelSet, rows: torch.Tensor, counts: torch.Tensor, n: int, gen: torch.Generator, judge, jman, dev
+) -> dict[str, dict[str, float]]:
+    """Per attribute: the share of ``n`` requests naming only it as on (``single_on``) whose image the judge reads
+    with it, and likewise off (``single_off``). The other attributes are drawn as the server draws them
+    (``specs.resolve`` on the training rows); the mask names the one attribute. A value no training row has
+    is skipped."""
+    out: dict[str, dict[str, float]] = {}
+    for j, a in enumerate(ls.attrs):
+        for v, key in ((1, "single_on"), (0, "single_off")):
+            try:
+                y = resolve({a: v}, ls.attrs, rows, n, gen, ls.kind, counts=counts)
+            except SpecError:
+                continue
+            mask = torch.zeros(y.shape, dtype=torch.bool)
+            mask[:, j] = True
+            got = decide(predict(judge, smp.images(y, gen, dev, mask), dev)[0], jman, ls.attrs)
+            out.setdefault(a, {})[key] = float((got[:, j] == v).mean())
+    return out
+
+
+def over_reconstruction(m: dict) -> dict[str, float]:
+    """A sampler's hit rates ÷ the same rates on reconstructions of real test images (the decoder's ceiling):
+    asked on ÷ reconstruction recall, asked off ÷ reconstruction specificity."""
+    rec = m["reconstruction"]
+    pairs = {
+        "recall": ("recall", "recall"),
+        "specificity": ("specificity", "specificity"),
+        "balanced_accuracy": ("balanced_accuracy", "balanced_accuracy"),
+        "single_on": ("single_on", "recall"),
+        "single_off": ("single_off", "specificity"),
+    }
+    return {k: m[a] / rec[b] for k, (a, b) in pairs.items() if a in m and rec.get(b)}
+
+
+def summary(per_attr: dict, key: str) -> dict | None:
+    """Mean and worst of a per-attribute hit rate, raw and ÷ reconstruction; None where it was not measured."""
+    vals = {a: m[key] for a, m in per_attr.items() if key in m}
+    if not vals:
+        return None
+    over = {a: per_attr[a]["over_reconstruction"][key] for a in vals if key in per_attr[a]["over_reconstruction"]}
+    worst = min(vals, key=vals.get)
+    return {
+        "mean": float(np.mean(list(vals.values()))),
+        "min": vals[worst],
+        "min_attribute": worst,
+        "mean_over_reconstruction": float(np.mean(list(over.values()))) if over else None,
+    }
+
+
 def evaluate(
     bundle: str | Path,
     sampler: str = "prior",
     label_set: str = "",
     n: int = 10000,
     n_spec3: int = 2000,
+    n_single: int = 200,
     seed: int = 0,
     device: str = "auto",
     out: str | Path = "",
@@ -117,13 +169,23 @@ def evaluate(
     if ls.kind == "binary" and len(ls.attrs) >= 3:
         rows = test_labels[rng.integers(len(test_labels), size=n_spec3)]
         picked = np.stack([rng.choice(len(ls.attrs), 3, replace=False) for _ in range(n_spec3)])
-        got3 = decide(predict(judge, smp.images(torch.from_numpy(rows).float(), gen, dev), dev)[0], jman, ls.attrs)
+        named = np.zeros(rows.shape, dtype=bool)  # the request names these three, as a user's spec would
+        np.put_along_axis(named, picked, True, 1)
+        images3 = smp.images(torch.from_numpy(rows).float(), gen, dev, torch.from_numpy(named))
+        got3 = decide(predict(judge, images3, dev)[0], jman, ls.attrs)
         hit = np.take_along_axis(got3 == rows, picked, 1).all(1)
         result["exact_match_3attr"] = float(hit.mean())
         result["n_3attr"] = n_spec3
 
-    # Fréchet distance in judge features: samples vs real training images, and real test vs train as the floor.
+    # Single-attribute requests, as a user asks (GET /sample?attrs=smiling): each attribute on alone and off alone.
     train_idx = data.indices("train")
+    if smp.conditional and n_single:
+        rows, counts = torch.unique(torch.from_numpy(data.columns(ls.attrs)[train_idx]), dim=0, return_counts=True)
+        for a, hits in single_attribute_requests(smp, ls, rows, counts, n_single, gen, judge, jman, dev).items():
+            per_attr[a].update(hits)
+        result["n_single"] = n_single
+
+    # Fréchet distance in judge features: samples vs real training images, and real test vs train as the floor.
     real_idx = np.sort(rng.choice(train_idx, size=min(n, len(train_idx)), replace=False))
     _, real_feats = predict(judge, data.images[real_idx], dev)
     _, test_feats = predict(judge, data.images[data.indices("test")], dev)
@@ -139,6 +201,10 @@ def evaluate(
     for j, a in enumerate(ls.attrs):
         per_attr[a]["reconstruction_accuracy"] = float(rec_acc[j])
         per_attr[a]["reconstruction"] = rec[a]
+    for m in per_attr.values():
+        m["over_reconstruction"] = over_reconstruction(m)
+    result["asked_on"] = summary(per_attr, "single_on")
+    result["asked_off"] = summary(per_attr, "single_off")
     result["reconstruction_mean_accuracy"] = float(
         (rec_got == test_labels).all(1).mean() if ls.kind == "categorical" else rec_acc.mean()
     )
@@ -175,15 +241,29 @@ def evaluate(
 
 
 def format_table(r: dict) -> str:
+    """Per attribute, the rates that show a miss: asked on / asked off in test-row requests and alone, beside the
+    decoder's own (reconstructions of real test images) and the single-attribute rates ÷ it."""
     lines = [
-        f"sampler={r['sampler']} label_set={r['label_set']['name']} n={r['n']}",
-        f"{'attribute':<14} {'req':>5} {'acc':>6} {'prec':>6} {'rec':>6} {'f1':>6} {'ceil':>6} {'acc/ceil':>8}",
+        f"sampler={r['sampler']} label_set={r['label_set']['name']} n={r['n']} (alone: {r.get('n_single', 0)} each)",
+        f"{'attribute':<14} {'req':>5} {'acc':>6} | {'rows: on':>8} {'off':>6} {'bal':>6} | {'alone: on':>9} "
+        f"{'off':>6} | {'decoder: on':>11} {'off':>6} | {'alone ÷ decoder: on':>19} {'off':>6}",
     ]
+    na = lambda v: f"{v:.3f}" if v is not None else "—"  # noqa: E731
     for a, m in r["per_attribute"].items():
+        rec, over = m.get("reconstruction", {}), m.get("over_reconstruction", {})
         lines.append(
-            f"{a:<14} {m['requested_rate']:>5.2f} {m['accuracy']:>6.3f} {m['precision']:>6.3f} {m['recall']:>6.3f} "
-            f"{m['f1']:>6.3f} {m['ceiling_accuracy']:>6.3f} {m['accuracy_over_ceiling']:>8.3f}"
+            f"{a:<14} {m['requested_rate']:>5.2f} {m['accuracy']:>6.3f} | {m['recall']:>8.3f} {m['specificity']:>6.3f} "
+            f"{m['balanced_accuracy']:>6.3f} | {na(m.get('single_on')):>9} {na(m.get('single_off')):>6} | "
+            f"{na(rec.get('recall')):>11} {na(rec.get('specificity')):>6} | {na(over.get('single_on')):>19} "
+            f"{na(over.get('single_off')):>6}"
         )
+    for key, label in (("asked_on", "asked on alone"), ("asked_off", "asked off alone")):
+        if r.get(key):
+            q = r[key]
+            lines.append(
+                f"{label}: mean {q['mean']:.3f}, worst {q['min']:.3f} ({q['min_attribute']}); "
+                f"mean ÷ decoder {na(q['mean_over_reconstruction'])}"
+            )
     lines.append(
         f"{'top-1' if r['label_set']['kind'] == 'categorical' else 'mean'} accuracy {r['mean_accuracy']:.4f} "
         f"(ceiling {r['ceiling_mean_accuracy']:.4f}, ratio {r['mean_accuracy_over_ceiling']:.3f}); "
@@ -194,13 +274,6 @@ def format_table(r: dict) -> str:
     lines.append(
         f"judge on reconstructions of real test images (the decoder's ceiling): {r['reconstruction_mean_accuracy']:.4f}"
     )
-    lines.append(
-        f"{'decoder ceiling':<14} {'has':>5} {'kept':>6} {'absent':>6}   (recall / specificity on reconstructions)"
-    )
-    for a, m in r["per_attribute"].items():
-        if "reconstruction" in m:
-            rec = m["reconstruction"]
-            lines.append(f"{a:<14} {rec['support']:>5d} {rec['recall']:>6.3f} {rec['specificity']:>6.3f}")
     pr = r["precision_recall"]
     lines.append(
         f"Fréchet (judge features) {f['fd']:.3f} [{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}]; "
