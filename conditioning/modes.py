@@ -19,7 +19,7 @@ batching, and makes the server's latents equal to the evaluation's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, get_args
+from typing import Literal, NamedTuple, get_args
 
 import torch
 from torch.nn import functional as F
@@ -122,6 +122,14 @@ def _labels(ls: LabelSetVersion, y: torch.Tensor) -> torch.Tensor | None:
     return pad(y) if ls.m.cfg.n_labels else None
 
 
+class Latents(NamedTuple):
+    """What a mode returns: the latents to decode, and per row whether it converged (optimisation met its stop
+    rule within its steps; always true for the one-pass modes). The server reports the count; ``lcs eval`` too."""
+
+    z: torch.Tensor
+    converged: torch.Tensor  # n bool
+
+
 def prior(ls: LabelSetVersion | None, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Prior draws as they are: the floor every conditional mode must beat."""
     return z
@@ -135,22 +143,20 @@ def actor(ls: LabelSetVersion, z: torch.Tensor, y: torch.Tensor, mask: torch.Ten
 
 def optimize(
     ls: LabelSetVersion, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, cfg: OptimizeConfig = OptimizeConfig()
-) -> torch.Tensor:
+) -> Latents:
     """Gradient steps on z against D(z, y) and D_attr on the masked attributes."""
-    out, _ = optimize_latents(ls.m, pad(z), pad(y), pad(mask), cfg, ls.sigma_bar)
-    return out[: len(z)].detach()
+    out, info = optimize_latents(ls.m, pad(z), pad(y), pad(mask), cfg, ls.sigma_bar)
+    return Latents(out[: len(z)].detach(), info["converged"][: len(z)])
 
 
-LATENTS: dict[str, Callable[..., torch.Tensor]] = {"prior": prior, "actor": actor, "optimize": optimize}
-
-
-def latents(
-    mode: Mode, ls: LabelSetVersion | None, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
+def latents(mode: Mode, ls: LabelSetVersion | None, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> Latents:
     """The latents a request in ``mode`` decodes: z (n x d prior draws), y (n x K labels), mask (n x K bool)."""
-    if mode not in LATENTS:
+    if mode == "optimize":
+        return optimize(ls, z, y, mask)
+    one_pass = {"prior": prior, "actor": actor}
+    if mode not in one_pass:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    return LATENTS[mode](ls, z, y, mask)
+    return Latents(one_pass[mode](ls, z, y, mask), torch.ones(len(z), dtype=torch.bool))
 
 
 @torch.no_grad()

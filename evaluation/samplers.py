@@ -78,12 +78,16 @@ class ModeSampler(LatentSampler):
     def __init__(self, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = ""):
         super().__init__(vae)
         self.ls = load_labelset(bundle, label_set, artifact)
+        self.converged: list[bool] = []  # per sampled row, in order: did its mode converge (see modes.Latents)
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator, mask: Mask = None) -> torch.Tensor:
         z = torch.randn(len(labels), self.ls.m.cfg.latent_dim, generator=generator)
         mask = torch.ones(labels.shape, dtype=torch.bool) if mask is None else mask
         parts = [slice(s, s + self.chunk) for s in range(0, len(labels), self.chunk)]
-        return torch.cat([modes.latents(self.mode, self.ls, z[p], labels[p], mask[p]) for p in parts]) if parts else z
+        out = [modes.latents(self.mode, self.ls, z[p], labels[p], mask[p]) for p in parts]
+        for o in out:
+            self.converged += o.converged.tolist()
+        return torch.cat([o.z for o in out]) if out else z
 
 
 class ActorSampler(ModeSampler):

@@ -139,7 +139,10 @@ async def sample(
         st.metrics.labelset_requests.labels(ls.name, mode).inc()
         for s in result.realism.tolist():
             st.metrics.realism.labels(ls.name).observe(s)
-    h = headers(st, ls, mode, seed=seed, batch_samples=result.batch_samples)
+    # converged: how many images met optimisation's stop rule (one-pass modes: all); the rest are returned as they
+    # stood after the last step, so a client can tell and ask again
+    converged = result.converged.tolist()
+    h = headers(st, ls, mode, seed=seed, batch_samples=result.batch_samples, converged=f"{sum(converged)}/{n}")
     if format == "json":
         pngs = await run_in_threadpool(lambda: [base64.b64encode(png_bytes(im)).decode() for im in result.images])
         body = {
@@ -150,11 +153,17 @@ async def sample(
             "mode": mode,
             "attr_names": ls.attr_names if ls else [],
             "images": [
-                {"png_base64": p, "labels": lab, "realism": None if result.realism is None else round(float(r), 4)}
-                for p, lab, r in zip(
+                {
+                    "png_base64": p,
+                    "labels": lab,
+                    "realism": None if result.realism is None else round(float(r), 4),
+                    "converged": ok,
+                }
+                for p, lab, r, ok in zip(
                     pngs,
                     label_rows(ls, y) or [None] * n,
                     result.realism.tolist() if result.realism is not None else [None] * n,
+                    converged,
                     strict=True,
                 )
             ],

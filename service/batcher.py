@@ -48,6 +48,7 @@ class SampleWork:
 class SampleResult:
     images: np.ndarray  # n x H x W x C uint8
     realism: torch.Tensor | None
+    converged: torch.Tensor  # n bool (see modes.Latents)
     batch_samples: int = 0
     timings: dict = field(default_factory=dict)
 
@@ -155,6 +156,7 @@ class Batcher:
         """Model thread: mappers per (label set, mode) group, then one decoder forward for all rows."""
         latents: list[torch.Tensor | None] = [None] * len(batch)
         scores: list[torch.Tensor | None] = [None] * len(batch)
+        converged: list[torch.Tensor | None] = [None] * len(batch)
         groups: dict[tuple, list[int]] = {}
         for i, w in enumerate(batch):
             groups.setdefault((id(w.ls), w.mode), []).append(i)
@@ -162,16 +164,17 @@ class Batcher:
             ls, mode = batch[idx[0]].ls, batch[idx[0]].mode
             z = torch.cat([batch[i].z for i in idx])
             y = torch.cat([batch[i].y for i in idx])
-            out = modes.latents(mode, ls, z, y, torch.cat([batch[i].mask for i in idx]))
+            out, ok = modes.latents(mode, ls, z, y, torch.cat([batch[i].mask for i in idx]))
             realism = modes.realism(ls, out, y) if ls is not None else None
             start = 0
             for i in idx:
                 latents[i] = out[start : start + batch[i].n]
+                converged[i] = ok[start : start + batch[i].n]
                 scores[i] = None if realism is None else realism[start : start + batch[i].n]
                 start += batch[i].n
         images = to_uint8(self.backbone.decode(torch.cat(latents)))
         results, start, total = [], 0, len(images)
         for i, w in enumerate(batch):
-            results.append(SampleResult(images[start : start + w.n], scores[i], total))
+            results.append(SampleResult(images[start : start + w.n], scores[i], converged[i], total))
             start += w.n
         return results

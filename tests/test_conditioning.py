@@ -100,13 +100,14 @@ def test_modes_pad_small_batches_and_keep_rows_independent(service_bundle):
     g = torch.Generator().manual_seed(0)
     z, y, mask = modes.draw(ls, {"sandal": 1}, 40, ls.m.cfg.latent_dim, g)
     for mode in ("actor", "optimize"):
-        alone = torch.cat([modes.latents(mode, ls, z[i : i + 1], y[i : i + 1], mask[i : i + 1]) for i in range(3)])
-        together = modes.latents(mode, ls, z, y, mask)[:3]
+        alone = torch.cat([modes.latents(mode, ls, z[i : i + 1], y[i : i + 1], mask[i : i + 1]).z for i in range(3)])
+        together, converged = modes.latents(mode, ls, z, y, mask)
         if mode == "actor":
-            assert torch.equal(alone, together)
+            assert torch.equal(alone, together[:3]) and converged.all()
         else:
-            torch.testing.assert_close(alone, together, atol=1e-5, rtol=0)
-    assert torch.equal(modes.latents("prior", ls, z, y, mask), z)
+            torch.testing.assert_close(alone, together[:3], atol=1e-5, rtol=0)
+            assert converged.shape == (40,) and converged.dtype == torch.bool
+    assert torch.equal(modes.latents("prior", ls, z, y, mask).z, z)
     with pytest.raises(ValueError, match="mode must be one of"):
         modes.latents("dream", ls, z, y, mask)
 

@@ -96,12 +96,18 @@ def test_sample_png_json_headers(srv):
     assert body["labelset"] == "category" and len(body["images"]) == 3 and body["seed"] == 9
     for im in body["images"]:
         assert im["labels"]["sandal"] == 0 and im["labels"]["bag"] == 0 and sum(im["labels"].values()) == 1
-        assert 0 <= im["realism"] <= 1
+        assert 0 <= im["realism"] <= 1 and im["converged"] is True  # one pass: nothing to converge
         assert Image.open(io.BytesIO(__import__("base64").b64decode(im["png_base64"]))).size == (28, 28)
     prior = httpx.get(f"{srv.url}/sample", params={"mode": "prior", "seed": 3})
     assert prior.status_code == 200 and prior.headers["x-lcs-mode"] == "prior" and "x-lcs-labelset" not in prior.headers
     opt = httpx.get(f"{srv.url}/sample", params={"attrs": "trouser", "mode": "optimize", "seed": 3}, timeout=60)
     assert opt.status_code == 200 and opt.content != r.content
+    assert r.headers["x-lcs-converged"] == "1/1"
+    # optimisation says how many of its images met the stop rule, in the header and per image
+    params = {"attrs": "trouser", "mode": "optimize", "seed": 3, "n": 4, "format": "json"}
+    body = httpx.get(f"{srv.url}/sample", params=params, timeout=60)
+    done = [im["converged"] for im in body.json()["images"]]
+    assert all(isinstance(c, bool) for c in done) and body.headers["x-lcs-converged"] == f"{sum(done)}/4"
 
 
 def test_same_seed_same_bytes_also_when_batched_with_others(srv):

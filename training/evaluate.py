@@ -185,6 +185,9 @@ def evaluate(
             per_attr[a].update(hits)
         result["n_single"] = n_single
 
+    if getattr(smp, "mode", "") == "optimize":  # share of every optimised row that met the stop rule
+        result["converged"] = float(np.mean(smp.converged))
+
     # Fréchet distance in judge features: samples vs real training images, and real test vs train as the floor.
     real_idx = np.sort(rng.choice(train_idx, size=min(n, len(train_idx)), replace=False))
     _, real_feats = predict(judge, data.images[real_idx], dev)
