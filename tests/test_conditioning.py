@@ -123,3 +123,32 @@ def test_draw_is_the_request_semantics(service_bundle):
     assert mask[:, ls.attr_names.index("sandal")].all() and mask.sum() == 6
     with pytest.raises(SpecError):
         modes.draw(ls, {"sandal": 1, "bag": 1}, 2, 8, torch.Generator())
+
+
+def test_fidelity_bench_measures_what_the_server_serves(srv, service_bundle, fashion_root, tmp_path):
+    """bench.fidelity's hit rates come from the server's own images: rebuilding one attribute's requests in process
+    (the server's draw for each seed, the same mode and decoder) gives the same judged share."""
+    from bench.fidelity import markdown, measure
+    from evaluation.judging import decide, predict
+    from models.judge import load_judge
+    from training.train_judge import TrainJudgeConfig, train_judge
+
+    params = {"root": str(fashion_root)}  # a quick judge: the test checks where the numbers come from, not their size
+    cfg = TrainJudgeConfig("fashion-mnist", params, str(tmp_path), width=8, epochs=1, device="cpu", threads=1)
+    judge_dir = train_judge(cfg)
+    r = measure(srv.url, service_bundle, "category", "actor", n=6, max_n=4, device="cpu", judge_dir=judge_dir)
+    ls = load_labelset(service_bundle, "category")
+    assert list(r["per_attribute"]) == ls.attr_names and r["version"] and r["converged"] == 1.0
+    vae, _ = load_vae(service_bundle, "cpu")
+    judge, jman = load_judge(judge_dir, "cpu")
+    cpu = torch.device("cpu")
+    for a, v, key in (("sandal", 1, "on"), ("trouser", 0, "off")):
+        images = []
+        for seed, k in ((0, 4), (1, 2)):  # n=6 in requests of at most 4: seeds 0 and 1
+            z, y, mask = modes.draw(ls, {a: v}, k, ls.m.cfg.latent_dim, torch.Generator().manual_seed(seed))
+            images.append(to_uint8(backbone.decode(vae, modes.latents("actor", ls, z, y, mask).z, cpu)))
+        got = decide(predict(judge, np.concatenate(images).transpose(0, 3, 1, 2), cpu)[0], jman, ls.attr_names)
+        assert r["per_attribute"][a][key] == float((got[:, ls.attr_names.index(a)] == v).mean())
+    row = r["per_attribute"]["sandal"]
+    assert 0 <= row["decoder_recall"] <= 1 and 0 <= row["decoder_specificity"] <= 1
+    assert "| sandal |" in markdown("fidelity", r, "python -m bench.fidelity ...")
