@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 # A label set's kind: independent 0/1 attributes, or exactly one of K classes.
 LabelKind = Literal["binary", "categorical"]
@@ -29,6 +30,7 @@ class LatentConfig:
     width: int = 256
     depth: int = 4
     label_embed: int = 64
+    critic: Literal["concat", "projection"] = "concat"  # how D(z, y) takes the labels (see Critic)
 
     @property
     def n_labels(self) -> int:
@@ -47,31 +49,46 @@ def mlp(d_in: int, width: int, depth: int, d_out: int) -> nn.Sequential:
 
 
 class _Conditioned(nn.Module):
-    """[z, Linear(y)] input shared by critic and actor; y has K = 0 columns for the realism mapper."""
+    """[z, Linear(y)] input shared by critic and actor; y has K = 0 columns for the realism mapper
+    (``concat`` False: the MLP sees z alone, the projection critic's φ)."""
 
-    def __init__(self, cfg: LatentConfig, d_out: int):
+    def __init__(self, cfg: LatentConfig, d_out: int, concat: bool = True):
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Linear(cfg.n_labels, cfg.label_embed) if cfg.n_labels else None
-        self.net = mlp(cfg.latent_dim + (cfg.label_embed if cfg.n_labels else 0), cfg.width, cfg.depth, d_out)
+        self.embed = nn.Linear(cfg.n_labels, cfg.label_embed) if cfg.n_labels and concat else None
+        self.net = mlp(cfg.latent_dim + (cfg.label_embed if self.embed else 0), cfg.width, cfg.depth, d_out)
 
-    def inputs(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        if self.embed is None:
-            return z
+    def labels(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if y is None or y.shape != (len(z), self.cfg.n_labels):
             raise ValueError(
                 f"labels must be {len(z)} x {self.cfg.n_labels}, got {None if y is None else tuple(y.shape)}"
             )
-        return torch.cat([z, self.embed(y.to(z.dtype))], 1)
+        return y.to(z.dtype)
+
+    def inputs(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if self.embed is None:
+            return z
+        return torch.cat([z, self.embed(self.labels(z, y))], 1)
 
 
 class Critic(_Conditioned):
+    """concat: MLP([z, Linear(y)]). projection (Miyato & Koyama, 2018): D(z, y) = ψ(φ(z)) + yᵀVφ(z), so the labels
+    act on the critic's features directly instead of through one input layer."""
+
     def __init__(self, cfg: LatentConfig):
-        super().__init__(cfg, 1)
+        if cfg.critic not in ("concat", "projection"):
+            raise ValueError(f"critic must be concat or projection, got {cfg.critic!r}")
+        projection = cfg.critic == "projection" and cfg.n_labels > 0
+        super().__init__(cfg, cfg.width if projection else 1, concat=not projection)
+        self.psi = nn.Linear(cfg.width, 1) if projection else None
+        self.project = nn.Linear(cfg.n_labels, cfg.width, bias=False) if projection else None
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Realism logit per row (positive: looks like a real encoding with these labels)."""
-        return self.net(self.inputs(z, y)).squeeze(1)
+        if self.project is None:
+            return self.net(self.inputs(z, y)).squeeze(1)
+        phi = F.leaky_relu(self.net(z), 0.2)
+        return self.psi(phi).squeeze(1) + (self.project(self.labels(z, y)) * phi).sum(1)
 
 
 class Actor(_Conditioned):

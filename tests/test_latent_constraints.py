@@ -288,3 +288,160 @@ def test_rule_constraint_trains_without_labels(tiny_vae, tmp_path, seed):
     # Measured over seeds 0-9: on - off min 0.0043 (seed 5), max 0.048; an untrained (1-step) actor -0.0003..0.0006:
     # a weak check (the critic check above is the one an untrained mapper fails); threshold 0.
     assert on.mean() > off.mean()  # the actor moves outputs towards the asked side of the rule
+
+
+# Issue 16's fidelity levers: each option changes what it should on a tiny latent problem.
+
+
+@pytest.fixture(scope="module")
+def six_bits(tmp_path_factory):
+    """Six binary attributes, attribute i = sign of latent dimension i (of 8), strongly correlated (b1..b5 copy b0
+    with 10% flips each): a random mismatched row usually differs in all six, so a critic can pass those by
+    checking b0 alone; one-attribute flips are the hard negatives that make it check every attribute."""
+    bundle = tmp_path_factory.mktemp("bits")
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    b0 = torch.randint(2, (n, 1), generator=g)
+    bits = b0 ^ (torch.rand(n, 6, generator=g) < 0.1).long()
+    bits[:, :1] = b0
+    mu = torch.cat([(2 * bits - 1) * (1.0 + 0.3 * torch.rand(n, 6, generator=g)), torch.zeros(n, DIM - 6)], 1)
+    sigma = torch.cat([torch.full((n, 6), 0.2), torch.ones(n, DIM - 6)], 1)
+    names = [f"b{i}" for i in range(6)]
+    write_latent_table(
+        bundle,
+        mu,
+        sigma,
+        bits,
+        (torch.arange(n) % 10 == 9).to(torch.uint8),
+        attr_names=names,
+        label_sets={"bits": {"name": "bits", "attrs": names, "kind": "binary"}},
+        decoder_fingerprint=FINGERPRINT,
+        dataset={"name": "bits", "params": {}},
+    )
+    return bundle
+
+
+def critic_only(bundle, hard: float, seed: int, steps: int = 400) -> LatentMappers:
+    """Train the critic alone (the actor untouched) with a share ``hard`` of one-flip negatives."""
+    from models.latent_objective import LatentObjective, optimizers
+
+    torch.manual_seed(seed)
+    t = load_table(bundle, "bits")
+    m = LatentMappers(LatentConfig(latent_dim=DIM, attr_names=t.attr_names, width=64, depth=2, label_embed=8))
+    opt = optimizers(m, 1e-3, 1e-3).critic
+    obj, g = LatentObjective(hard_negatives=hard), torch.Generator().manual_seed(seed)
+    rows = t.rows(0)
+    for _ in range(steps):
+        loss, _ = critic_loss(m, critic_batch(m, t, rows[torch.randint(len(rows), (128,), generator=g)], obj, g), 10.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m
+
+
+def test_hard_negatives_make_the_critic_separate_one_attribute_flips(six_bits, seed):
+    t = load_table(six_bits, "bits")
+    g = torch.Generator().manual_seed(seed + 100)
+    val = t.rows(1)
+    y = t.labels[val]
+    flipped = edit_labels(y, t.unique_rows, g)
+    z = t.mu[val]
+    gaps = {}
+    for hard in (0.0, 0.5):
+        m = critic_only(six_bits, hard, seed)
+        with torch.no_grad():
+            gaps[hard] = (m.critic(z, y) - m.critic(z, flipped)).mean().item()
+    # Logit of D(real, own labels) − D(real, one attribute flipped). Measured over seeds 0-9: without hard negatives
+    # 0.46..0.81, with half of the mismatched rows one-flips 0.89..1.20; the difference min 0.22; threshold 0.1.
+    assert gaps[0.5] > gaps[0.0] + 0.1, gaps
+
+
+def test_critic_fakes_include_the_actor_on_real_encodings(gmm_bundle):
+    from models.latent_objective import LatentObjective
+
+    t = load_table(gmm_bundle, "sides")
+    m = LatentMappers(LatentConfig(latent_dim=DIM, attr_names=t.attr_names, width=16, depth=2, label_embed=4))
+    asked = []
+    m.actor.forward = lambda z, y=None: (asked.append((z, y)), z)[1]  # an identity actor that records its inputs
+    obj = LatentObjective(real_actor_fakes=1.0, edit_prob=0.5)
+    idx = torch.arange(600)
+    b = critic_batch(m, t, idx, obj, torch.Generator().manual_seed(3))
+    assert b["fake_from_real"].all()
+    # every fake is the actor's output on a posterior sample of the row's own real encoding...
+    assert (b["fake"][:, :2] - t.mu[idx, :2]).abs().max() < 0.3 * 6
+    # ...asked for its own labels or (edit_prob of them) a one-attribute edit, and judged under what was asked
+    changed = (b["fake_labels"] != b["labels"]).any(1).float().mean()
+    assert 0.35 < changed < 0.65 and torch.equal(asked[-1][1], b["fake_labels"])
+    seen = []
+    original = m.critic.forward
+    m.critic.forward = lambda z, y=None: (seen.append(y), original(z, y))[1]
+    critic_loss(m, b, 10.0)
+    assert torch.equal(seen[1], b["fake_labels"])  # the fake rows' logits use the asked labels
+    plain = critic_batch(m, t, idx, LatentObjective(), torch.Generator().manual_seed(3))
+    assert not plain["fake_from_real"].any() and torch.equal(plain["fake_labels"], plain["labels"])
+
+
+def test_edit_rows_take_their_own_distance_weight(gmm_bundle):
+    from models.latent_objective import LatentObjective, actor_loss
+
+    t = load_table(gmm_bundle, "sides")
+    torch.manual_seed(0)
+    m = LatentMappers(LatentConfig(latent_dim=DIM, attr_names=t.attr_names, width=16, depth=2, label_embed=4))
+    loss = lambda **kw: actor_loss(m, t, torch.arange(256), LatentObjective(**kw), torch.Generator().manual_seed(5))[0]  # noqa: E731
+    same = loss(lambda_dist=0.1)
+    assert torch.allclose(loss(lambda_dist=0.1, lambda_dist_edit=0.1), same)
+    assert loss(lambda_dist=0.1, lambda_dist_edit=1.0) > same > loss(lambda_dist=0.1, lambda_dist_edit=0.0)
+
+
+def test_actor_attribute_term_reaches_only_the_actor(gmm_bundle):
+    from models.latent_objective import LatentObjective, actor_loss
+
+    t = load_table(gmm_bundle, "sides")
+    torch.manual_seed(0)
+    m = LatentMappers(LatentConfig(latent_dim=DIM, attr_names=t.attr_names, width=16, depth=2, label_embed=4))
+    grads = {}
+    for w in (0.0, 1.0):
+        m.zero_grad()
+        loss, info = actor_loss(
+            m, t, torch.arange(256), LatentObjective(actor_attr_weight=w), torch.Generator().manual_seed(5)
+        )
+        loss.backward()
+        grads[w] = torch.cat([p.grad.flatten() for p in m.actor.parameters()])
+        assert ("actor_attr" in info) == (w > 0)
+    assert not torch.allclose(grads[0.0], grads[1.0])  # D_attr's verdict on G(z, y) moves the actor
+
+
+def test_projection_critic_learns_the_known_answer(gmm_bundle, tmp_path, seed):
+    cfg = LatentConfig(latent_dim=DIM, attr_names=["a", "b"], width=16, depth=2, critic="projection")
+    m = LatentMappers(cfg)
+    assert m.critic.embed is None and m.critic.project.weight.shape == (16, 2)
+    with pytest.raises(ValueError, match="labels must be"):
+        m.critic(torch.randn(3, DIM), torch.ones(3, 3))
+    with pytest.raises(ValueError, match="critic must be"):
+        LatentMappers(LatentConfig(latent_dim=DIM, attr_names=["a"], critic="bilinear"))
+    out = train_labelset(fast_cfg(gmm_bundle, "sides", out=str(tmp_path / "p"), seed=seed, critic="projection"))
+    ls = LabelSetVersion.load(out, FINGERPRINT, "sides")
+    assert ls.m.cfg.critic == "projection"
+    y = torch.tensor([[1.0, 0.0]]).repeat(400, 1)  # right, bottom -> centre 3
+    z = ls.m.actor(torch.randn(400, DIM, generator=torch.Generator().manual_seed(4)), y)
+    # Measured over seeds 0-9: 1.0 every time (chance 0.25); threshold 0.9 (as for the concatenating critic).
+    assert (quadrant(z) == 3).float().mean() > 0.9
+
+
+def test_actor_ema_ships_averaged_weights_and_trains_the_same(gmm_bundle, tmp_path, seed):
+    runs = {}
+    for ema in (0.0, 0.9):
+        out = train_labelset(
+            fast_cfg(gmm_bundle, "sides", out=str(tmp_path / f"e{ema}"), seed=seed, steps=30, actor_ema=ema)
+        )
+        runs[ema] = load_mappers(out, FINGERPRINT)[0]
+    last, avg = runs[0.0], runs[0.9]
+    # the average does not change training (the critics are identical) but is not the last step's actor
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(last.critic.state_dict().values(), avg.critic.state_dict().values(), strict=False)
+    )
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(last.actor.state_dict().values(), avg.actor.state_dict().values(), strict=False)
+    )

@@ -6,11 +6,12 @@ unconditional realism mapper G(z).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -47,6 +48,15 @@ class TrainLabelSetConfig:
     gp_weight: float = LatentObjective.gp_weight
     fake_actor_prob: float = LatentObjective.fake_actor_prob
     edit_prob: float = LatentObjective.edit_prob  # share of the real-encoding actor rows asked for a one-attribute edit
+    # issue 16's fidelity levers (see LatentObjective, Critic); the defaults train as before
+    real_actor_fakes: float = LatentObjective.real_actor_fakes
+    hard_negatives: float = LatentObjective.hard_negatives
+    lambda_dist_edit: float = LatentObjective.lambda_dist_edit
+    actor_attr_weight: float = LatentObjective.actor_attr_weight
+    critic: str = LatentConfig.critic
+    # Ship an exponential moving average of the actor's weights (this decay per step; 0: the last step's weights),
+    # so the mapper is not the luck of the last step (issue 16 saw held-out agreement swing 0.53-0.80 between probes).
+    actor_ema: float = 0.0
     diag_every: int = 200
     seed: int = 0
     threads: int = 0  # latent MLPs are small: they train on CPU, also on a GPU host
@@ -54,12 +64,12 @@ class TrainLabelSetConfig:
 
     def network(self, t: LatentTable) -> LatentConfig:
         """The mappers' sizes for table ``t`` (its latent size, attributes and kind)."""
-        return LatentConfig(t.mu.shape[1], t.attr_names, t.kind, self.width, self.depth, self.label_embed)
+        return LatentConfig(
+            t.mu.shape[1], t.attr_names, t.kind, self.width, self.depth, self.label_embed, critic=self.critic
+        )
 
     def objective(self) -> LatentObjective:
-        return LatentObjective(
-            self.lambda_dist, self.critic_steps, self.gp_weight, self.fake_actor_prob, self.edit_prob
-        )
+        return LatentObjective(**{f.name: getattr(self, f.name) for f in fields(LatentObjective)})
 
 
 @torch.no_grad()
@@ -130,9 +140,14 @@ def train_labelset(
     batch = lambda: train_rows[torch.randint(len(train_rows), (cfg.batch_size,), generator=gen)]  # noqa: E731
     with open(out / "train_log.jsonl", "w") as log_file:
         started, cpu, probes = time.time(), 0.0, []
+        ema = copy.deepcopy(m.actor).requires_grad_(False) if cfg.actor_ema else None
         for step in tqdm(range(1, cfg.steps + 1), desc=f"train-labelset {cfg.label_set}", unit="step"):
             t0 = time.process_time()
             info = objective.step(m, opts, t, batch, obj, gen)
+            if ema is not None:
+                with torch.no_grad():
+                    for e, p in zip(ema.parameters(), m.actor.parameters(), strict=True):
+                        e.lerp_(p, 1 - cfg.actor_ema)
             cpu += time.process_time() - t0
             if probe is not None and (step % probe_every == 0 or step == cfg.steps):
                 probes.append({"step": step, "cpu_s": cpu, **probe(step, m)})
@@ -153,6 +168,8 @@ def train_labelset(
                     diag["shift_prior"],
                     f", D_attr val acc {diag['attr_val_accuracy']:.3f}" if "attr_val_accuracy" in diag else "",
                 )
+    if ema is not None:  # the shipped actor is the average; the diagnostics below describe it
+        m.actor.load_state_dict(ema.state_dict())
     metrics = {
         **diagnostics(m, t, gen),
         "train_seconds": round(time.time() - started, 1),
