@@ -29,7 +29,7 @@ if [ "${PART:-all}" = all ] || [ "${PART}" = avatars-eval ]; then
   for s in prior realism actor; do
     step lcs eval --bundle $B/avatars --sampler $s --label-set faces --n 5000 --out $O
   done
-  step lcs eval --bundle $B/avatars --sampler optimize --label-set faces --n 2000 --n-spec3 1000 --out $O
+  step lcs eval --bundle $B/avatars --sampler optimize --label-set faces --n 2000 --n-spec3 1000 --n-single 100 --out $O
   step lcs eval-edits --bundle $B/avatars --label-set faces --mode actor --n 1000 --out $O
   step lcs eval-edits --bundle $B/avatars --label-set faces --mode optimize --n 300 --out $O
   step lcs figures --bundle $B/avatars --label-set faces --out $O \
@@ -45,5 +45,21 @@ if [ "${PART:-all}" = all ] || [ "${PART}" = fashion-eval ]; then
   step lcs eval-edits --bundle $B/fashion-mnist --label-set category --mode actor --n 1000 --out $O
   step lcs figures --bundle $B/fashion-mnist --label-set category --out $O \
     --spec tshirt_top --spec trouser --spec pullover --spec dress --spec coat --spec sandal --spec shirt --spec sneaker --spec bag --spec ankle_boot
+fi
+if [ "${PART:-all}" = all ] || [ "${PART}" = fidelity ]; then
+  # What users get: single-attribute requests through HTTP from a real server (bench/fidelity.py) on each bundle
+  for b in avatars:faces fashion-mnist:category; do
+    bundle=$B/${b%%:*} ls=${b##*:} port=$((8700 + RANDOM % 200)) data=$(mktemp -d)
+    lcs serve --bundle "$bundle" --data-dir "$data" --port $port --threads "$T" > "$data/serve.log" 2>&1 &
+    pid=$!
+    until curl -sf "http://127.0.0.1:$port/readyz" > /dev/null; do sleep 1; done
+    for mode in actor optimize; do
+      n=$([ $mode = actor ] && echo 64 || echo 32)
+      step python -m bench.fidelity --url "http://127.0.0.1:$port" --bundle "$bundle" --labelset "$ls" --mode $mode \
+        --n $n --out docs --name "fidelity_${b%%:*}_$mode"
+    done
+    kill $pid
+    wait $pid || true
+  done
 fi
 step python -m bench.model_card --evals "$EVALS"
