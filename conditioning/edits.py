@@ -32,8 +32,9 @@ def edit(
     cfg: OptimizeConfig = EDIT_OPTIMIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """D_attr reads each latent's current labels, the target is the nearest label-table row honouring
-    the spec (see ``specs.nearest_rows``), and the latent moves to it by the actor or by optimisation
-    from z0 with a distance term. Returns (edited latents, the target label rows used)."""
+    the spec (see ``specs.nearest_rows``), and the latent moves to it by the actor, or by optimisation on the
+    spec's attributes from the actor's edit with a distance term to z0. Returns (edited latents, the target
+    label rows used)."""
     if ls.m.attr is None:
         raise ValueError("an edit needs a label set with attributes")
     n = len(z0)
@@ -41,6 +42,11 @@ def edit(
     if mode == "actor":
         return ls.m.actor(pad(z0), pad(target))[:n], target
     if mode == "optimize":
-        z, _ = optimize_latents(ls.m, pad(z0), pad(target), None, cfg, ls.sigma_bar)
+        # Only the attributes the request names are constrained (the others are D_attr's reading of the image,
+        # which can be wrong: it should not force them); the distance term and the critic keep the rest.
+        mask = torch.zeros(target.shape, dtype=torch.bool)
+        mask[:, [ls.attr_names.index(a) for a in spec]] = True
+        start = ls.m.actor(pad(z0), pad(target)) if cfg.warm_start else None
+        z, _ = optimize_latents(ls.m, pad(z0), pad(target), pad(mask), cfg, ls.sigma_bar, start)
         return z[:n], target
     raise ValueError(f"edit mode must be 'actor' or 'optimize', got {mode!r}")

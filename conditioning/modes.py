@@ -4,10 +4,10 @@ Each mode turns (label set version, prior draws z, requested labels y, mask of t
 request named) into latents for the decoder:
 - ``prior``: z itself (the unconditional VAE);
 - ``actor``: G(z, y), one forward pass (amortised);
-- ``optimize``: Adam on z against the critics. Loss per example: realism_weight · (−log D(z, y)) +
-  cross-entropy of D_attr(z) on the *specified* attributes only + dist_weight ·
-  mean(log(1 + (z − z0)²) / σ̄_z²); an example stops (its z is frozen) once D(z, y) > threshold
-  and D_attr agrees with every specified attribute.
+- ``optimize``: Adam on z against the critics, from the actor's G(z, y) (warm start). Loss per example:
+  realism_weight · (−log D(z, y)) + cross-entropy of D_attr(z) on the *specified* attributes only +
+  dist_weight · mean(log(1 + (z − z0)²) / σ̄_z²); an example stops (its z is frozen) once D(z, y) > threshold
+  and D_attr gives every specified attribute at least attr_confidence; the rest are reported unconverged.
 
 Every forward is padded to at least ``PAD_ROWS`` rows. Why: BLAS picks other kernels for very
 small batches, which changes results in the last float bits, so the same seed could give other
@@ -42,12 +42,18 @@ def pad(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class OptimizeConfig:
+    """Defaults measured in issue 16 on the avatars bundle: from z ~ N(0, I) with realism weight 0.05, stop at
+    D > 0.3 and D_attr ≥ 0.5, 1% of samples converged and the images scored 0.773 (it fooled D_attr, not the
+    image); warm-started from the actor with the values below, 94% converged (median 85 steps) and scored 0.893."""
+
     steps: int = 300
     lr: float = 1e-2
-    realism_weight: float = 0.05
+    realism_weight: float = 1.0
     dist_weight: float = 0.0
-    threshold: float = 0.3  # stop once D(z, y) > threshold ...
-    attr_confidence: float = 0.5  # ... and D_attr gives every specified attribute at least this probability
+    threshold: float = 0.5  # stop once D(z, y) > threshold ...
+    attr_confidence: float = 0.9  # ... and D_attr gives every specified attribute at least this probability ...
+    min_steps: int = 0  # ... but not before this many steps
+    warm_start: bool = True  # start from the actor's G(z, y) instead of z itself
 
 
 def attributes_met(
@@ -71,8 +77,10 @@ def optimize_latents(
     mask: torch.Tensor | None = None,
     cfg: OptimizeConfig = OptimizeConfig(),
     sigma_bar: torch.Tensor | None = None,
+    start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Move each z0 until the critic finds it real and D_attr reads the specified attributes.
+    """Move each latent from ``start`` (default z0) until the critic finds it real and D_attr reads the specified
+    attributes; the distance term measures from z0.
 
     y: n x K target labels (float 0/1); mask: n x K bool, True where the attribute is specified
     (default all). Returns (z, info) with the steps each example took and whether it converged.
@@ -81,10 +89,10 @@ def optimize_latents(
     mask = torch.ones(n, k, dtype=torch.bool) if mask is None else mask.bool()
     yy = y if k else None
     sb2 = (sigma_bar if sigma_bar is not None else torch.ones(z0.shape[1])).pow(2)
-    z = z0.clone().requires_grad_(True)
+    z = (z0 if start is None else start).detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=cfg.lr)
     done = torch.zeros(n, dtype=torch.bool)
-    frozen = z0.clone()
+    frozen = z.detach().clone()
     steps_taken = torch.full((n,), cfg.steps)
     with torch.enable_grad():
         for step in range(cfg.steps):
@@ -92,6 +100,7 @@ def optimize_latents(
                 ok = (torch.sigmoid(m.critic(z, yy)) > cfg.threshold) & attributes_met(
                     m, z, y, mask, cfg.attr_confidence
                 )
+                ok &= step >= cfg.min_steps
                 newly = ok & ~done
                 frozen[newly] = z[newly]
                 steps_taken[newly] = step
@@ -144,8 +153,10 @@ def actor(ls: LabelSetVersion, z: torch.Tensor, y: torch.Tensor, mask: torch.Ten
 def optimize(
     ls: LabelSetVersion, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, cfg: OptimizeConfig = OptimizeConfig()
 ) -> Latents:
-    """Gradient steps on z against D(z, y) and D_attr on the masked attributes."""
-    out, info = optimize_latents(ls.m, pad(z), pad(y), pad(mask), cfg, ls.sigma_bar)
+    """Gradient steps on z against D(z, y) and D_attr on the masked attributes, from the actor's G(z, y)
+    (``warm_start``) or from z."""
+    start = actor(ls, pad(z), pad(y), pad(mask)) if cfg.warm_start else None
+    out, info = optimize_latents(ls.m, pad(z), pad(y), pad(mask), cfg, ls.sigma_bar, start)
     return Latents(out[: len(z)].detach(), info["converged"][: len(z)])
 
 
