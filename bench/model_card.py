@@ -206,22 +206,41 @@ def _edits_section(edits: dict) -> list[str]:
             "One random attribute of each test image flipped from what D_attr reads; the target is the nearest label "
             "row the data shows. *Kept unchanged* counts the attributes the target keeps, judged on the edited image "
             "against the original (and against the plain reconstruction, which separates the edit from VAE blur). "
-            "*Null edit*: how often the plain reconstruction already reads the asked value.",
+            "*Null edit*: how often the plain reconstruction already reads the asked value. *Identity*: cosine of the "
+            "judge's features between the edited image and its reconstruction (in brackets: between reconstructions "
+            "of different images).",
             "",
             "| mode | target reached | null edit | kept unchanged vs original | vs reconstruction | "
-            "forced changes / edit | σ̄-weighted shift | n | wall |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "forced changes / edit | identity (other images) | σ̄-weighted shift | n | wall |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for mode, e in edits.items():
+            ident = (
+                f"{e['identity_cosine']:.3f} ({e['identity_cosine_other_images']:.3f})"
+                if "identity_cosine" in e
+                else "—"
+            )
             out.append(
                 f"| {mode} | {e['target_reached']:.3f} | {e['target_in_reconstruction']:.3f} | "
                 f"{e['others_unchanged_vs_original']:.3f} | "
-                f"{e['others_unchanged_vs_reconstruction']:.3f} | {e['forced_changes_per_edit']:.2f} | "
+                f"{e['others_unchanged_vs_reconstruction']:.3f} | {e['forced_changes_per_edit']:.2f} | {ident} | "
                 f"{e['latent_shift_over_sigma_bar']:.2f} | {e['n']} | {e['seconds']:.0f} s |"
             )
-        if "actor" in edits:
-            out += ["", "Target reached per edit (actor):", "", "| edit | n | reached |", "|---|---|---|"]
-            out += [f"| {k} | {v['n']} | {v['target_reached']:.3f} |" for k, v in edits["actor"]["per_edit"].items()]
+        modes = list(edits)
+        out += [
+            "",
+            "Target reached per edit direction:",
+            "",
+            "| edit | " + " | ".join(f"{m}: n | {m}: reached" for m in modes) + " |",
+            "|---|" + "---|---|" * len(modes),
+        ]
+        for k in edits[modes[0]]["per_edit"]:
+            cells = [edits[m]["per_edit"].get(k, {}) for m in modes]
+            out.append(
+                f"| {k} | "
+                + " | ".join(f"{c['n']} | {c['target_reached']:.3f}" if c else "— | —" for c in cells)
+                + " |"
+            )
     return out
 
 

@@ -302,6 +302,7 @@ def test_edit_evaluation_and_figures(lc_bundle, tmp_path):
         r["others_unchanged_vs_original"] is None and r["forced_changes_per_edit"] == 0
     )  # one attribute: nothing else
     assert json.loads((tmp_path / "edits-actor-footwear.json").read_text())["mode"] == "actor"
+    assert -1 <= r["identity_cosine"] <= 1 and -1 <= r["identity_cosine_other_images"] <= 1
     # A categorical set: every image asked for a class other than the one D_attr reads in it.
     c = evaluate_edits(lc_bundle, label_set="category", n=120, mode="actor", device="cpu", out=tmp_path)
     assert c["kind"] == "categorical" and sum(v["n"] for v in c["per_edit"].values()) == 120
@@ -319,3 +320,17 @@ def test_edit_evaluation_and_figures(lc_bundle, tmp_path):
     # realism: 3 pairs of rows of 12; specs: 3 rows of 10 (28 px images, 2 px borders, scaled 2x)
     assert Image.open(paths[0]).size == (2 * (12 * 30 + 2), 2 * (6 * 30 + 2))
     assert Image.open(paths[1]).size == (2 * (10 * 30 + 2), 2 * (3 * 30 + 2))
+
+
+def test_identity_is_the_judge_feature_cosine_to_the_reconstruction():
+    from training.eval_edits import identity
+
+    class Features(torch.nn.Module):  # a "judge" whose features are the image's mean per channel
+        def forward(self, x):
+            return torch.zeros(len(x), 1), x.mean((2, 3))
+
+    recon = torch.stack([torch.ones(3, 4, 4), torch.zeros(3, 4, 4)])
+    recon[1, 0] = 1.0  # features (1, 1, 1) and (1, 0, 0)
+    same = identity(Features(), recon, recon, torch.device("cpu"))
+    assert same["identity_cosine"] == pytest.approx(1.0)
+    assert same["identity_cosine_other_images"] == pytest.approx(1 / 3**0.5)

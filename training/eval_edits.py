@@ -90,6 +90,7 @@ def evaluate_edits(
         "seed": seed,
         **result,
         "pixel_mse_edit_vs_reconstruction": float((after - recon).pow(2).mean()),
+        **identity(judge, after, recon, dev),
         "latent_shift_over_sigma_bar": float(((edited - z0).abs() / ls.sigma_bar).mean()),
         "decoder_fingerprint": vman["decoder_fingerprint"],
         "seconds": round(time.time() - started, 1),
@@ -98,6 +99,18 @@ def evaluate_edits(
     (out / f"edits-{mode}-{label_set}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(format_edits(result))
     return result
+
+
+def identity(judge, after: torch.Tensor, recon: torch.Tensor, dev) -> dict[str, float]:
+    """Identity kept by an edit: cosine of the judge's penultimate features between each edited image and its own
+    reconstruction, beside the same cosine between reconstructions of different images (what no identity gives)."""
+    f_after = torch.from_numpy(predict(judge, after, dev)[1])
+    f_recon = torch.from_numpy(predict(judge, recon, dev)[1])
+    cos = torch.nn.functional.cosine_similarity
+    return {
+        "identity_cosine": float(cos(f_after, f_recon).mean()),
+        "identity_cosine_other_images": float(cos(f_recon, f_recon.roll(1, 0)).mean()),
+    }
 
 
 def class_metrics(ls, vae, dev, z0, images, judge_of, rng, mode):
@@ -183,7 +196,9 @@ def format_edits(r: dict) -> str:
     )
     lines.append(
         f"target reached {r['target_reached']:.3f} (null edit {r['target_in_reconstruction']:.3f}); "
-        f"kept attributes unchanged {kept}; forced changes per edit {r['forced_changes_per_edit']:.2f}"
+        f"kept attributes unchanged {kept}; forced changes per edit {r['forced_changes_per_edit']:.2f}; "
+        f"identity (judge-feature cosine to the reconstruction) {r['identity_cosine']:.3f} "
+        f"(other images {r['identity_cosine_other_images']:.3f})"
     )
     return "\n".join(lines)
 
