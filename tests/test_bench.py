@@ -1,0 +1,58 @@
+"""The benches' own arithmetic: planted eval outputs in, the bars and tables they must give out."""
+
+import pytest
+
+from bench.model_card import asked_on_worst, balanced_over_decoder, bars, per_attribute_table
+
+
+def attr(on, off, bal, rec_recall, rec_spec=1.0, rec_bal=1.0):
+    return {
+        "single_on": on,
+        "single_off": off,
+        "balanced_accuracy": bal,
+        "requested_rate": 0.3,
+        "reconstruction": {"recall": rec_recall, "specificity": rec_spec, "balanced_accuracy": rec_bal},
+        "over_reconstruction": {"single_on": on / rec_recall, "balanced_accuracy": bal / rec_bal},
+    }
+
+
+def card(actor: dict, optimize: dict | None = None) -> dict:
+    ev = {"actor": {"per_attribute": actor, "asked_on": {"mean": 0.7}, "asked_off": {"min": 0.96}}}
+    if optimize:
+        ev["optimize"] = {"per_attribute": optimize, "converged": 0.9}
+    edits = {
+        "actor": {
+            "target_reached": 0.85,
+            "others_unchanged_vs_reconstruction": 0.93,
+            "per_edit": {"a=1": {"n": 5, "target_reached": 0.4}, "a=0": {"n": 5, "target_reached": 0.9}},
+        }
+    }
+    return {"avatars": {"eval": ev, "edits": edits}}
+
+
+def test_asked_on_bar_allows_for_what_the_decoder_cannot_draw():
+    # "a" is drawable (bar 0.80): 0.72 / 0.80 = 0.9. "b" is drawn in 0.5 of reconstructions (bar 0.9 x 0.5 = 0.45).
+    per_attr = {"a": attr(0.72, 1.0, 0.9, 0.95), "b": attr(0.5, 1.0, 0.8, 0.5)}
+    assert asked_on_worst({"per_attribute": per_attr}) == pytest.approx(0.9)
+    assert balanced_over_decoder({"per_attribute": per_attr}) == pytest.approx(0.85)
+
+
+def test_bars_read_the_planted_numbers():
+    actor = {"a": attr(0.9, 0.97, 0.9, 1.0), "b": attr(0.8, 0.99, 0.8, 1.0)}
+    optimize = {"a": attr(0.9, 0.97, 0.95, 1.0), "b": attr(0.8, 0.99, 0.85, 1.0)}
+    b = bars(card(actor, optimize))
+    assert b["faces_asked_on_mean"]["measured"] == 0.7 and b["faces_asked_on_mean"]["met"] is False
+    assert b["faces_asked_off_worst"]["met"] is True
+    assert b["optimize_minus_actor_balanced"]["measured"] == pytest.approx(0.05)
+    assert b["optimize_converged"]["measured"] == 0.9 and b["optimize_converged"]["met"] is False
+    assert b["edits_actor_worst_direction"]["measured"] == 0.4 and b["edits_actor_worst_direction"]["met"] is False
+    assert b["edits_actor_kept"]["met"] is True
+    assert b["edits_optimize_reached"]["measured"] is None and b["edits_optimize_reached"]["met"] is None
+    assert b["fashion_rows_balanced_over_decoder"]["measured"] is None  # no Fashion-MNIST evals planted
+
+
+def test_per_attribute_table_has_a_row_per_attribute_and_the_decoder_column():
+    evals = {"actor": {"per_attribute": {"a": attr(0.9, 0.97, 0.9, 0.5)}, "asked_on": None}}
+    lines = per_attribute_table(evals, ["actor"])
+    row = next(line for line in lines if line.startswith("| a |"))
+    assert "0.50 / 1.00" in row and "0.90 (1.80)" in row
