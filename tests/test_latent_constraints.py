@@ -290,6 +290,25 @@ def test_rule_constraint_trains_without_labels(tiny_vae, tmp_path, seed):
     assert on.mean() > off.mean()  # the actor moves outputs towards the asked side of the rule
 
 
+def test_rule_rows_are_realism_mapped_when_the_bundle_has_a_realism_mapper(service_bundle, tmp_path):
+    """The paper's zero-shot setup: the rule labels decodes of G_realism(z_p), so its "real" rows are realistic."""
+    from conditioning import modes
+    from training.encode import build_rule_table
+
+    table = build_rule_table(service_bundle, "bright", out=tmp_path / "rule", n=64, seed=3, device="cpu")
+    t = load_table(table, "bright")
+    ls = LabelSetVersion.load(service_bundle / "labelsets" / "realism", None, "realism")
+    z = torch.randn(64, ls.m.cfg.latent_dim, generator=torch.Generator().manual_seed(3))
+    none = torch.zeros(64, 0)
+    assert torch.equal(t.mu, modes.latents("actor", ls, z, none, none.bool()).z)
+    params = json.loads((table / "latents.json").read_text())["dataset"]["params"]
+    assert params["realism"] == "realism"
+    raw = load_table(
+        build_rule_table(service_bundle, "bright", out=tmp_path / "raw", n=64, seed=3, realism=""), "bright"
+    )
+    assert torch.equal(raw.mu, z)  # realism "" keeps the raw prior samples
+
+
 # Issue 16's fidelity levers: each option changes what it should on a tiny latent problem.
 
 

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch
 
-from conditioning import backbone
+from conditioning import backbone, modes
+from conditioning.labelset import LabelSetVersion
 from conditioning.rules import RULES
 from conditioning.runtime import autocast, resolve_device
 from models.artifacts import load_manifest
-from models.latent_table import write_latent_table
+from models.latent_table import REALISM, write_latent_table
 from models.vae import load_vae
 from training.data import ImageDataset, load_dataset
 
@@ -78,7 +79,11 @@ def build_rule_table(
     seed: int = 0,
     device: str = "auto",
     command: list[str] | None = None,
+    realism: str = REALISM,
 ) -> Path:
+    """Label decodes of ``n`` latents by ``rule`` (above the median: positive) into a latent table. The latents are
+    realism-mapped prior samples G(z_p) when the bundle has the ``realism`` label set (the paper's zero-shot setup:
+    the rule's "real" rows are realistic, so its critic keeps samples realistic), else raw prior samples."""
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; choose from {sorted(RULES)}")
     bundle = Path(bundle)
@@ -87,6 +92,14 @@ def build_rule_table(
     vae, vman = load_vae(bundle, dev)
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n, vae.cfg.latent_dim, generator=gen)
+    mapper = bundle / "labelsets" / realism if realism else None
+    if mapper is not None and (mapper / "mapper.json").exists():
+        ls = LabelSetVersion.load(mapper, vman["decoder_fingerprint"], realism, "bundle")
+        none = torch.zeros(len(z), 0)
+        z = modes.latents("actor", ls, z, none, none.bool()).z
+    else:
+        log.warning("no %s label set in %s: the rule labels raw prior samples", realism or "realism", bundle)
+        realism = ""
     scores = []
     for s in range(0, n, 256):
         with autocast(dev):
@@ -111,15 +124,23 @@ def build_rule_table(
         sigma_bar=sigma_bar,
         dataset={
             "name": "rule",
-            "params": {"rule": rule, "n": n, "threshold": thr, "seed": seed, "doc": RULES[rule].__doc__},
+            "params": {
+                "rule": rule,
+                "n": n,
+                "threshold": thr,
+                "seed": seed,
+                "realism": realism,
+                "doc": RULES[rule].__doc__,
+            },
         },
         command=command or sys.argv,
         extra_stats={"positive_rate": float(labels.float().mean()), "threshold": thr},
     )
     log.info(
-        "rule %r on %d decoded prior samples: threshold %.4f, %.1f%% positive -> %s",
+        "rule %r on %d decoded %s samples: threshold %.4f, %.1f%% positive -> %s",
         rule,
         n,
+        "realism-mapped" if realism else "prior",
         thr,
         100 * float(labels.float().mean()),
         out / "latents.safetensors",
