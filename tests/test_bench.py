@@ -56,3 +56,38 @@ def test_per_attribute_table_has_a_row_per_attribute_and_the_decoder_column():
     lines = per_attribute_table(evals, ["actor"])
     row = next(line for line in lines if line.startswith("| a |"))
     assert "0.50 / 1.00" in row and "0.90 (1.80)" in row
+
+
+def test_ablation_table_reads_each_recipe_and_summarises_seeds(tmp_path):
+    import json
+
+    from bench.ablation import by_recipe, collect, markdown
+
+    def run(name, on, reached):
+        d = tmp_path / name
+        d.mkdir()
+        ev = {
+            "asked_on": {"mean": on, "min": on - 0.5},
+            "asked_off": {"min": 0.9},
+            "per_attribute": {"a": attr(on, 0.9, 0.8, 1.0)},
+            "frechet": {"fd": 100.0},
+        }
+        ed = {
+            "target_reached": reached,
+            "others_unchanged_vs_reconstruction": 0.9,
+            "per_edit": {"a=1": {"n": 3, "target_reached": reached / 2}},
+        }
+        (d / "eval-actor-faces.json").write_text(json.dumps(ev))
+        (d / "edits-actor-faces.json").write_text(json.dumps(ed))
+        (d / "mapper.json").write_text(json.dumps({"command": ["lcs", name], "metrics": {"train_seconds": 60}}))
+
+    run("shipped-s0", 0.6, 0.2)
+    run("shipped-s1", 0.8, 0.4)
+    run("hard-negatives-s0", 0.7, 0.5)
+    (tmp_path / "not-a-run").mkdir()
+    rows = collect(tmp_path)
+    assert set(rows) == {"shipped-s0", "shipped-s1", "hard-negatives-s0"}
+    groups = by_recipe(rows)
+    assert groups["shipped"]["asked_on_mean"] == (pytest.approx(0.7), pytest.approx(0.2), 2)
+    assert groups["hard-negatives"]["edit_worst_direction"][0] == pytest.approx(0.25)
+    assert "| shipped | 2 | 0.700 ±0.100 |" in markdown("x", rows, "cmd")

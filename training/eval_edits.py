@@ -70,10 +70,12 @@ def evaluate_edits(
     device: str = "auto",
     out: str | Path = "",
     command: list[str] | None = None,
+    artifact: str | Path = "",
 ) -> dict:
+    """``artifact``: the mapper directory, when not at its default place in the bundle (ablations)."""
     started = time.time()
     bundle, out, dev, vae, vman, judge, jman, data = open_bundle(bundle, device, out)
-    ls = load_labelset(bundle, label_set)
+    ls = load_labelset(bundle, label_set, artifact)
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(data.indices("test"), size=min(n, len(data.indices("test"))), replace=False))
     images = data.images[idx]
