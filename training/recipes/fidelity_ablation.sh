@@ -2,7 +2,9 @@
 # Issue 16 item 2: the fidelity options of lcs train-labelset, one at a time against the shipped recipe, on the
 # avatars bundle's `faces` set; each mapper scored by actor samples (lcs eval) and actor edits (lcs eval-edits).
 # STEPS actor steps per mapper (default 600: the shipped mapper has 3000; this compares recipes at equal cost),
-# SEEDS (default "0"), RUNS (default runs/ablation); python -m bench.ablation writes the table.
+# SEEDS (default "0"), RUNS (default runs/ablation), RECIPES (default all, e.g. "shipped projection": run those only,
+# so two chains can share the work); python -m bench.ablation writes the table. Needs the bundle's latent table
+# (lcs encode --bundle service/bundles/avatars; it is not shipped).
 set -euo pipefail
 R=${RUNS:-runs/ablation}
 S=${STEPS:-600}
@@ -12,6 +14,7 @@ step() { echo "== $*"; local t=$SECONDS; "$@"; echo "   wall $((SECONDS - t)) s"
 recipe() {
   local name=$1 seed=$2
   shift 2
+  case " ${RECIPES:-$name} " in *" $name "*) ;; *) return 0 ;; esac
   local d=$R/$name-s$seed
   step lcs train-labelset --bundle $B --label-set faces --steps "$S" --diag-every 200 --threads "$T" --seed "$seed" \
     --out "$d" "$@"
@@ -19,6 +22,7 @@ recipe() {
     --boots 10 --out "$d"
   step lcs eval-edits --bundle $B --label-set faces --mode actor --artifact "$d" --n 500 --out "$d"
 }
+[ -f $B/latents.json ] || step lcs encode --bundle $B
 for seed in ${SEEDS:-0}; do
   recipe shipped "$seed"
   recipe real-actor-fakes "$seed" --real-actor-fakes 0.5
