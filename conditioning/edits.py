@@ -46,7 +46,6 @@ def edit(
         # which can be wrong: it should not force them); the distance term and the critic keep the rest.
         mask = torch.zeros(target.shape, dtype=torch.bool)
         mask[:, [ls.attr_names.index(a) for a in spec]] = True
-        start = ls.m.actor(pad(z0), pad(target)) if cfg.warm_start else None
-        z, _ = optimize_latents(ls.m, pad(z0), pad(target), pad(mask), cfg, ls.sigma_bar, start)
+        z, _ = optimize_latents(ls.m, pad(z0), pad(target), pad(mask), cfg, ls.sigma_bar)
         return z[:n], target
     raise ValueError(f"edit mode must be 'actor' or 'optimize', got {mode!r}")

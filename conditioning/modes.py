@@ -77,10 +77,9 @@ def optimize_latents(
     mask: torch.Tensor | None = None,
     cfg: OptimizeConfig = OptimizeConfig(),
     sigma_bar: torch.Tensor | None = None,
-    start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Move each latent from ``start`` (default z0) until the critic finds it real and D_attr reads the specified
-    attributes; the distance term measures from z0.
+    """Move each latent, from the actor's G(z0, y) (``cfg.warm_start``) or from z0, until the critic finds it real
+    and D_attr reads the specified attributes; the distance term measures from z0.
 
     y: n x K target labels (float 0/1); mask: n x K bool, True where the attribute is specified
     (default all). Returns (z, info) with the steps each example took and whether it converged.
@@ -89,7 +88,9 @@ def optimize_latents(
     mask = torch.ones(n, k, dtype=torch.bool) if mask is None else mask.bool()
     yy = y if k else None
     sb2 = (sigma_bar if sigma_bar is not None else torch.ones(z0.shape[1])).pow(2)
-    z = (z0 if start is None else start).detach().clone().requires_grad_(True)
+    with torch.no_grad():
+        start = m.actor(z0, yy) if cfg.warm_start else z0
+    z = start.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=cfg.lr)
     done = torch.zeros(n, dtype=torch.bool)
     frozen = z.detach().clone()
@@ -155,8 +156,7 @@ def optimize(
 ) -> Latents:
     """Gradient steps on z against D(z, y) and D_attr on the masked attributes, from the actor's G(z, y)
     (``warm_start``) or from z."""
-    start = actor(ls, pad(z), pad(y), pad(mask)) if cfg.warm_start else None
-    out, info = optimize_latents(ls.m, pad(z), pad(y), pad(mask), cfg, ls.sigma_bar, start)
+    out, info = optimize_latents(ls.m, pad(z), pad(y), pad(mask), cfg, ls.sigma_bar)
     return Latents(out[: len(z)].detach(), info["converged"][: len(z)])
 
 
