@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The label sets of the shipped default bundles (issue 3), their evaluation and the model card.
-# Runs on the committed VAEs/judges in service/bundles; EVALS=dir (default runs/card) gets the
+# Runs on the committed VAEs/judges in service/bundles (BUNDLES=dir: a candidate copy); EVALS=dir (default runs/card) gets the
 # eval JSONs and figures that `python -m bench.model_card` turns into docs/model_card.md.
 # Label-set settings are TrainLabelSetConfig's defaults (lr 1e-3 instead of the reference 1e-4, and
 # edit_prob 0.5: see there why); each line states only what it changes: the step count, the
@@ -8,7 +8,7 @@
 set -euo pipefail
 EVALS=${EVALS:-runs/card}
 T=${THREADS:-1}
-B=service/bundles
+B=${BUNDLES:-service/bundles}
 step() { echo "== $*"; local t=$SECONDS; "$@"; echo "   wall $((SECONDS - t)) s"; }
 
 if [ "${PART:-all}" = all ] || [ "${PART}" = avatars-train ]; then
