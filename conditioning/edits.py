@@ -38,7 +38,7 @@ def edit(
     if ls.m.attr is None:
         raise ValueError("an edit needs a label set with attributes")
     n = len(z0)
-    target = nearest_rows(read_labels(ls, z0), spec, ls.attr_names, ls.table, allow_unseen)
+    target = nearest_rows(read_labels(ls, z0), spec, ls.attr_names, ls.table, allow_unseen, ls.kind)
     if mode == "actor":
         return ls.m.actor(pad(z0), pad(target))[:n], target
     if mode == "optimize":

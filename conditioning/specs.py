@@ -11,6 +11,8 @@ set a spec names at most one positive class.
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from models.latent import LabelKind
@@ -25,20 +27,38 @@ class SpecError(ValueError):
         self.code, self.details = code, details or {}
 
 
-def parse_spec(text: str | list[str] | None, attr_names: list[str]) -> dict[str, int]:
-    """``"smiling,-eyeglasses"`` -> {"Smiling": 1, "Eyeglasses": 0} (canonical attribute names)."""
-    items = text if isinstance(text, list) else [p for p in (text or "").split(",")]
-    lookup = {a.lower(): a for a in attr_names}
-    spec: dict[str, int] = {}
-    unknown = []
+ITEM_RE = re.compile(r"([+-]?)\s*([A-Za-z][A-Za-z0-9_]{0,63})")
+
+
+def split_spec(text: str | list[str] | None) -> list[tuple[str, int]]:
+    """``"smiling, -eyeglasses"`` -> [("smiling", 1), ("eyeglasses", 0)]: one optional sign, then a name.
+    ``+-smiling``, ``--smiling`` or a name with other characters is a syntax error, not a guess."""
+    items = text if isinstance(text, list) else (text or "").split(",")
+    out = []
     for raw in items:
         item = raw.strip()
         if not item:
             continue
-        value = 0 if item.startswith("-") else 1
-        name = lookup.get(item.lstrip("+-").strip().lower())
+        m = ITEM_RE.fullmatch(item)
+        if m is None:
+            raise SpecError(
+                "invalid_spec",
+                f"{item[:80]!r} is not an attribute: write a name, optionally after one '+' or '-'",
+                {"item": item[:80]},
+            )
+        out.append((m.group(2).lower(), 0 if m.group(1) == "-" else 1))
+    return out
+
+
+def parse_spec(text: str | list[str] | None, attr_names: list[str]) -> dict[str, int]:
+    """``"smiling,-eyeglasses"`` -> {"Smiling": 1, "Eyeglasses": 0} (canonical attribute names)."""
+    lookup = {a.lower(): a for a in attr_names}
+    spec: dict[str, int] = {}
+    unknown = []
+    for key, value in split_spec(text):
+        name = lookup.get(key)
         if name is None:
-            unknown.append(item.lstrip("+-").strip())
+            unknown.append(key)
             continue
         if spec.get(name, value) != value:
             raise SpecError(
@@ -52,6 +72,18 @@ def parse_spec(text: str | list[str] | None, attr_names: list[str]) -> dict[str,
             {"unknown": unknown, "valid": list(attr_names)},
         )
     return spec
+
+
+def check_categorical(spec: dict[str, int], k: int) -> None:
+    """A categorical request names at most one class on, and leaves at least one class not negated."""
+    if sum(spec.values()) > 1:
+        raise SpecError(
+            "contradictory_attributes",
+            "a categorical label set takes at most one positive class",
+            {"positive": [a for a, v in spec.items() if v]},
+        )
+    if len(spec) == k and not any(spec.values()):
+        raise SpecError("contradictory_attributes", "every class is negated; leave at least one", {"spec": spec})
 
 
 def resolve(
@@ -73,12 +105,8 @@ def resolve(
         if spec:
             raise SpecError("unknown_attributes", "this label set has no attributes", {"valid": []})
         return torch.zeros(n, 0)
-    if kind == "categorical" and sum(spec.values()) > 1:
-        raise SpecError(
-            "contradictory_attributes",
-            "a categorical label set takes at most one positive class",
-            {"positive": [a for a, v in spec.items() if v]},
-        )
+    if kind == "categorical":
+        check_categorical(spec, k)
     cols = torch.tensor([attr_names.index(a) for a in spec], dtype=torch.long)
     want = torch.tensor(list(spec.values()), dtype=table.dtype)
     table = table.float()
@@ -95,8 +123,9 @@ def resolve(
             "pass allow_unseen to draw the other attributes from their marginals",
             {"spec": spec},
         )
-    if kind == "categorical":  # only negatives can be unseen here: choose uniformly among the allowed classes
-        allowed = torch.tensor([spec.get(a, 1) for a in attr_names], dtype=torch.float)
+    if kind == "categorical":  # the named class (absent from the table), else uniformly among the classes not negated
+        positive = [a for a, v in spec.items() if v]
+        allowed = torch.tensor([float(a in positive or (not positive and spec.get(a, 1))) for a in attr_names])
         pick = torch.multinomial(allowed.expand(n, -1), 1, generator=generator).squeeze(1)
         return torch.nn.functional.one_hot(pick, k).float()
     marginals = table.mean(0) if counts is None else (table * counts[:, None]).sum(0) / counts.sum()
@@ -116,7 +145,12 @@ def format_spec(spec: dict[str, int]) -> str:
 
 
 def nearest_rows(
-    current: torch.Tensor, spec: dict[str, int], attr_names: list[str], table: torch.Tensor, allow_unseen: bool = False
+    current: torch.Tensor,
+    spec: dict[str, int],
+    attr_names: list[str],
+    table: torch.Tensor,
+    allow_unseen: bool = False,
+    kind: LabelKind = "binary",
 ) -> torch.Tensor:
     """Edit targets: per row of ``current`` (n x K), the label-table row that honours the spec and
     differs from it in the fewest attributes (ties: the most frequent row in the data).
@@ -124,11 +158,17 @@ def nearest_rows(
     Why: an edit should change only what was asked, but some attributes constrain others (asking
     a black-haired face for blond hair must also switch black hair off). The nearest row the data
     actually shows is the smallest consistent change. Without any such row the spec is an
-    ``unseen_combination`` error, unless allowed; then only the named attributes are overwritten.
+    ``unseen_combination`` error, unless allowed; then only the named attributes are overwritten (categorical:
+    the nearest class the spec allows, so a row never holds two classes).
     """
+    if kind == "categorical":
+        check_categorical(spec, len(attr_names))
     cols = torch.tensor([attr_names.index(a) for a in spec], dtype=torch.long)
     want = torch.tensor(list(spec.values()), dtype=torch.float)
     rows, counts = distinct_rows(table)
+    if allow_unseen and kind == "categorical":  # every class is a row the request may reach
+        rows = torch.cat([rows, torch.eye(len(attr_names))])
+        counts = torch.cat([counts, torch.zeros(len(attr_names), dtype=counts.dtype)])
     match = (rows[:, cols] == want).all(1) if len(cols) else torch.ones(len(rows), dtype=torch.bool)
     if not match.any():
         if not allow_unseen:

@@ -13,18 +13,20 @@ import numpy as np
 import torch
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from conditioning import edits, modes
 from conditioning.images import grid, png_bytes, to_uint8
 from conditioning.labelset import LabelSetVersion
-from conditioning.specs import SpecError, parse_spec
+from conditioning.specs import SpecError, parse_spec, split_spec
 from models.latent_table import REALISM
 from service.batcher import SampleWork
-from service.errors import ApiError, envelope
+from service.errors import ApiError, documented, envelope
+from service.registry import check_name
 from service.uploads import decode_image
 
 router = APIRouter()
+PNG = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
 
 
 def state(request: Request):
@@ -43,12 +45,15 @@ def state(request: Request):
 def pick_labelset(st, labelset: str | None, attrs: str | None) -> LabelSetVersion:
     """The named label set; else the one whose attributes include every requested name; else realism."""
     sets = st.live.sets
-    if labelset:
-        ls = sets.get(labelset)
+    if labelset is not None:
+        ls = sets.get(check_name(labelset))
         if ls is None:
             raise ApiError(404, "unknown_labelset", f"no label set named {labelset!r}", {"available": sorted(sets)})
         return ls
-    names = {p.strip().lstrip("+-").strip().lower() for p in (attrs or "").split(",") if p.strip().lstrip("+-").strip()}
+    try:
+        names = {name for name, _ in split_spec(attrs)}
+    except SpecError as e:
+        raise ApiError(422, e.code, str(e), e.details) from None
     if not names:
         if REALISM not in sets:
             raise ApiError(
@@ -109,7 +114,14 @@ def _png(images: np.ndarray) -> bytes:
     return png_bytes(grid(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, nrow=math.ceil(math.sqrt(n))))
 
 
-@router.get("/sample", summary="Conditional (or realism-mapped) samples as PNG or JSON")
+@router.get(
+    "/sample",
+    summary="Conditional (or realism-mapped) samples as PNG or JSON",
+    responses={
+        200: {"content": PNG, "description": "a PNG (a grid when n > 1), or with format=json the images and labels"},
+        **documented(404, 422, 429, 503, 504),
+    },
+)
 async def sample(
     request: Request,
     attrs: str | None = Query(None, description="comma-separated attributes, '-' negates: smiling,-eyeglasses"),
@@ -123,9 +135,11 @@ async def sample(
     st = state(request)
     if n > st.cfg.max_n:
         raise ApiError(422, "n_out_of_range", f"n must be between 1 and {st.cfg.max_n}", {"max": st.cfg.max_n})
-    if mode == "prior" and attrs:
+    if mode == "prior" and (attrs or labelset):
         raise ApiError(
-            422, "prior_ignores_attrs", "mode=prior draws unconditional prior samples; drop attrs or use actor/optimize"
+            422,
+            "prior_ignores_attrs",
+            "mode=prior draws unconditional prior samples; drop attrs and labelset or use actor/optimize",
         )
     ls = None if mode == "prior" else pick_labelset(st, labelset, attrs)
     seed = secrets.randbits(63) if seed is None else seed
@@ -134,7 +148,9 @@ async def sample(
         z, y, mask = modes.draw(ls, spec, n, st.backbone.latent_dim, torch.Generator().manual_seed(seed), allow_unseen)
     except SpecError as e:
         raise spec_error(e, ls) from None
-    result = await st.batcher.sample(SampleWork(ls, mode, z, y, mask), st.cfg.request_timeout_s)
+    result = await st.batcher.sample(
+        SampleWork(ls, mode, z, y, mask), st.cfg.request_timeout_s, st.cfg.max_queue_wait_s, request.receive
+    )
     if ls is not None:
         st.metrics.labelset_requests.labels(ls.name, mode).inc()
         for s in result.realism.tolist():
@@ -176,12 +192,19 @@ async def sample(
     return Response(body, media_type="image/png", headers=h)
 
 
-@router.post("/transform", summary="Identity-preserving edit of an uploaded image")
+@router.post(
+    "/transform",
+    summary="Identity-preserving edit of an uploaded image",
+    responses={
+        200: {"content": PNG, "description": "the edited image as PNG, or with format=json with its reconstruction"},
+        **documented(400, 404, 413, 415, 422, 429, 503, 504),
+    },
+)
 async def transform(
     request: Request,
     image: UploadFile = File(..., description="PNG or JPEG"),
     attrs: str = Form("", description="attributes to set, e.g. eyeglasses or -smiling"),
-    labelset: str | None = Form(None),
+    labelset: str = Form(None),
     mode: edits.EditMode = Form("actor"),
     format: Literal["png", "json"] = Form("png"),
     allow_unseen: bool = Form(False),
@@ -197,7 +220,8 @@ async def transform(
     if not spec:
         raise ApiError(422, "nothing_to_edit", "name at least one attribute to change", {"valid": ls.attr_names})
     c, size = st.backbone.image_shape[0], st.backbone.image_shape[1]
-    pixels = await run_in_threadpool(decode_image, data, c, size)
+    async with st.decode_slots:  # each decode may hold up to uploads.MAX_DECODED_PIXELS: bound how many at once
+        pixels = await run_in_threadpool(decode_image, data, c, size)
 
     def edit():
         z0 = st.backbone.encode(torch.from_numpy(pixels)[None])
@@ -233,7 +257,7 @@ async def transform(
 # ---- operations -------------------------------------------------------------------------------
 
 
-@router.get("/info", summary="What this server serves (the web page is at /)")
+@router.get("/info", summary="What this server serves (the web page is at /)", responses=documented())
 async def info(request: Request):
     st = request.app.state.lcs
     out = {"service": "latent-constraints", "ready": st.ready, "bundle": st.cfg.bundle}
@@ -251,12 +275,12 @@ async def info(request: Request):
     return out
 
 
-@router.get("/livez", summary="The process is up")
+@router.get("/livez", summary="The process is up", responses=documented())
 async def livez():
     return {"status": "alive"}
 
 
-@router.get("/readyz", summary="Decoder loaded, warmed up and registry synced")
+@router.get("/readyz", summary="Decoder loaded, warmed up and registry synced", responses=documented(503))
 async def readyz(request: Request):
     st = request.app.state.lcs
     if st.ready:
@@ -270,10 +294,15 @@ async def readyz(request: Request):
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **documented()},
+)
 async def metrics(request: Request):
     st = request.app.state.lcs
     if st.live is not None:
         st.metrics.labelsets_loaded.set(len(st.live.sets))
         st.metrics.versions_alive.set(st.live.live_versions)
-    return Response(st.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return PlainTextResponse(st.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

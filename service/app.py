@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conditioning import modes
 from conditioning.backbone import Backbone
-from service import errors
+from service import contract, errors
 from service.auth import admin_token
 from service.batcher import Batcher
 from service.config import ServerConfig
@@ -31,6 +31,9 @@ from service.metrics import Metrics
 from service.registry import Registry
 
 log = logging.getLogger("lcs.service")
+SWEEP_EVERY_S = 30.0
+MAX_QUERY_BYTES = 8 << 10
+H11_MAX_EVENT_BYTES = 1 << 20
 
 
 class State:
@@ -44,6 +47,7 @@ class State:
         self.backbone: Backbone | None = None
         self.live: LiveLabelSets | None = None
         self.batcher: Batcher | None = None
+        self.decode_slots = asyncio.Semaphore(cfg.max_decodes)
         self.pending = {"decoder": "loading", "registry": "not synced yet", "warmup": "not done yet"}
         self.startup_error: str | None = None
 
@@ -92,11 +96,17 @@ def _warmup(st: State) -> None:
 
 
 async def _poll(st: State) -> None:
-    """Pick up other replicas' registry writes (and deletes) within a couple of poll periods."""
+    """Pick up other replicas' registry writes (and deletes) within a couple of poll periods; sweep dead writers'
+    staging (any replica's) every SWEEP_EVERY_S."""
+    swept = time.monotonic()
     while True:
         await asyncio.sleep(st.cfg.poll_interval_s)
         try:
             await asyncio.to_thread(st.live.sync)
+            if time.monotonic() - swept > SWEEP_EVERY_S:
+                swept = time.monotonic()
+                if n := await asyncio.to_thread(st.registry.sweep):
+                    log.info("swept %d stale staging entr%s", n, "y" if n == 1 else "ies")
         except Exception:  # noqa: BLE001 - a bad pass is logged; the next one retries
             log.exception("registry sync failed")
         st.metrics.labelsets_loaded.set(len(st.live.sets))
@@ -104,7 +114,9 @@ async def _poll(st: State) -> None:
 
 
 class BodyLimit:
-    """Refuse request bodies over the route's limit with 413, by Content-Length or while streaming."""
+    """Refuse request bodies over the route's limit with 413, by Content-Length or while streaming, and query strings
+    over MAX_QUERY_BYTES with 414 (uvicorn hands the app request lines up to H11_MAX_EVENT_BYTES, so these get the
+    envelope; beyond that uvicorn's own plain 400 protects the process)."""
 
     def __init__(self, app, cfg: ServerConfig):
         self.app, self.cfg = app, cfg
@@ -121,6 +133,13 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if len(scope.get("query_string", b"")) > MAX_QUERY_BYTES:
+            return await errors.envelope(
+                414,
+                "uri_too_long",
+                f"the query string is {len(scope['query_string'])} bytes; the limit is {MAX_QUERY_BYTES}",
+                {"limit": MAX_QUERY_BYTES},
+            )(scope, receive, send)
         limit = self.limit(scope["method"], scope["path"])
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
@@ -199,11 +218,13 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     app.state.admin_token = admin_token(cfg.data_dir)
     app.state.started = time.time()
     errors.install(app)
+    contract.install(app, cfg)
     app.add_middleware(BodyLimit, cfg=cfg)
     app.add_middleware(Timing, metrics=st.metrics)
-    app.include_router(router)
-    app.include_router(manage.router)
-    app.include_router(web.router)
+    routers = (router, manage.router, manage.admin, web.router)
+    for r in routers:
+        app.include_router(r)
+    app.state.route_methods = [(route.path_regex, route.methods) for r in routers for route in r.routes]
     web.mount_static(app)
     return app
 
@@ -230,4 +251,11 @@ def serve(cfg: ServerConfig) -> None:
 
     setup_logging()
     check_data_dir(cfg.data_dir)
-    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="info", timeout_graceful_shutdown=10)
+    uvicorn.run(
+        create_app(cfg),
+        host=cfg.host,
+        port=cfg.port,
+        log_level="info",
+        timeout_graceful_shutdown=10,
+        h11_max_incomplete_event_size=H11_MAX_EVENT_BYTES,
+    )

@@ -1,7 +1,8 @@
 """Admin routes need ``Authorization: Bearer <token>``.
 
-The token is ``LCS_ADMIN_TOKEN`` when set; otherwise one is generated on first start and kept in
-DATA/admin_token (mode 0600), whose path is logged, so a fresh install is never left open.
+``AdminRoute`` checks it from the headers, before any body is read. The token is ``LCS_ADMIN_TOKEN``
+when set; otherwise one is generated on first start and kept in DATA/admin_token (mode 0600), whose
+path is logged, so a fresh install is never left open.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import secrets
 from pathlib import Path
 
 from fastapi import Request
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBearer
 
 from service.errors import ApiError
 
@@ -39,19 +42,37 @@ def admin_token(data_dir: str | Path) -> str:
     return token
 
 
-def require_admin(request: Request) -> None:
-    """FastAPI dependency for PUT/DELETE/rollback/jobs."""
-    given = request.headers.get("authorization", "")
-    scheme, _, token = given.partition(" ")
-    expected = request.app.state.admin_token
+def check_admin(authorization: str, expected: str) -> ApiError | None:
+    """The 401 for a missing or wrong bearer token, or None when it is this server's."""
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(
+        return ApiError(
             401,
             "unauthorized",
             "this route needs 'Authorization: Bearer <admin token>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
     if not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        raise ApiError(
+        return ApiError(
             401, "unauthorized", "the admin token is not this server's", headers={"WWW-Authenticate": "Bearer"}
         )
+    return None
+
+
+class AdminRoute(APIRoute):
+    """Admin routes check the token from the headers before a byte of the body is read: FastAPI runs dependencies
+    only after it has parsed the whole multipart body (a 500 MB upload used to be received in full for a 401)."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request):
+            if (e := check_admin(request.headers.get("authorization", ""), request.app.state.admin_token)) is not None:
+                raise e
+            return await handler(request)
+
+        return guarded
+
+
+# Declares the bearer scheme in the OpenAPI contract; AdminRoute has already checked the token when it runs.
+admin_scheme = HTTPBearer(auto_error=False, description="the admin token (LCS_ADMIN_TOKEN or DATA/admin_token)")

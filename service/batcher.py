@@ -3,8 +3,12 @@
 Requests wait at most ``max_wait_ms`` for company, up to ``max_batch`` samples. Each batch runs
 on the single model thread (so the event loop never blocks and model work never races): every
 (label set, mode) group goes through its mapper on its own sub-batch, then the whole batch goes
-through the decoder once. Beyond ``max_queue`` waiting samples a request gets 429 with
-Retry-After; past its deadline, 504 (its rows are skipped if the batch has not started).
+through the decoder once.
+
+Overload is answered at admission, fast: a request gets 429 with Retry-After when its estimated wait
+(the samples ahead of it and its own, at the throughput the model thread has measured) exceeds the
+caller's budget, or beyond ``max_queue`` waiting samples. Past its deadline it gets 504, and a request
+whose client disconnects leaves the queue; either way its rows are skipped if the batch has not started.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -28,6 +34,12 @@ from service.metrics import Metrics
 
 log = logging.getLogger("lcs.batcher")
 
+# Seconds a sample costs before any batch has been timed. A 2-core CPU runs a 64-row batch of the shipped avatars in
+# 0.1-0.2 s (2-3 ms a sample); starting several times slower under- rather than over-admits the first burst.
+INITIAL_SEC_PER_SAMPLE = 0.01
+# How far a full batch's timing moves the estimate (a smaller batch moves it in proportion to its size).
+EWMA_WEIGHT = 0.3
+
 
 @dataclass(eq=False)
 class SampleWork:
@@ -38,6 +50,7 @@ class SampleWork:
     mask: torch.Tensor  # n x K: which attributes the request named (optimisation only)
     deadline: float = 0.0
     future: asyncio.Future | None = None
+    queued: bool = False  # counted in Batcher.waiting; False once taken into a batch or dropped
 
     @property
     def n(self) -> int:
@@ -62,6 +75,8 @@ class Batcher:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="lcs-model")
         self.items: collections.deque[SampleWork] = collections.deque()
         self.waiting = 0
+        self.running, self.run_started = 0, 0.0  # samples in the batch on the model thread, and since when
+        self.sec_per_sample = INITIAL_SEC_PER_SAMPLE
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -74,30 +89,83 @@ class Batcher:
             await asyncio.gather(self._task, return_exceptions=True)
         self.executor.shutdown(wait=True, cancel_futures=True)
 
-    def _admit(self, n: int) -> None:
-        if self.waiting and self.waiting + n > self.max_queue:
-            self.metrics.rejected.labels("queue_full").inc()
-            raise ApiError(
-                429,
-                "queue_full",
-                f"{self.waiting} samples are waiting; try again shortly",
-                {"waiting": self.waiting, "max_queue": self.max_queue},
-                headers={"Retry-After": "1"},
-            )
+    def estimated_wait(self, n: int) -> float:
+        """Seconds until ``n`` samples queued now would be drawn: what the running batch has left, then every
+        waiting sample and these, at the measured rate."""
+        left = max(0.0, self.running * self.sec_per_sample - (time.monotonic() - self.run_started))
+        return left + (self.waiting + n) * self.sec_per_sample
 
-    async def sample(self, work: SampleWork, timeout: float) -> SampleResult:
-        self._admit(work.n)
+    def _observe(self, seconds: float, n: int) -> None:
+        """Fold one batch's model-thread time into the seconds-per-sample EWMA, weighted by the batch's share of
+        ``max_batch``. Why: a small batch is padded (``modes.PAD_ROWS``) and costs about as much as a bigger one, so
+        it overstates the per-sample cost; full batches are what run when there is a queue to estimate."""
+        weight = EWMA_WEIGHT * min(1.0, n / self.max_batch)
+        self.sec_per_sample += weight * (seconds / n - self.sec_per_sample)
+
+    def _admit(self, n: int, budget_s: float) -> None:
+        """429 now rather than a late answer. With nothing ahead (nothing queued, the running batch due) any request
+        is taken, however large. Otherwise each request is judged on its own estimated wait, its own n included.
+        Why: under a flood of large requests the queue settles just below the budget, and the gap a large request
+        cannot use still takes a small one, so small requests are not starved by large ones (a large one, which
+        costs most, is refused first)."""
+        if not (ahead := self.estimated_wait(0)):
+            return
+        wait = ahead + n * self.sec_per_sample
+        if self.waiting and self.waiting + n > self.max_queue:
+            reason, retry = "queue_full", 1
+        elif wait > budget_s:
+            reason, retry = "queue_wait", max(1, math.ceil(wait - budget_s))
+        else:
+            return
+        self.metrics.rejected.labels(reason).inc()
+        raise ApiError(
+            429,
+            "queue_full",
+            f"{self.waiting} samples are waiting (about {wait:.1f} s); try again shortly",
+            {
+                "waiting": self.waiting,
+                "max_queue": self.max_queue,
+                "estimated_wait_s": round(wait, 3),
+                "max_queue_wait_s": budget_s,
+            },
+            headers={"Retry-After": str(retry)},
+        )
+
+    async def sample(
+        self,
+        work: SampleWork,
+        timeout: float,
+        max_queue_wait_s: float | None = None,
+        receive: Callable[[], Awaitable[dict]] | None = None,
+    ) -> SampleResult:
+        """Queue ``work`` and wait for its rows. ``max_queue_wait_s`` is the caller's admission budget (a wait that
+        would outlast ``timeout`` is refused anyway: 429 now beats 504 later). ``receive``, the request's ASGI
+        receive channel, tells when the client leaves: its work is dropped rather than drawn for nobody."""
+        self._admit(work.n, timeout if max_queue_wait_s is None else min(max_queue_wait_s, timeout))
         loop = asyncio.get_running_loop()
-        work.deadline, work.future = time.monotonic() + timeout, loop.create_future()
+        work.deadline, work.future, work.queued = time.monotonic() + timeout, loop.create_future(), True
         self.items.append(work)
         self.waiting += work.n
         self.metrics.queue_depth.set(self.waiting)
         self._wakeup.set()
+        gone = loop.create_task(_disconnected(receive)) if receive else None
         try:
-            return await asyncio.wait_for(asyncio.shield(work.future), timeout)
-        except TimeoutError:
+            done, _ = await asyncio.wait(
+                {work.future, gone} - {None}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if work.future in done:
+                return work.future.result()
+            if gone in done:
+                gone.result()  # what receive raised (e.g. the body limit's 413) is the answer
+                self.metrics.rejected.labels("client_gone").inc()
+                raise ApiError(499, "client_gone", "the client disconnected before its samples were drawn")
             self.metrics.rejected.labels("deadline").inc()
-            raise ApiError(504, "deadline_exceeded", f"no result within {timeout:g} s") from None
+            raise ApiError(504, "deadline_exceeded", f"no result within {timeout:g} s")
+        finally:
+            if gone:
+                gone.cancel()
+            work.future.cancel()  # no-op once answered; else the model loop must not answer nobody
+            self._unqueue(work)
 
     async def call(self, fn, *args, timeout: float):
         """Other model work (edits) on the same model thread, with the same deadline rule."""
@@ -108,16 +176,29 @@ class Batcher:
             self.metrics.rejected.labels("deadline").inc()
             raise ApiError(504, "deadline_exceeded", f"no result within {timeout:g} s") from None
 
-    def _take(self) -> list[SampleWork]:
-        batch, total = [], 0
-        while self.items and (not batch or total + self.items[0].n <= self.max_batch):
-            w = self.items.popleft()
+    def _unqueue(self, w: SampleWork) -> None:
+        if w.queued:
+            w.queued = False
             self.waiting -= w.n
-            if w.future.done() or time.monotonic() > w.deadline:  # its caller already got 504
+            self.metrics.queue_depth.set(self.waiting)
+
+    def _take(self) -> list[SampleWork]:
+        """The next batch, oldest first. An item too big for what is left of the batch stays queued while smaller
+        ones behind it fill the gap. Why: fuller batches, and a small request is not held back by a big one; the
+        oldest item left always leads the next batch, so packing delays nobody for long."""
+        batch, total, skipped, now = [], 0, [], time.monotonic()
+        while self.items and total < self.max_batch:
+            w = self.items.popleft()
+            if not w.queued:  # its caller already got an answer (504, client gone)
                 continue
-            batch.append(w)
-            total += w.n
-        self.metrics.queue_depth.set(self.waiting)
+            if batch and total + w.n > self.max_batch:
+                skipped.append(w)
+                continue
+            self._unqueue(w)
+            if now <= w.deadline:  # else its caller is about to get 504
+                batch.append(w)
+                total += w.n
+        self.items.extendleft(reversed(skipped))
         return batch
 
     async def _loop(self) -> None:
@@ -136,21 +217,30 @@ class Batcher:
             batch = self._take()
             if not batch:
                 continue
+            n = sum(w.n for w in batch)
+            self.running, self.run_started = n, time.monotonic()
             try:
-                results = await loop.run_in_executor(self.executor, self._run, batch)
+                results, seconds = await loop.run_in_executor(self.executor, self._timed_run, batch)
             except Exception as e:  # noqa: BLE001 - handed to each waiting request, logged there
                 log.exception("batch of %d requests failed", len(batch))
                 for w in batch:
                     if not w.future.done():
                         w.future.set_exception(e)
                 continue
-            n = sum(w.n for w in batch)
+            finally:
+                self.running = 0
+            self._observe(seconds, n)
             self.metrics.batch_size.observe(n)
             self.metrics.batch_requests.observe(len(batch))
             for w, r in zip(batch, results, strict=True):
                 if not w.future.done():
                     w.future.set_result(r)
             del batch, results, w  # do not pin this batch's label-set versions while waiting for the next
+
+    def _timed_run(self, batch: list[SampleWork]) -> tuple[list[SampleResult], float]:
+        """Timed on the model thread itself, so edits queued there do not count as sampling time."""
+        started = time.perf_counter()
+        return self._run(batch), time.perf_counter() - started
 
     def _run(self, batch: list[SampleWork]) -> list[SampleResult]:
         """Model thread: mappers per (label set, mode) group, then one decoder forward for all rows."""
@@ -178,3 +268,10 @@ class Batcher:
             results.append(SampleResult(images[start : start + w.n], scores[i], converged[i], total))
             start += w.n
         return results
+
+
+async def _disconnected(receive: Callable[[], Awaitable[dict]]) -> None:
+    """Returns when the client has gone. Why the receive channel and not polling ``is_disconnected()``: it wakes on
+    the disconnect itself, and costs nothing per waiting request while it waits."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -19,9 +19,13 @@ class ServerConfig:
     max_batch: int = 64  # samples per decoder forward
     max_wait_ms: float = 5.0  # how long the batcher waits to fill a batch
     max_queue: int = 1024  # samples waiting; beyond this requests get 429
+    # estimated seconds a /sample request would wait in the queue before 429: a quick 429 with Retry-After lets a
+    # client back off or go elsewhere, where a samples-only cap let admitted requests wait 9.7 s under load
+    max_queue_wait_s: float = 1.0
     request_timeout_s: float = 30.0  # per-request deadline -> 504
     max_n: int = 64  # images per /sample request
     max_image_bytes: int = 10 << 20  # /transform upload
+    max_decodes: int = 2  # uploaded images decoded at once (each up to 4 MP: uploads.MAX_DECODED_PIXELS)
     max_artifact_bytes: int = 256 << 20  # PUT /labelsets upload
     max_job_bytes: int = 512 << 20  # training-job upload
     poll_interval_s: float = 0.5  # registry sync (replicas converge within ~2 poll periods)

@@ -13,6 +13,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.domain import DomainError, Kind
@@ -35,6 +36,40 @@ def envelope(
     )
 
 
+class ErrorBody(BaseModel):
+    code: str  # machine-readable, e.g. unknown_attributes
+    message: str  # for people
+    details: dict  # what the code needs: the valid names, the limit, ...
+
+
+class ErrorEnvelope(BaseModel):
+    """The body of every 4xx/5xx answer."""
+
+    error: ErrorBody
+
+
+WHEN = {
+    400: "malformed input (an image or archive that cannot be decoded)",
+    401: "missing or wrong admin token",
+    404: "no such label set, version, job or route",
+    405: "method not allowed (the Allow header lists the allowed ones)",
+    409: "conflicts with the registry's state (e.g. deleting the serving version)",
+    413: "body, image or archive over its limit",
+    414: "request line or query string over its limit",
+    415: "not a format this route reads",
+    422: "invalid request: unknown, contradictory or unseen attributes, bad parameters, invalid artifact",
+    429: "overloaded: the request would wait longer than the queue budget (see Retry-After)",
+    503: "not ready yet (see Retry-After)",
+    504: "no result within the request deadline",
+}
+
+
+def documented(*statuses: int) -> dict[int, dict]:
+    """OpenAPI ``responses`` for these error statuses and 414 (any route), all with the envelope's schema (this also
+    replaces FastAPI's default 422 schema, which is not what this server sends)."""
+    return {s: {"model": ErrorEnvelope, "description": WHEN[s]} for s in sorted({*statuses, 414})}
+
+
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -43,6 +78,7 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     409: "conflict",
     413: "payload_too_large",
+    414: "uri_too_long",
     415: "unsupported_media_type",
     429: "too_many_requests",
 }
@@ -65,6 +101,13 @@ def http_status(e: DomainError) -> int:
     return HTTP_STATUS[e.kind]
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method some route has for this path (Starlette's 405 names only the first matching route's: GET for
+    /labelsets/{name}, which also takes PUT and DELETE)."""
+    path = request.scope["path"]
+    return ", ".join(sorted({m for regex, ms in request.app.state.route_methods if regex.match(path) for m in ms}))
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(_: Request, e: ApiError):
@@ -84,13 +127,11 @@ def install(app: FastAPI) -> None:
         return envelope(422, "invalid_request", f"invalid request: {where}", {"errors": errors})
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, e: StarletteHTTPException):
-        return envelope(
-            e.status_code,
-            _HTTP_CODES.get(e.status_code, "http_error"),
-            str(e.detail),
-            headers=getattr(e, "headers", None),
-        )
+    async def _http(request: Request, e: StarletteHTTPException):
+        headers = getattr(e, "headers", None)
+        if e.status_code == 405:
+            headers = {**(headers or {}), "Allow": allowed_methods(request)}
+        return envelope(e.status_code, _HTTP_CODES.get(e.status_code, "http_error"), str(e.detail), headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, e: Exception):

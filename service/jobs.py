@@ -31,7 +31,7 @@ from models.artifacts import write_json
 from service.domain import DomainError, Kind
 
 log = logging.getLogger("lcs.jobs")
-JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+JOB_ID_RE = re.compile(r"[0-9a-f]{32}")
 FINAL = ("succeeded", "failed")
 TRAIN_FIELDS = {
     "steps": (int, 1, 100_000),
@@ -57,7 +57,7 @@ def now() -> str:
 
 
 def job_dir(data_dir: str | Path, job_id: str) -> Path:
-    if not JOB_ID_RE.match(job_id or ""):
+    if not JOB_ID_RE.fullmatch(job_id or ""):
         raise JobError(Kind.NOT_FOUND, "unknown_job", f"no job {job_id!r}")
     return Path(data_dir) / "jobs" / job_id
 
@@ -178,6 +178,17 @@ class JobManager:
             await asyncio.sleep(every)
 
     def stop(self) -> None:
+        """Stop the workers and fail the jobs still queued (their clients poll a status that would never change);
+        nothing new starts: the final pump only reaps."""
+        for job_id in self.queue:
+            status = read_status(self.data_dir, job_id)
+            status.update(
+                state="failed",
+                finished=now(),
+                error={"code": "server_stopped", "message": "the server stopped before this job started; submit again"},
+            )
+            write_json(job_dir(self.data_dir, job_id) / "status.json", status)
+        self.queue.clear()
         for r in self.running.values():
             r.proc.terminate()
         for r in self.running.values():
@@ -223,7 +234,7 @@ def build_table(d: Path, job: dict, bundle: Path, device: torch.device) -> tuple
     key = "file" if job["source"] == "images" else "id"
     keys, names, labels = parse_labels_csv((d / "labels.csv").read_bytes(), key)
     if job["source"] == "images":
-        zf = open_zip((d / "images.zip").read_bytes(), keys, 1 << 34)
+        zf = open_zip(d / "images.zip", keys)
         images = zip_images(zf, keys, vae.cfg.channels, vae.cfg.image_size)
         mu, sigma = backbone.encode(vae, images, device, progress="encode uploaded images")
     elif (bundle / "latents.safetensors").is_file():

@@ -13,13 +13,15 @@ from conditioning.labelset import LabelSetVersion
 from conditioning.rules import RULES
 from models.latent import LabelKind
 from service.api import state
-from service.auth import require_admin
-from service.errors import ApiError
+from service.auth import AdminRoute, admin_scheme
+from service.errors import ApiError, documented
 from service.jobs import read_status, training_params
 from service.registry import check_name
 from service.uploads import open_zip, parse_labels_csv
 
 router = APIRouter()
+# writes: the token is checked before the body is read (AdminRoute); the dependency declares it in the contract
+admin = APIRouter(route_class=AdminRoute, tags=["admin"], dependencies=[Depends(admin_scheme)])
 
 
 def _summary(ls: LabelSetVersion) -> dict:
@@ -33,23 +35,25 @@ def _summary(ls: LabelSetVersion) -> dict:
     }
 
 
-@router.get("/labelsets", summary="Label sets serving now")
+@router.get("/labelsets", summary="Label sets serving now", responses=documented(503))
 async def list_labelsets(request: Request):
     st = state(request)
     return {"labelsets": [_summary(ls) for _, ls in sorted(st.live.sets.items())]}
 
 
-@router.get("/labelsets/{name}", summary="One label set: its versions, labels and metrics")
+@router.get(
+    "/labelsets/{name}", summary="One label set: its versions, labels and metrics", responses=documented(404, 422, 503)
+)
 async def get_labelset(request: Request, name: str):
     st = state(request)
     return await run_in_threadpool(st.registry.describe, check_name(name))
 
 
-@router.put(
+@admin.put(
     "/labelsets/{name}",
     status_code=201,
-    dependencies=[Depends(require_admin)],
     summary="Register a new immutable version (mapper.json + mapper.safetensors from lcs train-labelset)",
+    responses=documented(400, 401, 413, 415, 422, 503),
 )
 async def put_labelset(
     request: Request,
@@ -76,8 +80,10 @@ async def put_labelset(
     return JSONResponse(_summary(ls) if ls is not None and ls.version == vid else {"name": name, "version": vid}, 201)
 
 
-@router.delete(
-    "/labelsets/{name}", dependencies=[Depends(require_admin)], summary="Delete a label set and all its versions"
+@admin.delete(
+    "/labelsets/{name}",
+    summary="Delete a label set and all its versions",
+    responses=documented(401, 404, 422, 503),
 )
 async def delete_labelset(request: Request, name: str):
     st = state(request)
@@ -86,10 +92,10 @@ async def delete_labelset(request: Request, name: str):
     return {"deleted": name}
 
 
-@router.delete(
+@admin.delete(
     "/labelsets/{name}/versions/{version}",
-    dependencies=[Depends(require_admin)],
     summary="Delete one earlier (not serving) version",
+    responses=documented(401, 404, 409, 422, 503),
 )
 async def delete_version(request: Request, name: str, version: str):
     st = state(request)
@@ -97,10 +103,10 @@ async def delete_version(request: Request, name: str, version: str):
     return {"deleted": name, "version": version}
 
 
-@router.post(
+@admin.post(
     "/labelsets/{name}/rollback",
-    dependencies=[Depends(require_admin)],
     summary="Serve an earlier version again (default: the previous one)",
+    responses=documented(401, 404, 409, 422, 503),
 )
 async def rollback(request: Request, name: str, version: str | None = Query(None)):
     st = state(request)
@@ -109,27 +115,27 @@ async def rollback(request: Request, name: str, version: str | None = Query(None
     return {"name": name, "version": vid}
 
 
-@router.post(
+@admin.post(
     "/labelsets/{name}/jobs",
     status_code=202,
-    dependencies=[Depends(require_admin)],
     summary="Train a new label set on the frozen model from uploaded labels, images or a rule",
+    responses=documented(400, 401, 413, 415, 422, 503),
 )
 async def create_job(
     request: Request,
     name: str,
-    labels: UploadFile | None = File(None, description="CSV: id|file, then one 0/1 column per attribute"),
-    images: UploadFile | None = File(None, description="zip of the images the CSV's 'file' column names"),
-    rule: str | None = Form(None, description=f"label decoded prior samples by a rule: {', '.join(sorted(RULES))}"),
+    labels: UploadFile = File(None, description="CSV: id|file, then one 0/1 column per attribute"),
+    images: UploadFile = File(None, description="zip of the images the CSV's 'file' column names"),
+    rule: str = Form(None, description=f"label decoded prior samples by a rule: {', '.join(sorted(RULES))}"),
     kind: LabelKind = Form("binary"),
-    steps: int | None = Form(None),
-    lambda_dist: float | None = Form(None),
-    width: int | None = Form(None),
-    depth: int | None = Form(None),
-    batch_size: int | None = Form(None),
-    lr: float | None = Form(None),
-    edit_prob: float | None = Form(None),
-    rule_samples: int | None = Form(None),
+    steps: int = Form(None),
+    lambda_dist: float = Form(None),
+    width: int = Form(None),
+    depth: int = Form(None),
+    batch_size: int = Form(None),
+    lr: float = Form(None),
+    edit_prob: float = Form(None),
+    rule_samples: int = Form(None),
 ):
     st = state(request)
     check_name(name)
@@ -158,7 +164,7 @@ async def create_job(
         keys, names, _ = await run_in_threadpool(parse_labels_csv, files["labels.csv"], key)
         if images is not None:
             files["images.zip"] = await images.read()
-            await run_in_threadpool(open_zip, files["images.zip"], keys, 8 * st.cfg.max_job_bytes)
+            await run_in_threadpool(open_zip, files["images.zip"], keys)
         request_doc, rows = (
             {"source": "images" if images is not None else "ids", "attrs": names, "rows": len(keys)},
             len(keys),
@@ -180,6 +186,6 @@ async def create_job(
     )
 
 
-@router.get("/jobs/{job_id}", summary="A training job's state, progress, result or error")
+@router.get("/jobs/{job_id}", summary="A training job's state, progress, result or error", responses=documented(404))
 async def get_job(request: Request, job_id: str):
     return await run_in_threadpool(read_status, request.app.state.lcs.cfg.data_dir, job_id)

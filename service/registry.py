@@ -14,6 +14,7 @@ or the previous one. Writers on one host serialise on an ``flock``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -32,14 +33,17 @@ import torch
 from models.artifacts import ArtifactError, write_json
 from models.latent import ARCH, LatentConfig, LatentMappers, load_mappers
 from service.domain import DomainError, Kind
+from service.uploads import ATTR_RE
 
 log = logging.getLogger("lcs.registry")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # fullmatch: "$" would let a trailing newline in
 ALLOWED_ARCHS = {ARCH}
 FILES = ("mapper.safetensors", "mapper.json")
 LIMITS = {"width": 4096, "depth": 8, "label_embed": 1024, "n_labels": 1024}
-STALE_STAGING_S = 600
+# An upload is staged from a body already received, validated and renamed within seconds, touching its files as it
+# goes; one untouched for 2 minutes belongs to a writer that died (kill -9). Every replica sweeps periodically.
+STALE_STAGING_S = 120
 
 
 class RegistryError(DomainError):
@@ -51,7 +55,7 @@ def _unknown_labelset(name: str, available: list[str]) -> RegistryError:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
+    if not NAME_RE.fullmatch(name or ""):
         raise RegistryError(
             Kind.INVALID,
             "invalid_name",
@@ -63,6 +67,27 @@ def check_name(name: str) -> str:
 
 def _invalid(message: str, **details) -> RegistryError:
     return RegistryError(Kind.INVALID, "invalid_artifact", message, details)
+
+
+def _data_end(key: str, entry) -> int:
+    """Where one tensor's bytes end, from a header entry whose every field has been type-checked (a malformed entry
+    is the uploader's error, not a server one)."""
+    ok = (
+        isinstance(entry, dict)
+        and isinstance(entry.get("dtype"), str)
+        and isinstance(entry.get("shape"), list)
+        and all(type(d) is int and d >= 0 for d in entry["shape"])
+        and isinstance(entry.get("data_offsets"), list)
+        and len(entry["data_offsets"]) == 2
+        and all(type(o) is int and o >= 0 for o in entry["data_offsets"])
+        and entry["data_offsets"][0] <= entry["data_offsets"][1]
+    )
+    if not ok:
+        raise _invalid(
+            f"mapper.safetensors: header entry {str(key)[:64]!r} is malformed "
+            "(needs dtype, a shape of non-negative integers and data_offsets [begin, end])"
+        )
+    return entry["data_offsets"][1]
 
 
 def check_safetensors_header(path: Path) -> dict:
@@ -89,19 +114,33 @@ def check_safetensors_header(path: Path) -> dict:
             ) from None
     if not isinstance(header, dict):
         raise RegistryError(Kind.UNSUPPORTED, "not_safetensors", "mapper.safetensors has no valid safetensors header")
-    end = max(
-        [
-            v["data_offsets"][1]
-            for k, v in header.items()
-            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v
-        ]
-        or [0]
-    )
+    end = max([_data_end(k, v) for k, v in header.items() if k != "__metadata__"] or [0])
     if 8 + n + end != size:
         raise _invalid(
             f"mapper.safetensors is truncated or padded: header promises {8 + n + end} bytes, file has {size}"
         )
     return header
+
+
+def _latent_config(raw) -> LatentConfig:
+    """mapper.json's config checked field by field, so a bad one is named in the uploader's terms (not as a Python
+    TypeError from the dataclass, nor compared as a string with the decoder's latent size)."""
+    if not isinstance(raw, dict):
+        raise _invalid("mapper.json needs a 'config' object")
+    known = {f.name for f in dataclasses.fields(LatentConfig)}
+    if set(raw) - known or "latent_dim" not in raw:
+        raise _invalid(
+            "mapper.json config: unknown field(s) or no latent_dim",
+            unknown=sorted(map(str, set(raw) - known)),
+            known=sorted(known),
+        )
+    not_int = [k for k in ("latent_dim", "width", "depth", "label_embed") if k in raw and type(raw[k]) is not int]
+    if not_int:
+        raise _invalid(f"mapper.json config: {', '.join(not_int)} must be integers", fields=not_int)
+    names = raw.get("attr_names", [])
+    if not isinstance(names, list) or not all(isinstance(a, str) and ATTR_RE.fullmatch(a) for a in names):
+        raise _invalid("mapper.json config: attr_names must be identifiers (letters, digits, '_')")
+    return LatentConfig(**raw)
 
 
 def validate_artifact(  # noqa: C901 - one flat list of admission checks, each raising its own reason
@@ -127,11 +166,8 @@ def validate_artifact(  # noqa: C901 - one flat list of admission checks, each r
             "this mapper was trained for another decoder; its latents would mean something else",
             {"artifact": str(manifest.get("decoder_fingerprint")), "server": decoder_fingerprint},
         )
-    try:
-        cfg = LatentConfig(**manifest["config"])
-        names = [str(a) for a in cfg.attr_names]
-    except (KeyError, TypeError) as e:
-        raise _invalid(f"mapper.json has no valid config: {e}") from None
+    cfg = _latent_config(manifest.get("config"))
+    names = cfg.attr_names
     if cfg.latent_dim != latent_dim:
         raise _invalid(f"latent size {cfg.latent_dim} does not match the decoder's {latent_dim}")
     too_big = {
@@ -144,9 +180,16 @@ def validate_artifact(  # noqa: C901 - one flat list of admission checks, each r
         )
         if not isinstance(v, int) or not 0 <= v <= LIMITS[k]
     }
-    if too_big or cfg.kind not in ("binary", "categorical") or len(set(names)) != len(names):
+    if (
+        too_big
+        or cfg.kind not in ("binary", "categorical")
+        or cfg.critic not in ("concat", "projection")
+        or len(set(names)) != len(names)
+    ):
         raise _invalid(
-            "config out of bounds (sizes, kind binary|categorical, unique attribute names)", bad=too_big, limits=LIMITS
+            "config out of bounds (sizes, kind binary|categorical, critic concat|projection, unique attribute names)",
+            bad=too_big,
+            limits=LIMITS,
         )
     try:
         m, manifest, extra = load_mappers(directory, decoder_fingerprint)
@@ -185,6 +228,15 @@ def content_id(directory: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _last_touched(path: Path) -> float:
+    """The newest mtime of a staging entry and what it holds (0 when it vanished meanwhile: sweep it)."""
+    try:
+        inside = [p.stat().st_mtime for p in path.iterdir()] if path.is_dir() else []
+        return max([path.stat().st_mtime, *inside])
+    except FileNotFoundError:
+        return 0.0
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -201,7 +253,7 @@ class Registry:
 
     # ---- reading -------------------------------------------------------------------------
     def names(self) -> list[str]:
-        return sorted(p.parent.name for p in self.root.glob("*/current.json") if NAME_RE.match(p.parent.name))
+        return sorted(p.parent.name for p in self.root.glob("*/current.json") if NAME_RE.fullmatch(p.parent.name))
 
     def current(self, name: str) -> dict | None:
         try:
@@ -345,10 +397,10 @@ class Registry:
         shutil.rmtree(trash, ignore_errors=True)
 
     def sweep(self) -> int:
-        """Remove staging left by writers that died (older than STALE_STAGING_S; live writers are younger)."""
+        """Remove staging left by writers that died (untouched for STALE_STAGING_S; live writers touch it sooner)."""
         now, n = time.time(), 0
         for p in self.staging.iterdir():
-            if now - p.stat().st_mtime > STALE_STAGING_S or p.name.startswith("deleted-"):
+            if p.name.startswith("deleted-") or now - _last_touched(p) > STALE_STAGING_S:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
                 n += 1
         for p in self.root.glob("*/.current.json.*.tmp"):  # a pointer write cut short
@@ -363,7 +415,7 @@ class Registry:
             return []
         added = []
         for d in sorted((bundle / "labelsets").glob("*")):
-            if (d / "mapper.json").is_file() and NAME_RE.match(d.name) and self.current(d.name) is None:
+            if (d / "mapper.json").is_file() and NAME_RE.fullmatch(d.name) and self.current(d.name) is None:
                 staged = self.stage()
                 for f in FILES:
                     shutil.copyfile(d / f, staged / f)

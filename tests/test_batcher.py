@@ -1,7 +1,9 @@
-"""Dynamic batcher and engine padding: one decoder forward per batch, 429 on a full queue, 504 past the deadline,
-and results that do not depend on what a request was batched with."""
+"""Dynamic batcher and engine padding: one decoder forward per batch, 429 on a full queue or an estimated wait over
+budget, 504 past the deadline, no work for clients that left, and results that do not depend on what a request was
+batched with."""
 
 import asyncio
+import threading
 import time
 from types import SimpleNamespace
 
@@ -12,7 +14,7 @@ import torch
 from conditioning.backbone import Backbone
 from conditioning.images import to_uint8
 from conditioning.modes import PAD_ROWS, pad
-from service.batcher import Batcher, SampleWork
+from service.batcher import EWMA_WEIGHT, INITIAL_SEC_PER_SAMPLE, Batcher, SampleWork
 from service.errors import ApiError
 from service.metrics import Metrics
 
@@ -131,3 +133,226 @@ def test_padded_forwards_do_not_depend_on_the_batch(service_bundle):
     shuffled = to_uint8(bb.decode(torch.cat([z[20:33], z[:5]])))[13:]
     assert np.array_equal(alone, together) and np.array_equal(alone, shuffled)
     assert len(pad(z[:3])) == PAD_ROWS and len(pad(z)) == 40
+
+
+class GatedBackbone(SlowBackbone):
+    """Decoding waits for ``release``, so a test knows exactly what is queued behind the running batch; decodes with
+    ``inner`` when given (a real backbone), else as SlowBackbone."""
+
+    def __init__(self, inner=None):
+        super().__init__()
+        self.inner, self.entered, self.release = inner, threading.Event(), threading.Event()
+
+    def decode(self, z):
+        self.entered.set()
+        self.release.wait(10)
+        if self.inner is None:
+            return super().decode(z)
+        self.decode_rows.append(len(z))
+        return self.inner.decode(z)
+
+
+def client(left: asyncio.Event):
+    """A request's ASGI receive channel: its (empty) GET body, then http.disconnect once ``left`` is set."""
+    messages = iter([{"type": "http.request", "body": b"", "more_body": False}])
+
+    async def receive():
+        if (m := next(messages, None)) is not None:
+            return m
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+def rejected(m: Metrics, reason: str) -> float:
+    return m.registry.get_sample_value("lcs_rejected_total", {"reason": reason}) or 0
+
+
+async def enqueue(b: Batcher, *ns: int, **kw) -> list[asyncio.Future]:
+    """Requests of these sizes, admitted and waiting (the batcher is not started, so nothing drains)."""
+    tasks = [asyncio.ensure_future(b.sample(work(n, 0.0), 30, **kw)) for n in ns]
+    await asyncio.sleep(0)
+    assert not any(t.done() for t in tasks)
+    return tasks
+
+
+async def discard(b: Batcher, tasks) -> None:
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await b.stop()
+
+
+def test_admission_follows_the_estimated_wait_and_a_small_request_still_fits():
+    """A planted throughput (10 ms a sample) and a 1 s budget: 100 samples' worth. Large requests fill the queue to
+    96; one more n=16 would wait 1.12 s and is refused, an n=1 (0.97 s) still gets in; the samples cap never bites."""
+    m = Metrics()
+
+    async def go():
+        b = Batcher(SlowBackbone(), m, max_batch=64, max_queue=1024)
+        b.sec_per_sample = 0.01
+        tasks = await enqueue(b, *[16] * 6, max_queue_wait_s=1.0)
+        assert b.waiting == 96
+        with pytest.raises(ApiError) as big:
+            await b.sample(work(16, 0.0), 30, max_queue_wait_s=1.0)
+        tasks += await enqueue(b, 1, max_queue_wait_s=1.0)
+        with pytest.raises(ApiError) as four:
+            await b.sample(work(4, 0.0), 30, max_queue_wait_s=1.0)
+        b.sec_per_sample = 0.05  # 4.9 s for one more sample
+        with pytest.raises(ApiError) as slow:
+            await b.sample(work(16, 0.0), 30, max_queue_wait_s=1.0)
+        with pytest.raises(ApiError) as past_deadline:  # no budget given: a wait past the deadline is refused now
+            await b.sample(work(1, 0.0), 2)
+        waiting = b.waiting
+        await discard(b, tasks)
+        return big.value, four.value, slow.value, past_deadline.value, waiting
+
+    big, four, slow, past_deadline, waiting = run(go())
+    assert waiting == 97
+    assert (big.status, big.code, big.headers["Retry-After"]) == (429, "queue_full", "1")
+    assert big.details["estimated_wait_s"] == pytest.approx(1.12) and big.details["max_queue_wait_s"] == 1.0
+    assert (four.status, four.details["estimated_wait_s"]) == (429, pytest.approx(1.01))
+    assert slow.headers["Retry-After"] == "5"  # 5.65 s estimated, 1 s budget: back in about 4.65 s
+    assert (past_deadline.status, past_deadline.details["max_queue_wait_s"]) == (429, 2)
+    assert rejected(m, "queue_wait") == 4 and rejected(m, "queue_full") == 0
+
+
+def test_the_estimate_counts_what_the_running_batch_has_left():
+    """Nothing queued is not idle while a slow batch runs; once nothing is ahead, even a request that alone costs
+    more than the budget is taken (else it could never run)."""
+
+    async def go():
+        b = Batcher(SlowBackbone(), Metrics())
+        b.sec_per_sample = 0.01
+        b.running, b.run_started = 64, time.monotonic()
+        fresh = b.estimated_wait(1)
+        with pytest.raises(ApiError) as e:  # 0.64 s left of the running batch + its own 0.64 s
+            await b.sample(work(64, 0.0), 30, max_queue_wait_s=1.0)
+        b.run_started -= 10  # that batch should long be done: only the request's own sample is left
+        late = b.estimated_wait(1)
+        b.sec_per_sample = 0.1  # 6.4 s for the request alone
+        tasks = await enqueue(b, 64, max_queue_wait_s=1.0)
+        await discard(b, tasks)
+        return fresh, e.value, late
+
+    fresh, e, late = run(go())
+    assert 0.5 < fresh <= 0.65 and late == pytest.approx(0.01)
+    assert (e.status, e.details["waiting"]) == (429, 0)
+
+
+def test_batch_timings_move_the_estimate_in_proportion_to_the_batch_size():
+    async def go():
+        full, single = Batcher(SlowBackbone(), Metrics()), Batcher(SlowBackbone(), Metrics())
+        full._observe(0.32, 64)  # 5 ms a sample
+        single._observe(0.05, 1)  # a padded batch of one: 50 ms says little about throughput
+        eng = SlowBackbone(delay=0.2)
+        live = Batcher(eng, Metrics(), max_batch=4, max_wait_ms=1)
+        live.start()
+        await live.sample(work(4, 0.0), 5)  # at least 50 ms a sample
+        for b in (full, single, live):
+            await b.stop()
+        return full.sec_per_sample, single.sec_per_sample, live.sec_per_sample, live.running
+
+    full, single, live, running = run(go())
+    gap = 0.005 - INITIAL_SEC_PER_SAMPLE
+    assert full == pytest.approx(INITIAL_SEC_PER_SAMPLE + EWMA_WEIGHT * gap)
+    assert single == pytest.approx(INITIAL_SEC_PER_SAMPLE + EWMA_WEIGHT / 64 * (0.05 - INITIAL_SEC_PER_SAMPLE))
+    assert live >= INITIAL_SEC_PER_SAMPLE + EWMA_WEIGHT * (0.05 - INITIAL_SEC_PER_SAMPLE) and running == 0
+
+
+def test_a_batch_packs_smaller_requests_behind_one_that_does_not_fit_and_keeps_the_order():
+    async def go():
+        b = Batcher(SlowBackbone(), Metrics(), max_batch=8)
+        tasks = await enqueue(b, 5, 4, 3, 1)
+        first = [w.n for w in b._take()]
+        second = [w.n for w in b._take()]
+        waiting = b.waiting
+        await discard(b, tasks)
+        return first, second, waiting
+
+    assert run(go()) == ([5, 3], [4, 1], 0)  # the 4 that did not fit leads the next batch
+
+
+def test_a_client_that_leaves_takes_its_work_out_of_the_queue():
+    eng, m = GatedBackbone(), Metrics()
+
+    async def go():
+        b = Batcher(eng, m, max_batch=1, max_wait_ms=1)
+        b.start()
+        first = asyncio.ensure_future(b.sample(work(1, 0.0), 5))
+        await asyncio.to_thread(eng.entered.wait, 5)  # the first batch holds the model thread
+        left = asyncio.Event()
+        leaving = asyncio.ensure_future(b.sample(work(2, 1.0), 5, receive=client(left)))
+        staying = asyncio.ensure_future(b.sample(work(1, 2.0), 5, receive=client(asyncio.Event())))
+        await asyncio.sleep(0)
+        before = b.waiting
+        left.set()
+        with pytest.raises(ApiError) as e:
+            await leaving
+        after = b.waiting  # out of the wait estimate at once, not when a batch is next taken
+        eng.release.set()
+        await first
+        stayed = await staying
+        await b.stop()
+        return e.value, before, after, stayed
+
+    e, before, after, stayed = run(go())
+    assert (e.status, e.code) == (499, "client_gone")
+    assert (before, after) == (3, 1)
+    assert eng.decode_rows == [1, 1] and np.all(stayed.images == 2)  # the 2 rows of the client that left never ran
+    assert rejected(m, "client_gone") == 1
+
+
+def test_the_sample_route_drops_a_request_whose_client_disconnected(service_bundle, tmp_path):
+    """The real app (middlewares, route, batcher) in process, driven over ASGI so the disconnect is exact."""
+    from service.app import create_app
+    from service.config import ServerConfig
+
+    app = create_app(ServerConfig(bundle=str(service_bundle), data_dir=str(tmp_path), max_wait_ms=1))
+    st = app.state.lcs
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/sample",
+        "raw_path": b"/sample",
+        "query_string": b"mode=prior&n=2&format=json",
+        "headers": [],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "root_path": "",
+    }
+
+    async def get(left: asyncio.Event) -> int:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        await app(dict(scope), client(left), send)
+        return sent[0]["status"]
+
+    async def go():
+        async with app.router.lifespan_context(app):
+            while not st.ready:
+                assert st.startup_error is None
+                await asyncio.sleep(0.05)
+            eng = st.batcher.backbone = GatedBackbone(st.backbone)
+            first = asyncio.ensure_future(get(asyncio.Event()))
+            await asyncio.to_thread(eng.entered.wait, 5)
+            left = asyncio.Event()
+            leaving = asyncio.ensure_future(get(left))
+            while not st.batcher.waiting and not leaving.done():  # until the route has queued its work
+                await asyncio.sleep(0.01)
+            left.set()
+            gone_status = await leaving
+            eng.release.set()
+            return await first, gone_status, eng.decode_rows
+
+    first, gone_status, rows = run(go())
+    assert (first, gone_status) == (200, 499)
+    assert rows == [2]  # only the first request's rows were decoded
+    assert rejected(st.metrics, "client_gone") == 1

@@ -218,6 +218,34 @@ def test_edit_changes_only_the_requested_attribute(gmm_bundle, sides):
     assert ((edited[:, 1] > 0) == (start[:, 1] > 0)).float().mean() > 0.9  # ... keeping top/bottom
 
 
+@pytest.mark.parametrize("text", ["+-smiling", "--smiling", "-+smiling", "smi ling", "smiling!", "smiling\x00"])
+def test_a_spec_item_is_one_optional_sign_then_a_name(text):
+    with pytest.raises(SpecError) as e:
+        parse_spec(text, ["Smiling"])
+    assert e.value.code == "invalid_spec"
+    assert parse_spec(" + smiling ", ["Smiling"]) == parse_spec("Smiling", ["Smiling"]) == {"Smiling": 1}
+
+
+def test_categorical_requests_never_get_another_class_and_never_crash():
+    classes = ["a", "b", "c"]
+    seen = torch.tensor([[1, 0, 0], [0, 1, 0]] * 5)  # class c is in no row of the data
+    g = torch.Generator().manual_seed(0)
+    # asked for an absent class with allow_unseen: that class (it used to be drawn uniformly among all three)
+    assert resolve({"c": 1}, classes, seen, 50, g, "categorical", allow_unseen=True).tolist() == [[0, 0, 1]] * 50
+    only_b = resolve({"a": 0, "c": 0}, classes, seen, 20, g, "categorical", allow_unseen=True)
+    assert only_b.tolist() == [[0, 1, 0]] * 20
+    for unseen in (False, True):  # every class negated: a clear error, not torch.multinomial's RuntimeError
+        with pytest.raises(SpecError) as e:
+            resolve({"a": 0, "b": 0, "c": 0}, classes, seen, 5, g, "categorical", allow_unseen=unseen)
+        assert e.value.code == "contradictory_attributes"
+        with pytest.raises(SpecError) as e:
+            nearest_rows(seen[:2].float(), {"a": 0, "b": 0, "c": 0}, classes, seen, unseen, "categorical")
+        assert e.value.code == "contradictory_attributes"
+    # an edit to an absent class moves to exactly that class (it used to set c without clearing a: two classes)
+    now = torch.tensor([[1.0, 0, 0], [0, 1, 0]])
+    assert nearest_rows(now, {"c": 1}, classes, seen, True, "categorical").tolist() == [[0, 0, 1]] * 2
+
+
 def test_spec_parsing_and_resolution():
     names = ["Smiling", "Eyeglasses", "Wearing_Hat"]
     assert parse_spec("smiling,-eyeglasses", names) == {"Smiling": 1, "Eyeglasses": 0}

@@ -4,6 +4,7 @@ servable registry."""
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from safetensors.torch import load, save
 from models.artifacts import save_artifact
 from models.latent import ARCH, LatentConfig, LatentMappers, load_mappers
 from service.errors import http_status
-from service.registry import Registry, RegistryError, check_name, content_id
+from service.registry import STALE_STAGING_S, Registry, RegistryError, check_name, content_id
 
 FP = "f" * 64
 
@@ -87,7 +88,7 @@ def test_versions_are_content_addressed_and_rollback_works(tmp_path):
     assert reg.names() == [] and not (reg.root / "s").exists()
 
 
-@pytest.mark.parametrize("name", ["..", "../x", "a/b", "", ".hidden", "x" * 65, "a b"])
+@pytest.mark.parametrize("name", ["..", "../x", "a/b", "", ".hidden", "x" * 65, "a b", "nl\n", "tab\t", "a\nb"])
 def test_names_that_could_escape_are_refused(name):
     with pytest.raises(RegistryError) as e:
         check_name(name)
@@ -115,6 +116,29 @@ def _bad_uploads(tmp_path: Path):
         "invalid_artifact",
     )
     yield "not json", st, "{nope", 422, "invalid_artifact"
+    # malformed safetensors headers: each used to raise TypeError/IndexError inside the check, a 500 over HTTP
+    n = int.from_bytes(st[:8], "little")
+    header = json.loads(st[8 : 8 + n])
+    first = next(k for k in header if k != "__metadata__")
+    for what, entry in (
+        ("string offsets", dict(header[first], data_offsets=["0", "4"])),
+        ("short offsets", dict(header[first], data_offsets=[0])),
+        ("reversed offsets", dict(header[first], data_offsets=[8, 0])),
+        ("no shape", {"dtype": "F32", "data_offsets": [0, 4]}),
+        ("entry not an object", [0, 4]),
+    ):
+        bad = json.dumps(dict(header, **{first: entry})).encode()
+        malformed = len(bad).to_bytes(8, "little") + bad + st[8 + n :]
+        yield f"safetensors header: {what}", malformed, None, 422, "invalid_artifact"
+    # configs refused in the uploader's terms, never as a Python TypeError or a string compared with an int
+    for what, config in (
+        ("unknown config field", dict(man["config"], bogus=1)),
+        ("string latent size", dict(man["config"], latent_dim="8")),
+        ("config not an object", [1, 2]),
+        ("attribute name with a newline", dict(man["config"], attr_names=["a", "b\n"])),
+        ("unknown critic", dict(man["config"], critic="exec")),
+    ):
+        yield what, st, json.dumps(dict(man, config=config)), 422, "invalid_artifact"
     nan = load(st)
     nan["actor.net.0.weight"][:] = float("nan")
     yield "non-finite", save(nan), None, 422, "invalid_artifact"
@@ -138,6 +162,9 @@ def test_bad_uploads_are_refused_and_change_nothing(tmp_path):
         with pytest.raises(RegistryError) as e:
             reg.publish("s", staged, FP, 8, "test")
         assert (http_status(e.value), e.value.code) == (status, code), what
+        assert "__init__" not in e.value.message, what  # a Python error is not an answer
+        if what == "string latent size":  # was "latent size 8 does not match the decoder's 8"
+            assert "must be integers" in e.value.message
         assert not staged.exists(), what
         assert snapshot(reg.root) == before, what
     assert reg.current("s")["version"] == v1
@@ -184,3 +211,24 @@ def test_a_writer_killed_at_any_moment_leaves_a_complete_current_version(tmp_pat
     assert v1 in outcomes  # some kills landed before the pointer moved
     reg.sweep()
     assert all(not p.name.startswith("deleted-") for p in reg.staging.iterdir())
+
+
+def test_names_the_pattern_refuses_are_not_served_even_if_on_disk(tmp_path):
+    """A name stored before names were full-matched ("nl\\n" passed ``^...$`` with re.match) stays invisible."""
+    reg = Registry(tmp_path / "data")
+    publish(reg, "ok", make_artifact(tmp_path / "a"))
+    shutil.copytree(reg.root / "ok", reg.root / "nl\n")
+    assert reg.names() == ["ok"]
+
+
+def test_sweep_removes_staging_untouched_for_long_and_keeps_live_writers(tmp_path):
+    reg = Registry(tmp_path / "data")
+    dead, live = reg.stage(), reg.stage()
+    (dead / "mapper.json").write_text("{}")
+    (live / "mapper.json").write_text("{}")
+    old = time.time() - STALE_STAGING_S - 5
+    for p in (dead / "mapper.json", dead):
+        os.utime(p, (old, old))
+    os.utime(live, (old, old))  # the directory is old but a file in it was just written: a writer at work
+    assert reg.sweep() == 1
+    assert not dead.exists() and live.exists()

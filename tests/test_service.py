@@ -18,6 +18,7 @@ from PIL import Image
 
 from service.client import Client, ServiceError
 from tests.conftest import Server, free_port
+from training.data.fashion_mnist import CLASS_ATTRS
 from training.train_labelset import TrainLabelSetConfig, train_labelset
 
 
@@ -142,7 +143,26 @@ def test_same_seed_same_bytes_also_when_batched_with_others(srv):
         ("get", "/sample", {"params": {"seed": -1}}, 422, "invalid_request"),
         ("get", "/sample", {"params": {"mode": "magic"}}, 422, "invalid_request"),
         ("get", "/sample", {"params": {"mode": "prior", "attrs": "sandal"}}, 422, "prior_ignores_attrs"),
+        ("get", "/sample", {"params": {"mode": "prior", "labelset": "category"}}, 422, "prior_ignores_attrs"),
+        ("get", "/sample", {"params": {"attrs": "+-sandal"}}, 422, "invalid_spec"),
+        ("get", "/sample", {"params": {"attrs": "--sandal"}}, 422, "invalid_spec"),
+        (
+            "get",
+            "/sample",
+            {"params": {"attrs": ",".join("-" + c for c in CLASS_ATTRS), "allow_unseen": "true"}},
+            422,
+            "contradictory_attributes",
+        ),
+        ("get", "/sample", {"params": {"labelset": "category\n"}}, 422, "invalid_name"),
+        (
+            "put",
+            "/labelsets/nl%0A",
+            {"files": {"manifest": b"{}", "weights": b""}, "headers": {"Authorization": "Bearer test-token"}},
+            422,
+            "invalid_name",
+        ),
         ("get", "/sample", {"params": {"labelset": "nope"}}, 404, "unknown_labelset"),
+        ("get", "/sample", {"params": {"attrs": "x" * 30_000}}, 414, "uri_too_long"),  # was uvicorn's plain 400
         ("get", "/labelsets/nope", {}, 404, "unknown_labelset"),
         ("get", "/labelsets/..%2F..%2Fetc", {}, 404, "not_found"),
         ("get", "/jobs/../../etc/passwd", {}, 404, "not_found"),
@@ -190,6 +210,13 @@ def test_same_seed_same_bytes_also_when_batched_with_others(srv):
             422,
             "nothing_to_edit",
         ),
+        (  # 2,100 x 2,100 zeros: an 18 KB PNG that would decode to 4.4 MP (over uploads.MAX_DECODED_PIXELS)
+            "post",
+            "/transform",
+            {"files": {"image": png(np.zeros((2100, 2100), np.uint8))}, "data": {"attrs": "sandal"}},
+            413,
+            "image_too_large",
+        ),
     ],
 )
 def test_bad_input_gets_the_envelope(srv, method, path, kwargs, status, code):
@@ -218,6 +245,10 @@ def test_transform_edits_an_uploaded_image(srv):
     )  # colour, non-square: cropped + greyed
     r = Client(srv.url).transform(jpeg.getvalue(), "bag")
     assert Image.open(io.BytesIO(r)).size == (28, 28)
+    # a 9 MP JPEG is over the decode limit at full size, but JPEGs are decoded at 1/8 scale (Image.draft): accepted
+    jpeg = io.BytesIO()
+    Image.fromarray(np.full((3000, 3000), 90, np.uint8)).save(jpeg, format="JPEG")
+    assert Image.open(io.BytesIO(Client(srv.url).transform(jpeg.getvalue(), "bag"))).size == (28, 28)
 
 
 def test_trainer_artifact_registers_and_serves_without_restart(srv, footwear):
@@ -246,6 +277,16 @@ def test_trainer_artifact_registers_and_serves_without_restart(srv, footwear):
     assert srv.proc.pid == pid and srv.proc.poll() is None
 
 
+def short_offsets(st: bytes) -> bytes:
+    """The same safetensors file with one header entry's data_offsets cut to one number."""
+    n = int.from_bytes(st[:8], "little")
+    header = json.loads(st[8 : 8 + n])
+    first = next(k for k in header if k != "__metadata__")
+    header[first]["data_offsets"] = header[first]["data_offsets"][:1]
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw + st[8 + n :]
+
+
 def test_bad_uploads_change_nothing(srv, footwear, tmp_path):
     c = Client(srv.url, token=srv.token)
     c.register("shoes", footwear)
@@ -267,6 +308,8 @@ def test_bad_uploads_change_nothing(srv, footwear, tmp_path):
         ({"manifest": json.dumps(dict(man, config=dict(man["config"], width=64))).encode()}, 422, "invalid_artifact"),
         ({"manifest": json.dumps(dict(man, decoder_fingerprint="0" * 64)).encode()}, 422, "decoder_mismatch"),
         ({"weights": bytes(300 << 20)}, 413, "payload_too_large"),
+        ({"weights": short_offsets(st)}, 422, "invalid_artifact"),  # was a TypeError: 500
+        ({"manifest": json.dumps(dict(man, config=dict(man["config"], bogus=1))).encode()}, 422, "invalid_artifact"),
     ]
     for kw, status, code in bad:
         r = put(srv, "shoes", footwear, **kw)
@@ -281,6 +324,41 @@ def test_bad_uploads_change_nothing(srv, footwear, tmp_path):
     assert list((srv.data_dir / "registry" / ".staging").iterdir()) == []
     assert httpx.get(f"{srv.url}/sample", params={"labelset": "shoes"}).status_code == 200
     c.delete("shoes")
+
+
+def test_admin_routes_answer_401_before_reading_the_body(srv):
+    """Headers promising 200 MB and no body at all: the 401 comes at once (it used to wait for the whole body)."""
+    import socket
+
+    host, port = srv.url.removeprefix("http://").split(":")
+    for method, path in (("PUT", "/labelsets/big"), ("POST", "/labelsets/big/jobs")):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                f"Content-Length: {200 << 20}\r\n\r\n".encode()
+            )
+            answer = b""
+            while b'"unauthorized"' not in answer:  # socket.timeout here: the server was waiting for the body
+                answer += sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:300]
+
+
+def test_a_zip_bomb_job_is_refused_before_anything_inflates(srv):
+    """One 64 MB member of zeros (64 KB deflated): refused by its declared size, 413, no job created."""
+    zbuf = io.BytesIO()
+    with zipfile.ZipFile(zbuf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("img/0.png", bytes(64 << 20))
+        for i in range(1, 80):
+            z.writestr(f"img/{i}.png", png(NOISE))
+    assert len(zbuf.getvalue()) < 1 << 20
+    csv = "file,a\n" + "".join(f"img/{i}.png,{i % 2}\n" for i in range(80))
+    r = httpx.post(
+        f"{srv.url}/labelsets/bomb/jobs",
+        headers=srv.auth,
+        files={"labels": ("l.csv", csv.encode()), "images": ("i.zip", zbuf.getvalue())},
+        timeout=30,
+    )
+    assert r.status_code == 413 and r.json()["error"]["code"] == "zip_too_large", r.text
 
 
 def test_sixteen_clients_keep_sampling_while_a_labelset_is_replaced_20_times(srv, footwear):

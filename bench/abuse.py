@@ -1,0 +1,296 @@
+"""Load and abuse probes against a real ``lcs serve`` on 127.0.0.1: each must get the right status while the
+server's memory stays bounded (peak RSS <= 2x its steady state) and a small request still gets through.
+
+    python -m bench.abuse [--bundle DIR] [--scale 1] [--out docs --name abuse]
+
+The probes are issue 17's findings, each once fixed: a 116 KB PNG of 6300 x 6300 (8 at once) to /transform, a zip
+of one 256 MB member, malformed safetensors headers, a name ending in a newline, a 200 MB admin body without a
+token, a 100 KB query, overload by n=16 clients beside one n=1 client, and clients that leave while queued. The
+server's RSS is sampled every 20 ms from /proc during each probe. Prints a table, writes NAME.json and NAME.md;
+exits 1 when any probe misses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from service.config import DEFAULT_BUNDLE
+
+TOKEN = "abuse-token"
+REFUSE_S = 0.5  # a 429 is worth having only when it comes at once
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+class Peak:
+    """The server's largest RSS while the block runs (sampled every 20 ms)."""
+
+    def __init__(self, pid: int):
+        self.pid, self.mb, self._stop = pid, 0.0, threading.Event()
+
+    def __enter__(self):
+        self.mb = rss_mb(self.pid)
+        self._t = threading.Thread(target=self._sample, daemon=True)
+        self._t.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.02):
+            self.mb = max(self.mb, rss_mb(self.pid))
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def png(arr: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def safetensors_short_offsets() -> bytes:
+    raw = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0]}}).encode()
+    return len(raw).to_bytes(8, "little") + raw + bytes(4)
+
+
+def raw_status(url: str, head: str) -> int:
+    """Send a request head as is (what httpx will not send: a body promised and never sent, a 100 KB query) and
+    return the status the server answers with."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(head.encode())
+        return int(s.recv(4096).decode("latin-1").split(" ", 2)[1])
+
+
+async def overload(url: str, clients: int, seconds: float) -> dict:
+    """``clients`` loops of n=16 plus one loop of n=1: statuses, and how fast the 429s and the n=1 answers came."""
+    statuses, small, refused = [], [], []
+
+    async def loop(h: httpx.AsyncClient, n: int, out: list):
+        t_end = time.monotonic() + seconds
+        while time.monotonic() < t_end:
+            t0 = time.monotonic()
+            r = await h.get("/sample", params={"n": n})
+            out.append((r.status_code, time.monotonic() - t0))
+            if r.status_code == 429:
+                refused.append(time.monotonic() - t0)
+                await asyncio.sleep(0.05)
+
+    limits = httpx.Limits(max_connections=clients + 1)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as h:
+        await asyncio.gather(*[loop(h, 16, statuses) for _ in range(clients)], loop(h, 1, small))
+    ok_big = sorted(t for s, t in statuses if s == 200)
+    return {
+        "n16_statuses": [s for s, _ in statuses],
+        "n16_admitted_p99_s": round(float(np.percentile(ok_big, 99)), 3) if ok_big else None,
+        "n1_statuses": [s for s, _ in small],
+        "refused_p99_s": round(float(np.percentile(refused, 99)), 3) if refused else None,
+    }
+
+
+async def leavers(url: str, clients: int) -> float:
+    """``clients`` requests of n=16 that hang up after 50 ms; then how long a fresh n=1 takes."""
+
+    async def leave():
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=0.05) as h:
+                await h.get("/sample", params={"n": 16})
+        except httpx.TimeoutException:
+            pass
+
+    await asyncio.gather(*[leave() for _ in range(clients)])
+    t0 = time.monotonic()
+    async with httpx.AsyncClient(base_url=url, timeout=60) as h:
+        assert (await h.get("/sample")).status_code == 200
+    return time.monotonic() - t0
+
+
+def probes(url: str, scale: float, attr: str):
+    """(name, expected statuses, callable returning the statuses seen and extra facts)."""
+    giant = png(np.zeros((6300, 6300), np.uint8))
+    jpeg = png(np.full((4000, 4000), 90, np.uint8), "JPEG")
+    zbuf = io.BytesIO()
+    with zipfile.ZipFile(zbuf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("0.png", bytes(256 << 20))
+        for i in range(1, 80):
+            z.writestr(f"{i}.png", png(np.zeros((8, 8), np.uint8)))
+    csv = "file,a\n" + "".join(f"{i}.png,{i % 2}\n" for i in range(80))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    def many(n, fn):
+        with httpx.Client(base_url=url, timeout=60) as h:
+            threads, out = [], []
+            for _ in range(n):
+                threads.append(threading.Thread(target=lambda: out.append(fn(h).status_code)))
+                threads[-1].start()
+            [t.join() for t in threads]
+        return out, {}
+
+    def transform(data):
+        return lambda h: h.post("/transform", files={"image": ("x", data)}, data={"attrs": attr})
+
+    def put(name, weights):
+        files = {"manifest": ("m.json", b"{}"), "weights": ("w", weights)}
+        return lambda h: h.put(f"/labelsets/{name}", files=files, headers=auth)
+
+    yield "6300x6300 PNG to /transform, 8 at once", {413}, lambda: many(8, transform(giant))
+    yield "4000x4000 JPEG to /transform, 4 at once", {200}, lambda: many(4, transform(jpeg))
+    bomb = {"labels": ("l", csv.encode()), "images": ("z", zbuf.getvalue())}
+    yield (
+        "zip of one 256 MB member (256 KB deflated)",
+        {413},
+        lambda: many(2, lambda h: h.post("/labelsets/bomb/jobs", files=bomb, headers=auth)),
+    )
+    yield "malformed safetensors header", {422}, lambda: many(4, put("bad", safetensors_short_offsets()))
+    yield "label-set name ending in a newline", {422}, lambda: many(2, put("nl%0A", safetensors_short_offsets()))
+    promise = "PUT /labelsets/x HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    promise += f"Content-Length: {200 << 20}\r\n\r\n"
+    yield "200 MB admin body without a token (headers only)", {401}, lambda: ([raw_status(url, promise)] * 4, {})
+    long_query = f"GET /sample?attrs={'x' * 100_000} HTTP/1.1\r\nHost: x\r\n\r\n"
+    yield "100 KB query string", {414}, lambda: ([raw_status(url, long_query) for _ in range(4)], {})
+
+    def flood():
+        facts = asyncio.run(overload(url, max(2, round(64 * scale)), 4.0 * scale))
+        n1 = facts["n1_statuses"]
+        facts["fair"] = 200 in n1 and facts["refused_p99_s"] is not None and facts["refused_p99_s"] <= REFUSE_S
+        return facts.pop("n16_statuses") + n1, facts
+
+    yield "64 clients of n=16 beside one n=1 client", {200, 429}, flood
+    yield (
+        "64 clients of n=16 hanging up after 50 ms",
+        {200},
+        lambda: ([200], {"next_request_s": round(asyncio.run(leavers(url, max(2, round(64 * scale)))), 3)}),
+    )
+
+
+def start(bundle: Path, threads: int) -> tuple[subprocess.Popen, str, Path]:
+    data = Path(tempfile.mkdtemp(prefix="lcs-abuse-"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "cli", "serve", "--bundle", str(bundle), "--data-dir", str(data), "--port", str(port)]
+    cmd += ["--threads", str(threads), "--job-workers", "0"]  # jobs accepted stay queued: this is about HTTP
+    log = open(data / "serve.log", "wb")  # noqa: SIM115 - the server's for as long as it runs
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LCS_ADMIN_TOKEN": TOKEN})
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return proc, url, data
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"the server did not start: {(data / 'serve.log').read_text()[-2000:]}")
+
+
+def run(bundle: Path, threads: int, scale: float) -> dict:
+    proc, url, data = start(bundle, threads)
+    try:
+        names = [a for s in httpx.get(url + "/labelsets").json()["labelsets"] for a in s["labels"]]
+        attr = names[0] if names else ""
+        with httpx.Client(base_url=url, timeout=60) as h:  # steady state: every route warmed up once
+            for i in range(20):
+                h.get("/sample", params={"n": 1 + i % 16, "seed": i})
+            h.post("/transform", files={"image": ("x", png(np.zeros((64, 64), np.uint8)))}, data={"attrs": attr})
+        steady = rss_mb(proc.pid)
+        rows = []
+        for name, expected, fn in probes(url, scale, attr):
+            t0 = time.monotonic()
+            with Peak(proc.pid) as peak:
+                seen, facts = fn()
+            ok_status = bool(seen) and set(seen) <= expected and (200 not in expected or 200 in seen)
+            ok_status = ok_status and facts.get("fair", True)
+            rows.append(
+                {
+                    "probe": name,
+                    "expected": sorted(expected),
+                    "statuses": sorted(set(seen)),
+                    "count": len(seen),
+                    "peak_rss_mb": round(peak.mb, 1),
+                    "peak_over_steady": round(peak.mb / steady, 2),
+                    "seconds": round(time.monotonic() - t0, 2),
+                    **facts,
+                    "ok": ok_status and peak.mb <= 2 * steady,
+                }
+            )
+        log = (data / "serve.log").read_text(errors="replace")
+        return {
+            "steady_rss_mb": round(steady, 1),
+            "probes": rows,
+            "unhandled_errors": log.count("unhandled error"),
+            "ok": all(r["ok"] for r in rows) and "unhandled error" not in log and proc.poll() is None,
+        }
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def table(res: dict) -> str:
+    lines = [
+        f"steady RSS {res['steady_rss_mb']} MB; unhandled errors in the server log: {res['unhandled_errors']}",
+        "",
+        "| probe | expected | got | count | peak RSS MB (x steady) | s | notes | ok |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["probes"]:
+        notes = ", ".join(f"{k} {v}" for k, v in r.items() if k not in TABLE_KEYS and k != "n1_statuses")
+        if "n1_statuses" in r:
+            notes += f", n=1 client: {r['n1_statuses'].count(200)}/{len(r['n1_statuses'])} x 200"
+        ok = "yes" if r["ok"] else "**no**"
+        lines.append(
+            f"| {r['probe']} | {r['expected']} | {r['statuses']} | {r['count']} | "
+            f"{r['peak_rss_mb']} ({r['peak_over_steady']}) | {r['seconds']} | {notes.strip(', ')} | {ok} |"
+        )
+    return "\n".join(lines)
+
+
+TABLE_KEYS = {"probe", "expected", "statuses", "count", "peak_rss_mb", "peak_over_steady", "seconds", "ok"}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--scale", type=float, default=1.0, help="multiplies the overload probes' clients and seconds")
+    p.add_argument("--out", default="")
+    p.add_argument("--name", default="abuse")
+    a = p.parse_args()
+    res = run(Path(a.bundle), a.threads, a.scale)
+    text = table(res)
+    print(text)
+    if a.out:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{a.name}.json").write_text(json.dumps(res, indent=2) + "\n")
+        cmd = "python -m bench.abuse " + " ".join(sys.argv[1:])
+        (out / f"{a.name}.md").write_text(f"# Load and abuse probes\n\n`{cmd}`\n\n{text}\n")
+    sys.exit(0 if res["ok"] else 1)
+
+
+if __name__ == "__main__":
+    main()
