@@ -257,5 +257,9 @@ def serve(cfg: ServerConfig) -> None:
         port=cfg.port,
         log_level="info",
         timeout_graceful_shutdown=10,
+        # one HTTP stack, whatever else is installed (uvicorn picks httptools/uvloop when present): the limits
+        # below are h11's, and the tests run on what production runs
+        http="h11",
+        loop="asyncio",
         h11_max_incomplete_event_size=H11_MAX_EVENT_BYTES,
     )
