@@ -338,10 +338,10 @@ def write_md(path: Path, lines: list[str]) -> None:
 
 
 def uvicorn_impl() -> str:
-    """What uvicorn's loop="auto" and http="auto" pick here: uvloop and httptools when installed (the bench
-    extra brings them with LitServe), else asyncio and h11. Both servers run in this Python and get the same."""
+    """The HTTP stacks under test: ``lcs serve`` pins h11 + asyncio (service.app.serve); LitServe takes uvicorn's
+    "auto", i.e. uvloop and httptools when installed (the bench extra brings them)."""
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    return f"{loop} + {'httptools' if importlib.util.find_spec('httptools') else 'h11'}"
+    return f"ours h11 + asyncio, LitServe {'httptools' if importlib.util.find_spec('httptools') else 'h11'} + {loop}"
 
 
 def ints(text: str) -> list[int]:
