@@ -185,14 +185,15 @@ async def discard(b: Batcher, tasks) -> None:
 
 
 def test_admission_follows_the_estimated_wait_and_a_small_request_still_fits():
-    """A planted throughput (10 ms a sample) and a 1 s budget: 100 samples' worth. Large requests fill the queue to
-    96; one more n=16 would wait 1.12 s and is refused, an n=1 (0.97 s) still gets in; the samples cap never bites."""
+    """A planted throughput (10 ms a sample) and a 1 s budget, of which a request of n may use 1 - n/128 (n=16:
+    0.875 s, n=1: 0.992 s). The queue holds 96; one more n=16 would wait 1.12 s and is refused, an n=1 (0.97 s)
+    still gets in; the samples cap never bites."""
     m = Metrics()
 
     async def go():
         b = Batcher(SlowBackbone(), m, max_batch=64, max_queue=1024)
         b.sec_per_sample = 0.01
-        tasks = await enqueue(b, *[16] * 6, max_queue_wait_s=1.0)
+        tasks = await enqueue(b, *[16] * 5, *[1] * 16, max_queue_wait_s=1.0)
         assert b.waiting == 96
         with pytest.raises(ApiError) as big:
             await b.sample(work(16, 0.0), 30, max_queue_wait_s=1.0)
@@ -213,7 +214,7 @@ def test_admission_follows_the_estimated_wait_and_a_small_request_still_fits():
     assert (big.status, big.code, big.headers["Retry-After"]) == (429, "queue_full", "1")
     assert big.details["estimated_wait_s"] == pytest.approx(1.12) and big.details["max_queue_wait_s"] == 1.0
     assert (four.status, four.details["estimated_wait_s"]) == (429, pytest.approx(1.01))
-    assert slow.headers["Retry-After"] == "5"  # 5.65 s estimated, 1 s budget: back in about 4.65 s
+    assert slow.headers["Retry-After"] == "5"  # 5.65 s estimated, 0.875 s its share: back in about 4.8 s
     assert (past_deadline.status, past_deadline.details["max_queue_wait_s"]) == (429, 2)
     assert rejected(m, "queue_wait") == 4 and rejected(m, "queue_full") == 0
 
@@ -356,3 +357,28 @@ def test_the_sample_route_drops_a_request_whose_client_disconnected(service_bund
     assert (first, gone_status) == (200, 499)
     assert rows == [2]  # only the first request's rows were decoded
     assert rejected(st.metrics, "client_gone") == 1
+
+
+@pytest.mark.parametrize("sec_per_sample", [0.0125, 0.02, 0.031])
+def test_a_flood_of_large_requests_leaves_room_for_a_small_one(sec_per_sample):
+    """n=16 requests until one is refused (a flood at its fill level), then an n=1 must still get in, whatever the
+    throughput: large requests may use less of the budget than small ones. (With one budget for all, the flood can
+    fill it to the brim: at these rates the n=1 was refused.)"""
+
+    async def go():
+        b = Batcher(SlowBackbone(), Metrics(), max_batch=64, max_queue=1024)
+        b.sec_per_sample = sec_per_sample
+        tasks = []
+
+        async def offer(n: int) -> bool:
+            tasks.append(asyncio.ensure_future(b.sample(work(n, 0.0), 30, max_queue_wait_s=1.0)))
+            await asyncio.sleep(0)
+            return not tasks[-1].done()  # done at once: refused
+
+        while await offer(16):
+            pass
+        small_admitted = await offer(1)
+        await discard(b, tasks)
+        return small_admitted
+
+    assert run(go())

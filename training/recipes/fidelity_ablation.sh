@@ -3,7 +3,7 @@
 # avatars bundle's `faces` set; each mapper scored by actor samples (lcs eval) and actor edits (lcs eval-edits).
 # STEPS actor steps per mapper (default 600: the shipped mapper has 3000; this compares recipes at equal cost),
 # SEEDS (default "0"), RUNS (default runs/ablation), RECIPES (default all, e.g. "shipped projection": run those only,
-# so two chains can share the work); python -m bench.ablation writes the table. Needs the bundle's latent table
+# so two chains can share the work); python -m bench.ablation writes the table (docs/NAME.md, default ablation_avatars). Needs the bundle's latent table
 # (lcs encode --bundle service/bundles/avatars; it is not shipped).
 set -euo pipefail
 R=${RUNS:-runs/ablation}
@@ -31,5 +31,9 @@ for seed in ${SEEDS:-0}; do
   recipe actor-attr "$seed" --actor-attr-weight 1
   recipe lambda-edit-0.01 "$seed" --lambda-dist-edit 0.01
   recipe ema "$seed" --actor-ema 0.99
+  # combinations on the shipped faces recipe (the actor's attribute term)
+  recipe actor-attr+fakes "$seed" --actor-attr-weight 1 --real-actor-fakes 0.5
+  recipe actor-attr+hardneg "$seed" --actor-attr-weight 1 --hard-negatives 0.5
+  recipe actor-attr+fakes+hardneg "$seed" --actor-attr-weight 1 --real-actor-fakes 0.5 --hard-negatives 0.5
 done
-step python -m bench.ablation --runs "$R" --out docs --name ablation_avatars
+step python -m bench.ablation --runs "$R" --out docs --name "${NAME:-ablation_avatars}"
