@@ -133,22 +133,17 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if len(scope.get("query_string", b"")) > MAX_QUERY_BYTES:
-            return await errors.envelope(
-                414,
-                "uri_too_long",
-                f"the query string is {len(scope['query_string'])} bytes; the limit is {MAX_QUERY_BYTES}",
-                {"limit": MAX_QUERY_BYTES},
-            )(scope, receive, send)
+        refusal = None
         limit = self.limit(scope["method"], scope["path"])
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            return await errors.envelope(
-                413,
-                "payload_too_large",
-                f"the body is {int(length)} bytes; this route takes at most {limit}",
-                {"limit": limit},
-            )(scope, receive, send)
+        if len(query := scope.get("query_string", b"")) > MAX_QUERY_BYTES:
+            refusal = (414, "uri_too_long", f"the query string is {len(query)} bytes", MAX_QUERY_BYTES)
+        elif length is not None and length.isdigit() and int(length) > limit:
+            refusal = (413, "payload_too_large", f"the body is {int(length)} bytes", limit)
+        if refusal:
+            status, code, what, most = refusal
+            message = f"{what}; this route takes at most {most}"
+            return await errors.envelope(status, code, message, {"limit": most})(scope, receive, send)
         seen = 0
 
         async def limited():

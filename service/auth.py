@@ -42,21 +42,20 @@ def admin_token(data_dir: str | Path) -> str:
     return token
 
 
-def check_admin(authorization: str, expected: str) -> ApiError | None:
-    """The 401 for a missing or wrong bearer token, or None when it is this server's."""
+def check_admin(authorization: str, expected: str) -> None:
+    """Raise the 401 for a missing or wrong bearer token."""
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        return ApiError(
+        raise ApiError(
             401,
             "unauthorized",
             "this route needs 'Authorization: Bearer <admin token>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
     if not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        return ApiError(
+        raise ApiError(
             401, "unauthorized", "the admin token is not this server's", headers={"WWW-Authenticate": "Bearer"}
         )
-    return None
 
 
 class AdminRoute(APIRoute):
@@ -67,8 +66,7 @@ class AdminRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def guarded(request: Request):
-            if (e := check_admin(request.headers.get("authorization", ""), request.app.state.admin_token)) is not None:
-                raise e
+            check_admin(request.headers.get("authorization", ""), request.app.state.admin_token)
             return await handler(request)
 
         return guarded
