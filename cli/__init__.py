@@ -251,8 +251,8 @@ def add_evaluation(sub) -> None:
         evaluate,
         {
             "bundle": "directory with vae.* and judge.*",
-            "sampler": "prior | realism | actor | optimize | attrvec-mean | attrvec-lsq | gmm | cvae | cvae-cmma "
-            "| cvae-gan",
+            "sampler": "prior | realism | actor | optimize | energy | attrvec-mean | attrvec-lsq | gmm | cvae "
+            "| cvae-cmma | cvae-gan",
             "artifact": "the trained mapper or baseline directory, if not at its default place in the bundle",
             "label_set": "label set to condition on (default: the dataset's first)",
             "n": "samples for accuracy and Fréchet distance",

@@ -4,6 +4,9 @@ Each mode turns (label set version, prior draws z, requested labels y, mask of t
 request named) into latents for the decoder:
 - ``prior``: z itself (the unconditional VAE);
 - ``actor``: G(z, y), one forward pass (amortised);
+- ``energy``: the energy sampler (``conditioning.energy``) through the realism mapper G(z_p), on a plan: a composed
+  query over any label sets' classifiers, or the request's own rows of one label set (classifier label sets
+  serve only this mode);
 - ``optimize``: Adam on z against the critics, from the actor's G(z, y) (warm start). Loss per example:
   realism_weight · (−log D(z, y)) + cross-entropy of D_attr(z) on the *specified* attributes only +
   dist_weight · mean(log(1 + (z − z0)²) / σ̄_z²); an example stops (its z is frozen) once D(z, y) > threshold
@@ -24,11 +27,12 @@ from typing import Literal, NamedTuple, get_args
 import torch
 from torch.nn import functional as F
 
+from conditioning import energy
 from conditioning.labelset import LabelSetVersion
 from conditioning.specs import resolve
 from models.latent import LatentMappers
 
-Mode = Literal["prior", "actor", "optimize"]
+Mode = Literal["prior", "actor", "optimize", "energy"]
 MODES: tuple[str, ...] = get_args(Mode)
 PAD_ROWS = 16
 
@@ -160,10 +164,34 @@ def optimize(
     return Latents(out[: len(z)].detach(), info["converged"][: len(z)])
 
 
-def latents(mode: Mode, ls: LabelSetVersion | None, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> Latents:
-    """The latents a request in ``mode`` decodes: z (n x d prior draws), y (n x K labels), mask (n x K bool)."""
+def sample_energy(
+    plan: energy.Plan,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: energy.EnergyConfig = energy.DEFAULT,
+) -> Latents:
+    """The energy sampler from the prior draws z (y and mask feed a ``Rows`` formula; else ignored)."""
+    out, ok, _ = energy.sample(plan, pad(z), pad(y), pad(mask), cfg)
+    return Latents(out[: len(z)], ok[: len(z)])
+
+
+def latents(
+    mode: Mode,
+    ls: LabelSetVersion | None,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    mask: torch.Tensor,
+    plan: energy.Plan | None = None,
+) -> Latents:
+    """The latents a request in ``mode`` decodes: z (n x d prior draws), y (n x K labels), mask (n x K bool);
+    ``plan``: what energy mode samples (``energy.Plan``)."""
     if mode == "optimize":
         return optimize(ls, z, y, mask)
+    if mode == "energy":
+        if plan is None:
+            raise ValueError("energy mode needs a plan")
+        return sample_energy(plan, z, y, mask)
     one_pass = {"prior": prior, "actor": actor}
     if mode not in one_pass:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -172,7 +200,8 @@ def latents(mode: Mode, ls: LabelSetVersion | None, z: torch.Tensor, y: torch.Te
 
 @torch.no_grad()
 def realism(ls: LabelSetVersion, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Critic probability that each latent is a real encoding with these labels (reported per image)."""
+    """Critic probability that each latent is a real encoding with these labels (reported per image; energy mode
+    and classifier label sets: the realism critic's, with y of no columns)."""
     return torch.sigmoid(ls.m.critic(pad(z), _labels(ls, y))[: len(z)])
 
 

@@ -15,10 +15,11 @@ from typing import Callable, Protocol
 
 import torch
 
-from conditioning import backbone, modes
+from conditioning import backbone, energy, modes
 from conditioning.labelset import LabelSetVersion
 from conditioning.runtime import autocast
 from models.artifacts import load_manifest
+from models.latent_table import REALISM
 from models.vae import VAE
 
 Mask = torch.Tensor | None  # n x K bool: the attributes a request names (None: all)
@@ -79,12 +80,13 @@ class ModeSampler(LatentSampler):
         super().__init__(vae)
         self.ls = load_labelset(bundle, label_set, artifact)
         self.converged: list[bool] = []  # per sampled row, in order: did its mode converge (see modes.Latents)
+        self.plan = None
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator, mask: Mask = None) -> torch.Tensor:
         z = torch.randn(len(labels), self.ls.m.cfg.latent_dim, generator=generator)
         mask = torch.ones(labels.shape, dtype=torch.bool) if mask is None else mask
         parts = [slice(s, s + self.chunk) for s in range(0, len(labels), self.chunk)]
-        out = [modes.latents(self.mode, self.ls, z[p], labels[p], mask[p]) for p in parts]
+        out = [modes.latents(self.mode, self.ls, z[p], labels[p], mask[p], self.plan) for p in parts]
         for o in out:
             self.converged += o.converged.tolist()
         return torch.cat([o.z for o in out]) if out else z
@@ -94,6 +96,17 @@ class ActorSampler(ModeSampler):
     """Amortised: z = G(z_p, y) for z_p ~ N(0, I), one forward pass."""
 
     name, mode = "actor", "actor"
+
+
+class EnergySampler(ModeSampler):
+    """The energy sampler (``conditioning.energy``) on the request's rows, through the bundle's realism mapper: how
+    the server answers ``mode=energy`` and every request to a classifier label set."""
+
+    name, mode = "energy", "energy"
+
+    def __init__(self, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = ""):
+        super().__init__(bundle, label_set, vae, artifact)
+        self.plan = energy.Plan(load_labelset(bundle, REALISM), energy.Rows(self.ls), self.ls.name)
 
 
 class RealismSampler(ModeSampler):
@@ -223,6 +236,7 @@ SAMPLERS: dict[str, Callable[..., Sampler]] = {
     "realism": RealismSampler,
     "actor": ActorSampler,
     "optimize": OptimizeSampler,
+    "energy": EnergySampler,
     **{m: partial(LatentBaselineSampler, m) for m in ("attrvec-mean", "attrvec-lsq", "gmm")},
     **{m: partial(ConditionalModelSampler, m) for m in ("cvae", "cvae-cmma", "cvae-gan")},
 }

@@ -3,8 +3,10 @@
 - ``Critic``  D(z, y): an MLP on [z, Linear(y)] -> one realism logit (real encoding with its labels).
 - ``Actor``   G(z, y): the MLP emits dz and gate logits g; G = (1 − σ(g)) ⊙ z + σ(g) ⊙ dz, so it can
   leave a latent untouched (gate closed) or move it where the critic wants.
-- ``AttrClassifier`` D_attr(z): attribute logits from a latent (used by optimisation mode).
-An empty label set (K = 0) gives the unconditional realism mapper G(z).
+- ``AttrClassifier`` D_attr(z): attribute logits from a latent (used by optimisation mode, edits and energies).
+An empty label set (K = 0) gives the unconditional realism mapper G(z). A *classifier* label set (``method``
+"classifier") holds D_attr alone: trained in seconds, served by the energy sampler (``conditioning.energy``)
+with the realism mapper's critic and actor.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from torch.nn import functional as F
 
 # A label set's kind: independent 0/1 attributes, or exactly one of K classes.
 LabelKind = Literal["binary", "categorical"]
+# What a label set trains: critic + actor + D_attr (latent constraints), or D_attr alone.
+Method = Literal["lc", "classifier"]
 
 ARCH = "latent-constraints-mlp-v1"
 
@@ -31,6 +35,7 @@ class LatentConfig:
     depth: int = 4
     label_embed: int = 64
     critic: Literal["concat", "projection"] = "concat"  # how D(z, y) takes the labels (see Critic)
+    method: Method = "lc"
 
     @property
     def n_labels(self) -> int:
@@ -111,13 +116,18 @@ class AttrClassifier(nn.Module):
 
 
 class LatentMappers(nn.Module):
-    """Everything one label set adds to a frozen VAE; saved as one safetensors file."""
+    """Everything one label set adds to a frozen VAE; saved as one safetensors file. A classifier label set has no
+    critic and no actor."""
 
     def __init__(self, cfg: LatentConfig):
         super().__init__()
+        if cfg.method not in ("lc", "classifier"):
+            raise ValueError(f"method must be lc or classifier, got {cfg.method!r}")
+        if cfg.method == "classifier" and not cfg.n_labels:
+            raise ValueError("a classifier label set needs at least one attribute")
         self.cfg = cfg
-        self.critic = Critic(cfg)
-        self.actor = Actor(cfg)
+        self.critic = Critic(cfg) if cfg.method == "lc" else None
+        self.actor = Actor(cfg) if cfg.method == "lc" else None
         self.attr = AttrClassifier(cfg) if cfg.n_labels else None
 
 

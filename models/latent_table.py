@@ -35,6 +35,7 @@ class LatentTable:
     kind: LabelKind
     decoder_fingerprint: str
     data_fingerprint: str
+    rule: str | None = None  # the rule that labelled a rule table (``rule:NAME`` in queries names its label set)
 
     def rows(self, split: int) -> torch.Tensor:
         return torch.nonzero(self.split == split).squeeze(1)
@@ -57,6 +58,7 @@ def load_table(bundle: str | Path, label_set: str) -> LatentTable:
             f"it has {sorted(man['label_sets'])} (or 'realism')"
         )
     cols = [man["attr_names"].index(a) for a in names]
+    dataset = man.get("dataset") or {}
     return LatentTable(
         mu=tensors["mu"].float(),
         sigma=tensors["sigma"].float(),
@@ -67,6 +69,7 @@ def load_table(bundle: str | Path, label_set: str) -> LatentTable:
         kind=kind,
         decoder_fingerprint=man["decoder_fingerprint"],
         data_fingerprint=fingerprint(tensors),
+        rule=dataset.get("params", {}).get("rule") if dataset.get("name") == "rule" else None,
     )
 
 

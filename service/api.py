@@ -15,7 +15,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from conditioning import edits, modes
+from conditioning import edits, energy, modes, query
 from conditioning.images import grid, png_bytes, to_uint8
 from conditioning.labelset import LabelSetVersion
 from conditioning.specs import SpecError, parse_spec, split_spec
@@ -26,6 +26,7 @@ from service.registry import check_name
 from service.uploads import decode_image
 
 router = APIRouter()
+QUERY_PATTERN = r"^[A-Za-z0-9_.:() ]*$"  # the query grammar's alphabet (conditioning.query); keeps URLs under 8 KB
 PNG = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
 
 
@@ -96,6 +97,42 @@ def spec_for(ls: LabelSetVersion, attrs: str | None) -> dict[str, int]:
         raise spec_error(e, ls, valid=ls.attr_names) from None
 
 
+def default_mode(ls: LabelSetVersion | None, mode: str | None) -> str:
+    """``actor`` unless the label set is a classifier (only the energy sampler serves it)."""
+    if ls is not None and ls.m.cfg.method == "classifier":
+        if mode not in (None, "energy"):
+            raise ApiError(
+                422,
+                "mode_unavailable",
+                f"label set {ls.name!r} is a classifier label set: it has no actor or critic; use mode=energy",
+                {"labelset": ls.name, "modes": ["energy"]},
+            )
+        return "energy"
+    return mode or "actor"
+
+
+def query_plan(st, q: str, labelset: str | None, mode: str | None) -> energy.Plan:
+    """A ``q=`` request's plan; 422 with the position for syntax errors and unknown or ambiguous names."""
+    if mode not in (None, "energy"):
+        raise ApiError(
+            422, "mode_unavailable", "a query (q=) is answered by the energy sampler: drop mode or use mode=energy"
+        )
+    if labelset is not None:
+        check_name(labelset)
+    try:
+        return energy.plan_query(q, st.live.sets, labelset)
+    except SpecError as e:
+        raise ApiError(422, e.code, str(e), e.details) from None
+
+
+def energy_plan(st, ls: LabelSetVersion) -> energy.Plan:
+    """mode=energy with ``attrs=``: the request's own label rows as the formula."""
+    try:
+        return energy.Plan(energy.realism_of(st.live.sets), energy.Rows(ls), ls.name)
+    except SpecError as e:
+        raise ApiError(422, e.code, str(e), e.details) from None
+
+
 def headers(st, ls: LabelSetVersion | None, mode: str, **extra) -> dict[str, str]:
     h = {"X-LCS-Decoder-Fingerprint": st.backbone.decoder_fingerprint, "X-LCS-Mode": mode}
     if ls is not None:
@@ -131,23 +168,43 @@ async def encode(fn, n: int):
 async def sample(
     request: Request,
     attrs: str | None = Query(None, description="comma-separated attributes, '-' negates: smiling,-eyeglasses"),
-    labelset: str | None = Query(None, description="inferred when the attributes name exactly one label set"),
+    q: str | None = Query(
+        None,
+        max_length=query.MAX_QUERY_CHARS,
+        pattern=QUERY_PATTERN,
+        description="a query over every served label set, e.g. smiling and (eyeglasses or wearing_hat) and not bald "
+        "(terms: attr, labelset.attr, rule:NAME; not > and > or); answered by the energy sampler",
+    ),
+    labelset: str | None = Query(
+        None, description="inferred when the attributes name exactly one label set; with q=, where bare names go first"
+    ),
     n: int = Query(1, ge=1, description="images (a grid when > 1); at most the server's max_n"),
     seed: int | None = Query(None, ge=0, le=2**63 - 1, description="same seed, same bytes"),
-    mode: modes.Mode = "actor",
+    mode: modes.Mode | None = Query(None, description="default: actor (energy for q= and classifier label sets)"),
     format: Literal["png", "json"] = "png",
     allow_unseen: bool = Query(False, description="allow attribute combinations the data never shows"),
 ):
     st = state(request)
     if n > st.cfg.max_n:
         raise ApiError(422, "n_out_of_range", f"n must be between 1 and {st.cfg.max_n}", {"max": st.cfg.max_n})
-    if mode == "prior" and (attrs or labelset):
+    if mode == "prior" and (attrs or labelset or q):
         raise ApiError(
             422,
             "prior_ignores_attrs",
-            "mode=prior draws unconditional prior samples; drop attrs and labelset or use actor/optimize",
+            "mode=prior draws unconditional prior samples; drop attrs, q and labelset or use actor/optimize/energy",
         )
-    ls = None if mode == "prior" else pick_labelset(st, labelset, attrs)
+    if q is not None and attrs:
+        raise ApiError(
+            422, "query_and_attrs", "send either q= (a query) or attrs= (its shorthand for an AND), not both"
+        )
+    plan = None
+    if q is not None:
+        ls, plan, mode = None, query_plan(st, q, labelset, mode), "energy"
+    else:
+        ls = None if mode == "prior" else pick_labelset(st, labelset, attrs)
+        mode = default_mode(ls, mode)
+        if mode == "energy":
+            plan = energy_plan(st, ls)
     seed = secrets.randbits(63) if seed is None else seed
     spec = spec_for(ls, attrs) if ls is not None else {}
     try:
@@ -155,16 +212,22 @@ async def sample(
     except SpecError as e:
         raise spec_error(e, ls) from None
     result = await st.batcher.sample(
-        SampleWork(ls, mode, z, y, mask), st.cfg.request_timeout_s, st.cfg.max_queue_wait_s, request.receive
+        SampleWork(ls, mode, z, y, mask, plan),
+        st.cfg.request_timeout_s,
+        st.cfg.max_queue_wait_s,
+        request.receive,
     )
-    if ls is not None:
-        st.metrics.labelset_requests.labels(ls.name, mode).inc()
+    name = ls.name if ls is not None else "(query)" if plan is not None else None
+    if name is not None:
+        st.metrics.labelset_requests.labels(name, mode).inc()
         for s in result.realism.tolist():
-            st.metrics.realism.labels(ls.name).observe(s)
+            st.metrics.realism.labels(name).observe(s)
     # converged: how many images met optimisation's stop rule (one-pass modes: all); the rest are returned as they
     # stood after the last step, so a client can tell and ask again
     converged = result.converged.tolist()
     h = headers(st, ls, mode, seed=seed, batch_samples=result.batch_samples, converged=f"{sum(converged)}/{n}")
+    if q is not None:
+        h["X-LCS-Query"] = plan.text
     if format == "json":
         pngs = await encode(lambda: [base64.b64encode(png_bytes(im)).decode() for im in result.images], n)
         body = {
@@ -173,6 +236,7 @@ async def sample(
             "decoder_fingerprint": st.backbone.decoder_fingerprint,
             "seed": seed,
             "mode": mode,
+            "query": plan.text if q is not None else None,
             "attr_names": ls.attr_names if ls else [],
             "images": [
                 {
@@ -210,8 +274,14 @@ async def transform(
     request: Request,
     image: UploadFile = File(..., description="PNG or JPEG"),
     attrs: str = Form("", description="attributes to set, e.g. eyeglasses or -smiling"),
+    q: str = Form(
+        None,
+        max_length=query.MAX_QUERY_CHARS,
+        pattern=QUERY_PATTERN,
+        description="or a query the edit should satisfy (the energy sampler)",
+    ),
     labelset: str = Form(None),
-    mode: edits.EditMode = Form("actor"),
+    mode: edits.EditMode = Form(None, description="default: actor (energy for q= and classifier label sets)"),
     format: Literal["png", "json"] = Form("png"),
     allow_unseen: bool = Form(False),
 ):
@@ -221,37 +291,60 @@ async def transform(
         raise ApiError(
             413, "payload_too_large", f"the image is {len(data)} bytes; the limit is {st.cfg.max_image_bytes}"
         )
-    ls = pick_labelset(st, labelset, attrs)
-    spec = spec_for(ls, attrs)
-    if not spec:
-        raise ApiError(422, "nothing_to_edit", "name at least one attribute to change", {"valid": ls.attr_names})
+    if q is not None and attrs:
+        raise ApiError(
+            422, "query_and_attrs", "send either q= (a query) or attrs= (its shorthand for an AND), not both"
+        )
+    plan, ls, spec = None, None, {}
+    if q is not None:
+        plan, mode = query_plan(st, q, labelset, mode), "energy"
+    else:
+        ls = pick_labelset(st, labelset, attrs)
+        spec = spec_for(ls, attrs)
+        if not spec:
+            raise ApiError(422, "nothing_to_edit", "name at least one attribute to change", {"valid": ls.attr_names})
+        mode = default_mode(ls, mode)
+        realism = energy_plan(st, ls).realism if mode == "energy" else None
     c, size = st.backbone.image_shape[0], st.backbone.image_shape[1]
     async with st.decode_slots:  # each decode may hold up to uploads.MAX_DECODED_PIXELS: bound how many at once
         pixels = await run_in_threadpool(decode_image, data, c, size)
 
     def edit():
         z0 = st.backbone.encode(torch.from_numpy(pixels)[None])
+        if plan is not None:
+            z, ok = edits.edit_query(plan, z0)
+            score = modes.realism(plan.realism, z, torch.zeros(1, 0))
+            return to_uint8(st.backbone.decode(torch.cat([z, z0]))), None, score, ok
         try:
-            z, target = edits.edit(ls, z0, spec, mode, allow_unseen)
+            z, target = edits.edit(ls, z0, spec, mode, allow_unseen, realism=realism)
         except SpecError as e:
             raise spec_error(e, ls) from None
-        return to_uint8(st.backbone.decode(torch.cat([z, z0]))), target, modes.realism(ls, z, target)
+        score = modes.realism(realism, z, torch.zeros(1, 0)) if realism is not None else modes.realism(ls, z, target)
+        return to_uint8(st.backbone.decode(torch.cat([z, z0]))), target, score, torch.ones(1, dtype=torch.bool)
 
-    images, target, realism = await st.batcher.call(edit, timeout=st.cfg.request_timeout_s)
-    st.metrics.labelset_requests.labels(ls.name, f"transform-{mode}").inc()
-    st.metrics.realism.labels(ls.name).observe(float(realism[0]))
-    h = headers(st, ls, mode, attrs=",".join(ls.attr_names), target="".join(str(int(v)) for v in target[0].tolist()))
+    images, target, realism_score, ok = await st.batcher.call(edit, timeout=st.cfg.request_timeout_s)
+    name = ls.name if ls is not None else "(query)"
+    st.metrics.labelset_requests.labels(name, f"transform-{mode}").inc()
+    st.metrics.realism.labels(name).observe(float(realism_score[0]))
+    if plan is not None:
+        h = headers(st, None, mode, query=plan.text, converged=f"{int(ok.sum())}/1")
+    else:
+        h = headers(
+            st, ls, mode, attrs=",".join(ls.attr_names), target="".join(str(int(v)) for v in target[0].tolist())
+        )
     if format == "json":
         edited, recon = await run_in_threadpool(lambda: [base64.b64encode(png_bytes(im)).decode() for im in images])
         return JSONResponse(
             {
-                "labelset": ls.name,
-                "version": ls.version,
+                "labelset": ls and ls.name,
+                "version": ls and ls.version,
                 "mode": mode,
-                "target": label_rows(ls, target)[0],
+                "query": plan and plan.text,
+                "target": label_rows(ls, target)[0] if ls is not None else None,
+                "converged": bool(ok[0]),
                 "edited_png_base64": edited,
                 "reconstruction_png_base64": recon,
-                "realism": round(float(realism[0]), 4),
+                "realism": round(float(realism_score[0]), 4),
                 "decoder_fingerprint": st.backbone.decoder_fingerprint,
             },
             headers=h,

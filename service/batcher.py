@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from conditioning import modes
+from conditioning import energy, modes
 from conditioning.backbone import Backbone
 from conditioning.images import to_uint8
 from conditioning.labelset import LabelSetVersion
@@ -47,7 +47,8 @@ class SampleWork:
     mode: modes.Mode
     z: torch.Tensor  # n x d prior draws
     y: torch.Tensor  # n x K requested labels
-    mask: torch.Tensor  # n x K: which attributes the request named (optimisation only)
+    mask: torch.Tensor  # n x K: which attributes the request named (optimisation and energy)
+    plan: energy.Plan | None = None  # what energy mode samples
     deadline: float = 0.0
     future: asyncio.Future | None = None
     queued: bool = False  # counted in Batcher.waiting; False once taken into a batch or dropped
@@ -249,13 +250,16 @@ class Batcher:
         converged: list[torch.Tensor | None] = [None] * len(batch)
         groups: dict[tuple, list[int]] = {}
         for i, w in enumerate(batch):
-            groups.setdefault((id(w.ls), w.mode), []).append(i)
+            groups.setdefault((id(w.ls), w.mode, id(w.plan)), []).append(i)
         for idx in groups.values():
-            ls, mode = batch[idx[0]].ls, batch[idx[0]].mode
+            ls, mode, plan = batch[idx[0]].ls, batch[idx[0]].mode, batch[idx[0]].plan
             z = torch.cat([batch[i].z for i in idx])
             y = torch.cat([batch[i].y for i in idx])
-            out, ok = modes.latents(mode, ls, z, y, torch.cat([batch[i].mask for i in idx]))
-            realism = modes.realism(ls, out, y) if ls is not None else None
+            out, ok = modes.latents(mode, ls, z, y, torch.cat([batch[i].mask for i in idx]), plan)
+            if plan is not None:  # energy mode: the realism critic's score (a classifier set has no critic)
+                realism = modes.realism(plan.realism, out, torch.zeros(len(out), 0))
+            else:
+                realism = modes.realism(ls, out, y) if ls is not None else None
             start = 0
             for i in idx:
                 latents[i] = out[start : start + batch[i].n]

@@ -34,10 +34,13 @@ def _check(r: httpx.Response) -> httpx.Response:
     return r
 
 
-def _sample_params(attrs, labelset, n, seed, mode, fmt, allow_unseen) -> dict:
-    params = {"n": n, "mode": mode, "format": fmt, "allow_unseen": str(allow_unseen).lower()}
+def _sample_params(attrs, labelset, n, seed, mode, fmt, allow_unseen, q=None) -> dict:
+    """mode None: the server's default (actor; energy for q= and classifier label sets)."""
+    params = {"n": n, "format": fmt, "allow_unseen": str(allow_unseen).lower(), **({"mode": mode} if mode else {})}
     if attrs:
         params["attrs"] = attrs if isinstance(attrs, str) else ",".join(attrs)
+    if q is not None:
+        params["q"] = q
     if labelset:
         params["labelset"] = labelset
     if seed is not None:
@@ -45,13 +48,14 @@ def _sample_params(attrs, labelset, n, seed, mode, fmt, allow_unseen) -> dict:
     return params
 
 
-def _transform_request(image, attrs, labelset, mode, fmt, allow_unseen) -> dict:
+def _transform_request(image, attrs, labelset, mode, fmt, allow_unseen, q=None) -> dict:
     data = {
-        "attrs": attrs if isinstance(attrs, str) else ",".join(attrs),
-        "mode": mode,
+        "attrs": attrs if isinstance(attrs, str) else ",".join(attrs or []),
         "format": fmt,
         "allow_unseen": str(allow_unseen).lower(),
+        **({"mode": mode} if mode else {}),
         **({"labelset": labelset} if labelset else {}),
+        **({"q": q} if q is not None else {}),
     }
     return {"files": {"image": ("image.png", image, "image/png")}, "data": data}
 
@@ -91,16 +95,16 @@ class Client:
     def __exit__(self, *exc):
         self.close()
 
-    def sample(self, attrs=None, labelset=None, n=1, seed=None, mode="actor", format="png", allow_unseen=False):
-        """PNG bytes (format='png') or the JSON body (format='json')."""
+    def sample(self, attrs=None, labelset=None, n=1, seed=None, mode=None, format="png", allow_unseen=False, q=None):
+        """PNG bytes (format='png') or the JSON body (format='json'). ``q``: a query, e.g. 'smiling and not bald'."""
         r = _check(
-            self.http.get("/sample", params=_sample_params(attrs, labelset, n, seed, mode, format, allow_unseen))
+            self.http.get("/sample", params=_sample_params(attrs, labelset, n, seed, mode, format, allow_unseen, q))
         )
         return r.json() if format == "json" else r.content
 
-    def transform(self, image: bytes, attrs, labelset=None, mode="actor", format="png", allow_unseen=False):
+    def transform(self, image: bytes, attrs=None, labelset=None, mode=None, format="png", allow_unseen=False, q=None):
         r = _check(
-            self.http.post("/transform", **_transform_request(image, attrs, labelset, mode, format, allow_unseen))
+            self.http.post("/transform", **_transform_request(image, attrs, labelset, mode, format, allow_unseen, q))
         )
         return r.json() if format == "json" else r.content
 
@@ -173,16 +177,18 @@ class AsyncClient:
     async def __aexit__(self, *exc):
         await self.aclose()
 
-    async def sample(self, attrs=None, labelset=None, n=1, seed=None, mode="actor", format="png", allow_unseen=False):
-        r = _check(
-            await self.http.get("/sample", params=_sample_params(attrs, labelset, n, seed, mode, format, allow_unseen))
-        )
+    async def sample(
+        self, attrs=None, labelset=None, n=1, seed=None, mode=None, format="png", allow_unseen=False, q=None
+    ):
+        params = _sample_params(attrs, labelset, n, seed, mode, format, allow_unseen, q)
+        r = _check(await self.http.get("/sample", params=params))
         return r.json() if format == "json" else r.content
 
-    async def transform(self, image: bytes, attrs, labelset=None, mode="actor", format="png", allow_unseen=False):
-        r = _check(
-            await self.http.post("/transform", **_transform_request(image, attrs, labelset, mode, format, allow_unseen))
-        )
+    async def transform(
+        self, image: bytes, attrs=None, labelset=None, mode=None, format="png", allow_unseen=False, q=None
+    ):
+        request = _transform_request(image, attrs, labelset, mode, format, allow_unseen, q)
+        r = _check(await self.http.post("/transform", **request))
         return r.json() if format == "json" else r.content
 
     async def labelsets(self) -> list[dict]:

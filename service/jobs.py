@@ -42,6 +42,7 @@ TRAIN_FIELDS = {
     "lr": (float, 1e-6, 1.0),
     "edit_prob": (float, 0.0, 1.0),
     "rule_samples": (int, 256, 1_000_000),
+    "classifier_steps": (int, 1, 100_000),
 }
 # What a job changes from ``lcs train-labelset``'s defaults (TrainLabelSetConfig), and why: a job trains on the
 # server's own CPU, next to serving, so it takes half the CLI's actor steps.
@@ -317,10 +318,11 @@ def work(d: Path, bundle: Path, data_dir: Path, threads: int) -> None:
         vid = registry.publish(
             job["name"], staged, vman["decoder_fingerprint"], vman["config"]["latent_dim"], source=f"job:{job['id']}"
         )
+        total = cfg.classifier_steps if cfg.method == "classifier" else cfg.steps
         status.update(
             state="succeeded",
             finished=now(),
-            progress={"step": cfg.steps, "steps": cfg.steps},
+            progress={"step": total, "steps": total},
             result={"labelset": job["name"], "version": vid},
         )
     except DomainError as e:  # registry, upload and job errors: their code and message are the job's error

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from conditioning.labelset import LabelSetVersion
 from conditioning.rules import RULES
-from models.latent import LabelKind
+from models.latent import LabelKind, Method
 from service.api import state
 from service.auth import AdminRoute, admin_scheme
 from service.errors import ApiError, documented
@@ -128,7 +128,11 @@ async def create_job(
     images: UploadFile = File(None, description="zip of the images the CSV's 'file' column names"),
     rule: str = Form(None, description=f"label decoded prior samples by a rule: {', '.join(sorted(RULES))}"),
     kind: LabelKind = Form("binary"),
+    method: Method = Form(
+        "lc", description="lc: critic + actor + classifier (minutes); classifier: the classifier alone (seconds)"
+    ),
     steps: int = Form(None),
+    classifier_steps: int = Form(None),
     lambda_dist: float = Form(None),
     width: int = Form(None),
     depth: int = Form(None),
@@ -149,8 +153,9 @@ async def create_job(
             "lr": lr,
             "edit_prob": edit_prob,
             "rule_samples": rule_samples,
+            "classifier_steps": classifier_steps,
         }
-    )
+    ) | {"method": method}
     files: dict[str, bytes] = {}
     if rule is not None:
         if labels is not None or images is not None:

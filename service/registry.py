@@ -167,6 +167,8 @@ def validate_artifact(  # noqa: C901 - one flat list of admission checks, each r
             {"artifact": str(manifest.get("decoder_fingerprint")), "server": decoder_fingerprint},
         )
     cfg = _latent_config(manifest.get("config"))
+    if "rule" in manifest and not (isinstance(manifest["rule"], str) and ATTR_RE.fullmatch(manifest["rule"])):
+        raise _invalid("mapper.json: rule must be the name of the rule that labelled the table")
     names = cfg.attr_names
     if cfg.latent_dim != latent_dim:
         raise _invalid(f"latent size {cfg.latent_dim} does not match the decoder's {latent_dim}")
@@ -184,10 +186,13 @@ def validate_artifact(  # noqa: C901 - one flat list of admission checks, each r
         too_big
         or cfg.kind not in ("binary", "categorical")
         or cfg.critic not in ("concat", "projection")
+        or cfg.method not in ("lc", "classifier")
+        or (cfg.method == "classifier" and not cfg.n_labels)
         or len(set(names)) != len(names)
     ):
         raise _invalid(
-            "config out of bounds (sizes, kind binary|categorical, critic concat|projection, unique attribute names)",
+            "config out of bounds (sizes, kind binary|categorical, critic concat|projection, method lc|classifier "
+            "with attributes, unique attribute names)",
             bad=too_big,
             limits=LIMITS,
         )
@@ -213,7 +218,7 @@ def validate_artifact(  # noqa: C901 - one flat list of admission checks, each r
     with torch.no_grad():  # dry forward on a few rows the label set can be asked for
         z = torch.randn(4, latent_dim, generator=torch.Generator().manual_seed(0))
         y = table[torch.arange(4) % len(table)].float() if cfg.n_labels else None
-        outs = [m.actor(z, y), m.critic(z, y)] + ([m.attr(z)] if m.attr is not None else [])
+        outs = [net(z, y) for net in (m.actor, m.critic) if net is not None] + ([m.attr(z)] if m.attr else [])
     if not all(bool(torch.isfinite(o).all()) for o in outs):
         raise _invalid("a dry forward gave non-finite outputs")
     return m, manifest, extra
@@ -284,6 +289,8 @@ class Registry:
                     **meta,
                     "labels": man["config"]["attr_names"],
                     "kind": man["config"]["kind"],
+                    "method": man["config"].get("method", "lc"),
+                    **({"rule": man["rule"]} if man.get("rule") else {}),
                     "metrics": man.get("metrics", {}),
                     "command": man.get("command"),
                 }
