@@ -26,7 +26,9 @@ from service.registry import check_name
 from service.uploads import decode_image
 
 router = APIRouter()
-QUERY_PATTERN = r"^[A-Za-z0-9_.:() ]*$"  # the query grammar's alphabet (conditioning.query); keeps URLs under 8 KB
+# The query grammar's alphabet (conditioning.query), so a schema-valid query fits in an 8 KB URL. Documented, not
+# enforced by validation: the parser refuses other characters itself, saying at which position.
+QUERY_PATTERN = {"pattern": r"^[A-Za-z0-9_.:() ]*$"}
 PNG = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
 
 
@@ -171,7 +173,7 @@ async def sample(
     q: str | None = Query(
         None,
         max_length=query.MAX_QUERY_CHARS,
-        pattern=QUERY_PATTERN,
+        json_schema_extra=QUERY_PATTERN,
         description="a query over every served label set, e.g. smiling and (eyeglasses or wearing_hat) and not bald "
         "(terms: attr, labelset.attr, rule:NAME; not > and > or); answered by the energy sampler",
     ),
@@ -277,7 +279,7 @@ async def transform(
     q: str = Form(
         None,
         max_length=query.MAX_QUERY_CHARS,
-        pattern=QUERY_PATTERN,
+        json_schema_extra=QUERY_PATTERN,
         description="or a query the edit should satisfy (the energy sampler)",
     ),
     labelset: str = Form(None),

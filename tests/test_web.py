@@ -31,7 +31,8 @@ if not have_browser():
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +107,63 @@ def test_page_loads_and_toggling_an_attribute_fetches_a_new_image(server, browse
     severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert not severe, severe  # no script error, no CSP violation, no failed request
     shot(browser, "2-sandal")
+
+
+def query_error(driver) -> tuple[str, str, str]:
+    """The query box's error message, the marked query with its caret line, and the marked character."""
+    return driver.execute_script(
+        "const $ = (id) => document.getElementById(id);"
+        "return [$('query-error').textContent, $('query-where').textContent,"
+        " ($('query-where').querySelector('mark') || {}).textContent]"
+    )
+
+
+def test_query_box_draws_with_q_and_marks_the_error_position(server, browser):
+    browser.get(server.url + "/")
+    wait(browser, lambda d: len(grid(d)) == 8)
+    Select(browser.find_element(By.ID, "count")).select_by_visible_text("4")  # small n keeps the draws quick
+    wait(browser, lambda d: len(grid(d)) == 4)
+    toggles = grid(browser)
+    box = browser.find_element(By.ID, "query")
+    assert box.get_attribute("placeholder") == "smiling and (eyeglasses or wearing_hat) and not bald"
+    box.send_keys("Sandal OR (category.bag)", Keys.ENTER)  # Enter draws
+    canonical = "category.sandal or category.bag"
+    wait(browser, lambda d: d.find_element(By.ID, "query-result").is_displayed())
+    assert browser.find_element(By.ID, "query-text").text == canonical  # what the server understood
+    assert browser.find_element(By.ID, "query-converged").text in {f"{k}/4 converged" for k in range(5)}
+    wait(browser, lambda d: len(grid(d)) == 4 and grid(d) != toggles)
+    assert all(alt.startswith(canonical) for alt in grid(browser, "alt")), grid(browser, "alt")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#compare img")  # no per-attribute row for a query
+    assert not browser.find_element(By.ID, "query-error").is_displayed()
+    shot(browser, "2a-query")
+
+    drawn = grid(browser)
+    box.clear()
+    box.send_keys("sneaker and (")
+    browser.find_element(By.ID, "query-go").click()
+    wait(browser, lambda d: d.find_element(By.ID, "query-error").is_displayed())
+    message, where, mark = query_error(browser)
+    assert message == "expected a name, '(' or 'not' at position 13, found the end of the query (422 invalid_query)"
+    assert where.split("\n") == ["sneaker and ( ", " " * 13 + "^ position 13: the end of the query"]
+    assert mark == " "  # marked past the end: the query stopped too soon
+    assert box.get_attribute("aria-invalid") == "true"
+    assert not browser.find_element(By.ID, "query-result").is_displayed()
+    assert grid(browser) == drawn  # the last good draw stays
+    shot(browser, "2b-query-error")
+
+    box.clear()
+    box.send_keys("bag or not hat", Keys.ENTER)
+    wait(browser, lambda d: "unknown_attributes" in query_error(d)[0])
+    message, where, mark = query_error(browser)
+    assert "unknown attribute 'hat' at position 11" in message, message
+    assert where.split("\n") == ["bag or not hat", " " * 11 + '^ position 11: character "h"'] and mark == "h"
+
+    browser.find_element(By.ID, "s-sandal-on").click()  # a toggle hands the grid back to the toggles
+    wait(browser, lambda d: grid(d, "alt") == ["sandal"] * 4)
+    assert not browser.find_element(By.ID, "query-error").is_displayed()
+    assert browser.find_element(By.ID, "query").get_attribute("aria-invalid") is None
+    severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert all("422" in m for m in severe), severe  # only the refused queries, no script error
 
 
 def test_upload_and_edit_round_trip(server, browser, tmp_path):

@@ -6,8 +6,9 @@ const $ = (id) => document.getElementById(id);
 let labelsets = [];      // GET labelsets
 let sampleRequest = 0;   // answers to older requests are dropped
 let refreshTimer = null;
+let activeQuery = null;  // the query the grid follows; null: the attribute toggles
 
-/** fetch + the service's error envelope turned into one readable line. */
+/** fetch + the service's error envelope turned into one readable line (its details kept on the Error). */
 async function api(path, options = {}) {
   let response;
   try {
@@ -17,11 +18,15 @@ async function api(path, options = {}) {
   }
   if (response.ok) return response.json();
   let text = `${response.status} ${response.statusText}`;
+  let details = {};
   try {
     const body = await response.json();
-    if (body.error) text = `${body.error.message} (${response.status} ${body.error.code})`;
+    if (body.error) {
+      text = `${body.error.message} (${response.status} ${body.error.code})`;
+      details = body.error.details || {};
+    }
   } catch (_) { /* not JSON: keep the status line */ }
-  throw new Error(text);
+  throw Object.assign(new Error(text), { details });
 }
 
 function show(el, message) {
@@ -75,11 +80,19 @@ function currentSet() {
 
 // ---- samples ------------------------------------------------------------------------------------
 
-function sampleQuery(attrs, n) {
-  const q = new URLSearchParams({ n: String(n), seed: $("seed").value || "0", mode: $("mode").value, format: "json" });
-  if ($("mode").value !== "prior") {
-    q.set("labelset", $("labelset").value);
-    if (attrs) q.set("attrs", attrs);
+/** GET /sample for the toggles' spec, or for a query instead (the energy sampler: no mode, and the chosen label
+ *  set is only where bare names are looked up first). */
+function sampleQuery({ spec, query }, n) {
+  const q = new URLSearchParams({ n: String(n), seed: $("seed").value || "0", format: "json" });
+  if (query !== undefined) {
+    q.set("q", query);
+    if ($("labelset").value) q.set("labelset", $("labelset").value);
+  } else {
+    q.set("mode", $("mode").value);
+    if ($("mode").value !== "prior") {
+      q.set("labelset", $("labelset").value);
+      if (spec) q.set("attrs", spec);
+    }
   }
   return `sample?${q}`;
 }
@@ -94,21 +107,34 @@ function describeLabels(labels) {
   return on.length ? on.join(", ") : "no attribute on";
 }
 
+/** What an image shows, for its alt text: a query's images carry no labels. */
+function describeImage(body, im) {
+  if (!body.query) return describeLabels(im.labels);
+  return im.converged ? body.query : `${body.query} (not converged)`;
+}
+
 async function refresh() {
   const id = ++sampleRequest;
   const grid = $("grid");
   grid.setAttribute("aria-busy", "true");
-  const spec = specOf($("attrs"));
+  const what = activeQuery === null ? { spec: specOf($("attrs")) } : { query: activeQuery };
   try {
-    const body = await api(sampleQuery(spec, Number($("count").value)));
+    const body = await api(sampleQuery(what, Number($("count").value)));
     if (id !== sampleRequest) return;
-    grid.replaceChildren(...body.images.map((im) => image(im.png_base64, describeLabels(im.labels))));
+    grid.replaceChildren(...body.images.map((im) => image(im.png_base64, describeImage(body, im))));
     grid.dataset.seed = body.seed;
-    grid.dataset.spec = spec;
+    grid.dataset.spec = what.spec ?? `q=${what.query}`;
     show($("sample-error"), "");
-    await compare(id, spec);
+    if (what.query === undefined) {
+      await compare(id, what.spec);
+    } else {
+      showQueryResult(body);
+      $("compare").replaceChildren();  // one attribute changed per image means nothing for a query
+    }
   } catch (e) {
-    if (id === sampleRequest) show($("sample-error"), e.message);
+    if (id !== sampleRequest) return;
+    if (what.query === undefined) show($("sample-error"), e.message);
+    else showQueryError(what.query, e.message, e.details?.position);  // a network error has none
   } finally {
     if (id === sampleRequest) grid.setAttribute("aria-busy", "false");
   }
@@ -148,6 +174,63 @@ async function compare(id, spec) {
     return fig;
   }));
   if (id === sampleRequest) row.replaceChildren(...figures);
+}
+
+// ---- query box: draws with q= instead of the toggles ---------------------------------------------
+
+function showQueryResult(body) {
+  const ok = body.images.filter((im) => im.converged).length;
+  $("query-text").textContent = body.query;
+  $("query-converged").textContent = `${ok}/${body.images.length} converged`;
+  $("query-result").hidden = false;
+  clearQueryError();
+}
+
+function clearQueryError() {
+  show($("query-error"), "");
+  $("query-where").hidden = true;
+  $("query").removeAttribute("aria-invalid");
+}
+
+/** The message, and the query as sent with the character at ``position`` marked and a caret under it (a mark past
+ *  the end when the query ended too soon). */
+function showQueryError(query, message, position) {
+  $("query-result").hidden = true;
+  show($("query-error"), message);
+  $("query").setAttribute("aria-invalid", "true");
+  if (!Number.isInteger(position)) {
+    $("query-where").hidden = true;
+    return;
+  }
+  const at = Math.min(position, query.length);
+  const mark = Object.assign(document.createElement("mark"), { textContent: query[at] || " " });
+  const where = at < query.length ? `character ${JSON.stringify(query[at])}` : "the end of the query";
+  $("query-where").replaceChildren(
+    query.slice(0, at), mark, query.slice(at + 1), `\n${" ".repeat(at)}^ position ${at}: ${where}`,
+  );
+  $("query-where").hidden = false;
+}
+
+function drawQuery(event) {
+  event.preventDefault();
+  const query = $("query").value;
+  // the server refuses other characters with a validation error that names no position, so point at it here
+  const bad = query.search(/[^A-Za-z0-9_.:() ]/);
+  if (bad >= 0) {
+    showQueryError(query, `invalid character ${JSON.stringify(query[bad])} at position ${bad}`, bad);
+    return;
+  }
+  activeQuery = query;
+  clearTimeout(refreshTimer);
+  refresh();
+}
+
+/** Touching a toggle hands the grid back to the toggles. */
+function onAttrsChange() {
+  activeQuery = null;
+  $("query-result").hidden = true;
+  clearQueryError();
+  scheduleRefresh();
 }
 
 function scheduleRefresh() {
@@ -303,7 +386,8 @@ async function start() {
   $("labelset").addEventListener("change", onLabelsetChange);
   $("mode").addEventListener("change", () => { $("attrs").disabled = $("mode").value === "prior"; scheduleRefresh(); });
   ["seed", "count"].forEach((id) => $(id).addEventListener("change", scheduleRefresh));
-  $("attrs").addEventListener("change", scheduleRefresh);
+  $("attrs").addEventListener("change", onAttrsChange);
+  $("query-form").addEventListener("submit", drawQuery);
   $("new-seed").addEventListener("click", () => { $("seed").value = String(Math.floor(Math.random() * 1e9)); scheduleRefresh(); });
   $("edit-form").addEventListener("submit", edit);
   $("register-form").addEventListener("submit", register);
