@@ -166,3 +166,15 @@ def test_abuse_probes_get_their_statuses_with_bounded_memory(service_bundle):
     for row in res["probes"]:
         assert row["count"] and set(row["statuses"]) <= set(row["expected"]), row
         assert row["peak_over_steady"] <= 2.0, row
+
+
+def test_register_bench_serves_a_classifier_label_set(service_bundle):
+    """bench.register once against a real server on the tiny bundle: the classifier job succeeds and its version
+    answers /sample (energy mode). Its timing is the bench's to judge, not a unit test's."""
+    from bench import register
+
+    res = register.run(service_bundle, "footwear", repeats=1, threads=1)
+    (row,) = res["runs"]
+    assert row["state"] == "succeeded" and row["method"] == "classifier", row
+    assert row["served_ok"] and row["mode"] == "energy" and row["served_s"] >= row["post_s"] > 0, row
+    assert row["cpu_seconds"] > 0 and row["labelled_examples"] == res["rows"] - res["rows"] // 10  # 1 in 10 held out

@@ -144,19 +144,23 @@ def test_query_box_draws_with_q_and_marks_the_error_position(server, browser):
     wait(browser, lambda d: d.find_element(By.ID, "query-error").is_displayed())
     message, where, mark = query_error(browser)
     assert message == "expected a name, '(' or 'not' at position 13, found the end of the query (422 invalid_query)"
-    assert where.split("\n") == ["sneaker and ( ", " " * 13 + "^ position 13: the end of the query"]
+    assert where.split("\n") == ["sneaker and ( ", " " * 13 + "^", "position 13: the end of the query"]
     assert mark == " "  # marked past the end: the query stopped too soon
     assert box.get_attribute("aria-invalid") == "true"
     assert not browser.find_element(By.ID, "query-result").is_displayed()
     assert grid(browser) == drawn  # the last good draw stays
     shot(browser, "2b-query-error")
 
-    box.clear()
-    box.send_keys("bag or not hat", Keys.ENTER)
-    wait(browser, lambda d: "unknown_attributes" in query_error(d)[0])
-    message, where, mark = query_error(browser)
-    assert "unknown attribute 'hat' at position 11" in message, message
-    assert where.split("\n") == ["bag or not hat", " " * 11 + '^ position 11: character "h"'] and mark == "h"
+    for typed, expected, at in (
+        ("bag or not hat", "unknown attribute 'hat' at position 11", 11),
+        ("bag & sandal", "invalid character '&' at position 4", 4),
+    ):
+        box.clear()
+        box.send_keys(typed, Keys.ENTER)
+        message = wait(browser, lambda d, e=expected: query_error(d)[0] if e in query_error(d)[0] else None)
+        _, where, mark = query_error(browser)
+        assert where.split("\n") == [typed, " " * at + "^", f'position {at}: character "{typed[at]}"'], where
+        assert mark == typed[at], message
 
     browser.find_element(By.ID, "s-sandal-on").click()  # a toggle hands the grid back to the toggles
     wait(browser, lambda d: grid(d, "alt") == ["sandal"] * 4)

@@ -185,7 +185,7 @@ def evaluate(
             per_attr[a].update(hits)
         result["n_single"] = n_single
 
-    if getattr(smp, "mode", "") == "optimize":  # share of every optimised row that met the stop rule
+    if getattr(smp, "mode", "") in ("optimize", "energy"):  # share of every row that met its stop rule
         result["converged"] = float(np.mean(smp.converged))
 
     # Fréchet distance in judge features: samples vs real training images, and real test vs train as the floor.

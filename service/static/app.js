@@ -192,7 +192,7 @@ function clearQueryError() {
   $("query").removeAttribute("aria-invalid");
 }
 
-/** The message, and the query as sent with the character at ``position`` marked and a caret under it (a mark past
+/** The message, and the query as sent with the character at `position` marked and a caret under it (a mark past
  *  the end when the query ended too soon). */
 function showQueryError(query, message, position) {
   $("query-result").hidden = true;
@@ -202,25 +202,20 @@ function showQueryError(query, message, position) {
     $("query-where").hidden = true;
     return;
   }
+  // the server counts code points; all before the position are ASCII (the parser stops at the first other)
   const at = Math.min(position, query.length);
-  const mark = Object.assign(document.createElement("mark"), { textContent: query[at] || " " });
-  const where = at < query.length ? `character ${JSON.stringify(query[at])}` : "the end of the query";
+  const ch = [...query.slice(at)][0];  // the whole character, also outside the BMP
+  const mark = Object.assign(document.createElement("mark"), { textContent: ch || " " });
+  const where = ch ? `character ${JSON.stringify(ch)}` : "the end of the query";
   $("query-where").replaceChildren(
-    query.slice(0, at), mark, query.slice(at + 1), `\n${" ".repeat(at)}^ position ${at}: ${where}`,
+    query.slice(0, at), mark, query.slice(at + (ch || "").length), `\n${" ".repeat(at)}^\nposition ${at}: ${where}`,
   );
   $("query-where").hidden = false;
 }
 
 function drawQuery(event) {
   event.preventDefault();
-  const query = $("query").value;
-  // the server refuses other characters with a validation error that names no position, so point at it here
-  const bad = query.search(/[^A-Za-z0-9_.:() ]/);
-  if (bad >= 0) {
-    showQueryError(query, `invalid character ${JSON.stringify(query[bad])} at position ${bad}`, bad);
-    return;
-  }
-  activeQuery = query;
+  activeQuery = $("query").value;  // as typed: the error positions count from its first character
   clearTimeout(refreshTimer);
   refresh();
 }

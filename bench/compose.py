@@ -1,0 +1,346 @@
+"""Issue 18's measurements: classifier label sets against latent-constraints (LC) label sets on the same labels, what
+registering one costs against retraining a CVAE, and composed queries (AND / OR / NOT across label sets).
+
+    python -m bench.compose --out docs --work runs/compose
+
+For each dataset (service/bundles/DATASET, whose latent table must be encoded: ``lcs encode``):
+1. ``same``: the held-out label set (avatars ``hair_colour``, Fashion-MNIST ``footwear``) trained as an LC label set
+   (the shipped recipe of that dataset) and as a classifier label set, both scored by ``lcs eval``'s code
+   (``training.evaluate``): each attribute asked on alone (hit rate) and off alone, balanced accuracy of test-row
+   requests, Fréchet distance in judge features; plus ms per sample on the CPU and CPU-seconds to register.
+2. ``register``: the classifier trained again with probes (exact match of energy samples to test rows, as the
+   baselines bench probes LC and the CVAE): CPU-seconds to 95% of its final accuracy, ÷ the CVAE retrain's from
+   docs/baselines.json (R_register), stated only at equal or better accuracy.
+3. ``compose``: queries over the served LC set, the classifier set and the realism mapper, answered by the energy
+   sampler; every clause judged on the images. The same queries by rejection sampling from the LC actor: label rows
+   of the data that satisfy the query, drawn as the data has them (impossible for combinations the data lacks).
+Writes OUT/compose.json and OUT/compose.md; never hand-edited.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.protocol import ExactMatchProbe, to_95
+from conditioning import backbone, energy, modes, query
+from conditioning.labelset import LabelSetVersion
+from conditioning.runtime import resolve_device, setup_logging
+from evaluation.judging import decide, predict
+from models.artifacts import load_manifest
+from models.judge import load_judge
+from models.latent_table import REALISM
+from models.vae import load_vae
+from training.data import load_dataset
+from training.evaluate import evaluate
+from training.train_labelset import TrainLabelSetConfig, train_labelset
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMAND = ["python", "-m", "bench.compose"]
+DATASETS = {
+    "avatars": {
+        "served": "faces",
+        "new": "hair_colour",
+        # the shipped faces recipe (training/recipes/default_bundle.sh)
+        "lc": {"steps": 3000, "actor_attr_weight": 1.0},
+        "queries": [
+            "faces.smiling and faces.eyeglasses",
+            "faces.eyeglasses and not faces.wearing_hat",
+            "hair_colour.blond_hair or hair_colour.gray_hair",
+            "hair_colour.gray_hair and faces.eyeglasses",
+            "hair_colour.blond_hair and not faces.eyeglasses",
+            "not faces.no_beard and not faces.mustache",
+            "not faces.eyeglasses",
+            "faces.wearing_hat and hair_colour.blond_hair",
+            "faces.bald and hair_colour.gray_hair",
+        ],
+    },
+    "fashion-mnist": {
+        "served": "category",
+        "new": "footwear",
+        "lc": {"steps": 600, "lambda_dist": 0.0},  # the shipped category recipe
+        "queries": [
+            "footwear.footwear and not category.sneaker",
+            "category.bag or category.trouser",
+            "not footwear.footwear and not category.bag",
+            "footwear.footwear or category.bag",
+            "not category.trouser",
+        ],
+    },
+}
+
+
+def train(bundle: Path, new: str, out: Path, **settings) -> Path:
+    if not (out / "mapper.json").exists():
+        train_labelset(
+            TrainLabelSetConfig(bundle=str(bundle), label_set=new, out=str(out), threads=1, **settings),
+            command=[*COMMAND, "train", new, json.dumps(settings)],
+        )
+    return out
+
+
+def ms_per_sample(ls: LabelSetVersion, realism: LabelSetVersion, mode: str, n: int = 256) -> float:
+    """Latents per request row on the CPU (one thread), through ``modes.latents`` as the server runs them."""
+    plan = energy.Plan(realism, energy.Rows(ls)) if mode == "energy" else None
+    z, y, mask = modes.draw(ls, {}, n, ls.m.cfg.latent_dim, torch.Generator().manual_seed(0))
+    mask[:] = True
+    started = time.perf_counter()
+    modes.latents(mode, ls, z, y, mask, plan)
+    return 1000 * (time.perf_counter() - started) / n
+
+
+def same_labels(name: str, bundle: Path, spec: dict, work: Path, n: int, realism: LabelSetVersion) -> dict:
+    new, fp = spec["new"], load_manifest(bundle, "vae")["decoder_fingerprint"]
+    arts = {
+        "lc": train(bundle, new, work / f"lc-{new}", **spec["lc"]),
+        "classifier": train(bundle, new, work / f"classifier-{new}", method="classifier"),
+    }
+    out = {}
+    for method, art in arts.items():
+        sampler = "actor" if method == "lc" else "energy"
+        r = evaluate(
+            bundle,
+            sampler,
+            new,
+            n=n,
+            n_spec3=n,
+            n_single=200,
+            device="cpu",
+            out=work / f"eval-{method}-{new}",
+            artifact=art,
+            command=[*COMMAND, "eval", sampler, new],
+        )
+        ls = LabelSetVersion.load(art, fp, new)
+        per = r["per_attribute"]
+        man = json.loads((art / "mapper.json").read_text())
+        out[method] = {
+            "asked_on": {a: per[a]["single_on"] for a in per},
+            "asked_on_mean": float(np.mean([per[a]["single_on"] for a in per])),
+            "asked_off_worst": float(min(per[a]["single_off"] for a in per)),
+            "balanced_accuracy": float(np.mean([per[a]["balanced_accuracy"] for a in per])),
+            "exact_match": r["exact_match"],
+            "frechet": r["frechet"]["fd"],
+            "converged": r.get("converged", 1.0),
+            "ms_per_sample": ms_per_sample(ls, realism, sampler),
+            "cpu_s_to_register": man["metrics"]["cpu_seconds"],
+            "artifact": str(art),
+        }
+    lc, clf = out["lc"], out["classifier"]
+    out["asked_on_ratio"] = clf["asked_on_mean"] / max(lc["asked_on_mean"], 1e-9)
+    out["frechet_ratio"] = clf["frechet"] / lc["frechet"]
+    return out
+
+
+def register(name: str, bundle: Path, spec: dict, work: Path, n_probe: int, realism: LabelSetVersion) -> dict:
+    """CPU-seconds to 95% of the classifier's final exact match, probed as the baselines bench probes LC and CVAE."""
+    new = spec["new"]
+    vae, vman = load_vae(bundle, "cpu")
+    data = load_dataset(vman["dataset"]["name"], **vman["dataset"]["params"])
+    judge = ExactMatchProbe(bundle, data, new, n_probe)
+    sigma = torch.ones(vae.cfg.latent_dim)
+
+    def probe(step, m):
+        ls = LabelSetVersion("probe", "training", m, {}, judge.labels, sigma)
+        z = torch.randn(len(judge.labels), vae.cfg.latent_dim, generator=torch.Generator().manual_seed(1))
+        mask = torch.ones(judge.labels.shape, dtype=torch.bool)
+        lat = modes.latents("energy", ls, z, judge.labels, mask, energy.Plan(realism, energy.Rows(ls))).z
+        return {"accuracy": judge.accuracy(backbone.decode(vae, lat, torch.device("cpu")))}
+
+    d = train_labelset(
+        TrainLabelSetConfig(
+            bundle=str(bundle),
+            label_set=new,
+            out=str(work / f"classifier-probed-{new}"),
+            method="classifier",
+            threads=1,
+        ),
+        command=[*COMMAND, "register", new],
+        probe=probe,
+        probe_every=50,
+    )
+    curve = to_95(json.loads((d / "mapper.json").read_text())["metrics"]["probes"])
+    ref = json.loads((ROOT / "docs" / "baselines.json").read_text())["datasets"][name]["new_label_set"]["cvae_retrain"]
+    out = {"classifier": curve, "cvae_retrain": {k: ref[k] for k in ("final_accuracy", "cpu_s_to_95", "cpu_s_total")}}
+    out["equal_or_better"] = curve["final_accuracy"] >= ref["final_accuracy"]
+    out["R_register"] = curve["cpu_s_to_95"] / ref["cpu_s_to_95"]
+    return out
+
+
+def _judged_truth(node: query.Node, got: dict[str, np.ndarray]) -> np.ndarray:
+    """A resolved query's truth per image from the judge's 0/1 decisions (``got``: attribute -> n)."""
+    if isinstance(node, query.Ref):
+        return got[node.attr].astype(bool)
+    if isinstance(node, query.Not):
+        return ~_judged_truth(node.child, got)
+    parts = [_judged_truth(c, got) for c in node.children]
+    return np.all(parts, 0) if isinstance(node, query.And) else np.any(parts, 0)
+
+
+def compose(name: str, bundle: Path, spec: dict, work: Path, n: int, sets: dict[str, LabelSetVersion]) -> list[dict]:
+    vae, vman = load_vae(bundle, "cpu")
+    judge, jman = load_judge(bundle, "cpu")
+    data = load_dataset(vman["dataset"]["name"], **vman["dataset"]["params"])
+    names = jman["config"]["attr_names"]
+    served = sets[spec["served"]]
+    catalog = {k: v.attr_names for k, v in sets.items() if v.attr_names}
+    groups = [ls.attrs for ls in data.label_sets.values()]
+    train_rows = data.columns(names)[data.indices("train")].astype(bool)
+    rows = []
+
+    def judged(z: torch.Tensor) -> dict[str, np.ndarray]:
+        probs = predict(judge, backbone.decode(vae, z, torch.device("cpu")), torch.device("cpu"))[0]
+        got = {}
+        for attrs in groups:  # a categorical set's classes by argmax, binary attributes by threshold
+            got.update(zip(attrs, decide(probs, jman, attrs).T, strict=True))
+        return got
+
+    for text in spec["queries"]:
+        tree = query.resolve(query.parse(text), catalog)
+        clauses = list(tree.children) if isinstance(tree, query.And) else [tree]
+        plan = energy.plan_query(text, sets)
+        z = torch.randn(n, vae.cfg.latent_dim, generator=torch.Generator().manual_seed(7))
+        started = time.perf_counter()
+        lat = modes.latents("energy", None, z, torch.zeros(n, 0), torch.zeros(n, 0, dtype=torch.bool), plan)
+        seconds = time.perf_counter() - started
+        got = judged(lat.z)
+        row = {
+            "query": plan.text,
+            "clauses": [query.to_text(c) for c in clauses],
+            "energy": [float(_judged_truth(c, got).mean()) for c in clauses],
+            "energy_all": float(_judged_truth(tree, got).mean()),
+            "converged": float(lat.converged.float().mean()),
+            "ms_per_sample": 1000 * seconds / n,
+        }
+        # rejection sampling from the LC actor: the data's rows that satisfy the query, as often as the data has them
+        ok = _judged_truth(tree, {a: train_rows[:, i] for i, a in enumerate(names)})
+        row["rows_in_data"] = int(ok.sum())
+        if ok.any():
+            pick = np.random.default_rng(7).choice(np.flatnonzero(ok), n)
+            y = torch.from_numpy(train_rows[pick][:, [names.index(a) for a in served.attr_names]]).float()
+            got_a = judged(modes.latents("actor", served, z, y, torch.ones(y.shape, dtype=torch.bool)).z)
+            row["actor"] = [float(_judged_truth(c, got_a).mean()) for c in clauses]
+            row["actor_all"] = float(_judged_truth(tree, got_a).mean())
+        rows.append(row)
+        print(f"{name}: {row['query']}: energy {row['energy']} actor {row.get('actor')}", flush=True)
+    return rows
+
+
+def markdown(result: dict) -> str:
+    f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [
+        "# Classifier label sets and composed queries (issue 18)",
+        "",
+        f"`{' '.join(result['command'])}` on {result['machine']}, {result['date']}; {result['minutes']:.0f} min.",
+        "",
+    ]
+    for name, r in result["datasets"].items():
+        s = r.get("same")
+        lines += [f"## {name}", ""]
+        if s:
+            lines += [
+                f"### The same labels (`{r['new']}`): LC label set vs classifier label set",
+                "",
+                "| | asked on: mean | asked on, per attribute | asked off: worst | balanced accuracy "
+                "| exact match | FD | converged | ms / sample | CPU-s to register |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+            ]
+            for method in ("lc", "classifier"):
+                m = s[method]
+                per = ", ".join(f"{a} {v:.2f}" for a, v in m["asked_on"].items())
+                lines.append(
+                    f"| {method} | {f(m['asked_on_mean'])} | {per} | {f(m['asked_off_worst'])} | "
+                    f"{f(m['balanced_accuracy'])} | {f(m['exact_match'])} | {m['frechet']:.1f} | {f(m['converged'])} | "
+                    f"{m['ms_per_sample']:.2f} | {m['cpu_s_to_register']:.1f} |"
+                )
+            lines += [
+                "",
+                f"Classifier ÷ LC: asked-on hit rate **{s['asked_on_ratio']:.2f}** (bar ≥ 0.9), "
+                f"Fréchet distance **{s['frechet_ratio']:.2f}** (bar ≤ 1.2).",
+                "",
+            ]
+        g = r.get("register")
+        if g:
+            c, v = g["classifier"], g["cvae_retrain"]
+            lines += [
+                f"### Registering `{r['new']}`: classifier vs CVAE retrain",
+                "",
+                "| | final exact match | CPU-s to 95% | CPU-s total |",
+                "|---|---|---|---|",
+                f"| classifier label set | {f(c['final_accuracy'])} | {c['cpu_s_to_95']:.2f} | "
+                f"{c['cpu_s_total']:.2f} |",
+                f"| CVAE retrained (docs/baselines.json) | {f(v['final_accuracy'])} | {v['cpu_s_to_95']:.2f} | "
+                f"{v['cpu_s_total']:.2f} |",
+                "",
+                f"**R_register = {g['R_register']:.4f}** (target ≤ 0.02), at "
+                f"{'equal or better' if g['equal_or_better'] else '**worse**'} accuracy.",
+                "",
+            ]
+        if r.get("compose"):
+            lines += [
+                "### Composed queries (energy sampler) vs rejection sampling from the LC actor",
+                "",
+                "Each clause judged on the images; `all`: the whole query. Rows in data: training rows that "
+                "satisfy the query (0: a combination the data lacks, which rejection sampling cannot answer).",
+                "",
+                "| query | clauses: energy | all | converged | ms / sample | clauses: actor (rejection) "
+                "| all | rows in data |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for q in r["compose"]:
+                e = ", ".join(f"{c} {v:.2f}" for c, v in zip(q["clauses"], q["energy"], strict=True))
+                a = ", ".join(f"{v:.2f}" for v in q["actor"]) if "actor" in q else "–"
+                lines.append(
+                    f"| `{q['query']}` | {e} | {f(q['energy_all'])} | {f(q['converged'])} | {q['ms_per_sample']:.1f} "
+                    f"| {a} | {f(q.get('actor_all'))} | {q['rows_in_data']} |"
+                )
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", default="avatars,fashion-mnist")
+    p.add_argument("--parts", default="same,register,compose")
+    p.add_argument("--bundles", default=str(ROOT / "service" / "bundles"))
+    p.add_argument("--work", default="runs/compose")
+    p.add_argument("--out", default="docs")
+    p.add_argument("--n", type=int, default=1000, help="requests per evaluation and per query")
+    p.add_argument("--n-probe", type=int, default=500)
+    a = p.parse_args()
+    setup_logging()
+    resolve_device("cpu", 1)
+    started, result = time.time(), {"command": COMMAND + sys.argv[1:], "datasets": {}}
+    result.update(
+        machine=f"{torch.get_num_threads()} thread(s), torch {torch.__version__}", date=time.strftime("%Y-%m-%d")
+    )
+    for name in a.datasets.split(","):
+        spec, bundle = DATASETS[name], Path(a.bundles) / name
+        if not (bundle / "latents.safetensors").exists():
+            sys.exit(f"{bundle} has no latent table: run `lcs encode --bundle {bundle}` first")
+        work = Path(a.work) / name
+        fp = load_manifest(bundle, "vae")["decoder_fingerprint"]
+        sets = {k: LabelSetVersion.load(bundle / "labelsets" / k, fp, k) for k in (REALISM, spec["served"])}
+        r = result["datasets"].setdefault(name, {"new": spec["new"]})
+        if "same" in a.parts:
+            r["same"] = same_labels(name, bundle, spec, work, a.n, sets[REALISM])
+        if "register" in a.parts:
+            r["register"] = register(name, bundle, spec, work, a.n_probe, sets[REALISM])
+        if "compose" in a.parts:
+            clf = train(bundle, spec["new"], work / f"classifier-{spec['new']}", method="classifier")
+            sets[spec["new"]] = LabelSetVersion.load(clf, fp, spec["new"])
+            r["compose"] = compose(name, bundle, spec, work, a.n, sets)
+    result["minutes"] = (time.time() - started) / 60
+    out = Path(a.out)
+    (out / "compose.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "compose.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
