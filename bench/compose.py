@@ -57,8 +57,9 @@ DATASETS = {
             "hair_colour.blond_hair and not faces.eyeglasses",
             "not faces.no_beard and not faces.mustache",
             "not faces.eyeglasses",
+            # no training row has these (a hat hides the hair's colour; a beard never comes with a moustache)
             "faces.wearing_hat and hair_colour.blond_hair",
-            "faces.bald and hair_colour.gray_hair",
+            "not faces.no_beard and faces.mustache",
         ],
     },
     "fashion-mnist": {
@@ -172,6 +173,50 @@ def register(name: str, bundle: Path, spec: dict, work: Path, n_probe: int, real
     return out
 
 
+# How the energy sampler moves z, compared on the classifier label set's attributes asked on alone (issue 18 asks for
+# the dynamics to be chosen by measurement). "latent": Adam on z itself from G(z_p); the rest move z_p through G.
+DYNAMICS = {
+    "latent space, from G(z_p)": {"space": "latent", "candidates": 1},
+    "prior space, steps only": {"candidates": 1},
+    "prior space, first of 64 draws only (no steps)": {"steps": 0},
+    "prior space, first of 64 draws, then steps (default)": {},
+    "prior space, first of 256 draws, then steps": {"candidates": 256},
+}
+
+
+def dynamics(name: str, bundle: Path, spec: dict, work: Path, n: int, realism: LabelSetVersion) -> dict:
+    vae, _ = load_vae(bundle, "cpu")
+    judge, jman = load_judge(bundle, "cpu")
+    fp = load_manifest(bundle, "vae")["decoder_fingerprint"]
+    clf = LabelSetVersion.load(train(bundle, spec["new"], work / f"classifier-{spec['new']}", method="classifier"), fp)
+    out = {}
+    for label, settings in DYNAMICS.items():
+        cfg = energy.EnergyConfig(**settings)
+        row, seconds, converged = {}, 0.0, []
+        for col, a in enumerate(clf.attr_names):
+            plan = energy.Plan(realism, energy.Literal(clf, col))
+            z = torch.randn(n, vae.cfg.latent_dim, generator=torch.Generator().manual_seed(11))
+            started = time.perf_counter()
+            if cfg.space == "latent":
+                with torch.no_grad():
+                    z = realism.m.actor(z, None)
+            lat, ok, _ = energy.sample(plan, z, cfg=cfg)
+            seconds += time.perf_counter() - started
+            probs = predict(judge, backbone.decode(vae, lat, torch.device("cpu")), torch.device("cpu"))[0]
+            got = decide(probs, jman, clf.attr_names)  # categorical sets: argmax among their classes
+            row[a] = float(got[:, col].mean())
+            converged += ok.tolist()
+        out[label] = {
+            "asked_on": row,
+            "mean": float(np.mean(list(row.values()))),
+            "converged": float(np.mean(converged)),
+            "ms_per_sample": 1000 * seconds / (n * len(clf.attr_names)),
+            "settings": settings,
+        }
+        print(f"{name}: {label}: {out[label]['mean']:.3f} {row}", flush=True)
+    return out
+
+
 def _judged_truth(node: query.Node, got: dict[str, np.ndarray]) -> np.ndarray:
     """A resolved query's truth per image from the judge's 0/1 decisions (``got``: attribute -> n)."""
     if isinstance(node, query.Ref):
@@ -264,6 +309,20 @@ def markdown(result: dict) -> str:
                 f"Fréchet distance **{s['frechet_ratio']:.2f}** (bar ≤ 1.2).",
                 "",
             ]
+        if r.get("dynamics"):
+            lines += [
+                "### How the energy sampler moves z",
+                "",
+                f"The `{r['new']}` classifier label set, each attribute asked on alone; hit rate judged on the "
+                "images. The default is what the server runs.",
+                "",
+                "| dynamics | asked on: mean | per attribute | converged | ms / sample |",
+                "|---|---|---|---|---|",
+            ]
+            for label, m in r["dynamics"].items():
+                per = ", ".join(f"{a} {v:.2f}" for a, v in m["asked_on"].items())
+                lines.append(f"| {label} | {f(m['mean'])} | {per} | {f(m['converged'])} | {m['ms_per_sample']:.1f} |")
+            lines.append("")
         g = r.get("register")
         if g:
             c, v = g["classifier"], g["cvae_retrain"]
@@ -306,16 +365,23 @@ def markdown(result: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", default="avatars,fashion-mnist")
-    p.add_argument("--parts", default="same,register,compose")
+    p.add_argument("--parts", default="same,register,compose,dynamics")
     p.add_argument("--bundles", default=str(ROOT / "service" / "bundles"))
     p.add_argument("--work", default="runs/compose")
     p.add_argument("--out", default="docs")
     p.add_argument("--n", type=int, default=1000, help="requests per evaluation and per query")
     p.add_argument("--n-probe", type=int, default=500)
+    p.add_argument("--n-dynamics", type=int, default=200, help="requests per attribute and dynamics")
     a = p.parse_args()
     setup_logging()
     resolve_device("cpu", 1)
-    started, result = time.time(), {"command": COMMAND + sys.argv[1:], "datasets": {}}
+    out = Path(a.out)
+    # a run of some datasets and parts updates what earlier runs wrote; every command is kept
+    result = json.loads((out / "compose.json").read_text()) if (out / "compose.json").exists() else {"datasets": {}}
+    started, command = time.time(), " ".join(COMMAND + sys.argv[1:])
+    if not isinstance(result.get("minutes"), dict):  # written by an earlier version of this bench
+        result.update(minutes={result.pop("command", ""): result.pop("minutes", 0)}, commands=[])
+    result["commands"] = [c for c in result.get("commands", []) if c != command] + [command]
     result.update(
         machine=f"{torch.get_num_threads()} thread(s), torch {torch.__version__}", date=time.strftime("%Y-%m-%d")
     )
@@ -331,12 +397,13 @@ def main() -> None:
             r["same"] = same_labels(name, bundle, spec, work, a.n, sets[REALISM])
         if "register" in a.parts:
             r["register"] = register(name, bundle, spec, work, a.n_probe, sets[REALISM])
+        if "dynamics" in a.parts:
+            r["dynamics"] = dynamics(name, bundle, spec, work, a.n_dynamics, sets[REALISM])
         if "compose" in a.parts:
             clf = train(bundle, spec["new"], work / f"classifier-{spec['new']}", method="classifier")
             sets[spec["new"]] = LabelSetVersion.load(clf, fp, spec["new"])
             r["compose"] = compose(name, bundle, spec, work, a.n, sets)
-    result["minutes"] = (time.time() - started) / 60
-    out = Path(a.out)
+    result.setdefault("minutes", {})[command] = round((time.time() - started) / 60, 1)
     (out / "compose.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "compose.md").write_text(markdown(result))
     print(markdown(result))

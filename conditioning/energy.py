@@ -1,11 +1,10 @@
 """The energy sampler (issue 18, after LACE: Nie et al., NeurIPS 2021): any label set's latent classifier D_attr
 becomes an energy, and a request composes them with AND / OR / NOT.
 
-E(z) = realism_weight · (−log D_realism(z)) + prior_weight · ‖z‖²/2 + E_query(z), where for a literal
-E = −log p(attribute | z) (NOT: −log(1 − p)), AND sums its children's energies and OR takes their soft minimum
-−log Σ exp(−E_i). Why the realism critic: LACE needs a dense latent prior (StyleGAN's w); our σ_x = 0.1 VAE prior
-has holes, which the realism mapper and its critic exist to fix. So sampling starts from the realism mapper's
-G(z_p) and the critic keeps the moved z on the data's manifold.
+With z = G_realism(z_p): E(z_p) = E_query(z) + realism_weight · (−log D_realism(z)) + prior_weight · ‖z_p‖²/2, where
+for a literal E = −log p(attribute | z) (NOT: −log(1 − p)), AND sums its children's energies and OR takes their soft
+minimum −log Σ exp(−E_i). Why the realism mapper: LACE needs a dense latent prior (StyleGAN's w); our σ_x = 0.1 VAE
+prior has holes, which the realism mapper and its critic exist to fix.
 
 Sampling moves the realism mapper's *input* z_p (LACE's setting: an EBM over the prior of a mapping network,
 E(G(z_p)) + ‖z_p‖²/2), so every step stays on the mapper's realistic outputs; moving z itself let the classifiers be

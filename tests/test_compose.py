@@ -235,3 +235,18 @@ def test_transform_edits_towards_a_query(srv, fashion_root):
     with pytest.raises(ServiceError) as e:
         c.transform(buf.getvalue(), q="heavy and (")
     assert e.value.code == "invalid_query" and e.value.details["position"] == 11
+
+
+def test_a_classifier_artifact_from_the_trainer_is_uploaded_and_served(srv, service_bundle, tmp_path):
+    from training.train_labelset import TrainLabelSetConfig, train_labelset
+
+    art = train_labelset(
+        TrainLabelSetConfig(bundle=str(service_bundle), label_set="footwear", out=str(tmp_path / "fw"),
+                            method="classifier", classifier_steps=200, width=32, depth=3, batch_size=64)
+    )  # fmt: skip
+    c = Client(srv.url, token=srv.token)
+    version = c.register("shoes", art)["version"]
+    body = c.sample(q="shoes.footwear and not sneaker", n=2, seed=1, format="json")
+    assert body["query"] == "shoes.footwear and not category.sneaker" and len(body["images"]) == 2
+    r = httpx.get(f"{srv.url}/sample", params={"labelset": "shoes", "attrs": "-footwear", "seed": 1})
+    assert r.status_code == 200 and r.headers["x-lcs-labelset-version"] == version
