@@ -30,6 +30,8 @@ def _summary(ls: LabelSetVersion) -> dict:
         "version": ls.version,
         "labels": ls.attr_names,
         "kind": ls.kind,
+        "method": ls.m.cfg.method,  # classifier label sets serve only mode=energy
+        **({"rule": ls.manifest["rule"]} if ls.manifest.get("rule") else {}),
         "trained_as": ls.manifest.get("name"),
         "metrics": ls.manifest.get("metrics", {}),
     }

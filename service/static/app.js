@@ -78,6 +78,11 @@ function currentSet() {
   return labelsets.find((s) => s.name === $("labelset").value);
 }
 
+/** A classifier label set has no actor: only the energy sampler serves it (prior stays prior). */
+function modeFor(chosen) {
+  return chosen !== "prior" && (currentSet() || {}).method === "classifier" ? "energy" : chosen;
+}
+
 // ---- samples ------------------------------------------------------------------------------------
 
 /** GET /sample for the toggles' spec, or for a query instead (the energy sampler: no mode, and the chosen label
@@ -88,7 +93,7 @@ function sampleQuery({ spec, query }, n) {
     q.set("q", query);
     if ($("labelset").value) q.set("labelset", $("labelset").value);
   } else {
-    q.set("mode", $("mode").value);
+    q.set("mode", modeFor($("mode").value));
     if ($("mode").value !== "prior") {
       q.set("labelset", $("labelset").value);
       if (spec) q.set("attrs", spec);
@@ -302,7 +307,7 @@ async function edit(event) {
     form.append("image", file);
     form.append("attrs", spec);
     form.append("labelset", $("labelset").value);
-    form.append("mode", $("edit-mode").value);
+    form.append("mode", modeFor($("edit-mode").value));
     form.append("format", "json");
     $("edit-before").src = URL.createObjectURL(file);
     const body = await api("transform", { method: "POST", body: form });
