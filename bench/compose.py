@@ -178,42 +178,58 @@ def register(name: str, bundle: Path, spec: dict, work: Path, n_probe: int, real
 DYNAMICS = {
     "latent space, from G(z_p)": {"space": "latent", "candidates": 1},
     "prior space, steps only": {"candidates": 1},
-    "prior space, first of 64 draws only (no steps)": {"steps": 0},
-    "prior space, first of 64 draws, then steps (default)": {},
-    "prior space, first of 256 draws, then steps": {"candidates": 256},
+    "prior space, first of 1024 draws only (no steps)": {"steps": 0},
+    "prior space, first of 64 draws, then steps": {"candidates": 64},
+    "prior space, first of 1024 draws, then steps (default)": {},
 }
 
 
+CLASSIFIERS = {
+    "posterior samples (noise 1)": {"classifier_noise": 1.0},
+    "noise 3 (default)": {},
+    "noise 3, mixup 0.4": {"classifier_mixup": 0.4},
+}
+
+
+def asked_on(clf: LabelSetVersion, realism: LabelSetVersion, cfg: energy.EnergyConfig, n: int, vae, judge, jman):
+    """Each attribute of ``clf`` asked on alone through the energy sampler: judged hit rates, converged, ms/sample."""
+    row, seconds, converged = {}, 0.0, []
+    for col, a in enumerate(clf.attr_names):
+        plan = energy.Plan(realism, energy.Literal(clf, col))
+        z = torch.randn(n, vae.cfg.latent_dim, generator=torch.Generator().manual_seed(11))
+        started = time.perf_counter()
+        if cfg.space == "latent":
+            with torch.no_grad():
+                z = realism.m.actor(z, None)
+        lat, ok, _ = energy.sample(plan, z, cfg=cfg)
+        seconds += time.perf_counter() - started
+        probs = predict(judge, backbone.decode(vae, lat, torch.device("cpu")), torch.device("cpu"))[0]
+        row[a] = float(decide(probs, jman, clf.attr_names)[:, col].mean())  # categorical: argmax among its classes
+        converged += ok.tolist()
+    return {"asked_on": row, "mean": float(np.mean(list(row.values()))), "converged": float(np.mean(converged)),
+            "ms_per_sample": 1000 * seconds / (n * len(clf.attr_names))}  # fmt: skip
+
+
 def dynamics(name: str, bundle: Path, spec: dict, work: Path, n: int, realism: LabelSetVersion) -> dict:
+    """The sampler's dynamics (DYNAMICS) and the classifier's training (CLASSIFIERS), on the held-out label set."""
     vae, _ = load_vae(bundle, "cpu")
     judge, jman = load_judge(bundle, "cpu")
     fp = load_manifest(bundle, "vae")["decoder_fingerprint"]
-    clf = LabelSetVersion.load(train(bundle, spec["new"], work / f"classifier-{spec['new']}", method="classifier"), fp)
-    out = {}
+    new = spec["new"]
+    clf = LabelSetVersion.load(train(bundle, new, work / f"classifier-{new}", method="classifier"), fp)
+    out = {"dynamics": {}, "classifiers": {}}
     for label, settings in DYNAMICS.items():
-        cfg = energy.EnergyConfig(**settings)
-        row, seconds, converged = {}, 0.0, []
-        for col, a in enumerate(clf.attr_names):
-            plan = energy.Plan(realism, energy.Literal(clf, col))
-            z = torch.randn(n, vae.cfg.latent_dim, generator=torch.Generator().manual_seed(11))
-            started = time.perf_counter()
-            if cfg.space == "latent":
-                with torch.no_grad():
-                    z = realism.m.actor(z, None)
-            lat, ok, _ = energy.sample(plan, z, cfg=cfg)
-            seconds += time.perf_counter() - started
-            probs = predict(judge, backbone.decode(vae, lat, torch.device("cpu")), torch.device("cpu"))[0]
-            got = decide(probs, jman, clf.attr_names)  # categorical sets: argmax among their classes
-            row[a] = float(got[:, col].mean())
-            converged += ok.tolist()
-        out[label] = {
-            "asked_on": row,
-            "mean": float(np.mean(list(row.values()))),
-            "converged": float(np.mean(converged)),
-            "ms_per_sample": 1000 * seconds / (n * len(clf.attr_names)),
-            "settings": settings,
-        }
-        print(f"{name}: {label}: {out[label]['mean']:.3f} {row}", flush=True)
+        out["dynamics"][label] = {**asked_on(clf, realism, energy.EnergyConfig(**settings), n, vae, judge, jman),
+                                  "settings": settings}  # fmt: skip
+        print(f"{name}: {label}: {out['dynamics'][label]['mean']:.3f}", flush=True)
+    for label, settings in CLASSIFIERS.items():
+        tag = "-".join(f"{k}{v}" for k, v in settings.items()) or "default"
+        variant = LabelSetVersion.load(
+            train(bundle, new, work / f"classifier-{new}-{tag}", method="classifier", **settings), fp
+        )
+        out["classifiers"][label] = {**asked_on(variant, realism, energy.DEFAULT, n, vae, judge, jman),
+                                     "settings": settings}  # fmt: skip
+        print(f"{name}: classifier {label}: {out['classifiers'][label]['mean']:.3f}", flush=True)
     return out
 
 
@@ -281,9 +297,10 @@ def markdown(result: dict) -> str:
     lines = [
         "# Classifier label sets and composed queries (issue 18)",
         "",
-        f"`{' '.join(result['command'])}` on {result['machine']}, {result['date']}; {result['minutes']:.0f} min.",
+        f"On {result['machine']}, {result['date']}, by:",
         "",
     ]
+    lines += [f"    {c}    # {result['minutes'].get(c, '?')} min" for c in result["commands"]] + [""]
     for name, r in result["datasets"].items():
         s = r.get("same")
         lines += [f"## {name}", ""]

@@ -66,13 +66,13 @@ class EnergyConfig:
     """Defaults measured on the avatars bundle with a ``hair_colour`` classifier label set (docs/compose.md)."""
 
     space: str = "prior"  # "prior": move the realism mapper's input z_p (sampling); "latent": move z itself (edits)
-    candidates: int = 64  # prior space: the first of this many draws G(z_p) that satisfies the query starts
+    candidates: int = 1024  # prior space: the first of this many draws G(z_p) that satisfies the query starts
     steps: int = 200
     lr: float = 0.05  # Adam's step on the moved variable
     realism_weight: float = 1.0
     prior_weight: float = 0.1  # prior space: weight of ‖z_p‖²/2, the N(0, I) prior of the mapper's input
     dist_weight: float = 0.0  # latent space (edits): mean(log(1 + (z − anchor)²) / σ̄²), as in optimisation edits
-    confidence: float = 0.99  # stop once the query's truth reaches this ...
+    confidence: float = 0.999  # stop once the query's truth reaches this ...
     threshold: float = 0.5  # ... and the realism critic's probability exceeds this ...
     min_steps: int = 0  # ... but not before this many steps
 

@@ -69,7 +69,9 @@ class TrainLabelSetConfig:
     # the held-out check: a classifier whose balanced accuracy on validation rows is below this, for any attribute,
     # is not published (it would steer samples by noise)
     min_balanced_accuracy: float = 0.6
-    classifier_noise: float = 1.0  # train on μ + noise·σ·ε (1: posterior samples)
+    # train on μ + noise·σ·ε: a smoother classifier, measured better as an energy than posterior samples (1) alone
+    # (docs/compose.md, "classifier training")
+    classifier_noise: float = 3.0
     classifier_mixup: float = 0.0  # Beta(a, a) mixup of latents and labels (0: off)
 
     def network(self, t: LatentTable) -> LatentConfig:
