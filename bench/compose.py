@@ -217,7 +217,7 @@ def dynamics(name: str, bundle: Path, spec: dict, work: Path, n: int, realism: L
     fp = load_manifest(bundle, "vae")["decoder_fingerprint"]
     new = spec["new"]
     clf = LabelSetVersion.load(train(bundle, new, work / f"classifier-{new}", method="classifier"), fp)
-    out = {"dynamics": {}, "classifiers": {}}
+    out = {"dynamics": {}, "classifiers": {}, "n": n}
     for label, settings in DYNAMICS.items():
         out["dynamics"][label] = {**asked_on(clf, realism, energy.EnergyConfig(**settings), n, vae, judge, jman),
                                   "settings": settings}  # fmt: skip
@@ -326,17 +326,19 @@ def markdown(result: dict) -> str:
                 f"Fréchet distance **{s['frechet_ratio']:.2f}** (bar ≤ 1.2).",
                 "",
             ]
-        if r.get("dynamics"):
+        for part, title in (("dynamics", "How the energy sampler moves z"), ("classifiers", "Classifier training")):
+            if not r.get("dynamics", {}).get(part):
+                continue
             lines += [
-                "### How the energy sampler moves z",
+                f"### {title}",
                 "",
-                f"The `{r['new']}` classifier label set, each attribute asked on alone; hit rate judged on the "
-                "images. The default is what the server runs.",
+                f"The `{r['new']}` classifier label set, each attribute asked on alone ({r['dynamics'].get('n', 200)} "
+                "requests each); hit rate judged on the images. The defaults are what the server runs.",
                 "",
-                "| dynamics | asked on: mean | per attribute | converged | ms / sample |",
+                "| variant | asked on: mean | per attribute | converged | ms / sample |",
                 "|---|---|---|---|---|",
             ]
-            for label, m in r["dynamics"].items():
+            for label, m in r["dynamics"][part].items():
                 per = ", ".join(f"{a} {v:.2f}" for a, v in m["asked_on"].items())
                 lines.append(f"| {label} | {f(m['mean'])} | {per} | {f(m['converged'])} | {m['ms_per_sample']:.1f} |")
             lines.append("")
