@@ -8,7 +8,7 @@ prior has holes, which the realism mapper and its critic exist to fix.
 
 Sampling moves the realism mapper's *input* z_p (LACE's setting: an EBM over the prior of a mapping network,
 E(G(z_p)) + ‖z_p‖²/2), so every step stays on the mapper's realistic outputs; moving z itself let the classifiers be
-fooled (judged hit rates near 0 at a classifier confidence of 0.99; docs/compose.md). It starts from the first of a
+fooled (judged hit rates 0.60 against 1.00 on Fashion-MNIST footwear; docs/compose.md). It starts from the first of a
 few prior draws that already satisfies the query, then takes Adam steps; an example stops once the query's truth
 (fuzzy: a literal's probability, AND the minimum, OR the maximum) reaches ``confidence`` and the realism critic
 accepts it, like optimisation mode's stop rule. Edits move z itself from the image's latent, with a distance term.

@@ -353,6 +353,7 @@ const train = adminAction(async () => {
   const optional = { rule: $("job-rule").value, labels: $("job-labels").files[0], images: $("job-images").files[0] };
   Object.entries(optional).forEach(([key, value]) => { if (value) form.append(key, value); });
   form.append("kind", $("job-kind").value);
+  form.append("method", $("job-method").value);
   form.append("steps", $("job-steps").value);
   const name = $("job-name").value.trim();
   const job = await api(`labelsets/${encodeURIComponent(name)}/jobs`, { method: "POST", body: form, headers: adminHeaders() });
