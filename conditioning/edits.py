@@ -55,12 +55,12 @@ def edit(
         return z[:n], target
     if mode == "energy" and realism is not None:
         plan = energy.Plan(realism, energy.Rows(ls), ls.name)
-        z, _, _ = energy.sample(plan, pad(z0), pad(target), pad(mask), EDIT_ENERGY, anchor=pad(z0))
+        z, _, _ = energy.sample(plan, pad(z0), pad(target), pad(mask), EDIT_ENERGY, anchor=pad(z0), live=n)
         return z[:n], target
     raise ValueError(f"edit mode {mode!r} is not available for label set {ls.name!r} (or no realism label set)")
 
 
 def edit_query(plan: energy.Plan, z0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A composed query's edit: the energy sampler from the image's own latent, kept near it. (latents, converged)"""
-    z, ok, _ = energy.sample(plan, pad(z0), cfg=EDIT_ENERGY, anchor=pad(z0))
+    z, ok, _ = energy.sample(plan, pad(z0), cfg=EDIT_ENERGY, anchor=pad(z0), live=len(z0))
     return z[: len(z0)], ok[: len(z0)]

@@ -171,18 +171,23 @@ def sample(
     mask: torch.Tensor | None = None,
     cfg: EnergyConfig = DEFAULT,
     anchor: torch.Tensor | None = None,
+    live: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Latents that satisfy the plan, per row of ``z``: prior draws (``cfg.space`` "prior": the moved variable is
-    the realism mapper's input) or starting latents ("latent": edits, with the distance to ``anchor``).
+    the realism mapper's input) or starting latents ("latent": edits, with the distance to ``anchor``). Rows from
+    ``live`` on are padding (``modes.pad``): they take part in every forward but are never searched or waited for.
     Returns (latents, converged, steps taken)."""
-    n = len(z)
+    n, live = len(z), len(z) if live is None else live
     prior_space = cfg.space == "prior"
     to_latent = (lambda v: plan.realism.m.actor(v, None)) if prior_space else (lambda v: v)  # noqa: E731
-    start = propose(plan, z, y, mask, cfg) if prior_space and cfg.candidates > 1 else z
+    start = z
+    if prior_space and cfg.candidates > 1:
+        part = lambda t: None if t is None else t[:live]  # noqa: E731
+        start = torch.cat([propose(plan, z[:live], part(y), part(mask), cfg), z[live:]])
     sb2 = plan.realism.sigma_bar.to(z.dtype).pow(2)
     x = start.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=cfg.lr)
-    done = torch.zeros(n, dtype=torch.bool)
+    done = torch.arange(n) >= live
     frozen = torch.zeros_like(z)
     steps = torch.full((n,), cfg.steps)
     with torch.enable_grad():
@@ -212,7 +217,9 @@ def sample(
 
 
 def realism_of(sets: dict[str, LabelSetVersion]) -> LabelSetVersion:
-    if REALISM not in sets:
+    """The served realism mapper (no attributes, an actor and a critic); the registry refuses anything else under
+    that name, and so does this."""
+    if REALISM not in sets or sets[REALISM].m.actor is None or sets[REALISM].attr_names:
         raise SpecError(
             "no_realism_labelset",
             f"energy sampling starts from the '{REALISM}' label set's mapper and needs its critic; register one",

@@ -172,7 +172,7 @@ def sample_energy(
     cfg: energy.EnergyConfig = energy.DEFAULT,
 ) -> Latents:
     """The energy sampler from the prior draws z (y and mask feed a ``Rows`` formula; else ignored)."""
-    out, ok, _ = energy.sample(plan, pad(z), pad(y), pad(mask), cfg)
+    out, ok, _ = energy.sample(plan, pad(z), pad(y), pad(mask), cfg, live=len(z))
     return Latents(out[: len(z)], ok[: len(z)])
 
 

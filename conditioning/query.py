@@ -7,8 +7,9 @@ Grammar::
     and_expr := unary ("and" unary)*
     unary  := "not" unary | primary
     primary := "(" or_expr ")" | term
-    term   := NAME | NAME "." NAME | "rule" ":" NAME
+    term   := NAME | LABELSET "." NAME | "rule" ":" NAME
     NAME   := [A-Za-z][A-Za-z0-9_]{0,63}
+    LABELSET := [A-Za-z0-9][A-Za-z0-9_-]{0,63}
 
 Keywords are case-insensitive; ``and``, ``or`` and ``not`` are never names, ``rule`` is a keyword only before
 ``:`` (an attribute may be called ``rule``). Precedence is not > and > or. The parser flattens ``a and (b and c)``
@@ -30,7 +31,9 @@ MAX_TERMS = 32
 MAX_DEPTH = 32
 MAX_NAME_CHARS = 64
 KEYWORDS = frozenset({"and", "or", "not"})
-TOKEN_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*|[().:]|\s+", re.ASCII)
+# a word is a label-set name (as the registry allows: a leading digit, '-') or an attribute / rule name (identifiers)
+TOKEN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*|[().:]|\s+", re.ASCII)
+IDENT_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ class _Parser:
             m = TOKEN_RE.match(text, pos)
             if m is None:
                 self.fail(pos, f"invalid character {text[pos]!r} at position {pos}")
-            if len(m.group()) > MAX_NAME_CHARS and m.group()[0].isalpha():
+            if len(m.group()) > MAX_NAME_CHARS and m.group()[0].isalnum():
                 self.fail(pos, f"name longer than {MAX_NAME_CHARS} characters at position {pos}")
             if not m.group().isspace():
                 self.tokens.append((m.group(), pos))
@@ -150,9 +153,10 @@ class _Parser:
         self.depth -= 1
         return node
 
-    def name(self, what: str) -> str:
+    def name(self, what: str, labelset: bool = False) -> str:
+        """The next word as a name: an identifier, or with ``labelset`` any word the registry allows."""
         token = self.peek()[0]
-        if not token[:1].isalpha() or token.lower() in KEYWORDS:
+        if not (token[:1].isalnum() if labelset else IDENT_RE.fullmatch(token)) or token.lower() in KEYWORDS:
             self.expected(what)
         self.i += 1
         return token
@@ -165,7 +169,7 @@ class _Parser:
         if self.keyword("rule") and self.peek(1)[0] == ":":
             self.i += 2
             return Term(self.name("a rule name after 'rule:'"), None, True, pos)
-        first = self.name("a name, '(' or 'not'")
+        first = self.name("a name, '(' or 'not'", labelset=self.peek(1)[0] == ".")
         if self.peek()[0] != ".":
             return Term(first, None, False, pos)
         self.i += 1

@@ -79,6 +79,8 @@ class ModeSampler(LatentSampler):
     def __init__(self, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = ""):
         super().__init__(vae)
         self.ls = load_labelset(bundle, label_set, artifact)
+        if self.ls.m.actor is None and self.mode != "energy":
+            raise ValueError(f"{label_set!r} is a classifier label set: score it with --sampler energy")
         self.converged: list[bool] = []  # per sampled row, in order: did its mode converge (see modes.Latents)
         self.plan = None
 
@@ -103,6 +105,7 @@ class EnergySampler(ModeSampler):
     the server answers ``mode=energy`` and every request to a classifier label set."""
 
     name, mode = "energy", "energy"
+    chunk = 64  # the sampler scans 1,024 candidates per row: bound what one call holds
 
     def __init__(self, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = ""):
         super().__init__(bundle, label_set, vae, artifact)

@@ -28,7 +28,7 @@ from service.uploads import decode_image
 router = APIRouter()
 # The query grammar's alphabet (conditioning.query), so a schema-valid query fits in an 8 KB URL. Documented, not
 # enforced by validation: the parser refuses other characters itself, saying at which position.
-QUERY_PATTERN = {"pattern": r"^[A-Za-z0-9_.:() ]*$"}
+QUERY_PATTERN = {"pattern": r"^[A-Za-z0-9_.:() -]*$"}
 PNG = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
 
 
@@ -119,8 +119,8 @@ def query_plan(st, q: str, labelset: str | None, mode: str | None) -> energy.Pla
         raise ApiError(
             422, "mode_unavailable", "a query (q=) is answered by the energy sampler: drop mode or use mode=energy"
         )
-    if labelset is not None:
-        check_name(labelset)
+    if labelset is not None and check_name(labelset) not in st.live.sets:
+        raise ApiError(404, "unknown_labelset", f"no label set named {labelset!r}", {"available": sorted(st.live.sets)})
     try:
         return energy.plan_query(q, st.live.sets, labelset)
     except SpecError as e:

@@ -91,6 +91,8 @@ def _warmup(st: State) -> None:
     st.backbone.decode(z)
     st.backbone.decode(z[:1])
     for ls in st.live.sets.values():
+        if ls.m.actor is None:  # a classifier label set: the energy sampler's first call warms the realism mapper's
+            continue
         y = ls.table[:1].float().expand(2, -1) if ls.m.cfg.n_labels else torch.zeros(2, 0)
         modes.actor(ls, z[:2], y, y.bool())
 

@@ -39,6 +39,10 @@ log = logging.getLogger("lcs.batcher")
 INITIAL_SEC_PER_SAMPLE = 0.01
 # How far a full batch's timing moves the estimate (a smaller batch moves it in proportion to its size).
 EWMA_WEIGHT = 0.3
+# What one energy-mode sample costs the model thread in actor samples: about 20 ms against 2-3 ms on a 2-core CPU
+# (docs/compose.md; the actor's batch of 64 with its decode in 0.1-0.2 s). Admission, batch filling and the
+# seconds-per-sample estimate count in these units, so a burst of energy requests is priced as what it costs.
+ENERGY_UNITS = 8
 
 
 @dataclass(eq=False)
@@ -56,6 +60,11 @@ class SampleWork:
     @property
     def n(self) -> int:
         return len(self.z)
+
+    @property
+    def units(self) -> int:
+        """What the queue counts: samples, an energy-mode sample as ENERGY_UNITS of them."""
+        return self.n * (ENERGY_UNITS if self.mode == "energy" else 1)
 
 
 @dataclass
@@ -142,11 +151,11 @@ class Batcher:
         """Queue ``work`` and wait for its rows. ``max_queue_wait_s`` is the caller's admission budget (a wait that
         would outlast ``timeout`` is refused anyway: 429 now beats 504 later). ``receive``, the request's ASGI
         receive channel, tells when the client leaves: its work is dropped rather than drawn for nobody."""
-        self._admit(work.n, timeout if max_queue_wait_s is None else min(max_queue_wait_s, timeout))
+        self._admit(work.units, timeout if max_queue_wait_s is None else min(max_queue_wait_s, timeout))
         loop = asyncio.get_running_loop()
         work.deadline, work.future, work.queued = time.monotonic() + timeout, loop.create_future(), True
         self.items.append(work)
-        self.waiting += work.n
+        self.waiting += work.units
         self.metrics.queue_depth.set(self.waiting)
         self._wakeup.set()
         gone = loop.create_task(_disconnected(receive)) if receive else None
@@ -180,7 +189,7 @@ class Batcher:
     def _unqueue(self, w: SampleWork) -> None:
         if w.queued:
             w.queued = False
-            self.waiting -= w.n
+            self.waiting -= w.units
             self.metrics.queue_depth.set(self.waiting)
 
     def _take(self) -> list[SampleWork]:
@@ -192,13 +201,13 @@ class Batcher:
             w = self.items.popleft()
             if not w.queued:  # its caller already got an answer (504, client gone)
                 continue
-            if batch and total + w.n > self.max_batch:
+            if batch and total + w.units > self.max_batch:
                 skipped.append(w)
                 continue
             self._unqueue(w)
             if now <= w.deadline:  # else its caller is about to get 504
                 batch.append(w)
-                total += w.n
+                total += w.units
         self.items.extendleft(reversed(skipped))
         return batch
 
@@ -218,7 +227,7 @@ class Batcher:
             batch = self._take()
             if not batch:
                 continue
-            n = sum(w.n for w in batch)
+            n = sum(w.units for w in batch)
             self.running, self.run_started = n, time.monotonic()
             try:
                 results, seconds = await loop.run_in_executor(self.executor, self._timed_run, batch)
@@ -231,7 +240,7 @@ class Batcher:
             finally:
                 self.running = 0
             self._observe(seconds, n)
-            self.metrics.batch_size.observe(n)
+            self.metrics.batch_size.observe(sum(w.n for w in batch))
             self.metrics.batch_requests.observe(len(batch))
             for w, r in zip(batch, results, strict=True):
                 if not w.future.done():

@@ -32,6 +32,7 @@ import torch
 
 from models.artifacts import ArtifactError, write_json
 from models.latent import ARCH, LatentConfig, LatentMappers, load_mappers
+from models.latent_table import REALISM
 from service.domain import DomainError, Kind
 from service.uploads import ATTR_RE
 
@@ -316,7 +317,12 @@ class Registry:
         The staged dir is consumed (moved or removed) whatever happens."""
         check_name(name)
         try:
-            _, manifest, _ = validate_artifact(staged, decoder_fingerprint, latent_dim)
+            m, manifest, _ = validate_artifact(staged, decoder_fingerprint, latent_dim)
+            if name == REALISM and (m.actor is None or m.cfg.n_labels):
+                raise _invalid(
+                    f"'{REALISM}' is reserved for the unconditional realism mapper (no attributes, method lc): the "
+                    "energy sampler moves its input and asks its critic"
+                )
             vid = content_id(staged)
             for f in FILES:
                 with open(staged / f, "rb") as fh:

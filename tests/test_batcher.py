@@ -219,6 +219,29 @@ def test_admission_follows_the_estimated_wait_and_a_small_request_still_fits():
     assert rejected(m, "queue_wait") == 4 and rejected(m, "queue_full") == 0
 
 
+def test_an_energy_sample_is_priced_as_what_it_costs_the_model_thread():
+    """An energy-mode sample counts ENERGY_UNITS actor samples in the queue and in admission: at 10 ms a unit and
+    a 1 s budget, 4 energy samples (32 units: 0.33 s against their 0.75 s share) get in; 16 (128 units, 1.29 s against
+    half the budget) do not, where 16 actor samples (0.17 s) would."""
+    from service.batcher import ENERGY_UNITS
+
+    async def go():
+        b = Batcher(SlowBackbone(), Metrics(), max_batch=64)
+        b.sec_per_sample = 0.01
+        tasks = await enqueue(b, 1, max_queue_wait_s=1.0)  # something ahead, so admission is judged
+        tasks += [asyncio.create_task(b.sample(work(4, 0.0, mode="energy"), 30, max_queue_wait_s=1.0))]
+        await asyncio.sleep(0)
+        waiting = b.waiting
+        with pytest.raises(ApiError) as refused:
+            await b.sample(work(16, 0.0, mode="energy"), 30, max_queue_wait_s=1.0)
+        await discard(b, tasks)
+        return waiting, refused.value
+
+    waiting, refused = run(go())
+    assert waiting == 1 + 4 * ENERGY_UNITS
+    assert refused.status == 429 and refused.details["estimated_wait_s"] > 1.0
+
+
 def test_the_estimate_counts_what_the_running_batch_has_left():
     """Nothing queued is not idle while a slow batch runs; once nothing is ahead, even a request that alone costs
     more than the budget is taken (else it could never run)."""

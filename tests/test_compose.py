@@ -250,3 +250,24 @@ def test_a_classifier_artifact_from_the_trainer_is_uploaded_and_served(srv, serv
     assert body["query"] == "shoes.footwear and not category.sneaker" and len(body["images"]) == 2
     r = httpx.get(f"{srv.url}/sample", params={"labelset": "shoes", "attrs": "-footwear", "seed": 1})
     assert r.status_code == 200 and r.headers["x-lcs-labelset-version"] == version
+
+
+def test_a_server_starts_with_classifier_sets_registered_and_realism_stays_a_realism_mapper(
+    srv, service_bundle, tmp_path
+):
+    from training.train_labelset import TrainLabelSetConfig, train_labelset
+
+    second = Server(service_bundle, srv.data_dir, "test-token", "--max-n", "4")  # same registry: warm-up sees "heavy"
+    try:
+        r = httpx.get(f"{second.url}/sample", params={"attrs": "heavy", "seed": 2, "format": "json"})
+        assert r.status_code == 200 and r.json()["mode"] == "energy"
+    finally:
+        second.stop()
+    art = train_labelset(
+        TrainLabelSetConfig(bundle=str(service_bundle), label_set="footwear", out=str(tmp_path / "fw"),
+                            method="classifier", classifier_steps=200, width=32, depth=3, batch_size=64)
+    )  # fmt: skip
+    with pytest.raises(ServiceError) as e:
+        Client(srv.url, token=srv.token).register("realism", art)
+    assert e.value.status == 422 and "reserved" in e.value.message
+    assert httpx.get(f"{srv.url}/sample", params={"q": "heavy", "seed": 1}).status_code == 200

@@ -85,8 +85,10 @@ def test_positions_of_terms_and_nots():
         ("rule:(", 5, "expected a rule name after 'rule:' at position 5, found '('"),
         ("smiling & x", 8, "invalid character '&' at position 8"),
         ("a and ß", 6, "invalid character 'ß' at position 6"),
-        ("a and 1b", 6, "invalid character '1' at position 6"),
+        ("a and 1b", 6, "expected a name, '(' or 'not' at position 6, found '1b'"),
+        ("my-faces.x-y", 9, "expected an attribute name after '.' at position 9, found 'x-y'"),
         ("a or _b", 5, "invalid character '_' at position 5"),
+        ("a or -b", 5, "invalid character '-' at position 5"),
         ("a or " + "x" * 65, 5, "name longer than 64 characters at position 5"),
     ],
 )
@@ -277,3 +279,9 @@ def test_rules_are_optional():
     e = error(resolve, parse("rule:warm"), CATALOG)
     assert (e.code, e.details["available"]) == ("unknown_rule", [])
     assert str(e) == "unknown rule 'warm' at position 0; available: none"
+
+
+def test_label_set_names_may_be_any_name_the_registry_allows():
+    assert parse("my-faces.smiling and 2nd.x") == And(
+        (Term("smiling", "my-faces", False, 0), Term("x", "2nd", False, 21))
+    )

@@ -27,6 +27,7 @@ from conditioning.images import batch_to_float, save_grid
 from conditioning.labelset import LabelSetVersion
 from evaluation.judging import decide, predict
 from evaluation.samplers import load_labelset
+from models.latent_table import REALISM
 from models.vae import load_vae
 from training.data import load_dataset
 from training.evaluate import open_bundle
@@ -35,7 +36,7 @@ log = logging.getLogger("lcs.edits")
 
 
 def flip_edits(
-    ls: LabelSetVersion, z0: torch.Tensor, attrs: list[int], mode: str
+    ls: LabelSetVersion, z0: torch.Tensor, attrs: list[int], mode: str, realism: LabelSetVersion | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Flip attribute ``attrs[i]`` of latent i (from D_attr's reading), through the server's edit.
     Returns (edited, target rows, asked value)."""
@@ -47,17 +48,19 @@ def flip_edits(
         for value in (0, 1):
             rows = torch.tensor([i for i, k in enumerate(attrs) if k == a and current[i, a] != value], dtype=torch.long)
             if len(rows):
-                edited[rows], target[rows] = edit(ls, z0[rows], {names[a]: value}, mode)
+                edited[rows], target[rows] = edit(ls, z0[rows], {names[a]: value}, mode, realism=realism)
                 asked[rows] = value
     return edited, target, asked
 
 
-def class_edits(ls: LabelSetVersion, z0: torch.Tensor, classes: list[int], mode: str) -> torch.Tensor:
+def class_edits(
+    ls: LabelSetVersion, z0: torch.Tensor, classes: list[int], mode: str, realism: LabelSetVersion | None = None
+) -> torch.Tensor:
     """Move latent i to class ``classes[i]`` of a categorical label set. Returns the edited latents."""
     edited = torch.empty_like(z0)
     for c in sorted(set(classes)):
         rows = torch.tensor([i for i, k in enumerate(classes) if k == c], dtype=torch.long)
-        edited[rows] = edit(ls, z0[rows], {ls.attr_names[c]: 1}, mode)[0]
+        edited[rows] = edit(ls, z0[rows], {ls.attr_names[c]: 1}, mode, realism=realism)[0]
     return edited
 
 
@@ -82,7 +85,9 @@ def evaluate_edits(
     z0 = backbone.encode(vae, images, dev)[0]
     judge_of = lambda x: decide(predict(judge, x, dev)[0], jman, ls.attr_names)  # noqa: E731
     metrics = class_metrics if ls.kind == "categorical" else flip_metrics
-    edited, recon, after, result = metrics(ls, vae, dev, z0, images, judge_of, rng, mode)
+    # energy edits (the only edits of a classifier label set) need the realism mapper's critic
+    realism = load_labelset(Path(bundle), REALISM) if mode == "energy" else None
+    edited, recon, after, result = metrics(ls, vae, dev, z0, images, judge_of, rng, mode, realism)
     result = {
         "bundle": str(bundle),
         "label_set": label_set,
@@ -115,12 +120,12 @@ def identity(judge, after: torch.Tensor, recon: torch.Tensor, dev) -> dict[str, 
     }
 
 
-def class_metrics(ls, vae, dev, z0, images, judge_of, rng, mode):
+def class_metrics(ls, vae, dev, z0, images, judge_of, rng, mode, realism=None):
     """Categorical set: each image to a random class other than the one D_attr reads; reached = the judge's top-1."""
     names = ls.attr_names
     read = read_labels(ls, z0).argmax(1).numpy()
     asked = (read + rng.integers(1, len(names), size=len(z0))) % len(names)
-    edited = class_edits(ls, z0, asked.tolist(), mode)
+    edited = class_edits(ls, z0, asked.tolist(), mode, realism)
     recon, after = backbone.decode(vae, z0, dev), backbone.decode(vae, edited, dev)
     reached = judge_of(after).argmax(1) == asked
     return (
@@ -139,11 +144,11 @@ def class_metrics(ls, vae, dev, z0, images, judge_of, rng, mode):
     )
 
 
-def flip_metrics(ls, vae, dev, z0, images, judge_of, rng, mode):
+def flip_metrics(ls, vae, dev, z0, images, judge_of, rng, mode, realism=None):
     """Binary set: one random attribute flipped per image; the judge checks it and the attributes the target keeps."""
     names = ls.attr_names
     attrs = rng.integers(len(names), size=len(z0)).tolist()
-    edited, target, asked = flip_edits(ls, z0, attrs, mode)
+    edited, target, asked = flip_edits(ls, z0, attrs, mode, realism)
     recon, after = backbone.decode(vae, z0, dev), backbone.decode(vae, edited, dev)
     judged = {"original": judge_of(images), "reconstruction": judge_of(recon), "edited": judge_of(after)}
     rows, asked_col = np.arange(len(z0)), np.array(attrs)

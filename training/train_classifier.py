@@ -53,24 +53,26 @@ def calibrate(m: LatentMappers, z: torch.Tensor, y: torch.Tensor, kind: str) -> 
     with torch.no_grad():
         logits = m.attr(z)
     k = logits.shape[1]
-    a = torch.ones(1 if kind == "categorical" else k, requires_grad=True)
+    log_a = torch.zeros(1 if kind == "categorical" else k, requires_grad=True)  # a scale, positive by construction
     b = torch.zeros(k, requires_grad=True)
     nll = lambda lo: (
         F.cross_entropy(lo, y.argmax(1)) if kind == "categorical" else F.binary_cross_entropy_with_logits(lo, y)
     )  # noqa: E731
-    params = [a] if kind == "categorical" else [a, b]
+    params = [log_a] if kind == "categorical" else [log_a, b]
     opt = torch.optim.LBFGS(params, lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = nll(logits * a + (0 if kind == "categorical" else b))
+        loss = nll(logits * log_a.exp() + (0 if kind == "categorical" else b))
         loss.backward()
         return loss
 
     before = nll(logits).item()
     opt.step(closure)
     with torch.no_grad():
-        scale = a.detach().clamp(0.05, 20.0).expand(k)
+        if not (torch.isfinite(log_a).all() and torch.isfinite(b).all()):  # keep the uncalibrated classifier
+            log_a.zero_(), b.zero_()
+        scale = log_a.detach().exp().expand(k)
         shift = b.detach() if kind != "categorical" else torch.zeros(k)
         last.weight.mul_(scale[:, None])
         last.bias.mul_(scale).add_(shift)
@@ -130,6 +132,8 @@ def fit_classifier(
         if progress is not None:
             progress(step, steps)
     t0 = time.process_time()
+    if best is None:
+        raise ValueError("the classifier's held-out loss was never finite: training diverged (lower --attr-lr)")
     m.attr.load_state_dict(best)
     cal = calibrate(m, z_val, y_val, t.kind)
     with torch.no_grad():

@@ -233,6 +233,8 @@ def _train_classifier(cfg, m, t, train_rows, out, gen, command, progress, probe,
         metrics["calibration"]["nll_after"],
         metrics["cpu_seconds"],
     )
+    if all(v is None for v in metrics["attr_val_balanced_accuracy"].values()):
+        raise ValueError("the held-out rows have one value of every attribute: the classifier cannot be checked")
     if low:
         raise ValueError(
             f"the classifier did not learn {', '.join(low)} on held-out rows (balanced accuracy "
