@@ -32,7 +32,7 @@ MAX_DEPTH = 32
 MAX_NAME_CHARS = 64
 KEYWORDS = frozenset({"and", "or", "not"})
 # a word is a label-set name (as the registry allows: a leading digit, '-') or an attribute / rule name (identifiers)
-TOKEN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*|[().:]|\s+", re.ASCII)
+TOKEN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*|[().:]|[ \t\r\n]+", re.ASCII)
 IDENT_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*", re.ASCII)
 
 

@@ -28,7 +28,7 @@ from service.uploads import decode_image
 router = APIRouter()
 # The query grammar's alphabet (conditioning.query), so a schema-valid query fits in an 8 KB URL. Documented, not
 # enforced by validation: the parser refuses other characters itself, saying at which position.
-QUERY_PATTERN = {"pattern": r"^[A-Za-z0-9_.:() -]*$"}
+QUERY_PATTERN = {"pattern": r"^[A-Za-z0-9_.:() \t\r\n-]*$"}
 PNG = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
 
 
@@ -127,12 +127,17 @@ def query_plan(st, q: str, labelset: str | None, mode: str | None) -> energy.Pla
         raise ApiError(422, e.code, str(e), e.details) from None
 
 
-def energy_plan(st, ls: LabelSetVersion) -> energy.Plan:
-    """mode=energy with ``attrs=``: the request's own label rows as the formula."""
+def served_realism(st) -> LabelSetVersion:
+    """The realism mapper every energy request moves through; 422 when none (or a wrong one) is served."""
     try:
-        return energy.Plan(energy.realism_of(st.live.sets), energy.Rows(ls), ls.name)
+        return energy.realism_of(st.live.sets)
     except SpecError as e:
         raise ApiError(422, e.code, str(e), e.details) from None
+
+
+def energy_plan(st, ls: LabelSetVersion) -> energy.Plan:
+    """mode=energy with ``attrs=``: the request's own label rows as the formula."""
+    return energy.Plan(served_realism(st), energy.Rows(ls), ls.name)
 
 
 def headers(st, ls: LabelSetVersion | None, mode: str, **extra) -> dict[str, str]:
@@ -306,7 +311,7 @@ async def transform(
         if not spec:
             raise ApiError(422, "nothing_to_edit", "name at least one attribute to change", {"valid": ls.attr_names})
         mode = default_mode(ls, mode)
-        realism = energy_plan(st, ls).realism if mode == "energy" else None
+        realism = served_realism(st) if mode == "energy" else None
     c, size = st.backbone.image_shape[0], st.backbone.image_shape[1]
     async with st.decode_slots:  # each decode may hold up to uploads.MAX_DECODED_PIXELS: bound how many at once
         pixels = await run_in_threadpool(decode_image, data, c, size)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conditioning import modes
@@ -115,6 +115,19 @@ async def _poll(st: State) -> None:
         st.metrics.versions_alive.set(st.live.live_versions)
 
 
+def single_valued_query(request: Request) -> None:
+    """Every query parameter a route declares takes one value: ``seed=1&seed=2`` is a 422, not whichever value the
+    framework keeps (routes that declare query parameters document their 422)."""
+    route = request.scope.get("route")
+    declared = {p.alias for p in route.dependant.query_params} if hasattr(route, "dependant") else set()
+    keys = [k for k, _ in request.query_params.multi_items() if k in declared]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise errors.ApiError(
+            422, "repeated_parameter", f"{', '.join(repeated)} given more than once", {"parameters": repeated}
+        )
+
+
 class BodyLimit:
     """Refuse request bodies over the route's limit with 413, by Content-Length or while streaming, and query strings
     over MAX_QUERY_BYTES with 414 (uvicorn hands the app request lines up to H11_MAX_EVENT_BYTES, so these get the
@@ -210,6 +223,7 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
         lifespan=lifespan,
         description="Conditional samples and identity-preserving edits from a frozen VAE with latent constraints "
         "(Engel, Hoffman, Roberts, ICLR 2018). Label sets are hot-registered without a restart.",
+        dependencies=[Depends(single_valued_query)],
     )
     app.state.lcs = st
     app.state.admin_token = admin_token(cfg.data_dir)

@@ -217,6 +217,7 @@ def test_query_requests_that_cannot_mean_anything_are_refused(srv):
         ({"q": "bag", "mode": "prior"}, "prior_ignores_attrs"),
         ({"q": "bag & heavy"}, "invalid_query"),
         ({"q": "a" * 2001}, "invalid_request"),
+        ([("q", "bag"), ("seed", "1"), ("seed", "2")], "repeated_parameter"),
     ]:
         r = httpx.get(f"{srv.url}/sample", params=params)
         assert r.status_code == 422 and r.json()["error"]["code"] == code, (params, r.text)

@@ -285,3 +285,20 @@ def test_label_set_names_may_be_any_name_the_registry_allows():
     assert parse("my-faces.smiling and 2nd.x") == And(
         (Term("smiling", "my-faces", False, 0), Term("x", "2nd", False, 21))
     )
+
+
+def test_every_character_the_parser_takes_is_in_the_documented_alphabet():
+    """The OpenAPI document gives q's alphabet (service.api.QUERY_PATTERN); a request the parser accepts must match it,
+    or a schema-checking client sees a schema-violating request accepted."""
+    import re
+
+    from service.api import QUERY_PATTERN
+
+    for code in [*range(0x250), 0x2003, 0x3000, 0xFEFF]:
+        text = f"a {chr(code)}"
+        try:
+            parse(text)
+        except SpecError as e:
+            if str(e).startswith("invalid character"):
+                continue
+        assert re.fullmatch(QUERY_PATTERN["pattern"], text), repr(chr(code))
