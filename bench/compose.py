@@ -234,7 +234,7 @@ def dynamics(name: str, bundle: Path, spec: dict, work: Path, n: int, realism: L
     return out
 
 
-def held_out(name: str, bundle: Path, spec: dict, work: Path, n: int, realism: LabelSetVersion) -> list[dict]:
+def held_out(name: str, bundle: Path, spec: dict, work: Path, n: int, served: dict[str, LabelSetVersion]) -> list[dict]:
     """A combination no label set has seen: a classifier label set of two attributes trained on a table without any
     row that has both, then asked for both (and, as controls, for each without the other). Why: on avatars every
     combination the data lacks is one its renderer never draws (a hat hides the hair; beard and moustache are one
@@ -259,14 +259,9 @@ def held_out(name: str, bundle: Path, spec: dict, work: Path, n: int, realism: L
                                 method="classifier", threads=1),
             command=[*COMMAND, "held-out", a, b],
         )  # fmt: skip
-    sets = {REALISM: realism, label_set: LabelSetVersion.load(art, t.decoder_fingerprint, label_set)}
+    sets = {REALISM: served[REALISM], label_set: LabelSetVersion.load(art, t.decoder_fingerprint, label_set)}
     queries = [f"{a} and {b}", f"{a} and not {b}", f"{b} and not {a}"]
-    return compose(name, bundle, {**spec, "queries": queries}, work, n, sets, served=load_served(bundle, spec))
-
-
-def load_served(bundle: Path, spec: dict) -> LabelSetVersion:
-    fp = load_manifest(bundle, "vae")["decoder_fingerprint"]
-    return LabelSetVersion.load(bundle / "labelsets" / spec["served"], fp, spec["served"])
+    return compose(name, bundle, {**spec, "queries": queries}, work, n, sets, served=served[spec["served"]])
 
 
 def _judged_truth(node: query.Node, got: dict[str, np.ndarray]) -> np.ndarray:
@@ -469,7 +464,7 @@ def main() -> None:
         if "dynamics" in a.parts:
             r["dynamics"] = dynamics(name, bundle, spec, work, a.n_dynamics, sets[REALISM])
         if "held-out" in a.parts and "held_out" in spec:
-            r["held_out"] = held_out(name, bundle, spec, work, a.n, sets[REALISM])
+            r["held_out"] = held_out(name, bundle, spec, work, a.n, sets)
         if "compose" in a.parts:
             clf = train(bundle, spec["new"], work / f"classifier-{spec['new']}", method="classifier")
             sets[spec["new"]] = LabelSetVersion.load(clf, fp, spec["new"])
