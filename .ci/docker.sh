@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
 # Docker check (issue 5): build the CPU image, run it until healthy, sample a PNG; then two compose replicas on
-# one registry volume: register on replica 1, sample from replica 2. Everything started here is removed at exit,
-# pass or fail: containers, the compose network and volume, the podman API process, docker/lcs.env.
+# one registry volume: register on replica 1, sample from replica 2; then compose's `cluster` profile: three replicas
+# on an S3 registry (SeaweedFS) with Redis change notices: register on lcs-a, time lcs-b and lcs-c until they serve
+# it, replace it from lcs-c, time lcs-a and lcs-b. Everything started here is removed at exit, pass or fail:
+# containers, the compose networks and volumes, the podman API process, docker/lcs.env, the temporary manifest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENGINE=../shared/tools/container-engine.sh
 TOKEN=ci-$(date +%s)-$RANDOM
+S3_SECRET=ci-$(date +%s)-$RANDOM$RANDOM
 SOCK=/run/podman/podman.sock
 export DEBIAN_FRONTEND=noninteractive
 
 cleanup() {
   set +e
   podman rm -f -v lcs-ci-single >/dev/null 2>&1
-  if [ -S "$SOCK" ]; then DOCKER_HOST=unix://$SOCK docker-compose -p lcsci -f docker/compose.yaml down -v >/dev/null 2>&1; fi
+  # --profile cluster: down then also covers the cluster's services; --timeout 5: the data goes anyway
+  if [ -S "$SOCK" ]; then
+    DOCKER_HOST=unix://$SOCK docker-compose -p lcsci -f docker/compose.yaml --profile cluster down -v --timeout 5 >/dev/null 2>&1
+  fi
   rm -f docker/lcs.env
+  if [ -n "${TMPD:-}" ]; then rm -rf "$TMPD"; fi
   if [ -n "${SOCKET_PID:-}" ]; then kill "$SOCKET_PID" >/dev/null 2>&1; rm -f "$SOCK"; fi
 }
 trap cleanup EXIT
@@ -29,7 +36,30 @@ wait_healthy() {  # CONTAINER SECONDS
 }
 wait_ready() {  # URL SECONDS
   for _ in $(seq 1 "$2"); do curl -sf "$1/readyz" >/dev/null && return 0; sleep 1; done
-  echo "not ready: $1"; return 1
+  echo "not ready: $1"; curl -s "$1/readyz"; echo; return 1
+}
+put_labelset() {  # URL NAME MANIFEST: register a version of the shipped faces weights; prints the version id
+  curl -sf -H "Authorization: Bearer $TOKEN" -X PUT -F manifest=@"$3" \
+    -F weights=@service/bundles/avatars/labelsets/faces/mapper.safetensors "$1/labelsets/$2" \
+    | python3 -c "import json, sys; print(json.load(sys.stdin)['version'])"
+}
+wait_version() {  # VERSION T0_NS NAME=URL...: ms from T0 until each replica's /labelsets serves VERSION; fail after 10 s
+  local v=$1 t0=$2 r; shift 2
+  local left=("$@") still
+  while :; do
+    still=()
+    for r in "${left[@]}"; do
+      if curl -sf "${r#*=}/labelsets" | grep -q "\"version\":\"$v\""; then
+        echo "${r%%=*} serves $v after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+      else
+        still+=("$r")
+      fi
+    done
+    left=("${still[@]}")
+    [ ${#left[@]} -gt 0 ] || return 0
+    [ $(( ($(date +%s%N) - t0) / 1000000000 )) -lt 10 ] || { echo "never served $v within 10 s: ${left[*]%%=*}"; return 1; }
+    sleep 0.05
+  done
 }
 
 echo "== podman + stand-in base"
@@ -69,6 +99,8 @@ export DOCKER_HOST=unix://$SOCK
 printf 'LCS_ADMIN_TOKEN=%s\n' "$TOKEN" > docker/lcs.env
 t0=$(date +%s)
 docker-compose -p lcsci -f docker/compose.yaml up -d --no-build
+n=$(podman ps -q --filter label=com.docker.compose.project=lcsci | wc -l)
+[ "$n" = 2 ] || { echo "plain up started $n containers, not the two replicas (profile cluster leaked?)"; exit 1; }
 wait_healthy lcsci_lcs-1_1 120
 wait_healthy lcsci_lcs-2_1 120
 wait_ready http://127.0.0.1:8001 120
@@ -85,4 +117,51 @@ until curl -sf -o /tmp/lcs-ci-2.png "http://127.0.0.1:8002/sample?labelset=faces
 done
 echo "replica 2 served the label set registered on replica 1 after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
 python3 -c "from PIL import Image; assert Image.open('/tmp/lcs-ci-2.png').format == 'PNG'"
+docker-compose -p lcsci -f docker/compose.yaml down -v >/dev/null 2>&1   # free the CPUs for the cluster
+
+echo "== compose profile cluster: three replicas, registry in S3 (SeaweedFS), change notices over Redis"
+# No registry to pull from: build stand-ins under exactly the image names compose.yaml pins (docker.io/... is what
+# the short names mean), so `up --no-build` finds them locally. On a machine that can pull, the official ones run.
+SEAWEEDFS_IMAGE=$(sed -n 's/^ *image: *\(chrislusf\/seaweedfs:[^ ]*\).*/\1/p' docker/compose.yaml)
+REDIS_IMAGE=$(sed -n 's/^ *image: *\(redis:[^ ]*\).*/\1/p' docker/compose.yaml)
+t0=$(date +%s)
+podman build --pull=never -f docker/ci/Dockerfile.seaweedfs -t "docker.io/$SEAWEEDFS_IMAGE" docker/ci >/dev/null
+podman build --pull=never -f docker/ci/Dockerfile.redis -t "docker.io/library/$REDIS_IMAGE" docker/ci >/dev/null
+echo "stand-ins for $SEAWEEDFS_IMAGE and $REDIS_IMAGE built in $(( $(date +%s) - t0 )) s"
+printf 'LCS_ADMIN_TOKEN=%s\nAWS_ACCESS_KEY_ID=lcsci\nAWS_SECRET_ACCESS_KEY=%s\nAWS_DEFAULT_REGION=us-east-1\n' \
+  "$TOKEN" "$S3_SECRET" > docker/lcs.env
+t0=$(date +%s)
+docker-compose -p lcsci -f docker/compose.yaml --profile cluster up -d --no-build s3 redis lcs-a lcs-b lcs-c
+wait_ready http://127.0.0.1:8101 180
+wait_ready http://127.0.0.1:8102 180
+wait_ready http://127.0.0.1:8103 180
+echo "three replicas ready in $(( $(date +%s) - t0 )) s"
+# each replica subscribes to its registry's notice channel: the Redis path is wired, not only the polling fallback
+for _ in $(seq 1 20); do
+  subs=$(podman exec lcsci_redis_1 sh -c 'redis-cli PUBSUB NUMSUB $(redis-cli PUBSUB CHANNELS)' | paste -sd' ')
+  case " $subs " in *" 3 "*) break ;; esac
+  sleep 0.5
+done
+echo "redis channel and subscribers: $subs"
+case " $subs " in *" 3 "*) ;; *) echo "the three replicas do not all listen for change notices"; exit 1 ;; esac
+A=lcs-a=http://127.0.0.1:8101 B=lcs-b=http://127.0.0.1:8102 C=lcs-c=http://127.0.0.1:8103
+t1=$(date +%s%N)
+v1=$(put_labelset "${A#*=}" faces-ci service/bundles/avatars/labelsets/faces/mapper.json)
+t0=$(date +%s%N)
+echo "registered faces-ci $v1 on lcs-a in $(( (t0 - t1) / 1000000 )) ms"
+wait_version "$v1" "$t0" "$A" "$B" "$C"
+for r in "$B" "$C"; do
+  curl -sf -o /tmp/lcs-ci-cluster.png "${r#*=}/sample?labelset=faces-ci&attrs=smiling"
+  python3 -c "from PIL import Image; assert Image.open('/tmp/lcs-ci-cluster.png').format == 'PNG'"
+done
+# a replacement is another version: the same weights under another manifest name (versions are content hashes)
+TMPD=$(mktemp -d)
+python3 -c "import json, sys; m = json.load(open(sys.argv[1])); m['name'] += '-ci'; json.dump(m, open(sys.argv[2], 'w'))" \
+  service/bundles/avatars/labelsets/faces/mapper.json "$TMPD/mapper.json"
+t1=$(date +%s%N)
+v2=$(put_labelset "${C#*=}" faces-ci "$TMPD/mapper.json")
+t0=$(date +%s%N)
+[ "$v2" != "$v1" ] || { echo "the replacement kept version $v1"; exit 1; }
+echo "replaced faces-ci with $v2 on lcs-c in $(( (t0 - t1) / 1000000 )) ms"
+wait_version "$v2" "$t0" "$C" "$A" "$B"
 echo "docker check passed"

@@ -294,7 +294,10 @@ def add_serve(sub) -> None:
         ServerConfig,
         {
             "bundle": "VAE bundle (default: the shipped avatars bundle)",
-            "data_dir": "registry, jobs and admin token (share it between replicas)",
+            "data_dir": "registry, jobs and admin token (share it between replicas on one host)",
+            "registry": "label-set registry: file://DIR or s3://BUCKET/PREFIX (default: DATA_DIR/registry)",
+            "registry_endpoint": "S3 endpoint URL (MinIO, SeaweedFS, Ceph...); credentials from AWS_* variables",
+            "notify": "redis://HOST:PORT/DB: change notices between replicas (pointer polling stays the fallback)",
             "max_batch": "samples per decoder forward",
             "max_wait_ms": "how long a batch waits to fill",
             "max_queue": "waiting samples before 429",

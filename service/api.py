@@ -388,9 +388,12 @@ async def livez():
 
 @router.get("/readyz", summary="Decoder loaded, warmed up and registry synced", responses=documented(503))
 async def readyz(request: Request):
+    """200 once serving. ``degraded`` names what went away since (the registry's store, the notice channel): the
+    replica still serves the label sets it holds, so it stays ready: every replica shares the store, and failing
+    readiness on all of them would take the whole Service down for an outage sampling does not need."""
     st = request.app.state.lcs
     if st.ready:
-        return {"ready": True}
+        return {"ready": True, **({"degraded": st.degraded} if st.degraded else {})}
     return envelope(
         503,
         "not_ready",

@@ -1,8 +1,9 @@
 """The FastAPI app: start-up order, background loops, upload limits; routes live in ``service.api``.
 
 Start-up runs in the background so /livez and /readyz answer at once: load the frozen VAE, sweep
-and sync the registry (seeding it with the bundle's label sets the first time), warm the model
-up, start the batcher. /readyz says which of these is still missing.
+and sync the registry (seeding it with the bundle's label sets the first time; retried while its store is
+unreachable), warm the model up, start the batcher. /readyz says which of these is still missing, and once ready,
+what is degraded (a registry store or notice channel that went away while the server kept serving).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -25,10 +27,11 @@ from service import contract, errors
 from service.auth import admin_token
 from service.batcher import Batcher
 from service.config import ServerConfig
+from service.domain import Kind
 from service.hotswap import LiveLabelSets
 from service.jobs import JobManager
 from service.metrics import Metrics
-from service.registry import Registry
+from service.registry import RegistryError, open_registry
 
 log = logging.getLogger("lcs.service")
 SWEEP_EVERY_S = 30.0
@@ -42,14 +45,19 @@ class State:
     def __init__(self, cfg: ServerConfig):
         self.cfg = cfg
         self.metrics = Metrics()
-        self.registry = Registry(cfg.data_dir)
-        self.jobs = JobManager(cfg.data_dir, cfg.bundle, self.metrics, cfg.job_workers, cfg.job_threads)
+        self.registry = open_registry(cfg.registry, cfg.data_dir, cfg.registry_endpoint, cfg.notify)
+        self.jobs = JobManager(
+            cfg.data_dir, cfg.bundle, self.metrics, cfg.job_workers, cfg.job_threads, registry=self.registry
+        )
         self.backbone: Backbone | None = None
         self.live: LiveLabelSets | None = None
         self.batcher: Batcher | None = None
         self.decode_slots = asyncio.Semaphore(cfg.max_decodes)
         self.pending = {"decoder": "loading", "registry": "not synced yet", "warmup": "not done yet"}
         self.startup_error: str | None = None
+        self.degraded: dict[str, dict] = {}  # what stopped working after start-up, and since when (for /readyz)
+        self.notice = asyncio.Event()  # set by a change notice: sync now rather than at the next poll
+        self.stop_notices = threading.Event()
 
     @property
     def ready(self) -> bool:
@@ -61,20 +69,17 @@ async def _start(app: FastAPI, st: State) -> None:
     try:
         st.backbone = await asyncio.to_thread(Backbone, cfg.bundle, cfg.device, cfg.threads)
         st.pending.pop("decoder")
-        st.registry.sweep()
-        added = await asyncio.to_thread(
-            st.registry.seed_from, Path(cfg.bundle), st.backbone.decoder_fingerprint, st.backbone.latent_dim
-        )
-        if added:
-            log.info("seeded the registry with the bundle's label sets: %s", ", ".join(added))
         st.live = LiveLabelSets(st.registry, st.backbone.decoder_fingerprint)
-        await asyncio.to_thread(st.live.sync)
+        await _first_sync(st)
         st.pending.pop("registry")
         await asyncio.to_thread(_warmup, st)
         st.pending.pop("warmup")
         st.batcher = Batcher(st.backbone, st.metrics, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue)
         st.batcher.start()
         app.state.tasks += [asyncio.create_task(_poll(st)), asyncio.create_task(st.jobs.run())]
+        if st.registry.notifier is not None:
+            loop = asyncio.get_running_loop()
+            st.registry.notifier.listen(lambda _name: loop.call_soon_threadsafe(st.notice.set), st.stop_notices)
         log.info(
             "ready: %d label set(s) serving: %s",
             len(st.live.sets),
@@ -83,6 +88,30 @@ async def _start(app: FastAPI, st: State) -> None:
     except Exception as e:  # noqa: BLE001 - reported by /readyz and the log; the process stays up to say so
         st.startup_error = f"{type(e).__name__}: {e}"
         log.exception("start-up failed")
+
+
+async def _first_sync(st: State) -> None:
+    """Sweep, seed and load the registry, retrying every second while its store is unreachable (a replica may start
+    before the object store does); /readyz says why meanwhile."""
+    cfg = st.cfg
+    while True:
+        try:
+            await asyncio.to_thread(st.registry.check)
+            await asyncio.to_thread(st.registry.sweep)
+            added = await asyncio.to_thread(
+                st.registry.seed_from, Path(cfg.bundle), st.backbone.decoder_fingerprint, st.backbone.latent_dim
+            )
+            if added:
+                log.info("seeded the registry with the bundle's label sets: %s", ", ".join(added))
+            await asyncio.to_thread(st.live.sync)
+            return
+        except RegistryError as e:
+            if e.kind != Kind.UNAVAILABLE:
+                raise
+            if not st.pending["registry"].startswith("unreachable"):
+                log.warning("registry %s: %s; retrying every second", st.registry.url, e.message)
+            st.pending["registry"] = f"unreachable: {e.message}"
+            await asyncio.sleep(1.0)
 
 
 def _warmup(st: State) -> None:
@@ -98,19 +127,35 @@ def _warmup(st: State) -> None:
 
 
 async def _poll(st: State) -> None:
-    """Pick up other replicas' registry writes (and deletes) within a couple of poll periods; sweep dead writers'
-    staging (any replica's) every SWEEP_EVERY_S."""
+    """Pick up other replicas' registry writes (and deletes) at once on a change notice, else within a poll period;
+    sweep dead writers' leftovers (any replica's) every SWEEP_EVERY_S. While the store is unreachable the loaded
+    label sets keep serving and /readyz reports it under ``degraded``."""
     swept = time.monotonic()
     while True:
-        await asyncio.sleep(st.cfg.poll_interval_s)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(st.notice.wait(), st.cfg.poll_interval_s)
+        st.notice.clear()
         try:
             await asyncio.to_thread(st.live.sync)
+            if st.degraded.pop("registry", None):
+                log.info("registry %s reachable again; in step", st.registry.url)
             if time.monotonic() - swept > SWEEP_EVERY_S:
                 swept = time.monotonic()
                 if n := await asyncio.to_thread(st.registry.sweep):
                     log.info("swept %d stale staging entr%s", n, "y" if n == 1 else "ies")
+        except RegistryError as e:
+            if "registry" not in st.degraded:
+                log.warning("registry unreachable, serving what is loaded: %s", e.message)
+            st.degraded.setdefault("registry", {"since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            st.degraded["registry"].update(code=e.code, message=e.message)
         except Exception:  # noqa: BLE001 - a bad pass is logged; the next one retries
             log.exception("registry sync failed")
+        notices = st.registry.notifier
+        if notices is not None and notices.error:
+            st.degraded.setdefault("notify", {"since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            st.degraded["notify"].update(code="notify_unavailable", message=f"{notices.url}: {notices.error}")
+        else:
+            st.degraded.pop("notify", None)
         st.metrics.labelsets_loaded.set(len(st.live.sets))
         st.metrics.versions_alive.set(st.live.live_versions)
 
@@ -210,6 +255,7 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
         for t in app.state.tasks:
             t.cancel()
         await asyncio.gather(*app.state.tasks, return_exceptions=True)
+        st.stop_notices.set()
         if st.batcher:
             await st.batcher.stop()
         st.jobs.stop()

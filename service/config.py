@@ -12,6 +12,9 @@ DEFAULT_BUNDLE = Path(__file__).parent / "bundles" / "avatars"
 class ServerConfig:
     bundle: str = str(DEFAULT_BUNDLE)
     data_dir: str = "lcs-data"
+    registry: str = ""  # '' = DATA/registry; file://DIR; s3://BUCKET/PREFIX (several machines)
+    registry_endpoint: str = ""  # S3 endpoint URL for stores other than AWS (credentials: the AWS_* environment)
+    notify: str = ""  # redis://HOST:PORT/DB: change notices between replicas (polling stays the fallback)
     host: str = "127.0.0.1"
     port: int = 8000
     device: str = "auto"  # auto: CUDA when present (bf16 autocast), else CPU

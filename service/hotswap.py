@@ -1,7 +1,10 @@
-"""Keeps the label sets in memory in step with the registry on disk (this server's and other replicas' writes).
+"""Keeps the label sets in memory in step with the registry (this server's and other replicas' writes).
 
-``sync()`` reads every ``current.json``, loads versions it does not hold and drops the ones no longer
-current. A request takes a reference to a ``LabelSetVersion`` when it starts and finishes on it even if a
+``sync()`` reads every label set's current version, loads versions it does not hold and drops the ones no longer
+current. A store that cannot be reached raises (the caller reports it and keeps what is loaded); a version whose
+objects are missing or not yet readable is retried on the next pass.
+
+A request takes a reference to a ``LabelSetVersion`` when it starts and finishes on it even if a
 newer version is swapped in meanwhile; a dropped version is freed once its last request ends
 (``live_versions`` counts the ones still alive, for /metrics and the memory test).
 """
@@ -13,13 +16,14 @@ import weakref
 
 from conditioning.labelset import LabelSetVersion
 from models.artifacts import ArtifactError
-from service.registry import Registry
+from service.domain import Kind
+from service.registry import RegistryBase, RegistryError
 
 log = logging.getLogger("lcs.hotswap")
 
 
 class LiveLabelSets:
-    def __init__(self, registry: Registry, decoder_fingerprint: str):
+    def __init__(self, registry: RegistryBase, decoder_fingerprint: str):
         self.registry, self.decoder_fingerprint = registry, decoder_fingerprint
         self.sets: dict[str, LabelSetVersion] = {}
         self._alive: weakref.WeakSet[LabelSetVersion] = weakref.WeakSet()
@@ -35,11 +39,7 @@ class LiveLabelSets:
     def sync(self) -> list[str]:
         """One pass over the registry; returns what changed (for the log)."""
         changes = []
-        wanted = {}
-        for name in self.registry.names():
-            cur = self.registry.current(name)
-            if cur is not None:
-                wanted[name] = cur["version"]
+        wanted = self.registry.serving()
         sets = dict(self.sets)
         for name in list(sets):
             if name not in wanted:
@@ -52,6 +52,10 @@ class LiveLabelSets:
                 sets[name] = self._load(name, vid)
                 self.failed.pop(name, None)
                 changes.append(f"{name}@{vid}")
+            except RegistryError as e:
+                if e.kind == Kind.UNAVAILABLE and e.code == "registry_unavailable":
+                    raise  # the store is down: the caller reports it; nothing changes this pass
+                log.warning("label set %s version %s not loadable yet: %s", name, vid, e.message)  # next pass retries
             except (ArtifactError, OSError, KeyError, ValueError) as e:
                 # The registry validated it on publish; this only happens on a damaged disk. Keep serving the old one.
                 self.failed[name] = f"{vid}: {e}"

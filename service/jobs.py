@@ -4,8 +4,9 @@ The server checks the upload, writes it to DATA/jobs/ID/ and starts ``python -m 
 on it, so serving never stalls on training. The worker builds a latent table (dataset example
 ids -> the bundle's encodings; a zip of images -> the frozen encoder; or a rule on decoded prior
 samples), runs ``train_labelset``, and publishes through the registry's usual validation. It
-never writes the decoder: it only reads the bundle. ``status.json`` (atomic writes) says where
-the job is; any replica sharing DATA can answer ``GET /jobs/ID``.
+never writes the decoder: it only reads the bundle. The job's status lives in the registry's backend
+(DATA/jobs/ID/status.json for the file registry, an object for S3), so every replica sharing the registry answers
+``GET /jobs/ID``; the inputs and the worker's log stay on the replica that runs it.
 """
 
 from __future__ import annotations
@@ -63,13 +64,12 @@ def job_dir(data_dir: str | Path, job_id: str) -> Path:
     return Path(data_dir) / "jobs" / job_id
 
 
-def read_status(data_dir: str | Path, job_id: str) -> dict:
-    import json
-
-    try:
-        return json.loads((job_dir(data_dir, job_id) / "status.json").read_text())
-    except FileNotFoundError:
-        raise JobError(Kind.NOT_FOUND, "unknown_job", f"no job {job_id!r}") from None
+def read_status(registry, job_id: str) -> dict:
+    job_dir(".", job_id)  # refuses ids that are not job ids before the store is asked
+    status = registry.job_status(job_id)
+    if status is None:
+        raise JobError(Kind.NOT_FOUND, "unknown_job", f"no job {job_id!r}")
+    return status
 
 
 def training_params(form: dict) -> dict:
@@ -106,9 +106,14 @@ class _Running:
 class JobManager:
     """Starts queued jobs as worker slots free up and notices workers that die."""
 
-    def __init__(self, data_dir: str | Path, bundle: str | Path, metrics, workers: int = 1, threads: int = 1):
+    def __init__(
+        self, data_dir: str | Path, bundle: str | Path, metrics, workers: int = 1, threads: int = 1, registry=None
+    ):
+        from service.registry import Registry
+
         self.data_dir, self.bundle, self.metrics = Path(data_dir), Path(bundle), metrics
         self.workers, self.threads = workers, threads
+        self.registry = registry if registry is not None else Registry(data_dir)
         self.queue: list[str] = []
         self.running: dict[str, _Running] = {}
         (self.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
@@ -129,7 +134,7 @@ class JobManager:
             "result": None,
             "error": None,
         }
-        write_json(d / "status.json", status)
+        self.registry.put_job_status(job_id, status)
         self.queue.append(job_id)
         log.info("job %s queued: label set %s from %s", job_id, name, request["source"])
         return status
@@ -141,14 +146,14 @@ class JobManager:
             if rc is None:
                 continue
             del self.running[job_id]
-            status = read_status(self.data_dir, job_id)
+            status = read_status(self.registry, job_id)
             if status["state"] not in FINAL:  # killed or crashed before it could say so
                 status.update(
                     state="failed",
                     finished=now(),
                     error={"code": "worker_died", "message": f"the worker exited with code {rc}; see worker.log"},
                 )
-                write_json(job_dir(self.data_dir, job_id) / "status.json", status)
+                self.registry.put_job_status(job_id, status)
             self.metrics.jobs.labels(status["state"]).inc()
             log.info("job %s %s", job_id, status["state"])
         while self.queue and len(self.running) < self.workers:
@@ -165,6 +170,7 @@ class JobManager:
                 str(self.data_dir),
                 "--threads",
                 str(self.threads),
+                *[f"--{k.replace('_', '-')}={v}" for k, v in self.registry.spec.items() if v],
             ]
             with open(d / "worker.log", "ab") as logf:  # the worker has its own copy of the descriptor
                 proc = subprocess.Popen(
@@ -182,13 +188,13 @@ class JobManager:
         """Stop the workers and fail the jobs still queued (their clients poll a status that would never change);
         nothing new starts: the final pump only reaps."""
         for job_id in self.queue:
-            status = read_status(self.data_dir, job_id)
+            status = read_status(self.registry, job_id)
             status.update(
                 state="failed",
                 finished=now(),
                 error={"code": "server_stopped", "message": "the server stopped before this job started; submit again"},
             )
-            write_json(job_dir(self.data_dir, job_id) / "status.json", status)
+            self.registry.put_job_status(job_id, status)
         self.queue.clear()
         for r in self.running.values():
             r.proc.terminate()
@@ -204,15 +210,13 @@ class JobManager:
 
 
 class _Status:
-    def __init__(self, d: Path):
-        import json
-
-        self.path, self.s, self.last = d / "status.json", json.loads((d / "status.json").read_text()), 0.0
+    def __init__(self, registry, job_id: str):
+        self.registry, self.job_id, self.s, self.last = registry, job_id, read_status(registry, job_id), 0.0
 
     def update(self, force: bool = True, **kw) -> None:
         self.s.update(kw)
         if force or time.monotonic() - self.last > 0.5:
-            write_json(self.path, self.s)
+            self.registry.put_job_status(self.job_id, self.s)
             self.last = time.monotonic()
 
 
@@ -283,16 +287,15 @@ def _rows_for(keys: list[str], ids: list[str] | None, n: int) -> np.ndarray:
     return np.array([lookup[k] for k in keys])
 
 
-def work(d: Path, bundle: Path, data_dir: Path, threads: int) -> None:
+def work(d: Path, bundle: Path, registry, threads: int) -> None:
     import json
 
     from conditioning.runtime import resolve_device
     from models.artifacts import load_manifest
-    from service.registry import Registry
     from training.train_labelset import TrainLabelSetConfig, train_labelset
 
     job = json.loads((d / "job.json").read_text())
-    status = _Status(d)
+    status = _Status(registry, job["id"])
     status.update(state="running", started=now(), host=socket.gethostname(), pid=os.getpid())
     try:
         device = resolve_device("cpu", threads)  # the GPU (if any) stays with the server
@@ -312,7 +315,6 @@ def work(d: Path, bundle: Path, data_dir: Path, threads: int) -> None:
             ["POST", f"/labelsets/{job['name']}/jobs", job["id"]],
             progress=lambda step, steps: status.update(False, progress={"step": step, "steps": steps}),
         )
-        registry = Registry(data_dir)
         staged = registry.stage()
         for f in ("mapper.safetensors", "mapper.json"):
             shutil.copyfile(d / "out" / f, staged / f)
@@ -344,9 +346,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bundle", required=True)
     p.add_argument("--data-dir", required=True)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--registry", default="", help="the server's registry URL ('' = DATA_DIR/registry)")
+    p.add_argument("--registry-endpoint", default="")
+    p.add_argument("--notify", default="")
     a = p.parse_args(argv)
     setup_logging()
-    work(Path(a.job_dir), Path(a.bundle), Path(a.data_dir), a.threads)
+    from service.registry import open_registry
+
+    registry = open_registry(a.registry, a.data_dir, a.registry_endpoint, a.notify)
+    work(Path(a.job_dir), Path(a.bundle), registry, a.threads)
 
 
 if __name__ == "__main__":

@@ -195,4 +195,4 @@ async def create_job(
 
 @router.get("/jobs/{job_id}", summary="A training job's state, progress, result or error", responses=documented(404))
 async def get_job(request: Request, job_id: str):
-    return await run_in_threadpool(read_status, request.app.state.lcs.cfg.data_dir, job_id)
+    return await run_in_threadpool(read_status, request.app.state.lcs.registry, job_id)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import struct
@@ -251,25 +252,36 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class Registry:
-    def __init__(self, data_dir: str | Path):
-        self.root = Path(data_dir) / "registry"
-        self.staging = self.root / ".staging"
-        self.staging.mkdir(parents=True, exist_ok=True)
+RACE_RETRIES = 20  # a pointer update re-read and retried this often when another writer got there first
+
+
+class RegistryBase:
+    """What every backend shares: admission checks, the pointer's version/history rules and change notices.
+
+    A backend supplies the storage primitives (``serving``, ``current``, ``_read_pointer``, ``_write_pointer``,
+    ``_store_version``, ``_drop_version``, ``version_dir``, ``_version_json``, ``stage``, ``delete``, ``sweep``, the
+    seed marker and job status) and ``_writing()``, how writers serialise: the file backend holds a host-wide flock;
+    the S3 backend holds nothing and relies on conditional pointer writes, retrying a write another publisher beat.
+    """
+
+    url = ""
+    spec: dict = {}  # the open_registry arguments that name this registry again (for job workers), set by it
+    notifier = None  # set by open_registry: told the label set's name after each pointer change
+    stale_s = STALE_STAGING_S
+
+    def check(self) -> None:
+        """Raise RegistryError (unavailable) when the backing store cannot be used right now."""
 
     # ---- reading -------------------------------------------------------------------------
     def names(self) -> list[str]:
-        return sorted(p.parent.name for p in self.root.glob("*/current.json") if NAME_RE.fullmatch(p.parent.name))
+        return sorted(self.serving())
+
+    def serving(self) -> dict[str, str]:
+        """Every label set's current version, in as few store requests as the backend can manage (polled)."""
+        raise NotImplementedError
 
     def current(self, name: str) -> dict | None:
-        try:
-            cur = json.loads((self.root / name / "current.json").read_text())
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        return cur if (self.root / name / "versions" / cur["version"]).is_dir() else None
-
-    def version_dir(self, name: str, version: str) -> Path:
-        return self.root / name / "versions" / version
+        raise NotImplementedError
 
     def describe(self, name: str) -> dict:
         cur = self.current(check_name(name))
@@ -277,11 +289,8 @@ class Registry:
             raise _unknown_labelset(name, self.names())
         versions = []
         for vid in cur["history"] + [cur["version"]]:
-            d = self.version_dir(name, vid)
-            try:
-                man = json.loads((d / "mapper.json").read_text())
-                meta = json.loads((d / "meta.json").read_text())
-            except FileNotFoundError:
+            man, meta = self._version_json(name, vid, "mapper.json"), self._version_json(name, vid, "meta.json")
+            if man is None or meta is None:
                 continue
             versions.append(
                 {
@@ -299,18 +308,6 @@ class Registry:
         return {"name": name, "current": cur["version"], "versions": versions}
 
     # ---- writing -------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def lock(self):
-        with open(self.root / ".lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-    def stage(self) -> Path:
-        return Path(tempfile.mkdtemp(dir=self.staging, prefix="upload-"))
-
     def publish(self, name: str, staged: Path, decoder_fingerprint: str, latent_dim: int, source: str) -> str:
         """Validate a staged artifact dir, store it as an immutable version, point ``current`` at it.
 
@@ -336,64 +333,71 @@ class Registry:
                     "trained_as": manifest.get("name"),
                 },
             )
-            with self.lock():
-                dest = self.version_dir(name, vid)
-                if not dest.exists():
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    os.rename(staged, dest)
-                    _fsync_dir(dest.parent)
-                cur = self.current(name)
-                history = [] if cur is None else [v for v in cur["history"] + [cur["version"]] if v != vid]
-                self._point(name, vid, history)
+
+            def point(cur: dict | None) -> dict:
+                return {"version": vid, "history": [] if cur is None else _without(cur, vid)}
+
+            with self._writing():
+                self._store_version(name, vid, staged)  # objects first ...
+                self._update(name, point)  # ... pointer last
+            self._after_publish(name, vid, staged)
             log.info("published label set %s version %s (%s)", name, vid, source)
             return vid
         finally:
             shutil.rmtree(staged, ignore_errors=True)
 
-    def _point(self, name: str, vid: str, history: list[str]) -> None:
-        write_json(
-            self.root / name / "current.json",
-            {"version": vid, "history": history, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+    def _update(self, name: str, change) -> dict:
+        """Read the pointer, apply ``change`` (which may refuse), write it back; retried when another writer's
+        conditional write landed in between, so neither update is lost. Callers hold ``_writing()``."""
+        for _ in range(RACE_RETRIES):
+            cur, token = self._read_pointer(name)
+            new = {**change(cur), "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            if self._write_pointer(name, new, token):
+                self._notify(name)
+                return new
+            time.sleep(0.01 + 0.04 * random.random())
+        raise RegistryError(
+            Kind.BUSY, "registry_contended", f"label set {name!r} kept changing under this write; try again"
         )
 
+    def _notify(self, name: str) -> None:
+        if self.notifier is not None:
+            self.notifier.publish(name)
+
     def rollback(self, name: str, version: str | None = None) -> str:
-        with self.lock():
-            cur = self.current(check_name(name))
+        check_name(name)
+
+        def back(cur: dict | None) -> dict:
             if cur is None:
                 raise _unknown_labelset(name, self.names())
-            history = list(cur["history"])
-            if version is None:
+            history, target = list(cur["history"]), version
+            if target is None:
                 if not history:
                     raise RegistryError(
                         Kind.CONFLICT,
                         "no_previous_version",
                         f"label set {name!r} has no earlier version to roll back to",
                     )
-                version = history[-1]
-            if version not in history:
+                target = history[-1]
+            if target not in history:
                 raise RegistryError(
                     Kind.NOT_FOUND,
                     "unknown_version",
-                    f"label set {name!r} has no earlier version {version!r}",
+                    f"label set {name!r} has no earlier version {target!r}",
                     {"versions": history},
                 )
-            history.remove(version)
-            self._point(name, version, history + [cur["version"]])
-        log.info("label set %s rolled back to %s", name, version)
-        return version
+            history.remove(target)
+            return {"version": target, "history": history + [cur["version"]]}
 
-    def delete(self, name: str) -> None:
-        with self.lock():
-            if self.current(check_name(name)) is None:
-                raise _unknown_labelset(name, self.names())
-            trash = self.staging / f"deleted-{uuid.uuid4().hex}"
-            os.rename(self.root / name, trash)  # one atomic step: readers see the whole set or nothing
-        shutil.rmtree(trash, ignore_errors=True)
-        log.info("deleted label set %s", name)
+        with self._writing():
+            vid = self._update(name, back)["version"]
+        log.info("label set %s rolled back to %s", name, vid)
+        return vid
 
     def delete_version(self, name: str, version: str) -> None:
-        with self.lock():
-            cur = self.current(check_name(name))
+        check_name(name)
+
+        def drop(cur: dict | None) -> dict:
             if cur is None:
                 raise _unknown_labelset(name, self.names())
             if version == cur["version"]:
@@ -404,27 +408,18 @@ class Registry:
                 )
             if version not in cur["history"]:
                 raise RegistryError(Kind.NOT_FOUND, "unknown_version", f"label set {name!r} has no version {version!r}")
-            self._point(name, cur["version"], [v for v in cur["history"] if v != version])
-            trash = self.staging / f"deleted-{uuid.uuid4().hex}"
-            os.rename(self.version_dir(name, version), trash)
-        shutil.rmtree(trash, ignore_errors=True)
+            return {"version": cur["version"], "history": [v for v in cur["history"] if v != version]}
 
-    def sweep(self) -> int:
-        """Remove staging left by writers that died (untouched for STALE_STAGING_S; live writers touch it sooner)."""
-        now, n = time.time(), 0
-        for p in self.staging.iterdir():
-            if p.name.startswith("deleted-") or now - _last_touched(p) > STALE_STAGING_S:
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-                n += 1
-        for p in self.root.glob("*/.current.json.*.tmp"):  # a pointer write cut short
-            p.unlink(missing_ok=True)
-            n += 1
-        return n
+        with self._writing():
+            self._update(name, drop)
+            self._drop_version(name, version)
+
+    def _after_publish(self, name: str, vid: str, staged: Path) -> None:
+        """A backend's check once the pointer names the new version (the staged files still exist)."""
 
     def seed_from(self, bundle: Path, decoder_fingerprint: str, latent_dim: int) -> list[str]:
         """Import the bundle's shipped label sets once, into a registry that has never been seeded."""
-        marker = self.root / ".seeded"
-        if marker.exists():
+        if self._seeded():
             return []
         added = []
         for d in sorted((bundle / "labelsets").glob("*")):
@@ -434,5 +429,136 @@ class Registry:
                     shutil.copyfile(d / f, staged / f)
                 self.publish(d.name, staged, decoder_fingerprint, latent_dim, source=f"bundle:{bundle.name}")
                 added.append(d.name)
-        write_json(marker, {"bundle": str(bundle), "labelsets": added})
+        self._mark_seeded({"bundle": str(bundle), "labelsets": added})
         return added
+
+
+def _without(cur: dict, vid: str) -> list[str]:
+    """The history after ``vid`` becomes current: everything that served before, minus ``vid`` itself."""
+    return [v for v in cur["history"] + [cur["version"]] if v != vid]
+
+
+class Registry(RegistryBase):
+    """The file backend (the default): DATA/registry, shared by replicas on one host or one POSIX filesystem."""
+
+    def __init__(self, data_dir: str | Path, root: str | Path | None = None):
+        self.data_dir = Path(data_dir)
+        self.root = Path(root) if root is not None else self.data_dir / "registry"
+        self.url = f"file://{self.root.resolve()}"
+        self.staging = self.root / ".staging"
+        self.staging.mkdir(parents=True, exist_ok=True)
+
+    # ---- reading -------------------------------------------------------------------------
+    def serving(self) -> dict[str, str]:
+        out = {}
+        for p in self.root.glob("*/current.json"):
+            if NAME_RE.fullmatch(p.parent.name) and (cur := self.current(p.parent.name)) is not None:
+                out[p.parent.name] = cur["version"]
+        return out
+
+    def current(self, name: str) -> dict | None:
+        try:
+            cur = json.loads((self.root / name / "current.json").read_text())
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return cur if (self.root / name / "versions" / cur["version"]).is_dir() else None
+
+    def _read_pointer(self, name: str) -> tuple[dict | None, None]:
+        return self.current(name), None
+
+    def version_dir(self, name: str, version: str) -> Path:
+        return self.root / name / "versions" / version
+
+    def _version_json(self, name: str, vid: str, fname: str) -> dict | None:
+        try:
+            return json.loads((self.version_dir(name, vid) / fname).read_text())
+        except FileNotFoundError:
+            return None
+
+    # ---- writing -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writing(self):
+        with open(self.root / ".lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def stage(self) -> Path:
+        return Path(tempfile.mkdtemp(dir=self.staging, prefix="upload-"))
+
+    def _store_version(self, name: str, vid: str, staged: Path) -> None:
+        dest = self.version_dir(name, vid)
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(staged, dest)
+            _fsync_dir(dest.parent)
+
+    def _write_pointer(self, name: str, doc: dict, token: None) -> bool:
+        write_json(self.root / name / "current.json", doc)  # temp file + os.replace, under the flock
+        return True
+
+    def _drop_version(self, name: str, version: str) -> None:
+        trash = self.staging / f"deleted-{uuid.uuid4().hex}"
+        os.rename(self.version_dir(name, version), trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def delete(self, name: str) -> None:
+        with self._writing():
+            if self.current(check_name(name)) is None:
+                raise _unknown_labelset(name, self.names())
+            trash = self.staging / f"deleted-{uuid.uuid4().hex}"
+            os.rename(self.root / name, trash)  # one atomic step: readers see the whole set or nothing
+        shutil.rmtree(trash, ignore_errors=True)
+        self._notify(name)
+        log.info("deleted label set %s", name)
+
+    def sweep(self) -> int:
+        """Remove staging left by writers that died (untouched for stale_s; live writers touch it sooner)."""
+        now, n = time.time(), 0
+        for p in self.staging.iterdir():
+            if p.name.startswith("deleted-") or now - _last_touched(p) > self.stale_s:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                n += 1
+        for p in self.root.glob("*/.current.json.*.tmp"):  # a pointer write cut short
+            p.unlink(missing_ok=True)
+            n += 1
+        return n
+
+    def _seeded(self) -> bool:
+        return (self.root / ".seeded").exists()
+
+    def _mark_seeded(self, doc: dict) -> None:
+        write_json(self.root / ".seeded", doc)
+
+    # ---- training jobs' status (DATA/jobs/ID/status.json: replicas that share DATA share jobs) -----------------
+    def job_status(self, job_id: str) -> dict | None:
+        try:
+            return json.loads((self.data_dir / "jobs" / job_id / "status.json").read_text())
+        except FileNotFoundError:
+            return None
+
+    def put_job_status(self, job_id: str, doc: dict) -> None:
+        write_json(self.data_dir / "jobs" / job_id / "status.json", doc)
+
+
+def open_registry(url: str, data_dir: str | Path, endpoint: str = "", notify: str = "") -> RegistryBase:
+    """The registry a URL names: '' (DATA/registry), ``file://DIR`` or ``s3://BUCKET/PREFIX``; with ``notify``
+    (``redis://HOST:PORT/DB``) every write publishes a change notice that replicas subscribe to."""
+    if not url:
+        reg: RegistryBase = Registry(data_dir)
+    elif url.startswith("file://"):
+        reg = Registry(data_dir, root=url.removeprefix("file://"))
+    elif url.startswith("s3://"):
+        from service.registry_s3 import S3Registry
+
+        reg = S3Registry(url, data_dir, endpoint)
+    else:
+        raise ValueError(f"registry URL {url!r}: use file://DIR or s3://BUCKET/PREFIX")
+    if notify:
+        from service.notify import RedisNotices
+
+        reg.notifier = RedisNotices(notify, reg.url)
+    reg.spec = {"registry": url, "registry_endpoint": endpoint, "notify": notify}
+    return reg

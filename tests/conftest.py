@@ -227,3 +227,23 @@ def start_server():
     yield start
     for s in started:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    """SeaweedFS's S3 gateway on loopback for the session (tests.stores); the AWS_* credentials any key pair passes."""
+    from tests.stores import CREDENTIALS, SeaweedS3
+
+    os.environ.update(CREDENTIALS)  # servers started as subprocesses inherit them
+    store = SeaweedS3(tmp_path_factory.mktemp("seaweedfs")).start()
+    yield store
+    store.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    from tests.stores import RedisServer
+
+    r = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield r
+    r.stop()

@@ -30,9 +30,9 @@ def test_stopping_starts_nothing_new_and_fails_the_queued_jobs(tmp_path, monkeyp
     train = {"source": "rule", "rule": "bright", "train": {"steps": 10}}
     first, second = (m.create(name, train, {})["id"] for name in ("a", "b"))
     m.pump()
-    assert len(started) == 1 and read_status(tmp_path, first)["state"] == "queued"  # the worker writes 'running'
+    assert len(started) == 1 and read_status(m.registry, first)["state"] == "queued"  # the worker writes 'running'
     m.stop()
     assert len(started) == 1 and started[0].terminated
-    assert read_status(tmp_path, first)["error"]["code"] == "worker_died"
-    queued = read_status(tmp_path, second)
+    assert read_status(m.registry, first)["error"]["code"] == "worker_died"
+    queued = read_status(m.registry, second)
     assert queued["state"] == "failed" and queued["error"]["code"] == "server_stopped"
