@@ -34,9 +34,11 @@ wait_healthy() {  # CONTAINER SECONDS
     sleep 1
   done
 }
-wait_ready() {  # URL SECONDS
+wait_ready() {  # URL SECONDS [CONTAINER: its log's tail when not ready]
   for _ in $(seq 1 "$2"); do curl -sf "$1/readyz" >/dev/null && return 0; sleep 1; done
-  echo "not ready: $1"; curl -s "$1/readyz"; echo; return 1
+  echo "not ready: $1 $(curl -s "$1/readyz")"
+  if [ -n "${3:-}" ]; then podman logs --tail 30 "$3"; fi
+  return 1
 }
 put_labelset() {  # URL NAME MANIFEST: register a version of the shipped faces weights; prints the version id
   curl -sf -H "Authorization: Bearer $TOKEN" -X PUT -F manifest=@"$3" \
@@ -44,22 +46,19 @@ put_labelset() {  # URL NAME MANIFEST: register a version of the shipped faces w
     | python3 -c "import json, sys; print(json.load(sys.stdin)['version'])"
 }
 wait_version() {  # VERSION T0_NS NAME=URL...: ms from T0 until each replica's /labelsets serves VERSION; fail after 10 s
-  local v=$1 t0=$2 r; shift 2
-  local left=("$@") still
-  while :; do
-    still=()
-    for r in "${left[@]}"; do
-      if curl -sf "${r#*=}/labelsets" | grep -q "\"version\":\"$v\""; then
-        echo "${r%%=*} serves $v after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
-      else
-        still+=("$r")
-      fi
-    done
-    left=("${still[@]}")
-    [ ${#left[@]} -gt 0 ] || return 0
-    [ $(( ($(date +%s%N) - t0) / 1000000000 )) -lt 10 ] || { echo "never served $v within 10 s: ${left[*]%%=*}"; return 1; }
-    sleep 0.05
+  local v=$1 t0=$2 r p rc=0 pids=(); shift 2
+  for r in "$@"; do  # one poller per replica, side by side: no replica's time includes another's polls
+    (
+      until curl -sf "${r#*=}/labelsets" | grep -q "\"version\":\"$v\""; do
+        [ $(( ($(date +%s%N) - t0) / 1000000000 )) -lt 10 ] || { echo "${r%%=*} never served $v within 10 s"; exit 1; }
+        sleep 0.02
+      done
+      echo "${r%%=*} serves $v $(( ($(date +%s%N) - t0) / 1000000 )) ms after the PUT was sent"
+    ) &
+    pids+=("$!")
   done
+  for p in "${pids[@]}"; do wait "$p" || rc=1; done
+  return "$rc"
 }
 
 echo "== podman + stand-in base"
@@ -132,9 +131,9 @@ printf 'LCS_ADMIN_TOKEN=%s\nAWS_ACCESS_KEY_ID=lcsci\nAWS_SECRET_ACCESS_KEY=%s\nA
   "$TOKEN" "$S3_SECRET" > docker/lcs.env
 t0=$(date +%s)
 docker-compose -p lcsci -f docker/compose.yaml --profile cluster up -d --no-build s3 redis lcs-a lcs-b lcs-c
-wait_ready http://127.0.0.1:8101 180
-wait_ready http://127.0.0.1:8102 180
-wait_ready http://127.0.0.1:8103 180
+wait_ready http://127.0.0.1:8101 180 lcsci_lcs-a_1
+wait_ready http://127.0.0.1:8102 180 lcsci_lcs-b_1
+wait_ready http://127.0.0.1:8103 180 lcsci_lcs-c_1
 echo "three replicas ready in $(( $(date +%s) - t0 )) s"
 # each replica subscribes to its registry's notice channel: the Redis path is wired, not only the polling fallback
 for _ in $(seq 1 20); do
@@ -145,10 +144,9 @@ done
 echo "redis channel and subscribers: $subs"
 case " $subs " in *" 3 "*) ;; *) echo "the three replicas do not all listen for change notices"; exit 1 ;; esac
 A=lcs-a=http://127.0.0.1:8101 B=lcs-b=http://127.0.0.1:8102 C=lcs-c=http://127.0.0.1:8103
-t1=$(date +%s%N)
-v1=$(put_labelset "${A#*=}" faces-ci service/bundles/avatars/labelsets/faces/mapper.json)
 t0=$(date +%s%N)
-echo "registered faces-ci $v1 on lcs-a in $(( (t0 - t1) / 1000000 )) ms"
+v1=$(put_labelset "${A#*=}" faces-ci service/bundles/avatars/labelsets/faces/mapper.json)
+echo "registered faces-ci $v1 on lcs-a: the PUT answered after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
 wait_version "$v1" "$t0" "$A" "$B" "$C"
 for r in "$B" "$C"; do
   curl -sf -o /tmp/lcs-ci-cluster.png "${r#*=}/sample?labelset=faces-ci&attrs=smiling"
@@ -158,10 +156,9 @@ done
 TMPD=$(mktemp -d)
 python3 -c "import json, sys; m = json.load(open(sys.argv[1])); m['name'] += '-ci'; json.dump(m, open(sys.argv[2], 'w'))" \
   service/bundles/avatars/labelsets/faces/mapper.json "$TMPD/mapper.json"
-t1=$(date +%s%N)
-v2=$(put_labelset "${C#*=}" faces-ci "$TMPD/mapper.json")
 t0=$(date +%s%N)
+v2=$(put_labelset "${C#*=}" faces-ci "$TMPD/mapper.json")
+echo "replaced faces-ci with $v2 on lcs-c: the PUT answered after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
 [ "$v2" != "$v1" ] || { echo "the replacement kept version $v1"; exit 1; }
-echo "replaced faces-ci with $v2 on lcs-c in $(( (t0 - t1) / 1000000 )) ms"
 wait_version "$v2" "$t0" "$C" "$A" "$B"
 echo "docker check passed"
