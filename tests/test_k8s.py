@@ -3,6 +3,7 @@ they agree with the server: every LCS_* variable is an `lcs serve` flag, the pro
 point at each other by the names they carry."""
 
 from pathlib import Path
+from urllib.parse import urlparse
 
 import kubernetes_validate
 import pytest
@@ -64,11 +65,17 @@ def test_the_objects_point_at_each_other():
         assert d["Service/lcs"]["spec"]["selector"].items() <= labels.items()
         assert d["PodDisruptionBudget/lcs"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
         (volume,) = spec["template"]["spec"]["volumes"]
-        assert f"PersistentVolumeClaim/{volume['persistentVolumeClaim']['claimName']}" in d
+        assert "emptyDir" in volume  # the registry is in S3: a pod keeps nothing that must outlive it
         (c,) = spec["template"]["spec"]["containers"]
         assert f"ConfigMap/{c['envFrom'][0]['configMapRef']['name']}" in d
+        assert f"Secret/{c['envFrom'][1]['secretRef']['name']}" in d
         token = next(e for e in c["env"] if e["name"] == "LCS_ADMIN_TOKEN")["valueFrom"]["secretKeyRef"]["name"]
         assert f"Secret/{token}" in d
     assert d["HorizontalPodAutoscaler/lcs"]["spec"]["scaleTargetRef"]["name"] == "lcs"
+    notify = urlparse(d["ConfigMap/lcs-config"]["data"]["LCS_NOTIFY"])
+    assert (
+        f"Service/{notify.hostname}" in d and d[f"Service/{notify.hostname}"]["spec"]["ports"][0]["port"] == notify.port
+    )
+    assert set(d["Secret/lcs-s3"]["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
     gpu = d["Deployment/lcs-gpu"]["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert gpu["limits"]["nvidia.com/gpu"] == 1
