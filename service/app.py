@@ -301,6 +301,16 @@ def check_data_dir(path: str | Path) -> None:
         ) from None
 
 
+def check_shared_token(cfg: ServerConfig) -> None:
+    """Replicas on an S3 registry share no data dir, so a token generated into one would admit writes on that replica
+    only: stop at start unless the token is given."""
+    if cfg.registry.startswith("s3://") and not os.environ.get("LCS_ADMIN_TOKEN", "").strip():
+        raise SystemExit(
+            "lcs serve: with an s3:// registry set LCS_ADMIN_TOKEN (the same on every replica); replicas share no "
+            "data dir in which to keep a generated one"
+        )
+
+
 def serve(cfg: ServerConfig) -> None:
     import uvicorn
 
@@ -308,6 +318,7 @@ def serve(cfg: ServerConfig) -> None:
 
     setup_logging()
     check_data_dir(cfg.data_dir)
+    check_shared_token(cfg)
     uvicorn.run(
         create_app(cfg),
         host=cfg.host,

@@ -4,13 +4,16 @@ replicas, training jobs reported by every replica, and a store outage ridden out
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 
 import httpx
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import Server, free_port
 from tests.stores import CREDENTIALS, RedisServer, SeaweedS3
 from tests.test_service import footwear, put, variant  # noqa: F401 - footwear is a fixture
 
@@ -20,8 +23,6 @@ SLOW_POLL = "5"  # with notices a replica needs no fast polling: a 5 s poll prov
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     """A store of the module's own: the outage test stops and restarts it."""
-    import os
-
     os.environ.update(CREDENTIALS)
     s3 = SeaweedS3(tmp_path_factory.mktemp("cluster-s3")).start()
     redis = RedisServer(tmp_path_factory.mktemp("cluster-redis")).start()
@@ -58,6 +59,14 @@ def seen_after(replicas, name: str, version: str | None, timeout: float = 10.0) 
                 out[i] = time.monotonic() - t0
         time.sleep(0.01)
     return [out.get(i, float("inf")) for i in range(len(replicas))]
+
+
+def test_an_s3_registry_without_an_admin_token_stops_with_one_clear_line(service_bundle, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "LCS_ADMIN_TOKEN"}
+    cmd = [sys.executable, "-m", "cli", "serve", "--bundle", str(service_bundle), "--data-dir", str(tmp_path / "d")]
+    cmd += ["--registry", "s3://lcs/x", "--port", str(free_port())]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode != 0 and "LCS_ADMIN_TOKEN" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_replicas_start_on_one_seeded_registry(cluster):
