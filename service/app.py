@@ -76,7 +76,7 @@ async def _start(app: FastAPI, st: State) -> None:
         st.pending.pop("warmup")
         st.batcher = Batcher(st.backbone, st.metrics, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue)
         st.batcher.start()
-        app.state.tasks += [asyncio.create_task(_poll(st)), asyncio.create_task(st.jobs.run())]
+        app.state.tasks += [asyncio.create_task(t) for t in (_poll(st), _sweep(st), st.jobs.run())]
         if st.registry.notifier is not None:
             loop = asyncio.get_running_loop()
             st.registry.notifier.listen(lambda _name: loop.call_soon_threadsafe(st.notice.set), st.stop_notices)
@@ -127,10 +127,8 @@ def _warmup(st: State) -> None:
 
 
 async def _poll(st: State) -> None:
-    """Pick up other replicas' registry writes (and deletes) at once on a change notice, else within a poll period;
-    sweep dead writers' leftovers (any replica's) every SWEEP_EVERY_S. While the store is unreachable the loaded
-    label sets keep serving and /readyz reports it under ``degraded``."""
-    swept = time.monotonic()
+    """Pick up other replicas' registry writes (and deletes) at once on a change notice, else within a poll period.
+    While the store is unreachable the loaded label sets keep serving and /readyz reports it under ``degraded``."""
     while True:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(st.notice.wait(), st.cfg.poll_interval_s)
@@ -139,10 +137,6 @@ async def _poll(st: State) -> None:
             await asyncio.to_thread(st.live.sync)
             if st.degraded.pop("registry", None):
                 log.info("registry %s reachable again; in step", st.registry.url)
-            if time.monotonic() - swept > SWEEP_EVERY_S:
-                swept = time.monotonic()
-                if n := await asyncio.to_thread(st.registry.sweep):
-                    log.info("swept %d stale staging entr%s", n, "y" if n == 1 else "ies")
         except RegistryError as e:
             if "registry" not in st.degraded:
                 log.warning("registry unreachable, serving what is loaded: %s", e.message)
@@ -158,6 +152,20 @@ async def _poll(st: State) -> None:
             st.degraded.pop("notify", None)
         st.metrics.labelsets_loaded.set(len(st.live.sets))
         st.metrics.versions_alive.set(st.live.live_versions)
+
+
+async def _sweep(st: State) -> None:
+    """Remove dead writers' leftovers (any replica's) every SWEEP_EVERY_S, apart from the poll loop: an S3 sweep
+    lists every stored version, and a change notice must not wait behind it."""
+    while True:
+        await asyncio.sleep(SWEEP_EVERY_S)
+        try:
+            if n := await asyncio.to_thread(st.registry.sweep):
+                log.info("swept %d stale entr%s", n, "y" if n == 1 else "ies")
+        except RegistryError as e:  # the poll loop reports the store; the next sweep retries
+            log.warning("sweep skipped: %s", e.message)
+        except Exception:  # noqa: BLE001 - logged; the next sweep retries
+            log.exception("sweep failed")
 
 
 def single_valued_query(request: Request) -> None:

@@ -16,7 +16,6 @@ import weakref
 
 from conditioning.labelset import LabelSetVersion
 from models.artifacts import ArtifactError
-from service.domain import Kind
 from service.registry import RegistryBase, RegistryError
 
 log = logging.getLogger("lcs.hotswap")
@@ -27,7 +26,8 @@ class LiveLabelSets:
         self.registry, self.decoder_fingerprint = registry, decoder_fingerprint
         self.sets: dict[str, LabelSetVersion] = {}
         self._alive: weakref.WeakSet[LabelSetVersion] = weakref.WeakSet()
-        self.failed: dict[str, str] = {}  # name -> why its current version could not be loaded
+        self.failed: dict[str, str] = {}  # name -> why its current version can never be loaded ("VID: reason")
+        self._waiting: set[tuple[str, str]] = set()  # (name, version) not fetchable yet, already logged
 
     @property
     def live_versions(self) -> int:
@@ -37,9 +37,14 @@ class LiveLabelSets:
         return self.sets.get(name)
 
     def sync(self) -> list[str]:
-        """One pass over the registry; returns what changed (for the log)."""
-        changes = []
+        """One pass over the registry; returns what changed (for the log). Raises RegistryError when the store could
+        not be listed (nothing changes) or a version could not be fetched from it (the other label sets still
+        change), so the caller reports the store as degraded."""
+        changes, unavailable = [], None
         wanted = self.registry.serving()
+        # a version refused for good stays refused only while it is the one wanted (a name deleted and published
+        # again with the same bytes is tried again)
+        self.failed = {k: v for k, v in self.failed.items() if k in wanted and v.startswith(wanted[k])}
         sets = dict(self.sets)
         for name in list(sets):
             if name not in wanted:
@@ -50,19 +55,23 @@ class LiveLabelSets:
                 continue
             try:
                 sets[name] = self._load(name, vid)
-                self.failed.pop(name, None)
+                self._waiting.discard((name, vid))
                 changes.append(f"{name}@{vid}")
-            except RegistryError as e:
-                if e.kind == Kind.UNAVAILABLE and e.code == "registry_unavailable":
-                    raise  # the store is down: the caller reports it; nothing changes this pass
-                log.warning("label set %s version %s not loadable yet: %s", name, vid, e.message)  # next pass retries
-            except (ArtifactError, OSError, KeyError, ValueError) as e:
-                # The registry validated it on publish; this only happens on a damaged disk. Keep serving the old one.
+            except (RegistryError, OSError) as e:  # not fetchable right now (store, cache disk): the next pass retries
+                if isinstance(e, RegistryError) and e.code == "registry_unavailable":
+                    unavailable = unavailable or e
+                if (name, vid) not in self._waiting:
+                    self._waiting.add((name, vid))
+                    log.warning("label set %s version %s not loadable yet, retrying: %s", name, vid, e)
+            except (ArtifactError, KeyError, ValueError) as e:
+                # The registry validated it on publish: its stored bytes are damaged. Keep serving the old one.
                 self.failed[name] = f"{vid}: {e}"
                 log.error("label set %s version %s could not be loaded: %s", name, vid, e)
         self.sets = sets  # one assignment: readers see the old dict or the new one
         if changes:
             log.info("registry sync: %s", ", ".join(changes))
+        if unavailable is not None:
+            raise unavailable
         return changes
 
     def _load(self, name: str, vid: str) -> LabelSetVersion:

@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ TRAIN_FIELDS = {
 # What a job changes from ``lcs train-labelset``'s defaults (TrainLabelSetConfig), and why: a job trains on the
 # server's own CPU, next to serving, so it takes half the CLI's actor steps.
 JOB_CHANGES = {"steps": 1000}
+STATUS_RETRY_S = 60.0  # how long a worker retries recording a state change while the registry's store is away
 
 
 class JobError(DomainError):
@@ -116,6 +118,7 @@ class JobManager:
         self.registry = registry if registry is not None else Registry(data_dir)
         self.queue: list[str] = []
         self.running: dict[str, _Running] = {}
+        self._lock = threading.Lock()  # create() and pump() run in worker threads: the loop's and the routes'
         (self.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
 
     def create(self, name: str, request: dict, files: dict[str, bytes]) -> dict:
@@ -135,67 +138,81 @@ class JobManager:
             "error": None,
         }
         self.registry.put_job_status(job_id, status)
-        self.queue.append(job_id)
+        with self._lock:
+            self.queue.append(job_id)
         log.info("job %s queued: label set %s from %s", job_id, name, request["source"])
         return status
 
     def pump(self) -> None:
-        """Reap finished workers, start queued jobs (called periodically from the event loop)."""
-        for job_id, r in list(self.running.items()):
-            rc = r.proc.poll()
-            if rc is None:
-                continue
-            del self.running[job_id]
-            status = read_status(self.registry, job_id)
-            if status["state"] not in FINAL:  # killed or crashed before it could say so
-                status.update(
-                    state="failed",
-                    finished=now(),
-                    error={"code": "worker_died", "message": f"the worker exited with code {rc}; see worker.log"},
-                )
-                self.registry.put_job_status(job_id, status)
-            self.metrics.jobs.labels(status["state"]).inc()
-            log.info("job %s %s", job_id, status["state"])
-        while self.queue and len(self.running) < self.workers:
-            job_id = self.queue.pop(0)
-            d = job_dir(self.data_dir, job_id)
-            cmd = [
-                sys.executable,
-                "-m",
-                "service.jobs",
-                str(d),
-                "--bundle",
-                str(self.bundle),
-                "--data-dir",
-                str(self.data_dir),
-                "--threads",
-                str(self.threads),
-                *[f"--{k.replace('_', '-')}={v}" for k, v in self.registry.spec.items() if v],
-            ]
-            with open(d / "worker.log", "ab") as logf:  # the worker has its own copy of the descriptor
-                proc = subprocess.Popen(
-                    cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-                )
-            self.running[job_id] = _Running(job_id, proc)
-        self.metrics.jobs_running.set(len(self.running))
+        """Reap finished workers, start queued jobs (called periodically, off the event loop: with an S3 registry
+        each status read or write is a request)."""
+        with self._lock:
+            for job_id, r in list(self.running.items()):
+                rc = r.proc.poll()
+                if rc is None:
+                    continue
+                try:
+                    self._reap(job_id, rc)
+                except DomainError as e:  # the registry's store is unreachable: reap it on a later pump
+                    log.warning("job %s ended; its status cannot be settled yet: %s", job_id, e.message)
+                    continue
+                del self.running[job_id]
+            while self.queue and len(self.running) < self.workers:
+                job_id = self.queue.pop(0)
+                d = job_dir(self.data_dir, job_id)
+                cmd = [sys.executable, "-m", "service.jobs", str(d), "--bundle", str(self.bundle)]
+                cmd += ["--data-dir", str(self.data_dir), "--threads", str(self.threads)]
+                # the registry's settings travel in the environment, not on a command line `ps` shows (a Redis URL
+                # may hold a password)
+                env = {**os.environ, **{f"LCS_{k.upper()}": v for k, v in self.registry.spec.items()}}
+                with open(d / "worker.log", "ab") as logf:  # the worker has its own copy of the descriptor
+                    proc = subprocess.Popen(
+                        cmd,
+                        stdout=logf,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                        env=env,
+                    )
+                self.running[job_id] = _Running(job_id, proc)
+            self.metrics.jobs_running.set(len(self.running))
+
+    def _reap(self, job_id: str, rc: int) -> None:
+        status = read_status(self.registry, job_id)
+        if status["state"] not in FINAL:  # killed or crashed before it could say so
+            status.update(
+                state="failed",
+                finished=now(),
+                error={"code": "worker_died", "message": f"the worker exited with code {rc}; see worker.log"},
+            )
+            self.registry.put_job_status(job_id, status)
+        self.metrics.jobs.labels(status["state"]).inc()
+        log.info("job %s %s", job_id, status["state"])
 
     async def run(self, every: float = 0.5) -> None:
         while True:
-            self.pump()
+            try:
+                await asyncio.to_thread(self.pump)
+            except Exception:  # noqa: BLE001 - a bad pump is logged; the loop must outlive it
+                log.exception("job pump failed")
             await asyncio.sleep(every)
 
     def stop(self) -> None:
         """Stop the workers and fail the jobs still queued (their clients poll a status that would never change);
         nothing new starts: the final pump only reaps."""
-        for job_id in self.queue:
-            status = read_status(self.registry, job_id)
-            status.update(
-                state="failed",
-                finished=now(),
-                error={"code": "server_stopped", "message": "the server stopped before this job started; submit again"},
-            )
-            self.registry.put_job_status(job_id, status)
-        self.queue.clear()
+        with self._lock:
+            queued, self.queue = self.queue, []
+        for job_id in queued:
+            try:
+                status = read_status(self.registry, job_id)
+                status.update(
+                    state="failed",
+                    finished=now(),
+                    error={"code": "server_stopped", "message": "the server stopped before this job started; resubmit"},
+                )
+                self.registry.put_job_status(job_id, status)
+            except DomainError as e:  # the workers are still stopped below
+                log.warning("job %s: could not record that it will not run: %s", job_id, e.message)
         for r in self.running.values():
             r.proc.terminate()
         for r in self.running.values():
@@ -210,14 +227,29 @@ class JobManager:
 
 
 class _Status:
+    """The worker's status writes. Progress is best effort (a store outage must not fail the training); a state
+    change is retried for up to STATUS_RETRY_S, so a job that published is not reported failed for a short outage."""
+
     def __init__(self, registry, job_id: str):
         self.registry, self.job_id, self.s, self.last = registry, job_id, read_status(registry, job_id), 0.0
 
     def update(self, force: bool = True, **kw) -> None:
         self.s.update(kw)
-        if force or time.monotonic() - self.last > 0.5:
-            self.registry.put_job_status(self.job_id, self.s)
-            self.last = time.monotonic()
+        if not force and time.monotonic() - self.last <= 0.5:
+            return
+        deadline = time.monotonic() + (STATUS_RETRY_S if force else 0.0)
+        while True:
+            try:
+                self.registry.put_job_status(self.job_id, self.s)
+                self.last = time.monotonic()
+                return
+            except DomainError as e:
+                if time.monotonic() >= deadline:
+                    if force:
+                        raise
+                    log.warning("progress not recorded: %s", e.message)
+                    return
+                time.sleep(1.0)
 
 
 def build_table(d: Path, job: dict, bundle: Path, device: torch.device) -> tuple[Path, str]:
@@ -346,9 +378,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bundle", required=True)
     p.add_argument("--data-dir", required=True)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--registry", default="", help="the server's registry URL ('' = DATA_DIR/registry)")
-    p.add_argument("--registry-endpoint", default="")
-    p.add_argument("--notify", default="")
+    # the server passes its registry settings in the environment (a Redis URL may hold a password)
+    p.add_argument("--registry", default=os.environ.get("LCS_REGISTRY", ""), help="'' = DATA_DIR/registry")
+    p.add_argument("--registry-endpoint", default=os.environ.get("LCS_REGISTRY_ENDPOINT", ""))
+    p.add_argument("--notify", default=os.environ.get("LCS_NOTIFY", ""))
     a = p.parse_args(argv)
     setup_logging()
     from service.registry import open_registry

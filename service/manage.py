@@ -186,8 +186,8 @@ async def create_job(
             "send more rows or a smaller batch_size",
             {"rows": rows, "batch_size": train["batch_size"]},
         )
-    status = st.jobs.create(name, {**request_doc, "kind": kind, "train": train}, files)
-    st.jobs.pump()
+    status = await run_in_threadpool(st.jobs.create, name, {**request_doc, "kind": kind, "train": train}, files)
+    await run_in_threadpool(st.jobs.pump)
     return JSONResponse(
         {**status, "status_url": f"/jobs/{status['id']}"}, 202, headers={"Location": f"/jobs/{status['id']}"}
     )

@@ -19,7 +19,7 @@ class RedisNotices:
 
         parts = urlparse(url)
         host = f"{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
-        self.url = parts._replace(netloc=host).geturl()  # shown in logs and on /readyz: without a password
+        self.url = parts._replace(netloc=host, query="").geturl()  # shown in logs and on /readyz: no password
         self.channel = f"lcs:registry:{registry_url}"  # one channel per registry: no cross-talk
         self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self.error: str | None = None  # why the subscription is down right now (for /readyz), None when listening
@@ -40,8 +40,8 @@ class RedisNotices:
             import redis
 
             while not stop.is_set():
+                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                 try:
-                    pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(self.channel)
                     self.error = None
                     log.info("listening for registry notices on %s", self.url)
@@ -50,12 +50,13 @@ class RedisNotices:
                         msg = pubsub.get_message(timeout=0.5)
                         if msg and msg["type"] == "message":
                             on_notice(msg["data"].decode(errors="replace"))
-                    pubsub.close()
                 except (redis.RedisError, OSError) as e:
                     if self.error is None:
                         log.warning("registry notices from %s unavailable (%s); polling until back", self.url, e)
                     self.error = f"{type(e).__name__}: {e}"
                     stop.wait(1.0)
+                finally:
+                    pubsub.close()
 
         t = threading.Thread(target=run, name="lcs-notices", daemon=True)
         t.start()

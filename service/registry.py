@@ -341,6 +341,7 @@ class RegistryBase:
                 self._store_version(name, vid, staged)  # objects first ...
                 self._update(name, point)  # ... pointer last
             self._after_publish(name, vid, staged)
+            self._notify(name)
             log.info("published label set %s version %s (%s)", name, vid, source)
             return vid
         finally:
@@ -348,12 +349,20 @@ class RegistryBase:
 
     def _update(self, name: str, change) -> dict:
         """Read the pointer, apply ``change`` (which may refuse), write it back; retried when another writer's
-        conditional write landed in between, so neither update is lost. Callers hold ``_writing()``."""
+        conditional write landed in between, so neither update is lost. Callers hold ``_writing()`` and send the
+        change notice once they release it.
+
+        Each update carries its own ``op`` id: when a write whose answer was lost (and retried by the S3 client) is
+        refused because it already landed, the re-read pointer carries this op and the update is done; applying
+        the change again would roll back twice or report a done delete as unknown."""
+        op = uuid.uuid4().hex
         for _ in range(RACE_RETRIES):
-            cur, token = self._read_pointer(name)
-            new = {**change(cur), "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            stored, token = self._read_pointer(name)
+            if stored is not None and stored.get("op") == op:
+                return stored
+            cur = stored if stored is not None and stored.get("version") else None
+            new = {**change(cur), "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "op": op}
             if self._write_pointer(name, new, token):
-                self._notify(name)
                 return new
             time.sleep(0.01 + 0.04 * random.random())
         raise RegistryError(
@@ -391,6 +400,7 @@ class RegistryBase:
 
         with self._writing():
             vid = self._update(name, back)["version"]
+        self._notify(name)
         log.info("label set %s rolled back to %s", name, vid)
         return vid
 
@@ -413,6 +423,7 @@ class RegistryBase:
         with self._writing():
             self._update(name, drop)
             self._drop_version(name, version)
+        self._notify(name)
 
     def _after_publish(self, name: str, vid: str, staged: Path) -> None:
         """A backend's check once the pointer names the new version (the staged files still exist)."""

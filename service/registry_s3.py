@@ -83,33 +83,42 @@ class S3Registry(RegistryBase):
             f"{type(e).__name__}: {e}",
         )
 
-    def _call(self, op: str, **kw):
-        """One S3 request; None for a missing key, False for a failed precondition, RegistryError when unreachable."""
+    def _call(self, op: str, *, missing: bool = False, conditional: bool = False, **kw):
+        """One S3 request. Only where asked: None for a missing key (``missing``: GET/HEAD) and False for a failed
+        precondition (``conditional``: the pointer write). Anything else the store answers or fails with is
+        RegistryError(unavailable): a 404 from a listing is a missing bucket, not an empty registry."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return getattr(self.s3, op)(Bucket=self.bucket, **kw)
+            r = getattr(self.s3, op)(Bucket=self.bucket, **kw)
+            if op == "get_object":  # the body streams after the headers: its errors are the store's too
+                r["Body"] = r["Body"].read()
+            return r
         except ClientError as e:
             code = str(e.response.get("Error", {}).get("Code", ""))
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if code in ("NoSuchKey", "404", "NotFound"):
+            if missing and (code in ("NoSuchKey", "404", "NotFound") or status == 404):
                 return None
-            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+            if conditional and (code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)):
                 return False
             raise self._unavailable(e) from None
-        except BotoCoreError as e:  # connection refused or reset, timeouts, no credentials
+        except (BotoCoreError, OSError) as e:  # refused or reset connections, timeouts, truncated bodies, no keys
             raise self._unavailable(e) from None
+        except Exception as e:  # urllib3's protocol errors while streaming a body, not wrapped by botocore
+            if type(e).__module__.startswith(("urllib3", "botocore")):
+                raise self._unavailable(e) from None
+            raise
 
     def _get(self, key: str) -> tuple[bytes | None, str | None]:
-        r = self._call("get_object", Key=key)
-        return (None, None) if r is None else (r["Body"].read(), r["ETag"])
+        r = self._call("get_object", missing=True, Key=key)
+        return (None, None) if r is None else (r["Body"], r["ETag"])
 
     def _list(self, prefix: str) -> list[dict]:
         out, token = [], None
         while True:
             r = self._call("list_objects_v2", Prefix=prefix, **({"ContinuationToken": token} if token else {}))
-            out += (r or {}).get("Contents", [])
-            if not (r or {}).get("IsTruncated"):
+            out += r.get("Contents", [])
+            if not r.get("IsTruncated"):
                 return out
             token = r["NextContinuationToken"]
 
@@ -128,6 +137,8 @@ class S3Registry(RegistryBase):
             except ClientError as e2:
                 if e2.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise self._unavailable(e2) from None
+            except BotoCoreError as e2:
+                raise self._unavailable(e2) from None
         except BotoCoreError as e:
             raise self._unavailable(e) from None
 
@@ -153,12 +164,13 @@ class S3Registry(RegistryBase):
         return {name: doc["version"] for name, doc in self._all_pointers().items() if doc.get("version")}
 
     def _read_pointer(self, name: str) -> tuple[dict | None, str | None]:
+        """The pointer as stored (a deleted label set's tombstone included) and its ETag."""
         body, etag = self._get(self._key("labelsets", f"{name}.json"))
-        doc = json.loads(body) if body is not None else None
-        return (doc if doc and doc.get("version") else None), etag
+        return (json.loads(body) if body is not None else None), etag
 
     def current(self, name: str) -> dict | None:
-        return self._read_pointer(name)[0]
+        doc = self._read_pointer(name)[0]
+        return doc if doc and doc.get("version") else None
 
     def _version_json(self, name: str, vid: str, fname: str) -> dict | None:
         body, _ = self._get(self._key("versions", name, vid, fname))
@@ -204,13 +216,14 @@ class S3Registry(RegistryBase):
     def _write_pointer(self, name: str, doc: dict, token: str | None) -> bool:
         cond = {"IfMatch": token} if token else {"IfNoneMatch": "*"}
         body = json.dumps(doc, indent=1).encode()
-        return self._call("put_object", Key=self._key("labelsets", f"{name}.json"), Body=body, **cond) is not False
+        key = self._key("labelsets", f"{name}.json")
+        return self._call("put_object", conditional=True, Key=key, Body=body, **cond) is not False
 
     def _after_publish(self, name: str, vid: str, staged: Path) -> None:
         """Re-upload what a sweep removed if this publisher stalled past stale_s between its upload and its pointer
         write (a reader meanwhile refuses the missing version by its content check and keeps the old one)."""
         for f in (*FILES, "meta.json"):
-            if self._call("head_object", Key=self._key("versions", name, vid, f)) is None:
+            if self._call("head_object", missing=True, Key=self._key("versions", name, vid, f)) is None:
                 log.warning("%s@%s lost %s to a sweep before its pointer moved; uploading again", name, vid, f)
                 self._store_version(name, vid, staged)
                 return
@@ -227,42 +240,57 @@ class S3Registry(RegistryBase):
             return dict(TOMBSTONE)
 
         self._update(name, tombstone)
+        self._notify(name)
         log.info("deleted label set %s", name)
 
+    def _named(self) -> set[tuple[str, str]]:
+        """(name, version) of every version a pointer names, as current or in its history."""
+        return {(n, v) for n, doc in self._all_pointers().items() for v in doc["history"] + [doc["version"]] if v}
+
     def sweep(self) -> int:
-        """Local staging of dead writers, then store objects no pointer names that are older than stale_s, then
-        cached versions no pointer names."""
+        """Local staging of dead writers, store objects no pointer names that are older than stale_s, and cached
+        versions no pointer names."""
         now, n = time.time(), 0
         for p in self.staging.iterdir():
             if now - _last_touched(p) > self.stale_s:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
                 n += 1
-        pointers = self._all_pointers()  # read before listing versions: a version named after this is newer
-        named = {(name, v) for name, doc in pointers.items() for v in doc["history"] + [doc["version"]] if v}
-        versions: dict[tuple[str, str], list[dict]] = {}
-        for o in self._list(self._key("versions/")):
-            parts = o["Key"][len(self._key("versions/")) :].split("/")
-            if len(parts) == 3:
-                versions.setdefault((parts[0], parts[1]), []).append(o)
-        for nv, objs in versions.items():
-            if nv not in named and all(now - o["LastModified"].timestamp() > self.stale_s for o in objs):
-                for o in objs:
-                    self._call("delete_object", Key=o["Key"])
-                n += 1
-                log.info("swept unreferenced version %s@%s", *nv)
+        n += self._sweep_store(now)
+        named = self._named()
         for d in self.cache.glob("*/*") if self.cache.is_dir() else []:
-            if (d.parent.name, d.name) not in named and not d.parent.name.startswith("."):
+            if d.parent.name.startswith(".") or (d.parent.name, d.name) in named:
+                continue
+            if now - _last_touched(d) > self.stale_s:  # a version downloaded just now may be about to be named
                 shutil.rmtree(d, ignore_errors=True)
         for d in self.cache.glob(".download-*") if self.cache.is_dir() else []:
             if now - _last_touched(d) > self.stale_s:
                 shutil.rmtree(d, ignore_errors=True)
         return n
 
+    def _sweep_store(self, now: float) -> int:
+        versions: dict[tuple[str, str], list[dict]] = {}
+        for o in self._list(self._key("versions/")):
+            parts = o["Key"][len(self._key("versions/")) :].split("/")
+            if len(parts) == 3:
+                versions.setdefault((parts[0], parts[1]), []).append(o)
+        named, n = self._named(), 0  # read after the listing: a pointer written meanwhile protects its version
+        for nv, objs in versions.items():
+            if nv in named or not all(now - o["LastModified"].timestamp() > self.stale_s for o in objs):
+                continue
+            for o in objs:  # each object is checked again just before it goes: a publisher may have re-uploaded it
+                head = self._call("head_object", missing=True, Key=o["Key"])
+                if head is not None and time.time() - head["LastModified"].timestamp() > self.stale_s:
+                    self._call("delete_object", Key=o["Key"])
+            n += 1
+            log.info("swept unreferenced version %s@%s", *nv)
+        return n
+
     def _seeded(self) -> bool:
-        return self._call("head_object", Key=self._key("seeded.json")) is not None
+        return self._call("head_object", missing=True, Key=self._key("seeded.json")) is not None
 
     def _mark_seeded(self, doc: dict) -> None:
-        self._call("put_object", Key=self._key("seeded.json"), Body=json.dumps(doc).encode(), IfNoneMatch="*")
+        body = json.dumps(doc).encode()  # the first replica's marker stays; a later one's write is refused, harmlessly
+        self._call("put_object", conditional=True, Key=self._key("seeded.json"), Body=body, IfNoneMatch="*")
 
     # ---- training jobs' status: every replica answers GET /jobs/ID ----------------------------------------------
     def job_status(self, job_id: str) -> dict | None:

@@ -231,8 +231,8 @@ def start_server():
 
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory):
-    """SeaweedFS's S3 gateway on loopback for the session (tests.stores); the AWS_* credentials any key pair passes."""
-    from tests.stores import CREDENTIALS, SeaweedS3
+    """SeaweedFS's S3 gateway on loopback for the session (bench.stores); the AWS_* credentials any key pair passes."""
+    from bench.stores import CREDENTIALS, SeaweedS3
 
     os.environ.update(CREDENTIALS)  # servers started as subprocesses inherit them
     store = SeaweedS3(tmp_path_factory.mktemp("seaweedfs")).start()
@@ -242,7 +242,7 @@ def seaweed(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
-    from tests.stores import RedisServer
+    from bench.stores import RedisServer
 
     r = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield r

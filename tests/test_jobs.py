@@ -36,3 +36,59 @@ def test_stopping_starts_nothing_new_and_fails_the_queued_jobs(tmp_path, monkeyp
     assert read_status(m.registry, first)["error"]["code"] == "worker_died"
     queued = read_status(m.registry, second)
     assert queued["state"] == "failed" and queued["error"]["code"] == "server_stopped"
+
+
+class FlakyStore:
+    """A registry whose store is away while ``down`` is set."""
+
+    def __init__(self, inner):
+        self.inner, self.down, self.spec = inner, False, {}
+
+    def _check(self):
+        from service.domain import Kind
+        from service.registry import RegistryError
+
+        if self.down:
+            raise RegistryError(Kind.UNAVAILABLE, "registry_unavailable", "store away")
+
+    def job_status(self, job_id):
+        self._check()
+        return self.inner.job_status(job_id)
+
+    def put_job_status(self, job_id, doc):
+        self._check()
+        self.inner.put_job_status(job_id, doc)
+
+
+def test_a_worker_ending_while_the_store_is_away_is_reaped_when_it_returns(tmp_path, monkeypatch):
+    from service.registry import Registry
+
+    started = []
+    monkeypatch.setattr(jobs.subprocess, "Popen", lambda cmd, **kw: started.append(FakeWorker(cmd)) or started[-1])
+    store = FlakyStore(Registry(tmp_path))
+    m = JobManager(tmp_path, tmp_path / "bundle", Metrics(), workers=1, registry=store)
+    job = m.create("a", {"source": "rule", "rule": "bright", "train": {"steps": 10}}, {})["id"]
+    m.pump()
+    started[0].terminated = True  # the worker exits ...
+    store.down = True  # ... while its status cannot be read
+    m.pump()  # used to raise out of the job loop, which then never ran again
+    assert job in m.running
+    store.down = False
+    m.pump()
+    assert job not in m.running and read_status(store, job)["error"]["code"] == "worker_died"
+    assert "LCS_REGISTRY" not in " ".join(started[0].cmd)  # settings travel in the environment
+
+
+def test_stop_terminates_workers_even_when_the_store_is_away(tmp_path, monkeypatch):
+    from service.registry import Registry
+
+    started = []
+    monkeypatch.setattr(jobs.subprocess, "Popen", lambda cmd, **kw: started.append(FakeWorker(cmd)) or started[-1])
+    store = FlakyStore(Registry(tmp_path))
+    m = JobManager(tmp_path, tmp_path / "bundle", Metrics(), workers=1, registry=store)
+    for name in ("a", "b"):
+        m.create(name, {"source": "rule", "rule": "bright", "train": {"steps": 10}}, {})
+    m.pump()
+    store.down = True
+    m.stop()
+    assert started[0].terminated

