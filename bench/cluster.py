@@ -8,9 +8,9 @@ Parts, each timed with the wall clock from the moment the writer's PUT answers 2
   replaced --publishes times, from each replica in turn, and the other two are polled (GET /info every 5 ms) until
   they serve the new version;
 - ``polling``: the same replicas restarted without --notify, polling every 0.5 s (the default): the fallback;
-- ``outage``: 16 clients sample across the replicas while the store is stopped for 5 s and started again; counted:
-  failed samples, how long /readyz reports the registry degraded after the store is back, and the convergence of a
-  publish right after.
+- ``outage``: --clients clients sample across the replicas while the store is killed, kept away for 5 s and started
+  again; counted: failed samples, how long /readyz reports the registry degraded after the store is back, and the
+  convergence of publishes right after.
 Prints a table, writes cluster.json and cluster.md in --out; exits 1 when convergence misses 1 s with notices or a
 sample fails.
 """
@@ -42,6 +42,7 @@ SLOW_POLL_S = 5.0
 
 @contextlib.contextmanager
 def replicas(bundle: Path, work: Path, flags: list[str], n: int = 3):
+    work.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         urls = []
         for i in range(n):
@@ -96,30 +97,37 @@ def summary(times: list[float]) -> dict:
     }
 
 
-def outage(urls: list[str], s3: SeaweedS3, labelset: Path, down_s: float = 5.0) -> dict:
-    attrs = "smiling"
+def outage(urls: list[str], s3: SeaweedS3, labelset: Path, clients: int, down_s: float = 5.0) -> dict:
+    """Clients sample one request at a time each (so the replicas are not overloaded: a 429 would hide nothing
+    here, and any answer but 200 counts as failed) while the store is killed, kept away, and started again."""
     stop, failures, count = threading.Event(), [], [0]
 
     def sampler(i: int) -> None:
         with httpx.Client(base_url=urls[i % len(urls)], timeout=30) as h:
             while not stop.is_set():
                 try:
-                    r = h.get("/sample", params={"attrs": attrs, "seed": i})
+                    r = h.get("/sample", params={"seed": i})
                     if r.status_code != 200:
                         failures.append(r.status_code)
                     count[0] += 1
                 except httpx.HTTPError as e:
                     failures.append(repr(e))
 
-    threads = [threading.Thread(target=sampler, args=(i,)) for i in range(16)]
+    threads = [threading.Thread(target=sampler, args=(i,)) for i in range(clients)]
     [t.start() for t in threads]
     time.sleep(1.0)
-    s3.stop()
     t_down = time.monotonic()
-    time.sleep(down_s)
-    degraded_during = [
-        httpx.get(u + "/readyz", timeout=5).json().get("degraded", {}).get("registry", {}).get("code") for u in urls
-    ]
+    s3.stop()  # killed, as a crash or a network partition: no goodbye
+    # a replica finds the store gone at its next sync: a poll period at most (5 s here), or a notice
+    degraded_during: list = [None] * len(urls)
+    while None in degraded_during and time.monotonic() - t_down < SLOW_POLL_S + 10:
+        for i, u in enumerate(urls):
+            doc = httpx.get(u + "/readyz", timeout=5).json()
+            degraded_during[i] = doc.get("degraded", {}).get("registry", {}).get("code")
+        time.sleep(0.1)
+    reported_after = time.monotonic() - t_down
+    time.sleep(max(0.0, down_s - reported_after))
+    t_restart = time.monotonic()
     s3.start()
     t_back = time.monotonic()
     while any("degraded" in httpx.get(u + "/readyz", timeout=5).json() for u in urls):
@@ -132,8 +140,12 @@ def outage(urls: list[str], s3: SeaweedS3, labelset: Path, down_s: float = 5.0) 
     after = convergence(urls, labelset, 3, "after outage")
     return {
         "store_down_s": round(t_back - t_down, 2),
+        "store_restart_s": round(t_back - t_restart, 2),
+        "degraded_reported_after_s": round(reported_after, 2),
+        "clients": clients,
         "samples": count[0],
         "failed_samples": len(failures),
+        "failures": [str(f) for f in failures[:10]],
         "readyz_degraded_during": degraded_during,
         "degraded_cleared_after_s": round(recovered_s, 2),
         "convergence_after": summary(after),
@@ -145,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
     p.add_argument("--labelset", default="faces", help="the bundle's label set to publish again and again")
     p.add_argument("--publishes", type=int, default=30)
+    p.add_argument("--clients", type=int, default=6, help="samplers during the outage, one request at a time each")
+    p.add_argument("--parts", default="notices,outage,polling", help="which parts to run (comma-separated)")
     p.add_argument("--out", default="docs")
     a = p.parse_args(argv)
     bundle, out = Path(a.bundle), Path(a.out)
@@ -161,27 +175,36 @@ def main(argv: list[str] | None = None) -> None:
             registry = ["--registry", s3.url(), "--registry-endpoint", s3.endpoint]
             notify = ["--notify", redis.url, "--poll-interval", str(SLOW_POLL_S)]
             t0 = time.monotonic()
-            with replicas(bundle, work / "notices", registry + notify) as urls:
-                result["ready_s"] = round(time.monotonic() - t0, 1)
-                result["notices"] = summary(convergence(urls, labelset, a.publishes, "notices"))
-                result["outage"] = outage(urls, s3, labelset)
-            with replicas(bundle, work / "polling", registry) as urls:
-                result["polling"] = summary(convergence(urls, labelset, a.publishes, "polling"))
+            parts = set(a.parts.split(","))
+            if parts & {"notices", "outage"}:
+                with replicas(bundle, work / "notices", registry + notify) as urls:
+                    result["ready_s"] = round(time.monotonic() - t0, 1)
+                    if "notices" in parts:
+                        result["notices"] = summary(convergence(urls, labelset, a.publishes, "notices"))
+                    if "outage" in parts:
+                        result["outage"] = outage(urls, s3, labelset, a.clients)
+            if "polling" in parts:
+                with replicas(bundle, work / "polling", registry) as urls:
+                    result["polling"] = summary(convergence(urls, labelset, a.publishes, "polling"))
         finally:
             redis.stop()
             s3.stop()
     report(result, out)
-    ok = result["notices"]["max_s"] < BAR_S and result["outage"]["failed_samples"] == 0
+    ok = result.get("notices", {}).get("max_s", 0) < BAR_S and result.get("outage", {}).get("failed_samples", 0) == 0
     sys.exit(0 if ok else 1)
 
 
 def report(r: dict, out: Path) -> None:
     rows = [
-        ("notices (Redis; replicas poll every 5 s)", r["notices"]),
-        ("polling only (every 0.5 s)", r["polling"]),
-        ("right after a 5 s store outage (notices)", r["outage"]["convergence_after"]),
+        (k, r[key])
+        for k, key in (
+            ("notices (Redis; replicas poll every 5 s)", "notices"),
+            ("polling only (every 0.5 s)", "polling"),
+            ("right after a 5 s store outage (notices)", "outage"),
+        )
+        if key in r
     ]
-    o = r["outage"]
+    rows = [(k, v.get("convergence_after", v)) for k, v in rows]
     lines = [
         "# Several machines: convergence of three replicas on S3 + Redis",
         "",
@@ -193,13 +216,17 @@ def report(r: dict, out: Path) -> None:
         "|---|---|---|---|---|",
         *[f"| {k} | {v['pairs']} | {v['median_s']} s | {v['p95_s']} s | {v['max_s']} s |" for k, v in rows],
         "",
-        f"Store outage: SeaweedFS stopped for {o['store_down_s']} s while 16 clients sampled across the replicas: "
-        f"{o['samples']} samples, **{o['failed_samples']} failed**; /readyz reported the registry as "
-        f"{', '.join(map(str, o['readyz_degraded_during']))} during it, and cleared {o['degraded_cleared_after_s']} s "
-        f"after the store was started again (SeaweedFS's own start-up included). Replicas were ready "
-        f"{r['ready_s']} s after start.",
-        "",
     ]
+    if o := r.get("outage"):
+        lines += [
+            f"Store outage: SeaweedFS killed and away for {o['store_down_s']} s (of which {o['store_restart_s']} s "
+            f"its own restart) while {o['clients']} clients sampled across the replicas, one request at a time each: "
+            f"{o['samples']} samples, **{o['failed_samples']} failed**. /readyz on every replica said "
+            f"{', '.join(map(str, o['readyz_degraded_during']))} {o['degraded_reported_after_s']} s after the kill "
+            f"(each finds out at its next sync, here every 5 s) and cleared {o['degraded_cleared_after_s']} s after "
+            f"the store was back. Replicas were ready {r['ready_s']} s after start.",
+            "",
+        ]
     out.mkdir(parents=True, exist_ok=True)
     (out / "cluster.md").write_text("\n".join(lines))
     (out / "cluster.json").write_text(json.dumps(r, indent=1) + "\n")

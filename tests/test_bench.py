@@ -178,3 +178,18 @@ def test_register_bench_serves_a_classifier_label_set(service_bundle):
     assert row["state"] == "succeeded" and row["method"] == "classifier", row
     assert row["served_ok"] and row["mode"] == "energy" and row["served_s"] >= row["post_s"] > 0, row
     assert row["cpu_seconds"] > 0 and row["labelled_examples"] == res["rows"] - res["rows"] // 10  # 1 in 10 held out
+
+
+def test_cluster_bench_measures_convergence(service_bundle, tmp_path):
+    """bench.cluster's notices part on the tiny bundle with two publishes (its outage part is what
+    tests/test_cluster.py checks, and docs/cluster.md ran): the table and JSON are written and every replica
+    converged within the bar."""
+    from bench import cluster
+
+    argv = ["--bundle", str(service_bundle), "--labelset", "category", "--publishes", "2", "--parts", "notices"]
+    with pytest.raises(SystemExit) as e:
+        cluster.main([*argv, "--out", str(tmp_path)])
+    r = json.loads((tmp_path / "cluster.json").read_text())
+    assert e.value.code == 0, r
+    assert r["notices"]["pairs"] == 4 and r["notices"]["max_s"] < cluster.BAR_S
+    assert "| notices" in (tmp_path / "cluster.md").read_text()
