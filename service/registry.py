@@ -1,4 +1,7 @@
-"""Label-set registry on disk, shared by every replica: immutable versions and an atomic pointer.
+"""The label-set registry every replica shares: admission checks, immutable versions and an atomic pointer.
+
+Two backends behind ``RegistryBase`` (``open_registry`` picks one from a URL): the file backend below, the default,
+and S3-compatible object storage for replicas on several machines (``service.registry_s3``). The file backend:
 
     DATA/registry/NAME/versions/VID/{mapper.safetensors, mapper.json, meta.json}
     DATA/registry/NAME/current.json   {"version": VID, "history": [older VIDs, oldest first]}
