@@ -50,6 +50,10 @@ TRAIN_FIELDS = {
 # server's own CPU, next to serving, so it takes half the CLI's actor steps.
 JOB_CHANGES = {"steps": 1000}
 STATUS_RETRY_S = 60.0  # how long a worker retries recording a state change while the registry's store is away
+# The replica that owns a queued or running job says so every SEEN_EVERY_S; a job not seen for LOST_AFTER_S belongs to
+# a replica that died without a word (kill -9, a lost node) and is reported failed (worker_lost) by every replica.
+SEEN_EVERY_S = 10.0
+LOST_AFTER_S = 90.0
 
 
 class JobError(DomainError):
@@ -66,11 +70,25 @@ def job_dir(data_dir: str | Path, job_id: str) -> Path:
     return Path(data_dir) / "jobs" / job_id
 
 
-def read_status(registry, job_id: str) -> dict:
+def stored_status(registry, job_id: str) -> dict:
+    """What the job's worker (or manager) last wrote."""
     job_dir(".", job_id)  # refuses ids that are not job ids before the store is asked
     status = registry.job_status(job_id)
     if status is None:
         raise JobError(Kind.NOT_FOUND, "unknown_job", f"no job {job_id!r}")
+    return status
+
+
+def read_status(registry, job_id: str) -> dict:
+    """The job's status as any replica reports it: what its worker last wrote, or ``worker_lost`` when the replica
+    that owns an unfinished job has not been seen for LOST_AFTER_S."""
+    status = stored_status(registry, job_id)
+    if status["state"] not in FINAL:
+        seen = registry.job_seen(job_id)
+        if seen is None or time.time() - seen > LOST_AFTER_S:
+            ago = "never" if seen is None else f"{time.time() - seen:.0f} s ago"
+            message = f"the replica running this job stopped (last seen {ago}); submit it again"
+            status = {**status, "state": "failed", "error": {"code": "worker_lost", "message": message}}
     return status
 
 
@@ -119,6 +137,7 @@ class JobManager:
         self.queue: list[str] = []
         self.running: dict[str, _Running] = {}
         self._lock = threading.Lock()  # create() and pump() run in worker threads: the loop's and the routes'
+        self._seen = 0.0  # when this replica last said it still owns its jobs
         (self.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
 
     def create(self, name: str, request: dict, files: dict[str, bytes]) -> dict:
@@ -137,6 +156,7 @@ class JobManager:
             "result": None,
             "error": None,
         }
+        self.registry.mark_job_seen(job_id)  # before the status: a reader never finds it unowned
         self.registry.put_job_status(job_id, status)
         with self._lock:
             self.queue.append(job_id)
@@ -176,9 +196,17 @@ class JobManager:
                     )
                 self.running[job_id] = _Running(job_id, proc)
             self.metrics.jobs_running.set(len(self.running))
+            if time.monotonic() - self._seen > SEEN_EVERY_S:
+                self._seen = time.monotonic()
+                for job_id in [*self.running, *self.queue]:
+                    try:
+                        self.registry.mark_job_seen(job_id)
+                    except DomainError as e:  # the store is away: the next round says it again
+                        log.warning("job %s: could not say it is still owned: %s", job_id, e.message)
+                        break
 
     def _reap(self, job_id: str, rc: int) -> None:
-        status = read_status(self.registry, job_id)
+        status = stored_status(self.registry, job_id)
         if status["state"] not in FINAL:  # killed or crashed before it could say so
             status.update(
                 state="failed",
@@ -204,7 +232,7 @@ class JobManager:
             queued, self.queue = self.queue, []
         for job_id in queued:
             try:
-                status = read_status(self.registry, job_id)
+                status = stored_status(self.registry, job_id)
                 status.update(
                     state="failed",
                     finished=now(),
@@ -231,7 +259,7 @@ class _Status:
     change is retried for up to STATUS_RETRY_S, so a job that published is not reported failed for a short outage."""
 
     def __init__(self, registry, job_id: str):
-        self.registry, self.job_id, self.s, self.last = registry, job_id, read_status(registry, job_id), 0.0
+        self.registry, self.job_id, self.s, self.last = registry, job_id, stored_status(registry, job_id), 0.0
 
     def update(self, force: bool = True, **kw) -> None:
         self.s.update(kw)
@@ -241,6 +269,7 @@ class _Status:
         while True:
             try:
                 self.registry.put_job_status(self.job_id, self.s)
+                self.registry.mark_job_seen(self.job_id)  # a live worker keeps its job owned, whatever its server does
                 self.last = time.monotonic()
                 return
             except DomainError as e:

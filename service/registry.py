@@ -556,6 +556,15 @@ class Registry(RegistryBase):
     def put_job_status(self, job_id: str, doc: dict) -> None:
         write_json(self.data_dir / "jobs" / job_id / "status.json", doc)
 
+    def job_seen(self, job_id: str) -> float | None:
+        try:
+            return float(json.loads((self.data_dir / "jobs" / job_id / "alive.json").read_text())["at"])
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+
+    def mark_job_seen(self, job_id: str) -> None:
+        write_json(self.data_dir / "jobs" / job_id / "alive.json", {"at": time.time()})
+
 
 def open_registry(url: str, data_dir: str | Path, endpoint: str = "", notify: str = "") -> RegistryBase:
     """The registry a URL names: '' (DATA/registry), ``file://DIR`` or ``s3://BUCKET/PREFIX``; with ``notify``

@@ -299,3 +299,14 @@ class S3Registry(RegistryBase):
 
     def put_job_status(self, job_id: str, doc: dict) -> None:
         self._call("put_object", Key=self._key("jobs", f"{job_id}.json"), Body=json.dumps(doc, indent=1).encode())
+
+    def job_seen(self, job_id: str) -> float | None:
+        body, _ = self._get(self._key("jobs", f"{job_id}.alive.json"))
+        try:
+            return None if body is None else float(json.loads(body)["at"])
+        except (ValueError, KeyError):
+            return None
+
+    def mark_job_seen(self, job_id: str) -> None:
+        body = json.dumps({"at": time.time()}).encode()
+        self._call("put_object", Key=self._key("jobs", f"{job_id}.alive.json"), Body=body)

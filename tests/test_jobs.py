@@ -59,6 +59,14 @@ class FlakyStore:
         self._check()
         self.inner.put_job_status(job_id, doc)
 
+    def job_seen(self, job_id):
+        self._check()
+        return self.inner.job_seen(job_id)
+
+    def mark_job_seen(self, job_id):
+        self._check()
+        self.inner.mark_job_seen(job_id)
+
 
 def test_a_worker_ending_while_the_store_is_away_is_reaped_when_it_returns(tmp_path, monkeypatch):
     from service.registry import Registry
@@ -92,3 +100,22 @@ def test_stop_terminates_workers_even_when_the_store_is_away(tmp_path, monkeypat
     store.down = True
     m.stop()
     assert started[0].terminated
+
+
+def test_a_job_whose_replica_died_without_a_word_is_reported_lost_by_every_replica(tmp_path, monkeypatch):
+    """kill -9 of the replica (or its node) leaves the stored state 'running' for good; the owner's heartbeat going
+    stale is what tells the others."""
+    from service.registry import Registry
+
+    monkeypatch.setattr(jobs.subprocess, "Popen", lambda cmd, **kw: FakeWorker(cmd))
+    m = JobManager(tmp_path, tmp_path / "bundle", Metrics(), workers=1)
+    job = m.create("a", {"source": "rule", "rule": "bright", "train": {"steps": 10}}, {})["id"]
+    m.pump()
+    other = Registry(tmp_path)  # another replica on the same registry
+    assert read_status(other, job)["state"] == "queued"
+    monkeypatch.setattr(jobs.time, "time", lambda real=jobs.time.time: real() + jobs.LOST_AFTER_S + 1)
+    lost = read_status(other, job)
+    assert lost["state"] == "failed" and lost["error"]["code"] == "worker_lost"
+    m._seen = -1e9  # the owner's next pump says it is alive
+    m.pump()
+    assert read_status(other, job)["state"] == "queued"
