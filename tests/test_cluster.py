@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
@@ -15,7 +14,7 @@ import pytest
 
 from bench.stores import CREDENTIALS, RedisServer, SeaweedS3
 from tests.conftest import Server, free_port
-from tests.test_service import footwear, put, variant  # noqa: F401 - footwear is a fixture
+from tests.test_service import Samplers, footwear, put, variant  # noqa: F401 - footwear is a fixture
 
 SLOW_POLL = "5"  # with notices a replica needs no fast polling: a 5 s poll proves the notice did it
 
@@ -93,34 +92,20 @@ def test_a_version_published_on_one_replica_serves_on_the_others_within_1s(clust
 def test_sixteen_clients_keep_sampling_while_a_label_set_is_replaced_20_times_across_replicas(cluster, footwear):  # noqa: F811
     assert put(cluster[0], "swap", footwear).status_code == 201
     seen_after(cluster, "swap", labelsets(cluster[0])["swap"])
-    stop, failures, versions, count = threading.Event(), [], set(), [0]
 
-    def sampler(i: int) -> None:
-        with httpx.Client(base_url=cluster[i % 3].url, timeout=30) as h:
-            while not stop.is_set():
-                try:
-                    r = h.get("/sample", params={"labelset": "swap", "attrs": "footwear" if i % 2 else "-footwear"})
-                    if r.status_code != 200:
-                        failures.append((r.status_code, r.text[:200]))
-                    else:
-                        versions.add(r.headers["x-lcs-labelset-version"])
-                        count[0] += 1
-                except httpx.HTTPError as e:
-                    failures.append(repr(e))
+    def params(i):
+        return {"labelset": "swap", "attrs": "footwear" if i % 2 else "-footwear"}
 
-    threads = [threading.Thread(target=sampler, args=(i,)) for i in range(16)]
-    [t.start() for t in threads]
     published = []
-    for i in range(20):
-        r = put(cluster[i % 3], "swap", footwear, manifest=variant(footwear, i))
-        assert r.status_code == 201, r.text
-        published.append(r.json()["version"])
-        time.sleep(0.05)
-    time.sleep(0.5)
-    stop.set()
-    [t.join() for t in threads]
-    assert failures == []
-    assert count[0] > 50 and len(versions) > 3, (count, versions)
+    with Samplers([r.url for r in cluster], params) as s:
+        for i in range(20):
+            r = put(cluster[i % 3], "swap", footwear, manifest=variant(footwear, i))
+            assert r.status_code == 201, r.text
+            published.append(r.json()["version"])
+            time.sleep(0.05)
+        time.sleep(0.5)
+    assert s.failures == []
+    assert s.count > 50 and len(s.versions) > 3, (s.count, s.versions)
     assert {labelsets(r)["swap"] for r in cluster} == {published[-1]}  # all three end on the last one
 
 

@@ -361,42 +361,56 @@ def test_a_zip_bomb_job_is_refused_before_anything_inflates(srv):
     assert r.status_code == 413 and r.json()["error"]["code"] == "zip_too_large", r.text
 
 
+class Samplers:
+    """Clients sampling in threads, spread over ``urls``, until the block ends; what they got, for assertions.
+    ``params(i)`` is client i's query."""
+
+    def __init__(self, urls: list[str], params, clients: int = 16):
+        self.stop, self.failures, self.versions, self.count = threading.Event(), [], set(), 0
+        args = [(urls[i % len(urls)], params(i)) for i in range(clients)]
+        self.threads = [threading.Thread(target=self._run, args=a) for a in args]
+
+    def _run(self, url: str, params: dict) -> None:
+        with httpx.Client(base_url=url, timeout=30) as h:
+            while not self.stop.is_set():
+                try:
+                    r = h.get("/sample", params=params)
+                    if r.status_code != 200:
+                        self.failures.append((r.status_code, r.text[:200]))
+                    else:
+                        self.versions.add(r.headers["x-lcs-labelset-version"])
+                        self.count += 1
+                except httpx.HTTPError as e:
+                    self.failures.append(repr(e))
+
+    def __enter__(self):
+        [t.start() for t in self.threads]
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        [t.join() for t in self.threads]
+
+
 def test_sixteen_clients_keep_sampling_while_a_labelset_is_replaced_20_times(srv, footwear):
     c = Client(srv.url, token=srv.token)
     c.register("swap", footwear)
-    stop, failures, versions, count = threading.Event(), [], set(), [0]
 
-    def sampler(i):
-        with httpx.Client(base_url=srv.url, timeout=30) as h:
-            while not stop.is_set():
-                try:
-                    r = h.get(
-                        "/sample",
-                        params={"labelset": "swap", "attrs": "footwear" if i % 2 else "-footwear", "n": 1 + i % 3},
-                    )
-                    if r.status_code != 200:
-                        failures.append((r.status_code, r.text[:200]))
-                    else:
-                        versions.add(r.headers["x-lcs-labelset-version"])
-                        count[0] += 1
-                except httpx.HTTPError as e:
-                    failures.append(repr(e))
+    def params(i):
+        return {"labelset": "swap", "attrs": "footwear" if i % 2 else "-footwear", "n": 1 + i % 3}
 
-    threads = [threading.Thread(target=sampler, args=(i,)) for i in range(16)]
-    [t.start() for t in threads]
     published = []
-    for i in range(20):
-        r = put(srv, "swap", footwear, manifest=variant(footwear, i))
-        assert r.status_code == 201, r.text
-        published.append(r.json()["version"])
-        time.sleep(0.05)
-    stop.set()
-    [t.join() for t in threads]
-    assert failures == []
+    with Samplers([srv.url], params) as s:
+        for i in range(20):
+            r = put(srv, "swap", footwear, manifest=variant(footwear, i))
+            assert r.status_code == 201, r.text
+            published.append(r.json()["version"])
+            time.sleep(0.05)
+    assert s.failures == []
     assert (
-        count[0] > 50
-        and len(versions) > 3
-        and versions <= set(published) | {c.labelsets and c.labelset("swap")["versions"][0]["version"]}
+        s.count > 50
+        and len(s.versions) > 3
+        and s.versions <= set(published) | {c.labelsets and c.labelset("swap")["versions"][0]["version"]}
     )
     c.delete("swap")
 
