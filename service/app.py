@@ -140,18 +140,22 @@ async def _poll(st: State) -> None:
         except RegistryError as e:
             if "registry" not in st.degraded:
                 log.warning("registry unreachable, serving what is loaded: %s", e.message)
-            st.degraded.setdefault("registry", {"since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-            st.degraded["registry"].update(code=e.code, message=e.message)
+            _degrade(st, "registry", e.code, e.message)
         except Exception:  # noqa: BLE001 - a bad pass is logged; the next one retries
             log.exception("registry sync failed")
         notices = st.registry.notifier
         if notices is not None and notices.error:
-            st.degraded.setdefault("notify", {"since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-            st.degraded["notify"].update(code="notify_unavailable", message=f"{notices.url}: {notices.error}")
+            _degrade(st, "notify", "notify_unavailable", f"{notices.url}: {notices.error}")
         else:
             st.degraded.pop("notify", None)
         st.metrics.labelsets_loaded.set(len(st.live.sets))
         st.metrics.versions_alive.set(st.live.live_versions)
+
+
+def _degrade(st: State, what: str, code: str, message: str) -> None:
+    """Record for /readyz that ``what`` is away: since when (kept from the first report), and the latest reason."""
+    st.degraded.setdefault(what, {"since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    st.degraded[what].update(code=code, message=message)
 
 
 async def _sweep(st: State) -> None:
