@@ -81,7 +81,7 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (μ, log σ²) of q(z|x) for images in [0, 1]."""
         h = self.conv(x * 2 - 1).flatten(1)
-        mu, logvar = self.head(h).chunk(2, dim=1)
+        mu, logvar = self.head(h).float().chunk(2, dim=1)  # fp32 under bf16 autocast: the KL and σ need it
         return mu, logvar.clamp(-30, 20)
 
 
@@ -105,8 +105,9 @@ class Decoder(nn.Module):
         self.conv = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Mean image μ(z) in [0, 1]."""
-        return torch.sigmoid(self.conv(self.fc(z).view(-1, *self.shape)))
+        """Mean image μ(z) in [0, 1], fp32 also under bf16 autocast (bf16 steps by 1/256 near 1: coarser than the
+        pixel errors the σ_x = 0.1 likelihood weighs)."""
+        return torch.sigmoid(self.conv(self.fc(z).view(-1, *self.shape)).float())
 
 
 class VAE(nn.Module):

@@ -29,7 +29,11 @@ RULE_SAMPLES = 20000  # decoded prior samples a rule labels
 
 
 def encode_dataset(
-    bundle: str | Path, data: ImageDataset | None = None, device: str = "auto", command: list[str] | None = None
+    bundle: str | Path,
+    data: ImageDataset | None = None,
+    device: str = "auto",
+    command: list[str] | None = None,
+    precision: str = "auto",
 ) -> Path:
     bundle = Path(bundle)
     dev = resolve_device(device)
@@ -43,7 +47,7 @@ def encode_dataset(
             f"{(vae.cfg.channels, vae.cfg.image_size, vae.cfg.image_size)}"
         )
     started = time.time()
-    mu, sigma = backbone.encode(vae, data.images, dev, progress=f"encode {data.name}")
+    mu, sigma = backbone.encode(vae, data.images, dev, progress=f"encode {data.name}", precision=precision)
     manifest = write_latent_table(
         bundle,
         mu,

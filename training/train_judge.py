@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from conditioning.images import batch_to_float
-from conditioning.runtime import autocast, resolve_device
+from conditioning.runtime import autocast, job_threads, memory_format, resolve_device, resolve_precision
 from evaluation.judging import decide, predict
 from evaluation.statistics import auc, best_threshold, binary_metrics
 from models.artifacts import save_artifact
@@ -48,7 +48,8 @@ class TrainJudgeConfig:
     pos_weight_cap: float = 0.0
     seed: int = 0
     device: str = "auto"
-    threads: int = 0
+    precision: str = "auto"  # auto (bf16 where the device has it in hardware) | bf16 | fp32: conditioning.runtime
+    threads: int = 0  # 0 = every core
     max_steps: int = 0
 
 
@@ -78,11 +79,15 @@ def ceiling(judge_probs: np.ndarray, target: np.ndarray, manifest: dict, data: I
 def train_judge(cfg: TrainJudgeConfig, command: list[str] | None = None) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device, cfg.threads)
+    device = resolve_device(cfg.device, job_threads(cfg.threads))
+    precision = resolve_precision(device, cfg.precision)
+    fmt = memory_format(device, precision)
     torch.manual_seed(cfg.seed)
     data = load_dataset(cfg.dataset, **cfg.dataset_params)
+    images = torch.from_numpy(data.images)  # batches are cut from this uint8 tensor
     c, h, _ = data.image_shape
     judge = Judge(JudgeConfig(channels=c, image_size=h, attr_names=data.attr_names, width=cfg.width)).to(device)
+    judge.to(memory_format=fmt)
     opt = torch.optim.AdamW(judge.parameters(), lr=cfg.lr, weight_decay=1e-4)
     train_idx = data.indices("train")
     steps_per_epoch = len(train_idx) // cfg.batch_size
@@ -107,7 +112,7 @@ def train_judge(cfg: TrainJudgeConfig, command: list[str] | None = None) -> Path
             if step >= total:
                 break
             idx = np.sort(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
-            x = batch_to_float(data.images[idx], device)
+            x = batch_to_float(images[torch.from_numpy(idx)], device)
             if cfg.shift:
                 dx, dy = np.random.default_rng([cfg.seed, step, 1]).integers(-cfg.shift, cfg.shift + 1, 2)
                 x = torch.roll(F.pad(x, [cfg.shift] * 4, value=1.0), (int(dy), int(dx)), (2, 3))[
@@ -117,8 +122,8 @@ def train_judge(cfg: TrainJudgeConfig, command: list[str] | None = None) -> Path
                 flip = torch.from_numpy(np.random.default_rng([cfg.seed, step, 2]).random(len(idx)) < 0.5).to(device)
                 x = torch.where(flip[:, None, None, None], x.flip(3), x)
             y = attrs_t[idx].to(device)
-            with autocast(device):
-                logits, _ = judge(x)
+            with autocast(device, precision):
+                logits, _ = judge(x.contiguous(memory_format=fmt))
             loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight)
             for cols in categorical:  # decided by argmax, so trained as one softmax too (top-1, not one-vs-rest)
                 loss = loss + F.cross_entropy(logits[:, cols].float(), y[:, cols].argmax(1))

@@ -2,6 +2,11 @@
 
 Writes into --out: train_log.jsonl, grids/ (reconstructions and prior samples as PNG),
 checkpoint.* (resumable with --resume), and the final artifact vae.safetensors + vae.json.
+
+Long runs survive being stopped: a checkpoint every --ckpt-minutes (and --ckpt-every steps), SIGTERM (what a
+preemptible machine sends) checkpoints at the next step boundary and exits, --max-minutes ends the run cleanly on a
+wall-clock budget, and --resume continues bit for bit from the checkpoint. Across machines, the packed fp16 VAE is the
+hand-over: --init from it with --warmup-steps (Adam's moments start afresh).
 """
 
 from __future__ import annotations
@@ -9,7 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from conditioning.images import batch_to_float, save_grid
-from conditioning.runtime import autocast, resolve_device
+from conditioning.runtime import autocast, job_threads, memory_format, resolve_device, resolve_precision
 from evaluation.reconstruction import evaluate_mse
 from models.artifacts import fingerprint, save_artifact
 from models.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
@@ -46,16 +53,19 @@ class TrainVAEConfig:
     lr: float = 1e-3
     lr_final: float = 1e-5  # the schedule goes from lr to lr_final over the run
     lr_schedule: str = "exp"  # exp (exponential decay) or cosine
+    warmup_steps: int = 0  # linear warm-up from 0 (a run --init from packed weights starts Adam afresh)
     # VAE-GAN (models.vaegan): weights of the image discriminator's adversarial and feature-matching terms (0, 0: VAE)
     adv_weight: float = VAEGANConfig.adv
     fm_weight: float = VAEGANConfig.fm
     init: str = ""  # start from this trained VAE directory's weights (same config): fine-tuning
     seed: int = 0
     device: str = "auto"
-    threads: int = 0
+    precision: str = "auto"  # auto (bf16 where the device has it in hardware) | bf16 | fp32: conditioning.runtime
+    threads: int = 0  # 0 = every core
     log_every: int = 50  # steps between lines of train_log.jsonl
     grid_every: int = 1000  # steps between PNG grids
     ckpt_every: int = 500  # steps between checkpoints
+    ckpt_minutes: float = 5.0  # and at most this long between them (0 = steps only)
     resume: bool = False
     max_steps: int = 0  # stop early (tests, smoke runs); 0 = run all epochs
     # Wall-clock budget (0 = none): the run shortens itself to the steps that fit (re-estimated as it goes), so
@@ -115,10 +125,12 @@ def build_models(cfg: TrainVAEConfig, data: ImageDataset, device: torch.device):
     return vae, model, opt
 
 
-def train_step(model: VAE | VAEGAN, opt: torch.optim.Optimizer, x: torch.Tensor, device: torch.device) -> dict:
+def train_step(
+    model: VAE | VAEGAN, opt: torch.optim.Optimizer, x: torch.Tensor, device: torch.device, precision: str = "fp32"
+) -> dict:
     """One step of every optimiser group in the model's order; returns the loss parts as floats."""
     info = {}
-    with autocast(device):
+    with autocast(device, precision):
         for _, loss, parts in model.step_losses(x):
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -154,20 +166,45 @@ def paced_length(cfg: TrainVAEConfig, done: int, step: int, planned: int, elapse
 
 
 def learning_rate(cfg: TrainVAEConfig, step: int, total: int) -> float:
-    """lr at ``step``: from cfg.lr to cfg.lr_final, exponentially or along a half cosine."""
+    """lr at ``step``: from cfg.lr to cfg.lr_final, exponentially or along a half cosine, after a linear warm-up of
+    cfg.warmup_steps."""
     t = step / max(total, 1)
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     if cfg.lr_schedule == "exp":
-        return cfg.lr * (cfg.lr_final / cfg.lr) ** t
+        return warm * cfg.lr * (cfg.lr_final / cfg.lr) ** t
     if cfg.lr_schedule == "cosine":
-        return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * t))
+        return warm * (cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * t)))
     raise ValueError(f"lr_schedule must be exp or cosine, got {cfg.lr_schedule!r}")
+
+
+class StopOnSignal:
+    """While active, SIGTERM and SIGINT only set ``signum``: the loop checkpoints at the next step boundary and exits,
+    so a stopped run resumes exactly. Outside the main thread (a library caller's worker) it does nothing."""
+
+    signum = 0
+
+    def __enter__(self):
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self._old[s] = signal.signal(s, self._note)
+        return self
+
+    def _note(self, signum, _frame) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
 
 
 def train_vae(cfg: TrainVAEConfig, command: list[str] | None = None) -> Path:
     command = command or sys.argv
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device, cfg.threads)
+    device = resolve_device(cfg.device, job_threads(cfg.threads))
+    precision = resolve_precision(device, cfg.precision)
+    fmt = memory_format(device, precision)
     torch.manual_seed(cfg.seed)
 
     data = load_dataset(cfg.dataset, **cfg.dataset_params)
@@ -176,6 +213,8 @@ def train_vae(cfg: TrainVAEConfig, command: list[str] | None = None) -> Path:
     if h != w:
         raise ValueError(f"square images expected, got {h}x{w}")
     vae, model, opt = build_models(cfg, data, device)
+    model.to(memory_format=fmt)
+    images = torch.from_numpy(data.images)  # batches are cut from this uint8 tensor: no per-step copy from numpy
     vcfg = vae.cfg
     steps_per_epoch, planned = planned_steps(cfg, len(train_idx))
     total_steps = planned
@@ -185,7 +224,7 @@ def train_vae(cfg: TrainVAEConfig, command: list[str] | None = None) -> Path:
         step = load_checkpoint(out, model, opt)["step"]
         log.info("resumed from %s at step %d", out / "checkpoint.safetensors", step)
     log.info(
-        "training VAE %s on %s (%d train / %d val images, %s) for %d steps on %s",
+        "training VAE %s on %s (%d train / %d val images, %s) for %d steps on %s (%s, %d threads)",
         vcfg.to_json(),
         data.name,
         len(train_idx),
@@ -193,12 +232,16 @@ def train_vae(cfg: TrainVAEConfig, command: list[str] | None = None) -> Path:
         data.image_shape,
         total_steps,
         device,
+        precision,
+        torch.get_num_threads(),
     )
 
     fixed_x = batch_to_float(data.images[val_idx[:32]], device)
     fixed_z = torch.randn(32, vcfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
-    with open(out / "train_log.jsonl", "a") as log_file:
+    stop = StopOnSignal()
+    with stop, open(out / "train_log.jsonl", "a") as log_file:
         started, window, paced_from = time.time(), [], step
+        saved_at = started
         bar = tqdm(total=total_steps, initial=step, desc=f"train-vae σx={cfg.sigma_x}", unit="step")
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
@@ -210,8 +253,9 @@ def train_vae(cfg: TrainVAEConfig, command: list[str] | None = None) -> Path:
                 lr = learning_rate(cfg, step, total_steps)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                x = batch_to_float(data.images[np.sort(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])], device)
-                window.append(train_step(model, opt, x, device))
+                rows = torch.from_numpy(np.sort(order[i * cfg.batch_size : (i + 1) * cfg.batch_size]))
+                x = batch_to_float(images[rows], device).contiguous(memory_format=fmt)
+                window.append(train_step(model, opt, x, device, precision))
                 step += 1
                 if cfg.max_minutes and step >= paced_from + PACE_STEPS and step % PACE_STEPS == 0:
                     total_steps = bar.total = paced_length(cfg, step - paced_from, step, planned, time.time() - started)
@@ -226,8 +270,14 @@ def train_vae(cfg: TrainVAEConfig, command: list[str] | None = None) -> Path:
                     log_file.flush()
                 if step % cfg.grid_every == 0 or step == total_steps:
                     save_grids(vae, fixed_x, fixed_z, out / "grids", step)
-                if step % cfg.ckpt_every == 0 or step == total_steps:
+                due = cfg.ckpt_minutes and time.time() - saved_at >= cfg.ckpt_minutes * 60
+                if step % cfg.ckpt_every == 0 or step == total_steps or due or stop.signum:
                     save_checkpoint(out, model, opt, {"step": step, "config": vcfg.to_json()})
+                    saved_at = time.time()
+                if stop.signum:
+                    bar.close()
+                    log.warning("stopped by signal %d at step %d; checkpoint saved (--resume)", stop.signum, step)
+                    raise SystemExit(128 + stop.signum)
         bar.close()
 
     metrics = {
@@ -236,6 +286,8 @@ def train_vae(cfg: TrainVAEConfig, command: list[str] | None = None) -> Path:
         "steps": step,
         "train_seconds": round(time.time() - started, 1),
         "device": str(device),
+        "precision": precision,
+        "threads": torch.get_num_threads(),
     }
     vae = vae.cpu().eval()
     save_artifact(out, "vae", vae.state_dict(), vae_manifest(cfg, vae, data, metrics, command))
