@@ -3,7 +3,9 @@ against a real ``lcs serve`` on 127.0.0.1. Screenshots go to $LCS_ARTIFACTS (def
 
 Without Chromium the tests skip, unless LCS_REQUIRE_BROWSER=1 (CI sets it), which makes that a failure."""
 
+import base64
 import importlib.util
+import io
 import os
 import shutil
 from pathlib import Path
@@ -34,12 +36,43 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
+GARMENT = ["footwear", "upper_body", "bag"]  # a binary label set of several attributes (no two on together)
+
 
 @pytest.fixture(scope="module")
-def server(service_bundle, tmp_path_factory):
+def web_bundle(service_bundle, tmp_path_factory) -> Path:
+    """The service bundle plus a briefly trained binary label set, ``garment``, for the same-seed row to flip."""
+    from models.artifacts import load_manifest, write_json
+    from tests.conftest import SEED, THREADS
+    from training.train_labelset import TrainLabelSetConfig, train_labelset
+
+    out = tmp_path_factory.mktemp("web-bundle") / "bundle"
+    shutil.copytree(service_bundle, out)
+    man = load_manifest(out, "latents")
+    man["label_sets"]["garment"] = {"name": "garment", "attrs": GARMENT, "kind": "binary"}
+    write_json(out / "latents.json", man)
+    train_labelset(
+        TrainLabelSetConfig(
+            bundle=str(out),
+            label_set="garment",
+            steps=30,
+            width=32,
+            depth=2,
+            label_embed=8,
+            batch_size=64,
+            diag_every=30,
+            seed=SEED,
+            threads=THREADS,
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(web_bundle, tmp_path_factory):
     from tests.conftest import Server
 
-    s = Server(service_bundle, tmp_path_factory.mktemp("web-data"), "web-token")
+    s = Server(web_bundle, tmp_path_factory.mktemp("web-data"), "web-token")
     yield s
     s.stop()
 
@@ -81,6 +114,38 @@ def grid(driver, what: str = "src") -> list[str]:
     return driver.execute_script(f"return [...document.querySelectorAll('#grid img')].map(i => i.{what})")
 
 
+def same_seed_row(driver) -> list[tuple[str, set[str], np.ndarray]]:
+    """The same-seed row as a person sees it: per image its caption, the attributes its alt text says are on, and
+    its pixels (read in one script call: the page replaces the row when all of its answers are in)."""
+    figures = driver.execute_script(
+        "return [...document.querySelectorAll('#compare figure')]"
+        ".map(f => [f.querySelector('figcaption').textContent, (f.querySelector('img') || {}).alt,"
+        " (f.querySelector('img') || {}).src])"
+    )
+    out = []
+    for caption, alt, src in figures:
+        assert alt and alt.startswith("same seed: "), (caption, alt)  # an image, not an error
+        on = alt.removeprefix("same seed: ")
+        pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))))
+        out.append((caption, set() if on == "no attribute on" else set(on.split(", ")), pixels))
+    return out
+
+
+def first_caption(driver) -> str | None:
+    return driver.execute_script("return (document.querySelector('#compare figcaption') || {}).textContent")
+
+
+def assert_one_flip_each(row, flipped: list[set[str]]) -> None:
+    """The row is the base and then, per image, the base's labels with exactly the attribute(s) in ``flipped``
+    changed; no two images are the same picture."""
+    (_, base, _), *flips = row
+    assert len(flips) == len(flipped)
+    for (caption, on, _), changed in zip(flips, flipped, strict=True):
+        assert on ^ base == changed, (caption, base, on)
+    pictures = [pixels.tobytes() for _, _, pixels in row]
+    assert len(set(pictures)) == len(row), "images in the same-seed row repeat"
+
+
 def test_page_loads_and_toggling_an_attribute_fetches_a_new_image(server, browser):
     browser.get(server.url + "/")
     assert browser.title == "Latent constraints"
@@ -97,16 +162,34 @@ def test_page_loads_and_toggling_an_attribute_fetches_a_new_image(server, browse
     wait(browser, lambda d: grid(d) != before and len(grid(d)) == 8)
     alts = grid(browser, "alt")
     assert all(alt == "sandal" for alt in alts), alts  # categorical: the requested class and nothing else
-    # the comparison row: the same seed as each of the 9 other classes
-    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#compare img")) == 9)
-    captions = browser.execute_script(
-        "return [...document.querySelectorAll('#compare figcaption')].map(c => c.textContent)"
-    )
-    assert "sandal" not in captions and len(set(captions)) == 9
+    # the comparison row: the same seed as the base (a sandal) and as each of the 9 other classes
+    wait(browser, lambda d: first_caption(d) == "base: sandal")  # the page shows the row once all of it is in
+    row = same_seed_row(browser)
+    assert row[0][:2] == ("base: sandal", {"sandal"})
+    others = [caption for caption, _, _ in row[1:]]
+    assert "sandal" not in others and len(set(others)) == 9
+    assert_one_flip_each(row, [{"sandal", c} for c in others])  # each image shows its class alone
     assert not browser.find_element(By.ID, "sample-error").is_displayed()
     severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert not severe, severe  # no script error, no CSP violation, no failed request
     shot(browser, "2-sandal")
+
+
+def test_same_seed_row_flips_one_attribute_of_the_base_image(server, browser):
+    browser.get(server.url + "/")
+    wait(browser, lambda d: len(grid(d)) == 8)
+    Select(browser.find_element(By.ID, "labelset")).select_by_value("garment")
+    browser.find_element(By.ID, "s-footwear-on").click()
+    wait(browser, lambda d: d.find_element(By.ID, "grid").get_attribute("data-spec") == "footwear")
+    wait(browser, lambda d: first_caption(d) == "base: footwear")
+    row = same_seed_row(browser)
+    assert [caption for caption, _, _ in row] == ["base: footwear", "− footwear", "+ upper_body", "+ bag"]
+    # the base row with one attribute flipped: footwear off, or a second one on (never seen together: drawn anyway)
+    assert_one_flip_each(row, [{a} for a in GARMENT])
+    assert not browser.find_element(By.ID, "sample-error").is_displayed()
+    severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not severe, severe
+    shot(browser, "2c-same-seed-row")
 
 
 def query_error(driver) -> tuple[str, str, str]:
@@ -195,7 +278,7 @@ def test_upload_and_edit_round_trip(server, browser, tmp_path):
 
 def test_bad_admin_token_shows_the_error_and_the_right_one_registers(server, service_bundle, browser, tmp_path):
     browser.get(server.url + "/")
-    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sets-body tr")) == 2)
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sets-body tr")) == 3)
     art = tmp_path / "art"
     shutil.copytree(service_bundle / "labelsets" / "category", art)
     browser.find_element(By.ID, "token").send_keys("not-the-token")
@@ -215,7 +298,7 @@ def test_bad_admin_token_shows_the_error_and_the_right_one_registers(server, ser
     token.clear()
     token.send_keys("web-token")
     browser.find_element(By.ID, "reg-go").click()
-    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sets-body tr")) == 3)
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sets-body tr")) == 4)
     assert browser.find_element(By.ID, "admin-ok").text.startswith("registered classes, version ")
     assert not browser.find_element(By.ID, "admin-error").is_displayed()
     # the token is typed, never stored by the page

@@ -86,8 +86,8 @@ function modeFor(chosen) {
 // ---- samples ------------------------------------------------------------------------------------
 
 /** GET /sample for the toggles' spec, or for a query instead (the energy sampler: no mode, and the chosen label
- *  set is only where bare names are looked up first). */
-function sampleQuery({ spec, query }, n) {
+ *  set is only where bare names are looked up first). `unseen`: a spec the data never shows is drawn all the same. */
+function sampleQuery({ spec, query, unseen }, n) {
   const q = new URLSearchParams({ n: String(n), seed: $("seed").value || "0", format: "json" });
   if (query !== undefined) {
     q.set("q", query);
@@ -97,6 +97,7 @@ function sampleQuery({ spec, query }, n) {
     if ($("mode").value !== "prior") {
       q.set("labelset", $("labelset").value);
       if (spec) q.set("attrs", spec);
+      if (unseen) q.set("allow_unseen", "true");
     }
   }
   return `sample?${q}`;
@@ -145,21 +146,31 @@ async function refresh() {
   }
 }
 
-/** Same seed, one attribute changed per image: each other class of a categorical set; for a binary set,
- *  each attribute flipped from its current setting (don't care counts as off). */
-function variations(set, spec) {
-  const parts = spec.split(",").filter(Boolean);
-  if (set.kind === "categorical") {
-    const chosen = parts.find((p) => !p.startsWith("-"));
-    return set.labels.filter((a) => a !== chosen).map((a) => ({ spec: a, caption: a }));
-  }
-  return set.labels.map((a) => {
-    const on = parts.includes(a);
-    const rest = parts.filter((p) => p !== a && p !== `-${a}`);
-    return { spec: [...rest, on ? `-${a}` : a].join(","), caption: `${on ? "−" : "+"} ${a}` };
-  });
+/** A label row as a spec naming every attribute: nothing is left to draw, so the seed's z meets exactly this row. */
+function rowSpec(set, row) {
+  return set.labels.map((a) => (row[a] ? a : `-${a}`)).join(",");
 }
 
+/** The base's label row with one attribute flipped per row (categorical: each other class instead of its own). */
+function variations(set, labels) {
+  if (set.kind === "categorical") {
+    return set.labels.filter((a) => !labels[a])
+      .map((a) => ({ row: Object.fromEntries(set.labels.map((b) => [b, b === a])), caption: a }));
+  }
+  return set.labels.map((a) => ({ row: { ...labels, [a]: !labels[a] }, caption: `${labels[a] ? "−" : "+"} ${a}` }));
+}
+
+function figure(caption, draw) {
+  const fig = document.createElement("figure");
+  const text = Object.assign(document.createElement("figcaption"), { textContent: caption });
+  if (draw.error) fig.append(Object.assign(document.createElement("p"), { className: "error", textContent: draw.error }), text);
+  else fig.append(image(draw.png_base64, `same seed: ${describeLabels(draw.labels)}`), text);
+  return fig;
+}
+
+/** Same seed, one attribute changed per image. The current settings' one image gives the base label row (the seed
+ *  draws what they leave open); the base and each flip are then asked as whole rows, so the images differ in that
+ *  attribute alone. A flip the data never shows is drawn too: it is what the row says. */
 async function compare(id, spec) {
   const row = $("compare");
   const set = currentSet();
@@ -167,17 +178,20 @@ async function compare(id, spec) {
     row.replaceChildren();
     return;
   }
-  const figures = await Promise.all(variations(set, spec).slice(0, 12).map(async (v) => {
-    const fig = document.createElement("figure");
-    const caption = Object.assign(document.createElement("figcaption"), { textContent: v.caption });
+  const draw = async (what) => {
     try {
-      const body = await api(sampleQuery(v.spec, 1));
-      fig.append(image(body.images[0].png_base64, `same seed, ${v.caption}: ${describeLabels(body.images[0].labels)}`), caption);
+      return (await api(sampleQuery(what, 1))).images[0];
     } catch (e) {
-      fig.append(Object.assign(document.createElement("p"), { className: "error", textContent: e.message }), caption);
+      return { error: e.message };
     }
-    return fig;
-  }));
+  };
+  const first = await draw({ spec });
+  let figures = [figure("base", first)];
+  if (!first.error) {
+    const rows = [{ row: first.labels, caption: `base: ${describeLabels(first.labels)}` }, ...variations(set, first.labels).slice(0, 12)];
+    const draws = await Promise.all(rows.map((v) => draw({ spec: rowSpec(set, v.row), unseen: true })));
+    figures = rows.map((v, i) => figure(v.caption, draws[i]));
+  }
   if (id === sampleRequest) row.replaceChildren(...figures);
 }
 
