@@ -6,7 +6,7 @@ its own examples, ``POST /labelsets/NAME/jobs`` with method=classifier, and the 
 The bar (issue 18): registered and serving within 30 s of the job's start on 2 CPU cores, for avatars
 ``hair_colour`` and Fashion-MNIST ``footwear``. Each repeat uploads the label set's columns of every training and
 validation row of the bundle's latent table (ids = row numbers, or the dataset's file names where latents.json
-lists them: what service.jobs.build_table looks up) under a new name, then polls every 0.1 s: GET /jobs/ID until
+lists them: what service.job_worker.build_table looks up) under a new name, then polls every 0.1 s: GET /jobs/ID until
 it succeeds, and GET /sample?labelset=NAME&attrs=FIRST&n=1 until it answers 200 with the job's version. Both
 clocks start before the POST is sent, so the upload is counted. Also recorded: the job's own CPU seconds and
 training time (its manifest's metrics) and the held-out balanced accuracy. Needs each bundle's latents

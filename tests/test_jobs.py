@@ -1,4 +1,4 @@
-"""The job manager's lifecycle without training anything: workers are stand-ins for ``python -m service.jobs``."""
+"""The job manager's lifecycle without training anything: workers are stand-ins for ``python -m service.job_worker``."""
 
 from service import jobs
 from service.jobs import JobManager, read_status

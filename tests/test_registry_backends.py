@@ -211,7 +211,7 @@ def test_store_errors_are_unavailable_never_an_empty_registry():
     drop them all and a sweep would delete every version."""
     from botocore.stub import Stubber
 
-    from service.registry_s3 import S3Registry
+    from service.registry import S3Registry
 
     reg = S3Registry("s3://bucket/p", "/tmp/lcs-stub", endpoint="http://127.0.0.1:9")
     with Stubber(reg.s3) as stub:

@@ -32,16 +32,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from service.domain import Kind
-from service.registry import (
-    FILES,
-    NAME_RE,
-    RegistryBase,
-    RegistryError,
-    _last_touched,
-    _unknown_labelset,
-    check_name,
-    content_id,
-)
+from service.registry.admission import FILES, NAME_RE, RegistryError, check_name, content_id
+from service.registry.base import RegistryBase, last_touched, unknown_labelset
 
 log = logging.getLogger("lcs.registry")
 TOMBSTONE = {"version": None, "history": []}
@@ -236,7 +228,7 @@ class S3Registry(RegistryBase):
 
         def tombstone(cur: dict | None) -> dict:
             if cur is None:
-                raise _unknown_labelset(name, self.names())
+                raise unknown_labelset(name, self.names())
             return dict(TOMBSTONE)
 
         self._update(name, tombstone)
@@ -252,7 +244,7 @@ class S3Registry(RegistryBase):
         versions no pointer names."""
         now, n = time.time(), 0
         for p in self.staging.iterdir():
-            if now - _last_touched(p) > self.stale_s:
+            if now - last_touched(p) > self.stale_s:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
                 n += 1
         n += self._sweep_store(now)
@@ -260,10 +252,10 @@ class S3Registry(RegistryBase):
         for d in self.cache.glob("*/*") if self.cache.is_dir() else []:
             if d.parent.name.startswith(".") or (d.parent.name, d.name) in named:
                 continue
-            if now - _last_touched(d) > self.stale_s:  # a version downloaded just now may be about to be named
+            if now - last_touched(d) > self.stale_s:  # a version downloaded just now may be about to be named
                 shutil.rmtree(d, ignore_errors=True)
         for d in self.cache.glob(".download-*") if self.cache.is_dir() else []:
-            if now - _last_touched(d) > self.stale_s:
+            if now - last_touched(d) > self.stale_s:
                 shutil.rmtree(d, ignore_errors=True)
         return n
 
