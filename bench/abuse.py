@@ -6,9 +6,11 @@ server's memory stays bounded (peak RSS <= 2x its steady state) and a small requ
 The probes are issue 17's findings, each once fixed: a 116 KB PNG of 6300 x 6300 (8 at once) to /transform, a zip
 of one 256 MB member, malformed safetensors headers, a name ending in a newline, a 200 MB admin body without a
 token, a 100 KB query, overload by 64 wrk connections of n=16 (a 429 must come within REFUSE_S, an n=1 client must
-be served), and clients that leave while queued. Needs wrk (apt-get install -y wrk). The
-server's RSS is sampled every 20 ms from /proc during each probe. Prints a table, writes NAME.json and NAME.md;
-exits 1 when any probe misses.
+be served), and clients that leave while queued. The server's RSS is sampled every 20 ms from /proc during each
+probe. Then the soak (issue 28), on a fresh server: 16 wrk connections of mixed load (3 in 4 requests n=1 with an
+attribute, 1 in 4 n=16) for --soak-warmup s, after which RSS must grow by at most SOAK_BAR over --soak-window s;
+the server's MALLOC_ARENA_MAX (which `lcs serve` sets) is reported. --parts picks probes, soak or both. Needs wrk
+(apt-get install -y wrk). Prints a table, writes NAME.json and NAME.md; exits 1 when any probe misses.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import io
 import json
+import math
 import os
 import shutil
 import socket
@@ -36,6 +39,18 @@ from service.config import DEFAULT_BUNDLE
 
 TOKEN = "abuse-token"
 REFUSE_S = 0.5  # a 429 is worth having only when it comes at once
+SOAK_WARMUP_S, SOAK_WINDOW_S, SOAK_CONNECTIONS = 30.0, 120.0, 16
+# RSS at the end of the soak's window over its start. Issue 28 measured 1.06 (549 -> 582 MB) with MALLOC_ARENA_MAX=2
+# and 1.30 (611 -> 793 MB, still growing) with glibc's default arenas
+SOAK_BAR = 1.1
+# wrk's request(): the soak's paths in turn (the paths table is written above it)
+MIXED = """
+local i = 0
+request = function()
+  i = i % #paths + 1
+  return wrk.format("GET", paths[i])
+end
+"""
 
 
 def rss_mb(pid: int) -> float:
@@ -64,6 +79,12 @@ class Peak:
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
+
+
+def environ(pid: int) -> dict[str, str]:
+    """The environment a process started with (/proc)."""
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    return dict(kv.split("=", 1) for kv in pairs if "=" in kv)
 
 
 def png(arr: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -226,11 +247,15 @@ def start(bundle: Path, threads: int) -> tuple[subprocess.Popen, str, Path]:
     raise SystemExit(f"the server did not start: {(data / 'serve.log').read_text()[-2000:]}")
 
 
+def first_attr(url: str) -> str:
+    names = [a for s in httpx.get(url + "/labelsets").json()["labelsets"] for a in s["labels"]]
+    return names[0] if names else ""
+
+
 def run(bundle: Path, threads: int, scale: float) -> dict:
     proc, url, data = start(bundle, threads)
     try:
-        names = [a for s in httpx.get(url + "/labelsets").json()["labelsets"] for a in s["labels"]]
-        attr = names[0] if names else ""
+        attr = first_attr(url)
         with httpx.Client(base_url=url, timeout=60) as h:  # steady state: every route warmed up once
             for i in range(20):
                 h.get("/sample", params={"n": 1 + i % 16, "seed": i})
@@ -268,14 +293,59 @@ def run(bundle: Path, threads: int, scale: float) -> dict:
         proc.wait(30)
 
 
+def soak(bundle: Path, threads: int, warmup_s: float, window_s: float, connections: int = SOAK_CONNECTIONS) -> dict:
+    """A fresh server's RSS under sustained mixed load from wrk (batch sizes varying across the server's threads are
+    what fragment glibc's per-thread malloc arenas): read after ``warmup_s``, then at each quarter of ``window_s``;
+    growth is the last reading over the first."""
+    from bench.serve import WRK_DONE, WRK_TIMEOUT, need_wrk
+
+    proc, url, _ = start(bundle, threads)
+    try:
+        paths = [f"/sample?attrs={first_attr(url)}"] * 3 + ["/sample?n=16"]
+        with httpx.Client(base_url=url, timeout=60) as h:  # a load of error answers would say nothing
+            for path in paths[-2:]:
+                if (r := h.get(path)).status_code != 200:
+                    raise RuntimeError(f"{path} answered {r.status_code}: {r.text[:300]}")
+        with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+            script.write(f"paths = {{{', '.join(json.dumps(p) for p in paths)}}}\n{MIXED}{WRK_DONE}")
+            script.flush()
+            seconds = math.ceil(warmup_s + window_s) + 1  # wrk still runs at the last reading
+            cmd = [need_wrk(), "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={WRK_TIMEOUT}"]
+            flood = subprocess.Popen([*cmd, "-s", script.name, url], stdout=subprocess.PIPE, text=True)
+            t0, rss = time.monotonic(), []
+            for at in (warmup_s + window_s * q / 4 for q in range(5)):
+                time.sleep(max(0.0, t0 + at - time.monotonic()))
+                rss.append(round(rss_mb(proc.pid), 1))
+            out = flood.communicate()[0]
+        w = json.loads(next(s for s in out.splitlines() if s.startswith("WRK_JSON ")).removeprefix("WRK_JSON "))
+        growth = round(rss[-1] / rss[0], 3)
+        return {
+            "malloc_arena_max": environ(proc.pid).get("MALLOC_ARENA_MAX"),
+            "warmup_s": warmup_s,
+            "window_s": window_s,
+            "connections": connections,
+            "rss_mb": rss,
+            "growth": growth,
+            "requests": w["requests"],
+            "errors_status": w["status_errors"],
+            "errors_socket": w["socket_errors"],
+            "ok": growth <= SOAK_BAR and proc.poll() is None,
+        }
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def table(res: dict) -> str:
-    lines = [
-        f"steady RSS {res['steady_rss_mb']} MB; unhandled errors in the server log: {res['unhandled_errors']}",
-        "",
-        "| probe | expected | got | count | peak RSS MB (x steady) | s | notes | ok |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in res["probes"]:
+    lines = []
+    if "probes" in res:
+        lines += [
+            f"steady RSS {res['steady_rss_mb']} MB; unhandled errors in the server log: {res['unhandled_errors']}",
+            "",
+            "| probe | expected | got | count | peak RSS MB (x steady) | s | notes | ok |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+    for r in res.get("probes", []):
         notes = ", ".join(f"{k} {v}" for k, v in r.items() if k not in TABLE_KEYS and k != "n1_statuses")
         if "n1_statuses" in r:
             notes += f", n=1 client: {r['n1_statuses'].count(200)}/{len(r['n1_statuses'])} x 200"
@@ -284,7 +354,15 @@ def table(res: dict) -> str:
             f"| {r['probe']} | {r['expected']} | {r['statuses']} | {r['count']} | "
             f"{r['peak_rss_mb']} ({r['peak_over_steady']}) | {r['seconds']} | {notes.strip(', ')} | {ok} |"
         )
-    return "\n".join(lines)
+    if s := res.get("soak"):
+        lines += [
+            "",
+            f"soak: {s['connections']} wrk connections, 3 in 4 n=1 with an attribute, 1 in 4 n=16; RSS MB after "
+            f"{s['warmup_s']} s, then each quarter of {s['window_s']} s: {s['rss_mb']}; growth {s['growth']} "
+            f"(bar {SOAK_BAR}); {s['requests']} requests, {s['errors_status']} >= 400, {s['errors_socket']} socket "
+            f"errors; MALLOC_ARENA_MAX={s['malloc_arena_max']}: {'ok' if s['ok'] else '**no**'}",
+        ]
+    return "\n".join(lines).strip()
 
 
 TABLE_KEYS = {"probe", "expected", "statuses", "count", "peak_rss_mb", "peak_over_steady", "seconds", "ok"}
@@ -295,10 +373,17 @@ def main() -> None:
     p.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--scale", type=float, default=1.0, help="multiplies the overload probes' clients and seconds")
+    p.add_argument("--parts", default="probes,soak", help="which parts to run (comma-separated)")
+    p.add_argument("--soak-warmup", type=float, default=SOAK_WARMUP_S, help="seconds of load before the first reading")
+    p.add_argument("--soak-window", type=float, default=SOAK_WINDOW_S, help="seconds over which RSS may grow")
     p.add_argument("--out", default="")
     p.add_argument("--name", default="abuse")
     a = p.parse_args()
-    res = run(Path(a.bundle), a.threads, a.scale)
+    parts = set(a.parts.split(","))
+    res = run(Path(a.bundle), a.threads, a.scale) if "probes" in parts else {"ok": True}
+    if "soak" in parts:
+        res["soak"] = soak(Path(a.bundle), a.threads, a.soak_warmup, a.soak_window)
+        res["ok"] = res["ok"] and res["soak"]["ok"]
     text = table(res)
     print(text)
     if a.out:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
 
 from cli.flags import build, call, config_flags, env_defaults, function_flags
 
 DEVICE_HELP = {
     "device": "auto (CUDA if present, else CPU) | cpu | cuda",
-    "threads": "CPU threads (0 = PyTorch default)",
+    "threads": "CPU threads (0 = every core for offline jobs; PyTorch's default for the server)",
+    "precision": "auto (bf16 on CUDA and on CPUs with bf16 units, else fp32) | bf16 | fp32",
 }
 
 
@@ -69,7 +72,7 @@ def cmd_encode(a: argparse.Namespace) -> None:
     from training.encode import encode_dataset
 
     data = load_dataset(a.dataset, **parse_data_args(a.data_arg)) if a.dataset else None
-    encode_dataset(a.bundle, data=data, device=a.device, command=command())
+    encode_dataset(a.bundle, data=data, device=a.device, command=command(), precision=a.precision)
 
 
 def cmd_train_judge(a: argparse.Namespace) -> None:
@@ -167,6 +170,7 @@ def add_jobs(sub) -> None:
     p.add_argument("--bundle", required=True, help="directory holding vae.safetensors/json")
     add_dataset_args(p, required=False)
     p.add_argument("--device", default="auto", help=DEVICE_HELP["device"])
+    p.add_argument("--precision", default="auto", help=DEVICE_HELP["precision"])
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("train-judge", help="train the image-space evaluation classifier")
@@ -304,6 +308,7 @@ def add_serve(sub) -> None:
             "max_queue_wait_s": "estimated queue wait in seconds before /sample gets 429",
             "request_timeout_s": "per-request deadline in seconds (504 after)",
             "max_n": "images per /sample request",
+            "candidates": "actor mode: latent candidates per image (or edit) the critics select among (1: off)",
             "max_image_bytes": "largest /transform upload",
             "max_decodes": "uploaded images decoded at once",
             "max_artifact_bytes": "largest label-set upload",
@@ -331,7 +336,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def limit_malloc_arenas() -> None:
+    """Re-run this command with MALLOC_ARENA_MAX (default: service.config's) when the environment lacks it: glibc
+    reads it only as a process starts, and a server's threads otherwise fragment many arenas (RSS creeps for good)."""
+    from service.config import MALLOC_ARENA_MAX
+
+    if "MALLOC_ARENA_MAX" in os.environ or platform.libc_ver()[0] != "glibc":
+        return
+    env = {**os.environ, "MALLOC_ARENA_MAX": str(MALLOC_ARENA_MAX)}
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)  # same PID, before torch is loaded
+
+
 def main(argv: list[str] | None = None) -> None:
+    if argv is None and sys.argv[1:2] == ["serve"]:  # as a command only: an in-process caller keeps its process
+        limit_malloc_arenas()
     from conditioning.runtime import setup_logging
 
     setup_logging()

@@ -4,19 +4,28 @@ composed query's target (``edit_query``), reached by the energy sampler."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
 from conditioning import energy
 from conditioning.labelset import LabelSetVersion
-from conditioning.modes import OptimizeConfig, optimize_latents, pad
+from conditioning.modes import OptimizeConfig, optimize_latents, pad, select
 from conditioning.specs import nearest_rows
 from models.latent_objective import attr_predict
 
 EditMode = Literal["actor", "optimize", "energy"]
 EDIT_OPTIMIZE = OptimizeConfig(dist_weight=1.0)  # optimisation edits keep z near the image's own latent
 EDIT_ENERGY = energy.EnergyConfig(space="latent", candidates=1, dist_weight=1.0)  # and so do energy edits
+
+
+class Edit(NamedTuple):
+    """An edit's latents, the target label rows used, and per row whether it converged (the actor with candidates:
+    one met optimisation's stop rule; optimisation: its stop rule; else true)."""
+
+    z: torch.Tensor
+    target: torch.Tensor
+    converged: torch.Tensor
 
 
 @torch.no_grad()
@@ -34,12 +43,14 @@ def edit(
     allow_unseen: bool = False,
     cfg: OptimizeConfig = EDIT_OPTIMIZE,
     realism: LabelSetVersion | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    candidates: int = 1,
+) -> Edit:
     """D_attr reads each latent's current labels, the target is the nearest label-table row honouring
     the spec (see ``specs.nearest_rows``), and the latent moves to it by the actor, or by optimisation on the
     spec's attributes from the actor's edit with a distance term to z0, or by the energy sampler from z0 with the
-    ``realism`` label set's critic (the only mode of a classifier label set). Returns (edited latents, the target
-    label rows used)."""
+    ``realism`` label set's critic (the only mode of a classifier label set). With ``candidates`` K > 1 the actor
+    edits K starts per row, z0 and K − 1 draws around it at σ̄_z (seeded by z0: ``energy.candidates``), and keeps
+    the accepted edit nearest z0 (``modes.select``)."""
     if ls.m.attr is None:
         raise ValueError("an edit needs a label set with attributes")
     n = len(z0)
@@ -48,16 +59,34 @@ def edit(
     # of the image, which can be wrong: it should not force them); the distance term and the critic keep the rest.
     mask = torch.zeros(target.shape, dtype=torch.bool)
     mask[:, [ls.attr_names.index(a) for a in spec]] = True
+    if mode == "actor" and ls.m.actor is not None and candidates > 1:
+        z, ok = actor_around(ls, z0, target, mask, candidates)
+        return Edit(z, target, ok)
     if mode == "actor" and ls.m.actor is not None:
-        return ls.m.actor(pad(z0), pad(target))[:n], target
+        return Edit(ls.m.actor(pad(z0), pad(target))[:n], target, torch.ones(n, dtype=torch.bool))
     if mode == "optimize" and ls.m.actor is not None:
-        z, _ = optimize_latents(ls.m, pad(z0), pad(target), pad(mask), cfg, ls.sigma_bar)
-        return z[:n], target
+        z, info = optimize_latents(ls.m, pad(z0), pad(target), pad(mask), cfg, ls.sigma_bar)
+        return Edit(z[:n], target, info["converged"][:n])
     if mode == "energy" and realism is not None:
         plan = energy.Plan(realism, energy.Rows(ls), ls.name)
-        z, _, _ = energy.sample(plan, pad(z0), pad(target), pad(mask), EDIT_ENERGY, anchor=pad(z0), live=n)
-        return z[:n], target
+        z, ok, _ = energy.sample(plan, pad(z0), pad(target), pad(mask), EDIT_ENERGY, anchor=pad(z0), live=n)
+        return Edit(z[:n], target, ok[:n])
     raise ValueError(f"edit mode {mode!r} is not available for label set {ls.name!r} (or no realism label set)")
+
+
+def actor_around(
+    ls: LabelSetVersion, z0: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, candidates: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The actor's edit of z0 and of ``candidates`` − 1 draws z0 + σ̄_z · ε (ε seeded by z0, so a row's result does
+    not depend on its batch: the posterior's spread, where any start is as much this image), keeping the accepted
+    edit of least σ̄-weighted distance to z0 (optimisation edits' distance term). Returns (latents, converged)."""
+    n, d = z0.shape
+    starts = z0[:, None] + ls.sigma_bar * energy.candidates(z0, candidates)
+    starts[:, 0] = z0
+    out = ls.m.actor(pad(starts.reshape(n * candidates, d)), pad(target.repeat_interleave(candidates, 0)))
+    out = out[: n * candidates].reshape(n, candidates, d)
+    dist = (torch.log1p((out - z0[:, None]).pow(2)) / ls.sigma_bar.pow(2)).mean(2)
+    return select(ls.m, out, target, mask, cost=dist)
 
 
 def edit_query(plan: energy.Plan, z0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,7 +3,9 @@
 Each mode turns (label set version, prior draws z, requested labels y, mask of the attributes the
 request named) into latents for the decoder:
 - ``prior``: z itself (the unconditional VAE);
-- ``actor``: G(z, y), one forward pass (amortised);
+- ``actor``: G(z, y), one forward pass (amortised); with ``candidates`` K > 1, G on K prior draws per row (the
+  row's own z first, the rest seeded by it), keeping the first that passes optimisation's stop rule (``assess``),
+  else the one nearest to passing; such a row is reported unconverged (``select``);
 - ``energy``: the energy sampler (``conditioning.energy``) through the realism mapper G(z_p), on a plan: a composed
   query over any label sets' classifiers, or the request's own rows of one label set (classifier label sets
   serve only this mode);
@@ -60,18 +62,25 @@ class OptimizeConfig:
     warm_start: bool = True  # start from the actor's G(z, y) instead of z itself
 
 
-def attributes_met(
-    m: LatentMappers, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, confidence: float = 0.5
-) -> torch.Tensor:
-    """D_attr gives each specified attribute's asked value at least ``confidence`` (categorical: the asked class)."""
+def assess(
+    m: LatentMappers, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, cfg: OptimizeConfig = OptimizeConfig()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(accepted, closeness) per row, from one critic and one D_attr forward. Accepted is what every mode calls
+    converged: D(z, y) > cfg.threshold and D_attr gives each specified attribute's asked value (categorical: the
+    asked class) at least cfg.attr_confidence; closeness, how near a row is to that: log D(z, y) + the specified
+    attributes' log-probabilities."""
+    d = m.critic(z, y if y.shape[1] else None)
+    ok, near = torch.sigmoid(d) > cfg.threshold, F.logsigmoid(d)
     if m.attr is None:
-        return torch.ones(len(z), dtype=torch.bool)
+        return ok, near
     logits = m.attr(z)
     if m.cfg.kind == "categorical":
-        p = torch.softmax(logits, 1)
-        return (p.gather(1, y.argmax(1, keepdim=True)).squeeze(1) >= confidence) | ~mask.any(1)
+        named, asked = mask.any(1), y.argmax(1, keepdim=True)
+        met = (torch.softmax(logits, 1).gather(1, asked).squeeze(1) >= cfg.attr_confidence) | ~named
+        return ok & met, near + torch.log_softmax(logits, 1).gather(1, asked).squeeze(1) * named
     p = torch.sigmoid(logits)
-    return ((torch.where(y > 0, p, 1 - p) >= confidence) | ~mask).all(1)
+    met = ((torch.where(y > 0, p, 1 - p) >= cfg.attr_confidence) | ~mask).all(1)
+    return ok & met, near + (torch.where(y > 0, F.logsigmoid(logits), F.logsigmoid(-logits)) * mask).sum(1)
 
 
 def optimize_latents(
@@ -102,10 +111,7 @@ def optimize_latents(
     with torch.enable_grad():
         for step in range(cfg.steps):
             with torch.no_grad():
-                ok = (torch.sigmoid(m.critic(z, yy)) > cfg.threshold) & attributes_met(
-                    m, z, y, mask, cfg.attr_confidence
-                )
-                ok &= step >= cfg.min_steps
+                ok = assess(m, z, y, mask, cfg)[0] & (step >= cfg.min_steps)
                 newly = ok & ~done
                 frozen[newly] = z[newly]
                 steps_taken[newly] = step
@@ -138,7 +144,8 @@ def _labels(ls: LabelSetVersion, y: torch.Tensor) -> torch.Tensor | None:
 
 class Latents(NamedTuple):
     """What a mode returns: the latents to decode, and per row whether it converged (optimisation met its stop
-    rule within its steps; always true for the one-pass modes). The server reports the count; ``lcs eval`` too."""
+    rule within its steps; the actor with candidates: one of them met it; else true). The server reports the count;
+    ``lcs eval`` too."""
 
     z: torch.Tensor
     converged: torch.Tensor  # n bool
@@ -153,6 +160,32 @@ def prior(ls: LabelSetVersion | None, z: torch.Tensor, y: torch.Tensor, mask: to
 def actor(ls: LabelSetVersion, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """G(z, y); the mask is ignored: unspecified attributes were already drawn into y by the spec."""
     return ls.m.actor(pad(z), _labels(ls, y))[: len(z)]
+
+
+@torch.no_grad()
+def select(
+    m: LatentMappers, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, cost: torch.Tensor | None = None
+) -> Latents:
+    """Per row, one of its k candidate latents (z: n x k x d; y, mask: the row's): the accepted one (``assess``) of
+    lowest ``cost`` (n x k; default the first: rejection sampling, which keeps the actor's own distribution over the
+    accepted ones), else the one nearest to acceptance, reported unconverged."""
+    n, k, d = z.shape
+    flat, yk, mk = pad(z.reshape(n * k, d)), pad(y.repeat_interleave(k, 0)), pad(mask.repeat_interleave(k, 0))
+    ok, near = (t[: n * k].reshape(n, k) for t in assess(m, flat, yk, mk))
+    cost = torch.arange(k, dtype=torch.float).expand(n, k) if cost is None else cost
+    pick = torch.where(ok.any(1), cost.masked_fill(~ok, torch.inf).argmin(1), near.argmax(1))
+    return Latents(z[torch.arange(n), pick], ok.any(1))
+
+
+@torch.no_grad()
+def actor_best(ls: LabelSetVersion, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, candidates: int) -> Latents:
+    """G(z_p, y) on ``candidates`` prior draws z_p per row, then ``select``. The draws are the row's own z and
+    draws seeded by it (``energy.candidates``), so a row's result does not depend on what it is batched with. Why:
+    the actor costs microseconds a row against a millisecond's decode, and D_attr and the critic read its misses."""
+    n, d = z.shape
+    cand = energy.candidates(z, candidates).reshape(n * candidates, d)
+    out = actor(ls, cand, y.repeat_interleave(candidates, 0), mask)
+    return select(ls.m, out.reshape(n, candidates, d), y, mask)
 
 
 def optimize(
@@ -183,9 +216,13 @@ def latents(
     y: torch.Tensor,
     mask: torch.Tensor,
     plan: energy.Plan | None = None,
+    candidates: int = 1,
 ) -> Latents:
     """The latents a request in ``mode`` decodes: z (n x d prior draws), y (n x K labels), mask (n x K bool);
-    ``plan``: what energy mode samples (``energy.Plan``)."""
+    ``plan``: what energy mode samples (``energy.Plan``); ``candidates``: prior draws per row the actor selects
+    among (``actor_best``; 1: G(z, y) itself, always reported converged)."""
+    if mode == "actor" and candidates > 1:
+        return actor_best(ls, z, y, mask, candidates)
     if mode == "optimize":
         return optimize(ls, z, y, mask)
     if mode == "energy":

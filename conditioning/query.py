@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from conditioning.celeba import celeba_hint
 from conditioning.specs import SpecError
 
 MAX_QUERY_CHARS = 2000
@@ -250,7 +251,8 @@ def _ref(term: Term, catalog: dict[str, list[str]], rules: dict[str, list[str]],
     if not found:
         valid = list(catalog[term.labelset]) if term.labelset else {k: list(v) for k, v in catalog.items()}
         listing = ", ".join(valid) if term.labelset else "; ".join(f"{k}: {', '.join(v)}" for k, v in valid.items())
-        message = f"unknown attribute '{to_text(term)}' {at}; valid: {listing}"
+        served = (a for names in catalog.values() for a in names)  # a qualified name may be served elsewhere
+        message = f"unknown attribute '{to_text(term)}' {at}; valid: {listing}" + celeba_hint([term.name], served)
         raise SpecError("unknown_attributes", message, {"position": pos, "unknown": [term.name], "valid": valid})
     if len(found) > 1:
         owners = _listed([ls for ls, _ in found], "and")

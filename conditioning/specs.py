@@ -15,6 +15,7 @@ import re
 
 import torch
 
+from conditioning.celeba import celeba_hint
 from models.latent import LabelKind
 from models.latent_table import nearest_allowed
 
@@ -52,10 +53,16 @@ def split_spec(text: str | list[str] | None) -> list[tuple[str, int]]:
 
 def parse_spec(text: str | list[str] | None, attr_names: list[str]) -> dict[str, int]:
     """``"smiling,-eyeglasses"`` -> {"Smiling": 1, "Eyeglasses": 0} (canonical attribute names)."""
+    return canonical_spec(split_spec(text), attr_names)
+
+
+def canonical_spec(items: list[tuple[str, int]], attr_names: list[str]) -> dict[str, int]:
+    """``split_spec``'s items -> {canonical attribute name: 0/1}, for a caller that split the text already (the server
+    splits once per request: the names pick the label set, then its spec is built from the same items)."""
     lookup = {a.lower(): a for a in attr_names}
     spec: dict[str, int] = {}
     unknown = []
-    for key, value in split_spec(text):
+    for key, value in items:
         name = lookup.get(key)
         if name is None:
             unknown.append(key)
@@ -68,7 +75,7 @@ def parse_spec(text: str | list[str] | None, attr_names: list[str]) -> dict[str,
     if unknown:
         raise SpecError(
             "unknown_attributes",
-            f"unknown attribute(s) {', '.join(unknown)}; valid: {', '.join(attr_names)}",
+            f"unknown attribute(s) {', '.join(unknown)}; valid: {', '.join(attr_names)}" + celeba_hint(unknown),
             {"unknown": unknown, "valid": list(attr_names)},
         )
     return spec

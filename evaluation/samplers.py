@@ -71,13 +71,15 @@ def load_labelset(bundle: Path, name: str, artifact: str | Path = "") -> LabelSe
 
 class ModeSampler(LatentSampler):
     """A conditioning mode of ``conditioning.modes`` on a label set, exactly as the server runs it: z drawn
-    first from the generator; the mask says which attributes the request names (default all)."""
+    first from the generator; the mask says which attributes the request names (default all); ``candidates``: the
+    server's setting of that name (actor mode: prior draws per row to select among)."""
 
     name, conditional, mode = "mode", True, "actor"
     chunk = 1024  # rows per call (optimisation holds a graph per row)
 
-    def __init__(self, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = ""):
+    def __init__(self, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = "", candidates: int = 1):
         super().__init__(vae)
+        self.candidates = candidates
         self.ls = load_labelset(bundle, label_set, artifact)
         if self.ls.m.actor is None and self.mode != "energy":
             raise ValueError(f"{label_set!r} is a classifier label set: score it with --sampler energy")
@@ -88,7 +90,7 @@ class ModeSampler(LatentSampler):
         z = torch.randn(len(labels), self.ls.m.cfg.latent_dim, generator=generator)
         mask = torch.ones(labels.shape, dtype=torch.bool) if mask is None else mask
         parts = [slice(s, s + self.chunk) for s in range(0, len(labels), self.chunk)]
-        out = [modes.latents(self.mode, self.ls, z[p], labels[p], mask[p], self.plan) for p in parts]
+        out = [modes.latents(self.mode, self.ls, z[p], labels[p], mask[p], self.plan, self.candidates) for p in parts]
         for o in out:
             self.converged += o.converged.tolist()
         return torch.cat([o.z for o in out]) if out else z
@@ -117,8 +119,8 @@ class RealismSampler(ModeSampler):
 
     name, conditional, mode = "realism", False, "actor"
 
-    def __init__(self, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = ""):
-        super().__init__(bundle, "realism", vae, artifact)
+    def __init__(self, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = "", candidates: int = 1):
+        super().__init__(bundle, "realism", vae, artifact, candidates)
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator, mask: Mask = None) -> torch.Tensor:
         return super().sample(torch.zeros(len(labels), 0), generator)

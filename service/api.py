@@ -15,14 +15,22 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from conditioning import edits, energy, modes, query
+from conditioning import edits, modes, query
 from conditioning.images import grid, png_bytes, to_uint8
 from conditioning.labelset import LabelSetVersion
-from conditioning.specs import SpecError, parse_spec, split_spec
-from models.latent_table import REALISM
+from conditioning.specs import SpecError
 from service.batcher import SampleWork
 from service.errors import ApiError, documented, envelope
-from service.registry import check_name
+from service.request_meaning import (
+    Attrs,
+    default_mode,
+    energy_plan,
+    pick_labelset,
+    query_plan,
+    served_realism,
+    spec_error,
+    spec_for,
+)
 from service.uploads import decode_image
 
 router = APIRouter()
@@ -43,101 +51,6 @@ def state(request: Request):
             headers={"Retry-After": "1"},
         )
     return st
-
-
-def pick_labelset(st, labelset: str | None, attrs: str | None) -> LabelSetVersion:
-    """The named label set; else the one whose attributes include every requested name; else realism."""
-    sets = st.live.sets
-    if labelset is not None:
-        ls = sets.get(check_name(labelset))
-        if ls is None:
-            raise ApiError(404, "unknown_labelset", f"no label set named {labelset!r}", {"available": sorted(sets)})
-        return ls
-    try:
-        names = {name for name, _ in split_spec(attrs)}
-    except SpecError as e:
-        raise ApiError(422, e.code, str(e), e.details) from None
-    if not names:
-        if REALISM not in sets:
-            raise ApiError(
-                404,
-                "unknown_labelset",
-                "no attributes were asked for and no 'realism' label set is registered",
-                {"available": sorted(sets)},
-            )
-        return sets[REALISM]
-    found = [ls for ls in sets.values() if names <= {a.lower() for a in ls.attr_names}]
-    if len(found) == 1:
-        return found[0]
-    if found:
-        raise ApiError(
-            422,
-            "ambiguous_labelset",
-            f"label sets {', '.join(sorted(ls.name for ls in found))} all have these attributes; pass labelset=",
-            {"candidates": sorted(ls.name for ls in found)},
-        )
-    valid = {ls.name: ls.attr_names for ls in sets.values() if ls.attr_names}
-    known = {a.lower() for v in valid.values() for a in v}
-    raise ApiError(
-        422,
-        "unknown_attributes",
-        f"no label set has all of {', '.join(sorted(names))}"
-        + (f" (unknown: {', '.join(sorted(names - known))})" if names - known else ""),
-        {"unknown": sorted(names - known), "valid": valid},
-    )
-
-
-def spec_error(e: SpecError, ls: LabelSetVersion, **extra) -> ApiError:
-    """A request spec the label set cannot satisfy: 422 with the spec's code, naming the label set."""
-    return ApiError(422, e.code, str(e), {**e.details, "labelset": ls.name, **extra})
-
-
-def spec_for(ls: LabelSetVersion, attrs: str | None) -> dict[str, int]:
-    try:
-        return parse_spec(attrs, ls.attr_names)
-    except SpecError as e:
-        raise spec_error(e, ls, valid=ls.attr_names) from None
-
-
-def default_mode(ls: LabelSetVersion | None, mode: str | None) -> str:
-    """``actor`` unless the label set is a classifier (only the energy sampler serves it)."""
-    if ls is not None and ls.m.cfg.method == "classifier":
-        if mode not in (None, "energy"):
-            raise ApiError(
-                422,
-                "mode_unavailable",
-                f"label set {ls.name!r} is a classifier label set: it has no actor or critic; use mode=energy",
-                {"labelset": ls.name, "modes": ["energy"]},
-            )
-        return "energy"
-    return mode or "actor"
-
-
-def query_plan(st, q: str, labelset: str | None, mode: str | None) -> energy.Plan:
-    """A ``q=`` request's plan; 422 with the position for syntax errors and unknown or ambiguous names."""
-    if mode not in (None, "energy"):
-        raise ApiError(
-            422, "mode_unavailable", "a query (q=) is answered by the energy sampler: drop mode or use mode=energy"
-        )
-    if labelset is not None and check_name(labelset) not in st.live.sets:
-        raise ApiError(404, "unknown_labelset", f"no label set named {labelset!r}", {"available": sorted(st.live.sets)})
-    try:
-        return energy.plan_query(q, st.live.sets, labelset)
-    except SpecError as e:
-        raise ApiError(422, e.code, str(e), e.details) from None
-
-
-def served_realism(st) -> LabelSetVersion:
-    """The realism mapper every energy request moves through; 422 when none (or a wrong one) is served."""
-    try:
-        return energy.realism_of(st.live.sets)
-    except SpecError as e:
-        raise ApiError(422, e.code, str(e), e.details) from None
-
-
-def energy_plan(st, ls: LabelSetVersion) -> energy.Plan:
-    """mode=energy with ``attrs=``: the request's own label rows as the formula."""
-    return energy.Plan(served_realism(st), energy.Rows(ls), ls.name)
 
 
 def headers(st, ls: LabelSetVersion | None, mode: str, **extra) -> dict[str, str]:
@@ -204,22 +117,22 @@ async def sample(
         raise ApiError(
             422, "query_and_attrs", "send either q= (a query) or attrs= (its shorthand for an AND), not both"
         )
-    plan = None
+    plan, asked = None, Attrs(attrs)
     if q is not None:
         ls, plan, mode = None, query_plan(st, q, labelset, mode), "energy"
     else:
-        ls = None if mode == "prior" else pick_labelset(st, labelset, attrs)
+        ls = None if mode == "prior" else pick_labelset(st, labelset, asked)
         mode = default_mode(ls, mode)
         if mode == "energy":
             plan = energy_plan(st, ls)
     seed = secrets.randbits(63) if seed is None else seed
-    spec = spec_for(ls, attrs) if ls is not None else {}
+    spec = spec_for(ls, asked) if ls is not None else {}
     try:
         z, y, mask = modes.draw(ls, spec, n, st.backbone.latent_dim, torch.Generator().manual_seed(seed), allow_unseen)
     except SpecError as e:
         raise spec_error(e, ls) from None
     result = await st.batcher.sample(
-        SampleWork(ls, mode, z, y, mask, plan),
+        SampleWork(ls, mode, z, y, mask, plan, st.cfg.candidates),
         st.cfg.request_timeout_s,
         st.cfg.max_queue_wait_s,
         request.receive,
@@ -306,8 +219,9 @@ async def transform(
     if q is not None:
         plan, mode = query_plan(st, q, labelset, mode), "energy"
     else:
-        ls = pick_labelset(st, labelset, attrs)
-        spec = spec_for(ls, attrs)
+        asked = Attrs(attrs)
+        ls = pick_labelset(st, labelset, asked)
+        spec = spec_for(ls, asked)
         if not spec:
             raise ApiError(422, "nothing_to_edit", "name at least one attribute to change", {"valid": ls.attr_names})
         mode = default_mode(ls, mode)
@@ -323,11 +237,11 @@ async def transform(
             score = modes.realism(plan.realism, z, torch.zeros(1, 0))
             return to_uint8(st.backbone.decode(torch.cat([z, z0]))), None, score, ok
         try:
-            z, target = edits.edit(ls, z0, spec, mode, allow_unseen, realism=realism)
+            z, target, ok = edits.edit(ls, z0, spec, mode, allow_unseen, realism=realism, candidates=st.cfg.candidates)
         except SpecError as e:
             raise spec_error(e, ls) from None
         score = modes.realism(realism, z, torch.zeros(1, 0)) if realism is not None else modes.realism(ls, z, target)
-        return to_uint8(st.backbone.decode(torch.cat([z, z0]))), target, score, torch.ones(1, dtype=torch.bool)
+        return to_uint8(st.backbone.decode(torch.cat([z, z0]))), target, score, ok
 
     images, target, realism_score, ok = await st.batcher.call(edit, timeout=st.cfg.request_timeout_s)
     name = ls.name if ls is not None else "(query)"
@@ -337,7 +251,12 @@ async def transform(
         h = headers(st, None, mode, query=plan.text, converged=f"{int(ok.sum())}/1")
     else:
         h = headers(
-            st, ls, mode, attrs=",".join(ls.attr_names), target="".join(str(int(v)) for v in target[0].tolist())
+            st,
+            ls,
+            mode,
+            attrs=",".join(ls.attr_names),
+            target="".join(str(int(v)) for v in target[0].tolist()),
+            converged=f"{int(ok.sum())}/1",
         )
     if format == "json":
         edited, recon = await run_in_threadpool(lambda: [base64.b64encode(png_bytes(im)).decode() for im in images])
@@ -366,13 +285,14 @@ async def transform(
 @router.get("/info", summary="What this server serves (the web page is at /)", responses=documented())
 async def info(request: Request):
     st = request.app.state.lcs
-    out = {"service": "latent-constraints", "ready": st.ready, "bundle": st.cfg.bundle}
+    out = {"service": "latent-constraints", "ready": st.ready, "bundle": st.cfg.bundle, "candidates": st.cfg.candidates}
     if st.backbone is not None:
         out.update(
             dataset=st.backbone.manifest["dataset"]["name"],
             image_shape=list(st.backbone.image_shape),
             latent_dim=st.backbone.latent_dim,
             device=str(st.backbone.device),
+            engine=st.backbone.engine,
             decoder_fingerprint=st.backbone.decoder_fingerprint,
             live_decoder_fingerprint=await run_in_threadpool(st.backbone.live_decoder_fingerprint),
         )

@@ -67,7 +67,7 @@ class State:
 async def _start(app: FastAPI, st: State) -> None:
     cfg = st.cfg
     try:
-        st.backbone = await asyncio.to_thread(Backbone, cfg.bundle, cfg.device, cfg.threads)
+        st.backbone = await asyncio.to_thread(Backbone, cfg.bundle, cfg.device, cfg.threads, cfg.precision)
         st.pending.pop("decoder")
         st.live = LiveLabelSets(st.registry, st.backbone.decoder_fingerprint)
         await _first_sync(st)

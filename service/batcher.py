@@ -53,6 +53,7 @@ class SampleWork:
     y: torch.Tensor  # n x K requested labels
     mask: torch.Tensor  # n x K: which attributes the request named (optimisation and energy)
     plan: energy.Plan | None = None  # what energy mode samples
+    candidates: int = 1  # actor mode: prior draws per row to select among (``modes.actor_best``)
     deadline: float = 0.0
     future: asyncio.Future | None = None
     queued: bool = False  # counted in Batcher.waiting; False once taken into a batch or dropped
@@ -259,12 +260,12 @@ class Batcher:
         converged: list[torch.Tensor | None] = [None] * len(batch)
         groups: dict[tuple, list[int]] = {}
         for i, w in enumerate(batch):
-            groups.setdefault((id(w.ls), w.mode, id(w.plan)), []).append(i)
+            groups.setdefault((id(w.ls), w.mode, id(w.plan), w.candidates), []).append(i)
         for idx in groups.values():
-            ls, mode, plan = batch[idx[0]].ls, batch[idx[0]].mode, batch[idx[0]].plan
+            ls, mode, plan, k = batch[idx[0]].ls, batch[idx[0]].mode, batch[idx[0]].plan, batch[idx[0]].candidates
             z = torch.cat([batch[i].z for i in idx])
             y = torch.cat([batch[i].y for i in idx])
-            out, ok = modes.latents(mode, ls, z, y, torch.cat([batch[i].mask for i in idx]), plan)
+            out, ok = modes.latents(mode, ls, z, y, torch.cat([batch[i].mask for i in idx]), plan, k)
             if plan is not None:  # energy mode: the realism critic's score (a classifier set has no critic)
                 realism = modes.realism(plan.realism, out, torch.zeros(len(out), 0))
             else:

@@ -124,9 +124,11 @@ def test_deadline_gives_504_and_skips_the_rows():
     assert eng.decode_rows == [1]  # the expired request was never decoded
 
 
-def test_padded_forwards_do_not_depend_on_the_batch(service_bundle):
-    """Why PAD_ROWS exists: a row's bytes must not change with what it was batched with."""
-    bb = Backbone(service_bundle, "cpu", 1)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_padded_forwards_do_not_depend_on_the_batch(service_bundle, precision):
+    """Why PAD_ROWS exists: a row's bytes must not change with what it was batched with, on either engine."""
+    bb = Backbone(service_bundle, "cpu", 1, precision)
+    assert bb.engine == f"cpu/{precision}"
     z = torch.randn(40, bb.latent_dim, generator=torch.Generator().manual_seed(0))
     alone = np.concatenate([to_uint8(bb.decode(z[i : i + 1])) for i in range(5)])
     together = to_uint8(bb.decode(z))[:5]

@@ -168,6 +168,21 @@ def test_abuse_probes_get_their_statuses_with_bounded_memory(service_bundle):
         assert row["peak_over_steady"] <= 2.0, row
 
 
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="the soak's load is wrk's: apt-get install -y wrk")
+def test_abuse_soak_reports_growth_of_a_server_with_limited_malloc_arenas(service_bundle, monkeypatch):
+    """bench.abuse's soak scaled down to seconds: RSS readings and their growth under wrk's mixed load, from an
+    `lcs serve` started without MALLOC_ARENA_MAX that runs with service.config's (glibc reads it only as a process
+    starts: the CLI re-runs itself with it). Whether memory stays flat is the full soak's to judge, not a test's."""
+    from bench import abuse
+    from service.config import MALLOC_ARENA_MAX
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    res = abuse.soak(service_bundle, threads=1, warmup_s=1.0, window_s=2.0, connections=4)
+    assert res["malloc_arena_max"] == str(MALLOC_ARENA_MAX)
+    assert len(res["rss_mb"]) == 5 and min(res["rss_mb"]) > 0 and res["growth"] > 0, res
+    assert res["requests"] > 0 and res["errors_socket"] == 0, res
+
+
 def test_register_bench_serves_a_classifier_label_set(service_bundle):
     """bench.register once against a real server on the tiny bundle: the classifier job succeeds and its version
     answers /sample (energy mode). Its timing is the bench's to judge, not a unit test's."""

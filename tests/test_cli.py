@@ -84,3 +84,21 @@ def test_serve_flags_read_environment_variables(monkeypatch):
     monkeypatch.setenv("LCS_PORT", "eighty")
     with pytest.raises(SystemExit):
         build_parser()
+
+
+def test_serve_reruns_itself_with_malloc_arenas_limited_unless_the_user_set_them(monkeypatch):
+    """glibc reads MALLOC_ARENA_MAX only as a process starts: `lcs serve` re-runs itself with service.config's default
+    (the soak in tests/test_bench.py sees it in a real server's environment); a value already set wins."""
+    import os
+
+    import cli
+    from service.config import MALLOC_ARENA_MAX
+
+    runs = []
+    monkeypatch.setattr(os, "execve", lambda path, args, env: runs.append((path, args, env["MALLOC_ARENA_MAX"])))
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
+    cli.limit_malloc_arenas()
+    assert runs == []
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    cli.limit_malloc_arenas()
+    assert runs == [(sys.executable, [sys.executable, *sys.orig_argv[1:]], str(MALLOC_ARENA_MAX))]

@@ -1,6 +1,6 @@
 """docker/k8s/: the Kubernetes manifests validate offline against the API schemas (kubernetes-validate ships them), and
-they agree with the server: every LCS_* variable is an `lcs serve` flag, the probes are its routes, and the objects
-point at each other by the names they carry."""
+they agree with the server: every LCS_* variable is an `lcs serve` flag (the one other is glibc's MALLOC_ARENA_MAX),
+the probes are its routes, and the objects point at each other by the names they carry."""
 
 from pathlib import Path
 from urllib.parse import urlparse
@@ -11,6 +11,7 @@ import yaml
 
 from cli import build_parser
 from service.api import router
+from service.config import MALLOC_ARENA_MAX
 
 K8S = Path(__file__).resolve().parent.parent / "docker" / "k8s"
 VERSION = "1.33"  # a Kubernetes release the schemas cover and clusters run
@@ -46,7 +47,8 @@ def serve_flags() -> set[str]:
 
 def test_every_variable_is_a_serve_flag_and_every_probe_a_route():
     d, flags = docs(), serve_flags()
-    assert set(d["ConfigMap/lcs-config"]["data"]) <= flags
+    config = d["ConfigMap/lcs-config"]["data"]
+    assert set(config) <= flags | {"MALLOC_ARENA_MAX"}
     routes = {r.path for r in router.routes}
     for name in ("Deployment/lcs", "Deployment/lcs-gpu"):
         (c,) = d[name]["spec"]["template"]["spec"]["containers"]
@@ -79,3 +81,11 @@ def test_the_objects_point_at_each_other():
     assert set(d["Secret/lcs-s3"]["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
     gpu = d["Deployment/lcs-gpu"]["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert gpu["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_the_manifests_and_images_limit_malloc_arenas_as_lcs_serve_does():
+    """MALLOC_ARENA_MAX is no flag (glibc reads it as a process starts): the ConfigMap and both images set it to the
+    default `lcs serve` would set itself."""
+    assert docs()["ConfigMap/lcs-config"]["data"]["MALLOC_ARENA_MAX"] == str(MALLOC_ARENA_MAX)
+    for image in ("Dockerfile", "Dockerfile.cuda"):
+        assert f"MALLOC_ARENA_MAX={MALLOC_ARENA_MAX}\n" in (K8S.parent / image).read_text(), image

@@ -302,3 +302,33 @@ def test_every_character_the_parser_takes_is_in_the_documented_alphabet():
             if str(e).startswith("invalid character"):
                 continue
         assert re.fullmatch(QUERY_PATTERN["pattern"], text), repr(chr(code))
+
+
+def test_a_requests_attrs_are_split_once(monkeypatch):
+    """The shorthand ``attrs=`` (an AND of terms) is split once per request: picking the label set and building its
+    spec used to split it each (split_spec, then again inside parse_spec)."""
+    from types import SimpleNamespace
+
+    from conditioning import specs
+    from service import request_meaning as api
+
+    calls = []
+    monkeypatch.setattr(specs, "split_spec", lambda text, real=specs.split_spec: calls.append(text) or real(text))
+    monkeypatch.setattr(api, "split_spec", specs.split_spec)
+    faces = SimpleNamespace(name="faces", attr_names=CATALOG["faces"])
+    st = SimpleNamespace(live=SimpleNamespace(sets={"faces": faces}))
+    asked = api.Attrs("smiling,-eyeglasses")
+    ls = api.pick_labelset(st, None, asked)
+    assert api.spec_for(ls, asked) == {"Smiling": 1, "Eyeglasses": 0}
+    assert calls == ["smiling,-eyeglasses"]
+
+
+@pytest.mark.parametrize("unknown, celeba", [("young", True), ("zzz", False)])
+def test_an_unknown_celeba_attribute_says_where_a_celeba_bundle_comes_from(unknown, celeba):
+    """Both grammars: the q= query and the attrs= spec. Only a CelebA name gets the pointer to the CelebA recipe."""
+    from conditioning.specs import parse_spec
+
+    for e in (error(resolve, parse(f"smiling and {unknown}"), CATALOG), error(parse_spec, unknown, CATALOG["faces"])):
+        assert e.code == "unknown_attributes" and e.details["unknown"] == [unknown]
+        assert ("Young is a CelebA attribute" in str(e) and "training/recipes/celeba.sh" in str(e)) is celeba
+        assert ("CelebA" in str(e)) is celeba

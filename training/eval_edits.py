@@ -36,7 +36,12 @@ log = logging.getLogger("lcs.edits")
 
 
 def flip_edits(
-    ls: LabelSetVersion, z0: torch.Tensor, attrs: list[int], mode: str, realism: LabelSetVersion | None = None
+    ls: LabelSetVersion,
+    z0: torch.Tensor,
+    attrs: list[int],
+    mode: str,
+    realism: LabelSetVersion | None = None,
+    candidates: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Flip attribute ``attrs[i]`` of latent i (from D_attr's reading), through the server's edit.
     Returns (edited, target rows, asked value)."""
@@ -48,19 +53,26 @@ def flip_edits(
         for value in (0, 1):
             rows = torch.tensor([i for i, k in enumerate(attrs) if k == a and current[i, a] != value], dtype=torch.long)
             if len(rows):
-                edited[rows], target[rows] = edit(ls, z0[rows], {names[a]: value}, mode, realism=realism)
+                edited[rows], target[rows], _ = edit(
+                    ls, z0[rows], {names[a]: value}, mode, realism=realism, candidates=candidates
+                )
                 asked[rows] = value
     return edited, target, asked
 
 
 def class_edits(
-    ls: LabelSetVersion, z0: torch.Tensor, classes: list[int], mode: str, realism: LabelSetVersion | None = None
+    ls: LabelSetVersion,
+    z0: torch.Tensor,
+    classes: list[int],
+    mode: str,
+    realism: LabelSetVersion | None = None,
+    candidates: int = 1,
 ) -> torch.Tensor:
     """Move latent i to class ``classes[i]`` of a categorical label set. Returns the edited latents."""
     edited = torch.empty_like(z0)
     for c in sorted(set(classes)):
         rows = torch.tensor([i for i, k in enumerate(classes) if k == c], dtype=torch.long)
-        edited[rows] = edit(ls, z0[rows], {ls.attr_names[c]: 1}, mode, realism=realism)[0]
+        edited[rows] = edit(ls, z0[rows], {ls.attr_names[c]: 1}, mode, realism=realism, candidates=candidates).z
     return edited
 
 
@@ -74,8 +86,10 @@ def evaluate_edits(
     out: str | Path = "",
     command: list[str] | None = None,
     artifact: str | Path = "",
+    candidates: int = 1,
 ) -> dict:
-    """``artifact``: the mapper directory, when not at its default place in the bundle (ablations)."""
+    """``artifact``: the mapper directory, when not at its default place in the bundle (ablations); ``candidates``:
+    the server's setting of that name (actor edits: starts per image to select among)."""
     started = time.time()
     bundle, out, dev, vae, vman, judge, jman, data = open_bundle(bundle, device, out)
     ls = load_labelset(bundle, label_set, artifact)
@@ -87,12 +101,13 @@ def evaluate_edits(
     metrics = class_metrics if ls.kind == "categorical" else flip_metrics
     # energy edits (the only edits of a classifier label set) need the realism mapper's critic
     realism = load_labelset(Path(bundle), REALISM) if mode == "energy" else None
-    edited, recon, after, result = metrics(ls, vae, dev, z0, images, judge_of, rng, mode, realism)
+    edited, recon, after, result = metrics(ls, vae, dev, z0, images, judge_of, rng, mode, realism, candidates)
     result = {
         "bundle": str(bundle),
         "label_set": label_set,
         "kind": ls.kind,
         "mode": mode,
+        "candidates": candidates,
         "n": len(idx),
         "seed": seed,
         **result,
@@ -120,12 +135,12 @@ def identity(judge, after: torch.Tensor, recon: torch.Tensor, dev) -> dict[str, 
     }
 
 
-def class_metrics(ls, vae, dev, z0, images, judge_of, rng, mode, realism=None):
+def class_metrics(ls, vae, dev, z0, images, judge_of, rng, mode, realism=None, candidates=1):
     """Categorical set: each image to a random class other than the one D_attr reads; reached = the judge's top-1."""
     names = ls.attr_names
     read = read_labels(ls, z0).argmax(1).numpy()
     asked = (read + rng.integers(1, len(names), size=len(z0))) % len(names)
-    edited = class_edits(ls, z0, asked.tolist(), mode, realism)
+    edited = class_edits(ls, z0, asked.tolist(), mode, realism, candidates)
     recon, after = backbone.decode(vae, z0, dev), backbone.decode(vae, edited, dev)
     reached = judge_of(after).argmax(1) == asked
     return (
@@ -144,11 +159,11 @@ def class_metrics(ls, vae, dev, z0, images, judge_of, rng, mode, realism=None):
     )
 
 
-def flip_metrics(ls, vae, dev, z0, images, judge_of, rng, mode, realism=None):
+def flip_metrics(ls, vae, dev, z0, images, judge_of, rng, mode, realism=None, candidates=1):
     """Binary set: one random attribute flipped per image; the judge checks it and the attributes the target keeps."""
     names = ls.attr_names
     attrs = rng.integers(len(names), size=len(z0)).tolist()
-    edited, target, asked = flip_edits(ls, z0, attrs, mode, realism)
+    edited, target, asked = flip_edits(ls, z0, attrs, mode, realism, candidates)
     recon, after = backbone.decode(vae, z0, dev), backbone.decode(vae, edited, dev)
     judged = {"original": judge_of(images), "reconstruction": judge_of(recon), "edited": judge_of(after)}
     rows, asked_col = np.arange(len(z0)), np.array(attrs)

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from conditioning.celeba import served_names
+
 from .base import DataError, ImageDataset, LabelSet, cached_arrays
 
 
@@ -87,6 +89,7 @@ def load_celeba(root: str, crop: int = 128, size: int = 64, limit: int = 0) -> I
                 f"(expected img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt in {rootp})"
             )
     files, names, table = parse_attr_file(attr_path)
+    names = served_names(names)  # 5_o_Clock_Shadow -> Five_o_Clock_Shadow: a request could not name it
     partition = parse_partition_file(part_path)
     if limit:
         files, table = files[:limit], table[:limit]
