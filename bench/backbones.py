@@ -45,12 +45,17 @@ def matching_judge(vman: dict, judges: list[Path]) -> Path:
     raise SystemExit(f"no --judge was trained on {want[0]} {want[1]}")
 
 
-def training_cost(vman: dict) -> dict:
+def training_cost(vman: dict, seen: frozenset = frozenset()) -> dict:
+    """This run's steps and time, then the run it continued, and so on. A run continued in place (packed over the
+    directory it started from) names itself: the chain stops there, marked ``overwritten``."""
     m, t = vman["metrics"], vman["training"]
     cost = {"steps": m["steps"], "train_seconds": m["train_seconds"], "device": m.get("device", "")}
     if t.get("init"):
-        base = load_manifest(t["init"], "vae")
-        cost["init"] = {"from": t["init"], **training_cost(base)}
+        where = str(Path(t["init"]).resolve())
+        if where in seen:
+            cost["init"] = {"from": t["init"], "overwritten": True}
+        else:
+            cost["init"] = {"from": t["init"], **training_cost(load_manifest(t["init"], "vae"), seen | {where})}
     return cost
 
 
@@ -93,7 +98,7 @@ def score(
         "reconstruction": rows,
         "mse_test": evaluate_mse(vae, data.images[test], device),
         "frechet_prior": fd,
-        "cost": training_cost(vman),
+        "cost": training_cost(vman, frozenset({str(vae_dir.resolve())})),
         "size": {"parameters": n_params, "mb_fp16": n_params * 2 / 1e6, "decoder_mb_fp16": n_dec * 2 / 1e6},
     }, recon
 
@@ -113,8 +118,8 @@ def markdown(name: str, results: dict, command: str) -> str:
     for cand, r in results.items():
         rec = " | ".join(f"{r['reconstruction'][a]['recall']:.2f}" for a in attrs)
         c = r["cost"]
-        steps = f"{c['steps']}" + (f" + {c['init']['steps']}" if "init" in c else "")
-        wall = c["train_seconds"] + (c["init"]["train_seconds"] if "init" in c else 0)
+        steps = f"{c['steps']}" + (f" + {c['init'].get('steps', '?')}" if "init" in c else "")
+        wall = c["train_seconds"] + (c["init"].get("train_seconds", 0) if "init" in c else 0)
         out.append(
             f"| {cand} | {rec} | {r['mse_test']:.4f} | {r['frechet_prior']['fd']:.1f} | {steps} | "
             f"{wall / 60:.0f} min ({c['device']}) | {r['size']['mb_fp16']:.1f} |"
