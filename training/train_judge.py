@@ -84,7 +84,6 @@ def train_judge(cfg: TrainJudgeConfig, command: list[str] | None = None) -> Path
     fmt = memory_format(device, precision)
     torch.manual_seed(cfg.seed)
     data = load_dataset(cfg.dataset, **cfg.dataset_params)
-    images = torch.from_numpy(data.images)  # batches are cut from this uint8 tensor
     c, h, _ = data.image_shape
     judge = Judge(JudgeConfig(channels=c, image_size=h, attr_names=data.attr_names, width=cfg.width)).to(device)
     judge.to(memory_format=fmt)
@@ -112,7 +111,7 @@ def train_judge(cfg: TrainJudgeConfig, command: list[str] | None = None) -> Path
             if step >= total:
                 break
             idx = np.sort(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
-            x = batch_to_float(images[torch.from_numpy(idx)], device)
+            x = batch_to_float(data.images[idx], device)
             if cfg.shift:
                 dx, dy = np.random.default_rng([cfg.seed, step, 1]).integers(-cfg.shift, cfg.shift + 1, 2)
                 x = torch.roll(F.pad(x, [cfg.shift] * 4, value=1.0), (int(dy), int(dx)), (2, 3))[

@@ -214,7 +214,6 @@ def train_vae(cfg: TrainVAEConfig, command: list[str] | None = None) -> Path:
         raise ValueError(f"square images expected, got {h}x{w}")
     vae, model, opt = build_models(cfg, data, device)
     model.to(memory_format=fmt)
-    images = torch.from_numpy(data.images)  # batches are cut from this uint8 tensor: no per-step copy from numpy
     vcfg = vae.cfg
     steps_per_epoch, planned = planned_steps(cfg, len(train_idx))
     total_steps = planned
@@ -253,8 +252,8 @@ def train_vae(cfg: TrainVAEConfig, command: list[str] | None = None) -> Path:
                 lr = learning_rate(cfg, step, total_steps)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                rows = torch.from_numpy(np.sort(order[i * cfg.batch_size : (i + 1) * cfg.batch_size]))
-                x = batch_to_float(images[rows], device).contiguous(memory_format=fmt)
+                rows = np.sort(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
+                x = batch_to_float(data.images[rows], device).contiguous(memory_format=fmt)
                 window.append(train_step(model, opt, x, device, precision))
                 step += 1
                 if cfg.max_minutes and step >= paced_from + PACE_STEPS and step % PACE_STEPS == 0:
