@@ -122,7 +122,7 @@ def train_judge(cfg: TrainJudgeConfig, command: list[str] | None = None) -> Path
                 x = torch.where(flip[:, None, None, None], x.flip(3), x)
             y = attrs_t[idx].to(device)
             with autocast(device, precision):
-                logits, _ = judge(x.contiguous(memory_format=fmt))
+                logits, _ = judge(x)
             loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight)
             for cols in categorical:  # decided by argmax, so trained as one softmax too (top-1, not one-vs-rest)
                 loss = loss + F.cross_entropy(logits[:, cols].float(), y[:, cols].argmax(1))
