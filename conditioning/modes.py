@@ -18,7 +18,8 @@ Every forward is padded to at least ``PAD_ROWS`` rows. Why: BLAS picks other ker
 small batches, which changes results in the last float bits, so the same seed could give other
 bytes depending on what it was batched with. From about 12 rows on, each row's result no longer
 depends on the batch (measured on CPU); padding makes responses reproducible under dynamic
-batching, and makes the server's latents equal to the evaluation's.
+batching, and makes the server's latents equal to the evaluation's. (The decoder's convolutions need fewer rows
+where the machine allows: ``conditioning.backbone.invariant_rows`` measures it.)
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ MODES: tuple[str, ...] = get_args(Mode)
 PAD_ROWS = 16
 
 
-def pad(x: torch.Tensor) -> torch.Tensor:
-    """At least PAD_ROWS rows (zeros appended); callers keep the first len(x) rows of the result."""
-    if len(x) >= PAD_ROWS:
+def pad(x: torch.Tensor, rows: int = PAD_ROWS) -> torch.Tensor:
+    """At least ``rows`` rows (zeros appended); callers keep the first len(x) rows of the result."""
+    if len(x) >= rows:
         return x
-    return torch.cat([x, x.new_zeros(PAD_ROWS - len(x), *x.shape[1:])])
+    return torch.cat([x, x.new_zeros(rows - len(x), *x.shape[1:])])
 
 
 @dataclass(frozen=True)

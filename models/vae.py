@@ -107,7 +107,11 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Mean image μ(z) in [0, 1], fp32 also under bf16 autocast (bf16 steps by 1/256 near 1: coarser than the
         pixel errors the σ_x = 0.1 likelihood weighs)."""
-        return torch.sigmoid(self.conv(self.fc(z).view(-1, *self.shape)).float())
+        return self.image(self.fc(z))
+
+    def image(self, h: torch.Tensor) -> torch.Tensor:
+        """The convolutional part, from fc's output (the server runs the two at different batch sizes)."""
+        return torch.sigmoid(self.conv(h.view(-1, *self.shape)).float())
 
 
 class VAE(nn.Module):

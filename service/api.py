@@ -293,6 +293,7 @@ async def info(request: Request):
             latent_dim=st.backbone.latent_dim,
             device=str(st.backbone.device),
             engine=st.backbone.engine,
+            decode_rows=st.backbone.decode_rows,
             decoder_fingerprint=st.backbone.decoder_fingerprint,
             live_decoder_fingerprint=await run_in_threadpool(st.backbone.live_decoder_fingerprint),
         )
