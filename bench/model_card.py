@@ -112,6 +112,7 @@ def collect(bundle: Path, evals: Path, label_set: str) -> dict:
                     "converged",
                     "n",
                     "seconds",
+                    "engine",
                 )
                 if k in e
             }
@@ -358,6 +359,12 @@ def markdown(card: dict) -> str:
                 f"decoder): {any_e['reconstruction_mean_accuracy']:.3f}, i.e. "
                 f"{any_e['reconstruction_mean_accuracy'] / any_e['ceiling_mean_accuracy']:.3f} × the judge ceiling. "
                 f"Real test vs train Fréchet {any_e['frechet_real_test_vs_train']['fd']:.2f}."
+                + (
+                    f" Decoded on the engine `{any_e['engine']}` (what `lcs serve` picks on the machine that ran "
+                    "the evaluation; docs/precision.md reads bf16 against fp32 decodes with the judge)."
+                    if "engine" in any_e
+                    else ""
+                )
             )
             cond = [s for s in ("actor", "optimize") if s in c["eval"]]
             if cond:

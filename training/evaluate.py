@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from conditioning.images import batch_to_float, save_grid
-from conditioning.runtime import resolve_device
+from conditioning.runtime import resolve_device, resolve_precision
 from conditioning.specs import SpecError, resolve
 from evaluation.judging import decide, predict
 from evaluation.reconstruction import evaluate_mse, reconstruction_scores
@@ -212,6 +212,7 @@ def evaluate(
         (rec_got == test_labels).all(1).mean() if ls.kind == "categorical" else rec_acc.mean()
     )
     result["decoder_fingerprint"] = vman["decoder_fingerprint"]
+    result["engine"] = f"{dev.type}/{resolve_precision(dev)}"  # what the samples were decoded on
     result["seconds"] = round(time.time() - started, 1)
     result["command"] = command or sys.argv
 
