@@ -260,6 +260,9 @@ def test_a_warm_up_ramps_the_learning_rate_then_joins_the_schedule():
     assert learning_rate(cfg, 4, 100) < learning_rate(cfg, 8, 100)
     plain = TrainVAEConfig(lr=1e-3, lr_final=1e-5, lr_schedule="cosine")
     assert learning_rate(cfg, 50, 100) == learning_rate(plain, 50, 100)
+    # a stretch resumed at step 100 warms up again from there, along the schedule's value at each step
+    assert learning_rate(cfg, 104, 200, start=100) == pytest.approx(0.5 * learning_rate(plain, 104, 200))
+    assert learning_rate(cfg, 150, 200, start=100) == learning_rate(plain, 150, 200)
 
 
 def test_precision_auto_follows_the_cpu_and_either_can_be_forced(monkeypatch):

@@ -16,7 +16,8 @@ FROM=$P
 [ -f $P/vae.safetensors ] || FROM=$B
 step() { echo "== $*"; local t=$SECONDS; "$@"; echo "   wall $((SECONDS - t)) s"; }
 
-# a warm-up: the moments of Adam start afresh from packed weights (without one, MSE rose 0.0027 -> 0.0035 first)
+# a warm-up from the stretch's first step: Adam's moments start afresh from packed weights (without one, MSE rose
+# 0.0027 -> 0.0035 first), and a stretch resumed from $R's finished checkpoint re-plans its schedule
 step lcs train-vae --dataset avatars --data-arg n=32000 --out $R/vae --init $FROM --resume \
   --lr 3e-4 --lr-schedule cosine --warmup-steps 200 --epochs 1000 --max-minutes "$M" --grid-every 500 --ckpt-every 100
 step lcs pack --src $R/vae --out $P --stem vae
