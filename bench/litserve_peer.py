@@ -26,6 +26,7 @@ from conditioning.images import png_bytes, to_uint8
 from conditioning.labelset import LabelSetVersion
 from conditioning.runtime import resolve_device
 from conditioning.specs import parse_spec
+from service.config import ServerConfig
 
 # The configuration the issue measured: at least one request per connection of the widest load (32) fits one batch.
 MAX_BATCH = 32
@@ -53,7 +54,7 @@ class SampleAPI(ls.LitAPI):
 
     def predict(self, x: tuple[torch.Tensor, ...]):
         z, y, mask = x
-        out, _ = modes.latents("actor", self.ls, z, y, mask)
+        out, _ = modes.latents("actor", self.ls, z, y, mask, None, ServerConfig.candidates)  # as our route
         modes.realism(self.ls, out, y)  # our route computes it for its metrics; the same cost here
         return to_uint8(self.bb.decode(out))
 

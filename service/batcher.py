@@ -1,6 +1,7 @@
 """Asyncio dynamic batcher: concurrent /sample requests share one decoder forward.
 
-Requests wait at most ``max_wait_ms`` for company, up to ``max_batch`` samples. Each batch runs
+Requests wait at most ``max_wait_ms`` for company (default none: what queues while a batch runs is the next batch),
+up to ``max_batch`` samples. Each batch runs
 on the single model thread (so the event loop never blocks and model work never races): every
 (label set, mode) group goes through its mapper on its own sub-batch, then the whole batch goes
 through the decoder once.
@@ -79,7 +80,7 @@ class SampleResult:
 
 class Batcher:
     def __init__(
-        self, backbone: Backbone, metrics: Metrics, max_batch: int = 64, max_wait_ms: float = 5.0, max_queue: int = 1024
+        self, backbone: Backbone, metrics: Metrics, max_batch: int = 64, max_wait_ms: float = 0.0, max_queue: int = 1024
     ):
         self.backbone, self.metrics = backbone, metrics
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000, max_queue

@@ -27,7 +27,10 @@ class ServerConfig:
     # auto: bf16 autocast on CUDA and on CPUs with bf16 units (avx512_bf16 / AMX), else fp32 (conditioning.runtime)
     precision: str = "auto"
     max_batch: int = 64  # samples per decoder forward
-    max_wait_ms: float = 5.0  # how long the batcher waits to fill a batch
+    # how long the batcher waits to fill a batch. 0: an idle model thread takes what is queued at once (requests
+    # that arrive while it works form the next batch): one user p50 44 -> 37 ms, 32 connections 64 -> 79 req/s
+    # against 5 ms on 2 AMD EPYC cores (issue 28)
+    max_wait_ms: float = 0.0
     max_queue: int = 1024  # samples waiting; beyond this requests get 429
     # estimated seconds a /sample request would wait in the queue before 429: a quick 429 with Retry-After lets a
     # client back off or go elsewhere, where a samples-only cap let admitted requests wait 9.7 s under load
