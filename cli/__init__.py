@@ -216,20 +216,25 @@ def add_jobs(sub) -> None:
     )
     p.set_defaults(func=cmd_train_labelset)
 
-    p = sub.add_parser("train-baseline", help="train or fit a baseline (CVAE, CVAE-GAN, attribute vectors, latent GMM)")
+    p = sub.add_parser(
+        "train-baseline", help="train or fit a baseline (CVAE, CVAE-GAN, Fader network, attribute vectors, latent GMM)"
+    )
     config_flags(
         p,
         TrainBaselineConfig,
         {
             "bundle": "bundle whose VAE backbone, data and latent table the baseline uses",
-            "method": "cvae | cvae-cmma | cvae-gan | attrvec-mean | attrvec-lsq | gmm",
+            "method": "cvae | cvae-cmma | cvae-gan | fader | attrvec-mean | attrvec-lsq | gmm",
             "label_set": "a label set of the dataset, or several joined by '+' (image methods)",
             "out": "default: BUNDLE/baselines/METHOD-LABEL_SET",
-            "init": "fine-tune this CVAE / CVAE-GAN directory",
+            "init": "fine-tune this CVAE / CVAE-GAN / Fader network directory",
             "labelled": "use only this many labelled training examples (0 = all)",
             "steps": "training steps (image methods)",
             "components": "mixture components per label row (gmm)",
             "min_count": "fewest examples per label row (gmm)",
+            "adv_weight": "fader: λ_E, the weight of the latent discriminator's term on the encoder (default: the "
+            "authors')",
+            "adv_ramp": "fader: share of the steps over which λ_E rises linearly from 0",
             **DEVICE_HELP,
         },
         required=("bundle", "method", "label_set"),
@@ -275,7 +280,12 @@ def add_evaluation(sub) -> None:
         p,
         evaluate_edits,
         {
-            "mode": "actor (amortised) | optimize",
+            "mode": "actor (amortised) | optimize | energy, or a baseline on the same images and targets: "
+            "attrvec-mean | attrvec-lsq | fader",
+            "artifact": "the mapper or baseline directory, if not at its default place in the bundle",
+            "candidates": "actor edits: starts per image the critics select among (the server's setting)",
+            "attrvec_scale": "attribute vectors: a fixed step s in z + s (y' - y) V; 0: per image the smallest "
+            "step (of 0.25, 0.5 .. 4) at which D_attr reads the target",
             "n": "test images, one edit each",
             "out": "output directory (default: BUNDLE/eval)",
         },

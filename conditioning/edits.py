@@ -34,6 +34,14 @@ def read_labels(ls: LabelSetVersion, z: torch.Tensor) -> torch.Tensor:
     return attr_predict(ls.m, pad(z), ls.kind)[: len(z)]
 
 
+def edit_target(
+    ls: LabelSetVersion, z0: torch.Tensor, spec: dict[str, int], allow_unseen: bool = False
+) -> torch.Tensor:
+    """The label row an edit of z0 aims at: D_attr's reading with the spec applied, as the nearest row the data shows
+    (``specs.nearest_rows``). ``lcs eval-edits`` aims its baselines at the same rows."""
+    return nearest_rows(read_labels(ls, z0), spec, ls.attr_names, ls.table, allow_unseen, ls.kind)
+
+
 @torch.no_grad()
 def edit(
     ls: LabelSetVersion,
@@ -54,7 +62,7 @@ def edit(
     if ls.m.attr is None:
         raise ValueError("an edit needs a label set with attributes")
     n = len(z0)
-    target = nearest_rows(read_labels(ls, z0), spec, ls.attr_names, ls.table, allow_unseen, ls.kind)
+    target = edit_target(ls, z0, spec, allow_unseen)
     # Only the attributes the request names are constrained in optimize and energy (the others are D_attr's reading
     # of the image, which can be wrong: it should not force them); the distance term and the critic keep the rest.
     mask = torch.zeros(target.shape, dtype=torch.bool)

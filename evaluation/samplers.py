@@ -144,22 +144,29 @@ def label_set_attrs(bundle: Path, label_set: str) -> list[str]:
     return sets[label_set]["attrs"]
 
 
+def load_latent_baseline(method: str, bundle: Path, label_set: str, artifact: str | Path = ""):
+    """Attribute vectors or a latent GMM from ARTIFACT (default: where ``lcs train-baseline`` writes), refused if fitted
+    on another decoder's latents or for other label columns."""
+    from models.artifacts import ArtifactError
+    from models.attrvec import load_attrvec
+    from models.latent_gmm import load_latent_gmm
+
+    path = Path(artifact) if artifact else baseline_dir(bundle, method, label_set)
+    model, manifest = load_latent_gmm(path) if method == "gmm" else load_attrvec(path)
+    if manifest.get("decoder_fingerprint") != load_manifest(bundle, "vae")["decoder_fingerprint"]:
+        raise ArtifactError(f"{path} was fitted on another decoder's latents")
+    if model.cfg.attr_names != label_set_attrs(bundle, label_set):
+        raise ValueError(f"{path} models {model.cfg.attr_names}, not label set {label_set!r}")
+    return model
+
+
 class LatentBaselineSampler(LatentSampler):
     """Attribute vectors or a per-condition latent GMM, fitted on the frozen VAE's encodings."""
 
     def __init__(self, method: str, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = ""):
-        from models.artifacts import ArtifactError
-        from models.attrvec import load_attrvec
-        from models.latent_gmm import load_latent_gmm
-
         super().__init__(vae)
         self.name = method
-        path = Path(artifact) if artifact else baseline_dir(bundle, method, label_set)
-        self.model, manifest = load_latent_gmm(path) if method == "gmm" else load_attrvec(path)
-        if manifest.get("decoder_fingerprint") != load_manifest(bundle, "vae")["decoder_fingerprint"]:
-            raise ArtifactError(f"{path} was fitted on another decoder's latents")
-        if self.model.cfg.attr_names != label_set_attrs(bundle, label_set):
-            raise ValueError(f"{path} models {self.model.cfg.attr_names}, not label set {label_set!r}")
+        self.model = load_latent_baseline(method, bundle, label_set, artifact)
 
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, generator: torch.Generator, mask: Mask = None) -> torch.Tensor:

@@ -127,6 +127,34 @@ def service_bundle(tiny_vae, fashion_root, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def judged_bundle(service_bundle, tmp_path_factory, seed):
+    """The tiny served bundle (VAE, latent table, label sets) plus a judge, so ``lcs eval`` and ``lcs eval-edits`` can
+    score baselines."""
+    import shutil
+
+    from models.artifacts import load_manifest
+    from training.train_judge import TrainJudgeConfig, train_judge
+
+    out = tmp_path_factory.mktemp("judged")
+    shutil.copytree(service_bundle, out, dirs_exist_ok=True)
+    params = load_manifest(out, "vae")["dataset"]["params"]
+    train_judge(
+        TrainJudgeConfig(
+            dataset="fashion-mnist",
+            dataset_params=params,
+            out=str(out),
+            width=16,
+            epochs=6,
+            batch_size=32,
+            device="cpu",
+            seed=seed,
+            threads=1,
+        )
+    )
+    return out
+
+
 def free_port() -> int:
     import socket
 

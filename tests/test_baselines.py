@@ -1,8 +1,6 @@
 """Baselines: CVAE (+ learned prior), CVAE-GAN, attribute vectors, latent GMM — build, train, save/load,
 sample, fine-tune for a wider label set, and score through ``lcs eval`` on the tiny fixture."""
 
-import shutil
-
 import pytest
 import torch
 
@@ -128,31 +126,6 @@ def test_fill_columns_keeps_the_request_and_draws_the_rest_from_seen_rows():
         fill_columns(
             torch.tensor([[1.0, 1.0]]), ["c0", "c1"], ["c0", "c1", "c2", "shoe"], rows, counts, torch.Generator()
         )
-
-
-@pytest.fixture(scope="module")
-def judged_bundle(service_bundle, tmp_path_factory, seed):
-    """The tiny served bundle (VAE, latent table, label sets) plus a judge, so ``lcs eval`` can score baselines."""
-    from models.artifacts import load_manifest
-    from training.train_judge import TrainJudgeConfig, train_judge
-
-    out = tmp_path_factory.mktemp("judged")
-    shutil.copytree(service_bundle, out, dirs_exist_ok=True)
-    params = load_manifest(out, "vae")["dataset"]["params"]
-    train_judge(
-        TrainJudgeConfig(
-            dataset="fashion-mnist",
-            dataset_params=params,
-            out=str(out),
-            width=16,
-            epochs=6,
-            batch_size=32,
-            device="cpu",
-            seed=seed,
-            threads=1,
-        )
-    )
-    return out
 
 
 @pytest.mark.parametrize("method", ["cvae", "cvae-cmma", "cvae-gan"])

@@ -8,6 +8,8 @@ image (and, separately, as on the plain reconstruction, which isolates the edit 
 A categorical set has nothing else to keep: each image is moved to a random class other than the
 one D_attr reads, and the judge says whether it reached it; the pixel and σ̄-weighted latent
 distances say how much of the image the edit kept.
+The baselines (attribute vectors, a Fader network: ``evaluation.editors``) run on the same images, asked attributes
+and target rows for the same seed, and write the same JSON (edits-MODE-LABEL_SET.json).
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ import numpy as np
 import torch
 
 from conditioning import backbone
-from conditioning.edits import edit, read_labels
+from conditioning.edits import read_labels
 from conditioning.images import batch_to_float, save_grid
 from conditioning.labelset import LabelSetVersion
+from evaluation.editors import BASELINES, build_editor
 from evaluation.judging import decide, predict
 from evaluation.samplers import load_labelset
-from models.latent_table import REALISM
 from models.vae import load_vae
 from training.data import load_dataset
 from training.evaluate import open_bundle
@@ -35,45 +37,31 @@ from training.evaluate import open_bundle
 log = logging.getLogger("lcs.edits")
 
 
-def flip_edits(
-    ls: LabelSetVersion,
-    z0: torch.Tensor,
-    attrs: list[int],
-    mode: str,
-    realism: LabelSetVersion | None = None,
-    candidates: int = 1,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Flip attribute ``attrs[i]`` of latent i (from D_attr's reading), through the server's edit.
-    Returns (edited, target rows, asked value)."""
-    names = ls.attr_names
-    current = read_labels(ls, z0)
-    edited, target = torch.empty_like(z0), torch.empty(len(z0), len(names))
-    asked = torch.empty(len(z0))
+def in_image_order(groups: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """(rows, *results) per group, each image in exactly one group -> each result for all images, in image order."""
+    order = torch.cat([g[0] for g in groups]).argsort()
+    return tuple(torch.cat([g[i] for g in groups])[order] for i in range(1, len(groups[0])))
+
+
+def flip_edits(editor, ls: LabelSetVersion, current: torch.Tensor, attrs: list[int]):
+    """Flip attribute ``attrs[i]`` of image i from D_attr's reading ``current``, one call of the editor per asked
+    attribute and value. Returns (what the editor edited, target rows, asked value), in image order."""
+    groups = []
     for a in sorted(set(attrs)):
         for value in (0, 1):
             rows = torch.tensor([i for i, k in enumerate(attrs) if k == a and current[i, a] != value], dtype=torch.long)
             if len(rows):
-                edited[rows], target[rows], _ = edit(
-                    ls, z0[rows], {names[a]: value}, mode, realism=realism, candidates=candidates
-                )
-                asked[rows] = value
-    return edited, target, asked
+                groups.append((rows, *editor.edit(rows, {ls.attr_names[a]: value}), torch.full((len(rows),), value)))
+    return in_image_order(groups)
 
 
-def class_edits(
-    ls: LabelSetVersion,
-    z0: torch.Tensor,
-    classes: list[int],
-    mode: str,
-    realism: LabelSetVersion | None = None,
-    candidates: int = 1,
-) -> torch.Tensor:
-    """Move latent i to class ``classes[i]`` of a categorical label set. Returns the edited latents."""
-    edited = torch.empty_like(z0)
+def class_edits(editor, ls: LabelSetVersion, classes: list[int]) -> torch.Tensor:
+    """Move image i to class ``classes[i]`` of a categorical label set. Returns what the editor edited."""
+    groups = []
     for c in sorted(set(classes)):
         rows = torch.tensor([i for i, k in enumerate(classes) if k == c], dtype=torch.long)
-        edited[rows] = edit(ls, z0[rows], {ls.attr_names[c]: 1}, mode, realism=realism, candidates=candidates).z
-    return edited
+        groups.append((rows, editor.edit(rows, {ls.attr_names[c]: 1})[0]))
+    return in_image_order(groups)[0]
 
 
 def evaluate_edits(
@@ -87,21 +75,24 @@ def evaluate_edits(
     command: list[str] | None = None,
     artifact: str | Path = "",
     candidates: int = 1,
+    attrvec_scale: float = 0.0,
 ) -> dict:
-    """``artifact``: the mapper directory, when not at its default place in the bundle (ablations); ``candidates``:
-    the server's setting of that name (actor edits: starts per image to select among)."""
+    """``mode``: a latent-constraints edit mode or a baseline (``evaluation.editors``), on the same images, asked
+    attributes and targets for the same seed; ``artifact``: the mapper or baseline directory, when not at its default
+    place in the bundle; ``candidates``: the server's setting of that name (actor edits: starts per image to select
+    among); ``attrvec_scale``: attribute vectors' step s (0: per image the smallest that D_attr reads as the target)."""
     started = time.time()
     bundle, out, dev, vae, vman, judge, jman, data = open_bundle(bundle, device, out)
-    ls = load_labelset(bundle, label_set, artifact)
+    ls = load_labelset(bundle, label_set, "" if mode in BASELINES else artifact)
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(data.indices("test"), size=min(n, len(data.indices("test"))), replace=False))
     images = data.images[idx]
     z0 = backbone.encode(vae, images, dev)[0]
+    editor = build_editor(mode, bundle, ls, vae, dev, z0, images, artifact, candidates, attrvec_scale)
     judge_of = lambda x: decide(predict(judge, x, dev)[0], jman, ls.attr_names)  # noqa: E731
     metrics = class_metrics if ls.kind == "categorical" else flip_metrics
-    # energy edits (the only edits of a classifier label set) need the realism mapper's critic
-    realism = load_labelset(Path(bundle), REALISM) if mode == "energy" else None
-    edited, recon, after, result = metrics(ls, vae, dev, z0, images, judge_of, rng, mode, realism, candidates)
+    edited, recon, after, result = metrics(ls, editor, z0, images, judge_of, rng)
+    shift = float(((edited - z0).abs() / ls.sigma_bar).mean()) if editor.latent else None
     result = {
         "bundle": str(bundle),
         "label_set": label_set,
@@ -112,8 +103,9 @@ def evaluate_edits(
         "seed": seed,
         **result,
         "pixel_mse_edit_vs_reconstruction": float((after - recon).pow(2).mean()),
-        **identity(judge, after, recon, dev),
-        "latent_shift_over_sigma_bar": float(((edited - z0).abs() / ls.sigma_bar).mean()),
+        **identity(judge, after, recon, dev, batch_to_float(images)),
+        "latent_shift_over_sigma_bar": shift,  # None: the method does not move the VAE latent (Fader network)
+        **editor.summary(),
         "decoder_fingerprint": vman["decoder_fingerprint"],
         "seconds": round(time.time() - started, 1),
         "command": command or sys.argv,
@@ -123,25 +115,30 @@ def evaluate_edits(
     return result
 
 
-def identity(judge, after: torch.Tensor, recon: torch.Tensor, dev) -> dict[str, float]:
+def identity(judge, after: torch.Tensor, recon: torch.Tensor, dev, original: torch.Tensor | None = None) -> dict:
     """Identity kept by an edit: cosine of the judge's penultimate features between each edited image and its own
-    reconstruction, beside the same cosine between reconstructions of different images (what no identity gives)."""
-    f_after = torch.from_numpy(predict(judge, after, dev)[1])
-    f_recon = torch.from_numpy(predict(judge, recon, dev)[1])
+    reconstruction, beside the same cosine between reconstructions of different images (what no identity gives). With
+    the ``original`` images also the cosine to them: the one reference every method shares (a Fader network's null
+    edit is its own decoder's reconstruction, not the VAE's)."""
+    feats = lambda x: torch.from_numpy(predict(judge, x, dev)[1])  # noqa: E731
+    f_after, f_recon = feats(after), feats(recon)
     cos = torch.nn.functional.cosine_similarity
-    return {
+    out = {
         "identity_cosine": float(cos(f_after, f_recon).mean()),
         "identity_cosine_other_images": float(cos(f_recon, f_recon.roll(1, 0)).mean()),
     }
+    if original is not None:
+        out["identity_cosine_original"] = float(cos(f_after, feats(original)).mean())
+    return out
 
 
-def class_metrics(ls, vae, dev, z0, images, judge_of, rng, mode, realism=None, candidates=1):
+def class_metrics(ls, editor, z0, images, judge_of, rng):
     """Categorical set: each image to a random class other than the one D_attr reads; reached = the judge's top-1."""
     names = ls.attr_names
     read = read_labels(ls, z0).argmax(1).numpy()
     asked = (read + rng.integers(1, len(names), size=len(z0))) % len(names)
-    edited = class_edits(ls, z0, asked.tolist(), mode, realism, candidates)
-    recon, after = backbone.decode(vae, z0, dev), backbone.decode(vae, edited, dev)
+    edited = class_edits(editor, ls, asked.tolist())
+    recon, after = editor.reconstruction(), editor.images(edited)
     reached = judge_of(after).argmax(1) == asked
     return (
         edited,
@@ -159,17 +156,17 @@ def class_metrics(ls, vae, dev, z0, images, judge_of, rng, mode, realism=None, c
     )
 
 
-def flip_metrics(ls, vae, dev, z0, images, judge_of, rng, mode, realism=None, candidates=1):
+def flip_metrics(ls, editor, z0, images, judge_of, rng):
     """Binary set: one random attribute flipped per image; the judge checks it and the attributes the target keeps."""
     names = ls.attr_names
     attrs = rng.integers(len(names), size=len(z0)).tolist()
-    edited, target, asked = flip_edits(ls, z0, attrs, mode, realism, candidates)
-    recon, after = backbone.decode(vae, z0, dev), backbone.decode(vae, edited, dev)
+    current = read_labels(ls, z0)
+    edited, target, asked = flip_edits(editor, ls, current, attrs)
+    recon, after = editor.reconstruction(), editor.images(edited)
     judged = {"original": judge_of(images), "reconstruction": judge_of(recon), "edited": judge_of(after)}
     rows, asked_col = np.arange(len(z0)), np.array(attrs)
     reached = judged["edited"][rows, asked_col] == asked.numpy().astype(np.int8)
     # Attributes the edit must keep: every one except the asked one that the target row leaves as D_attr read it.
-    current = read_labels(ls, z0)
     keep = (target == current).numpy()
     keep[rows, asked_col] = False
     others = ~np.eye(len(names), dtype=bool)[asked_col]
@@ -201,13 +198,14 @@ def flip_metrics(ls, vae, dev, z0, images, judge_of, rng, mode, realism=None, ca
 def format_edits(r: dict) -> str:
     lines = [f"edits mode={r['mode']} label_set={r['label_set']} n={r['n']}", f"{'edit':<16} {'n':>5} {'reached':>8}"]
     lines += [f"{k:<16} {v['n']:>5} {v['target_reached']:>8.3f}" for k, v in r["per_edit"].items()]
+    shift = "n/a" if r["latent_shift_over_sigma_bar"] is None else f"{r['latent_shift_over_sigma_bar']:.2f}"
     if r["kind"] == "categorical":
         return "\n".join(
             lines
             + [
                 f"target class reached {r['target_reached']:.3f} (null edit {r['target_in_reconstruction']:.3f}); "
                 f"pixel MSE vs reconstruction {r['pixel_mse_edit_vs_reconstruction']:.4f}; "
-                f"σ̄-weighted latent shift {r['latent_shift_over_sigma_bar']:.2f}"
+                f"σ̄-weighted latent shift {shift}"
             ]
         )
     kept = (
@@ -220,7 +218,7 @@ def format_edits(r: dict) -> str:
         f"target reached {r['target_reached']:.3f} (null edit {r['target_in_reconstruction']:.3f}); "
         f"kept attributes unchanged {kept}; forced changes per edit {r['forced_changes_per_edit']:.2f}; "
         f"identity (judge-feature cosine to the reconstruction) {r['identity_cosine']:.3f} "
-        f"(other images {r['identity_cosine_other_images']:.3f})"
+        f"(other images {r['identity_cosine_other_images']:.3f}; to the original {r['identity_cosine_original']:.3f})"
     )
     return "\n".join(lines)
 
@@ -242,8 +240,9 @@ def edit_figure(
     idx = np.sort(np.random.default_rng(seed).choice(data.indices("test"), size=n, replace=False))
     cpu = torch.device("cpu")
     z0 = backbone.encode(vae, data.images[idx], cpu)[0]
-    rows = [batch_to_float(data.images[idx]), backbone.decode(vae, z0, cpu)]
+    editor = build_editor(mode, bundle, ls, vae, cpu, z0, data.images[idx])
+    rows = [batch_to_float(data.images[idx]), editor.reconstruction()]
     for name in edits:
-        edited, _, _ = flip_edits(ls, z0, [ls.attr_names.index(name)] * n, mode)
-        rows.append(backbone.decode(vae, edited, cpu))
+        edited, _, _ = flip_edits(editor, ls, read_labels(ls, z0), [ls.attr_names.index(name)] * n)
+        rows.append(editor.images(edited))
     return save_grid(torch.cat(rows), path, nrow=n, scale=2)

@@ -2,7 +2,8 @@
 backbone and data as the bundle's VAE.
 
 - retrained conditional models, trained on images: ``cvae`` (prior N(0, I)), ``cvae-cmma`` (learned
-  prior p(z|y)), ``cvae-gan``. ``--init DIR`` fine-tunes an earlier one for a wider label set: its
+  prior p(z|y)), ``cvae-gan``; and ``fader``, a Fader network, which edits images (``lcs eval-edits``) but has no
+  prior to sample from. ``--init DIR`` fine-tunes an earlier one for a wider label set: its
   weights are copied, and inputs/outputs for the new label columns start at zero.
 - fits on the frozen VAE's latent table (``lcs encode``): ``attrvec-mean``, ``attrvec-lsq``, ``gmm``.
 
@@ -33,6 +34,7 @@ from models.artifacts import load_manifest, save_artifact
 from models.attrvec import AttributeVectors, AttrVecConfig
 from models.cvae import CVAE, CVAEConfig
 from models.cvaegan import CVAEGAN, CVAEGANConfig, load_conditional
+from models.fader import FaderConfig, FaderNetwork, load_fader
 from models.latent import LabelKind
 from models.latent_gmm import LatentGMM, LatentGMMConfig
 from models.latent_table import load_table
@@ -40,13 +42,15 @@ from models.vae import VAEConfig
 from training.data import ImageDataset, load_dataset
 
 log = logging.getLogger("lcs.train_baseline")
-IMAGE_METHODS = ("cvae", "cvae-cmma", "cvae-gan")
+IMAGE_METHODS = ("cvae", "cvae-cmma", "cvae-gan")  # conditional generators: ``lcs eval`` samples them
+EDIT_METHODS = ("fader",)  # trained on images like them, but scored by ``lcs eval-edits`` only
 LATENT_METHODS = ("attrvec-mean", "attrvec-lsq", "gmm")
-METHODS = IMAGE_METHODS + LATENT_METHODS
+METHODS = IMAGE_METHODS + EDIT_METHODS + LATENT_METHODS
 ARTIFACT_STEM = {
     "cvae": "cvae",
     "cvae-cmma": "cvae",
     "cvae-gan": "cvaegan",
+    "fader": "fader",
     "attrvec-mean": "attrvec",
     "attrvec-lsq": "attrvec",
     "gmm": "gmm",
@@ -59,7 +63,7 @@ class TrainBaselineConfig:
     method: str = "cvae"
     label_set: str = "category"
     out: str = ""
-    init: str = ""  # fine-tune from this CVAE / CVAE-GAN directory (image methods)
+    init: str = ""  # fine-tune from this CVAE / CVAE-GAN / Fader network directory (image methods)
     labelled: int = 0  # train on this many labelled training examples, drawn with the seed (0: all)
     steps: int = 3000
     batch_size: int = 128
@@ -67,6 +71,8 @@ class TrainBaselineConfig:
     lr_final: float = 1e-5
     components: int = 4  # gmm
     min_count: int = 20  # gmm
+    adv_weight: float = FaderConfig.adv_weight  # fader: λ_E
+    adv_ramp: float = 0.3  # fader: share of the steps over which λ_E rises from 0 (the authors: 500k iterations)
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -118,10 +124,14 @@ def widen_labels(
 def build_image_model(
     cfg: TrainBaselineConfig, backbone: VAEConfig, attrs: list[str], kind: LabelKind
 ) -> torch.nn.Module:
-    ccfg = CVAEConfig(backbone=backbone, attr_names=attrs, kind=kind, learned_prior=cfg.method == "cvae-cmma")
-    model = CVAEGAN(CVAEGANConfig(cvae=ccfg)) if cfg.method == "cvae-gan" else CVAE(ccfg)
+    if cfg.method == "fader":
+        ramp = round(cfg.adv_ramp * cfg.steps)
+        model = FaderNetwork(FaderConfig(backbone, attrs, kind, adv_weight=cfg.adv_weight, ramp_steps=ramp))
+    else:
+        ccfg = CVAEConfig(backbone=backbone, attr_names=attrs, kind=kind, learned_prior=cfg.method == "cvae-cmma")
+        model = CVAEGAN(CVAEGANConfig(cvae=ccfg)) if cfg.method == "cvae-gan" else CVAE(ccfg)
     if cfg.init:
-        base, _, _ = load_conditional(cfg.init)
+        base = load_fader(cfg.init)[0] if cfg.method == "fader" else load_conditional(cfg.init)[0]
         if type(base) is not type(model):
             raise ValueError(f"--init {cfg.init} is a {type(base).__name__}, not a {type(model).__name__}")
         widen_labels(model, base.label_config.attr_names, attrs, base.state_dict())
@@ -211,7 +221,8 @@ def train_baseline(
 ) -> Path:
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; choose from {METHODS}")
-    device = resolve_device(cfg.device if cfg.method in IMAGE_METHODS else "cpu", cfg.threads)
+    on_images = cfg.method not in LATENT_METHODS
+    device = resolve_device(cfg.device if on_images else "cpu", cfg.threads)
     vman = load_manifest(cfg.bundle, "vae")
     data = load_dataset(vman["dataset"]["name"], **vman["dataset"]["params"])
     attrs, kind = label_columns(data, cfg.label_set)
@@ -220,7 +231,7 @@ def train_baseline(
     y_all = data.columns(attrs).astype(np.float32)
     rows = labelled_subset(data.indices("train"), cfg.labelled, cfg.seed)
     started = time.time()
-    if cfg.method in IMAGE_METHODS:
+    if on_images:
         model = build_image_model(cfg, VAEConfig(**vman["config"]), attrs, kind)
         log.info(
             "training %s on %s (%d labelled training images, labels %s) for %d steps on %s%s",
@@ -244,9 +255,7 @@ def train_baseline(
         extra = {}
         cfg_json, arch = model.cfg.to_json(), sys.modules[type(model).__module__].ARCH
     stored = sum(t.numel() for t in model.state_dict().values())
-    trained = (
-        sum(p.numel() for p in model.parameters()) if cfg.method in IMAGE_METHODS else stored
-    )  # fits: every number is fitted
+    trained = sum(p.numel() for p in model.parameters()) if on_images else stored  # fits: every number is fitted
     metrics.update(
         {
             "params_trained": trained,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The label sets of the shipped default bundles (issue 3), their evaluation and the model card.
-# The avatars VAE is the shipped one continued by training/recipes/backbone_cpu_long.sh (docs/backbones_avatars_continued.md).
+# The avatars VAE is the one training/recipes/backbone_cpu_long.sh continued (docs/backbones_avatars_continued.md);
+# training/recipes/backbone_stretch.sh trains it on in stretches (docs/backbones_stretch*.md) until one ships.
 # Runs on the committed VAEs/judges in service/bundles (BUNDLES=dir: a candidate copy); EVALS=dir (default runs/card) gets the
 # eval JSONs and figures that `python -m bench.model_card` turns into docs/model_card.md.
 # Label-set settings are TrainLabelSetConfig's defaults (lr 1e-3 instead of the reference 1e-4, and
