@@ -93,6 +93,15 @@ def cmd_train_labelset(a: argparse.Namespace) -> None:
     train_labelset(build(TrainLabelSetConfig, a, **extra), command=command())
 
 
+def cmd_refine_attr(a: argparse.Namespace) -> None:
+    from models.artifacts import load_manifest
+    from training.refine_attr import RefineAttrConfig, agreement_table, refine_attr
+
+    out = refine_attr(build(RefineAttrConfig, a), command=command())
+    done = load_manifest(out, "mapper")["refined"][-1]
+    print(agreement_table(done["before"], done["after"]))
+
+
 def cmd_train_baseline(a: argparse.Namespace) -> None:
     from training.train_baseline import TrainBaselineConfig, train_baseline
 
@@ -133,6 +142,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
 
 def add_jobs(sub) -> None:
     from training.encode import RULE_SAMPLES
+    from training.refine_attr import RefineAttrConfig
     from training.train_baseline import TrainBaselineConfig
     from training.train_judge import TrainJudgeConfig
     from training.train_labelset import TrainLabelSetConfig
@@ -215,6 +225,27 @@ def add_jobs(sub) -> None:
         help=f"prior samples the rule labels (default: {RULE_SAMPLES})",
     )
     p.set_defaults(func=cmd_train_labelset)
+
+    p = sub.add_parser(
+        "refine-attr", help="retrain a label set's D_attr (and actor) on what its decoded outputs show (issue 27)"
+    )
+    config_flags(
+        p,
+        RefineAttrConfig,
+        {
+            "bundle": "bundle with the VAE, the latent table and the label set",
+            "labeler": "directory of an image classifier (lcs train-judge --seed 1) trained apart from the judge",
+            "out": "default: the label set's own directory (refined in place)",
+            "n": "actor outputs drawn per round (half from the prior, half edits of real encodings)",
+            "n_check": "fresh drawn rows the agreement is measured on, before and after",
+            "attr_steps": "D_attr steps per round",
+            "actor_steps": "critic/actor steps per round after D_attr's (0: D_attr alone)",
+            "drawn_share": "share of each D_attr batch from the drawn rows",
+            **DEVICE_HELP,
+        },
+        required=("bundle", "labeler"),
+    )
+    p.set_defaults(func=cmd_refine_attr)
 
     p = sub.add_parser(
         "train-baseline", help="train or fit a baseline (CVAE, CVAE-GAN, Fader network, attribute vectors, latent GMM)"

@@ -202,9 +202,12 @@ def step(
     batch: Callable[[], torch.Tensor],
     obj: LatentObjective,
     gen: torch.Generator,
+    attr_rows: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict:
     """One actor step: ``critic_steps`` critic updates, one actor update, one D_attr update.
-    ``batch()`` draws the training-row indices of one minibatch. Returns the last losses."""
+    ``batch()`` draws the training-row indices of one minibatch; ``attr_rows()``, when given, D_attr's (latents,
+    labels) instead of posterior samples of a minibatch (``lcs refine-attr`` mixes in drawn rows). Returns the last
+    losses."""
     for _ in range(obj.critic_steps):
         loss_c, info = critic_loss(m, critic_batch(m, t, batch(), obj, gen), obj.gp_weight)
         opts.critic.zero_grad(set_to_none=True)
@@ -220,8 +223,12 @@ def step(
     for net in frozen:
         net.requires_grad_(True)
     if opts.attr is not None:
-        idx = batch()
-        loss_attr = attr_loss(m, posterior_sample(t, idx, gen), t.labels[idx], t.kind)
+        if attr_rows is None:
+            idx = batch()
+            z, y = posterior_sample(t, idx, gen), t.labels[idx]
+        else:
+            z, y = attr_rows()
+        loss_attr = attr_loss(m, z, y, t.kind)
         opts.attr.zero_grad(set_to_none=True)
         loss_attr.backward()
         opts.attr.step()

@@ -55,6 +55,10 @@ def test_baseline_edits_score_the_same_images_and_targets_as_the_actor(edit_bund
         assert {k: v["n"] for k, v in r["per_edit"].items()} == {k: v["n"] for k, v in actor["per_edit"].items()}
         assert set(actor) <= set(r) and 0 <= r["target_reached"] <= 1 and -1 <= r["identity_cosine_original"] <= 1
     assert fader["latent_shift_over_sigma_bar"] is None and fader["artifact"].endswith(f"fader-{label_set}")
+    # D_attr's reading of the edited latents beside the judge's of the images; a Fader network moves no VAE latent
+    for r in (actor, search, fixed):
+        assert 0 <= r["attr_reads_target"] <= 1 and 0 <= r["attr_agrees_with_judge"] <= 1
+    assert fader["attr_reads_target"] is None and fader["attr_agrees_with_judge"] is None
     assert search["latent_shift_over_sigma_bar"] > 0 and fixed["attrvec_scale"] == 1.0
     assert fixed["attrvec_mean_step"] == 1.0 and 0.25 <= search["attrvec_mean_step"] <= 4
     # The search tries 0.25, 0.5 .. 4 and keeps the first step D_attr reads as the target, so it reads the target at

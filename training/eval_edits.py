@@ -91,7 +91,9 @@ def evaluate_edits(
     editor = build_editor(mode, bundle, ls, vae, dev, z0, images, artifact, candidates, attrvec_scale)
     judge_of = lambda x: decide(predict(judge, x, dev)[0], jman, ls.attr_names)  # noqa: E731
     metrics = class_metrics if ls.kind == "categorical" else flip_metrics
-    edited, recon, after, result = metrics(ls, editor, z0, images, judge_of, rng)
+    edited, recon, after, judged, asked, result = metrics(ls, editor, z0, images, judge_of, rng)
+    # None where the method does not move the VAE latent (a Fader network): D_attr has nothing to read
+    result |= latent_reading(ls, edited, judged, asked) if editor.latent else dict.fromkeys(LATENT_READING)
     shift = float(((edited - z0).abs() / ls.sigma_bar).mean()) if editor.latent else None
     result = {
         "bundle": str(bundle),
@@ -132,18 +134,42 @@ def identity(judge, after: torch.Tensor, recon: torch.Tensor, dev, original: tor
     return out
 
 
+LATENT_READING = ("attr_reads_target", "attr_agrees_with_judge")
+
+
+def latent_reading(ls: LabelSetVersion, edited: torch.Tensor, judged: np.ndarray, asked: np.ndarray) -> dict:
+    """What D_attr reads at the edited latents against what the judge reads in their images (issue 27 item 3): how
+    often D_attr believes the edit reached its target, and how often it agrees with the image (a categorical set: on
+    the class; binary: per attribute)."""
+    read = read_labels(ls, edited).numpy().astype(np.int8)
+    rows = np.arange(len(read))
+    if ls.kind == "categorical":
+        return {
+            "attr_reads_target": float((read.argmax(1) == asked).mean()),
+            "attr_agrees_with_judge": float((read.argmax(1) == judged.argmax(1)).mean()),
+        }
+    return {
+        "attr_reads_target": float((read[rows, asked[:, 0]] == asked[:, 1]).mean()),
+        "attr_agrees_with_judge": float((read == judged).mean()),
+    }
+
+
 def class_metrics(ls, editor, z0, images, judge_of, rng):
-    """Categorical set: each image to a random class other than the one D_attr reads; reached = the judge's top-1."""
+    """Categorical set: each image to a random class other than the one D_attr reads; reached = the judge's top-1.
+    Returns (edited, reconstructions, edited images, the judge's reading of them, asked classes, metrics)."""
     names = ls.attr_names
     read = read_labels(ls, z0).argmax(1).numpy()
     asked = (read + rng.integers(1, len(names), size=len(z0))) % len(names)
     edited = class_edits(editor, ls, asked.tolist())
     recon, after = editor.reconstruction(), editor.images(edited)
-    reached = judge_of(after).argmax(1) == asked
+    judged = judge_of(after)
+    reached = judged.argmax(1) == asked
     return (
         edited,
         recon,
         after,
+        judged,
+        asked,
         {
             "target_reached": float(reached.mean()),
             "target_in_reconstruction": float((judge_of(recon).argmax(1) == asked).mean()),  # the null edit
@@ -157,7 +183,8 @@ def class_metrics(ls, editor, z0, images, judge_of, rng):
 
 
 def flip_metrics(ls, editor, z0, images, judge_of, rng):
-    """Binary set: one random attribute flipped per image; the judge checks it and the attributes the target keeps."""
+    """Binary set: one random attribute flipped per image; the judge checks it and the attributes the target keeps.
+    Returns as ``class_metrics``, the asked edits as (attribute, value) rows."""
     names = ls.attr_names
     attrs = rng.integers(len(names), size=len(z0)).tolist()
     current = read_labels(ls, z0)
@@ -181,6 +208,8 @@ def flip_metrics(ls, editor, z0, images, judge_of, rng):
         edited,
         recon,
         after,
+        judged["edited"],
+        np.stack([asked_col, asked.numpy().astype(np.int8)], 1),  # per image: (attribute, asked value)
         {
             "target_reached": float(reached.mean()),
             # the null edit: how often the plain reconstruction already reads the asked value
@@ -220,6 +249,11 @@ def format_edits(r: dict) -> str:
         f"identity (judge-feature cosine to the reconstruction) {r['identity_cosine']:.3f} "
         f"(other images {r['identity_cosine_other_images']:.3f}; to the original {r['identity_cosine_original']:.3f})"
     )
+    if r["attr_agrees_with_judge"] is not None:
+        lines.append(
+            f"D_attr at the edited latents: reads the target {r['attr_reads_target']:.3f}, "
+            f"agrees with the judge's reading of the images {r['attr_agrees_with_judge']:.3f}"
+        )
     return "\n".join(lines)
 
 
