@@ -132,7 +132,7 @@ def refine_attr(cfg: RefineAttrConfig, command: list[str] | None = None) -> Path
     train_rows = t.rows(0)
     batch = lambda: train_rows[torch.randint(len(train_rows), (cfg.batch_size,), generator=gen)]  # noqa: E731
     pool_z, pool_y = torch.zeros(0, t.mu.shape[1]), torch.zeros(0, len(t.attr_names))
-    n_drawn = max(1, round(cfg.batch_size * cfg.drawn_share))
+    n_drawn = round(cfg.batch_size * cfg.drawn_share)  # 0: real rows only (the control: continued training alone)
 
     def attr_rows() -> tuple[torch.Tensor, torch.Tensor]:
         idx = batch()[: cfg.batch_size - n_drawn]
