@@ -122,13 +122,16 @@ def overload(url: str, clients: int, seconds: float) -> dict:
     out: dict[int, list] = {16: [], 1: []}
 
     def client(n: int):
-        # every request sent while the flood runs counts, answered during it or after (on a slow machine the first
-        # answer can come after a short flood has ended: CI once saw none at all)
+        # every request sent while the flood runs counts, answered during it or after, and each client sends at
+        # least one: on a starved machine a short flood can end before a client thread gets to send (CI saw none
+        # twice; here, under a full-CPU job beside the tests, too)
         with httpx.Client(base_url=url, timeout=60) as h:
-            while flood.poll() is None:
+            while True:
                 t0 = time.monotonic()
                 status = h.get("/sample", params={"n": n}).status_code
                 out[n].append((status, time.monotonic() - t0))
+                if flood.poll() is not None:
+                    break
 
     time.sleep(0.5)  # the flood first
     threads = [threading.Thread(target=client, args=(n,)) for n in out]

@@ -65,9 +65,11 @@ def old_dir(bundle):
 
 
 def test_actor_steps_train_the_actor_against_the_refined_classifier(judged_bundle, labeler, tmp_path):
-    man = refine(judged_bundle, labeler, tmp_path / "refined", rounds=2, n=256, attr_steps=40, actor_steps=5)
+    cfg = dict(rounds=2, n=256, attr_steps=40, actor_steps=5, lambda_dist_edit=0.0)
+    man = refine(judged_bundle, labeler, tmp_path / "refined", **cfg)
     done = man["refined"][-1]
     assert [r["round"] for r in done["rounds"]] == [1, 2] and done["rounds"][1]["pool"] == 4 * 256
+    assert done["config"]["lambda_dist_edit"] == 0.0  # the edit rows' λ_dist of these steps, beside the set's own
     old, _, _ = load_mappers(old_dir(judged_bundle))
     new, _, _ = load_mappers(tmp_path / "refined")
     assert not all(torch.equal(a, b) for a, b in zip(old.actor.parameters(), new.actor.parameters(), strict=True))

@@ -48,6 +48,7 @@ class RefineAttrConfig:
     attr_steps: int = 300  # D_attr steps per round on real rows and the pool
     actor_steps: int = 200  # critic/actor steps per round after D_attr's (0: refine D_attr alone)
     drawn_share: float = 0.5  # share of each D_attr batch taken from the drawn rows
+    lambda_dist_edit: float = -1.0  # λ_dist of the actor's edit rows from here on (issue 27 item 4); < 0: the set's own
     batch_size: int = 256
     attr_lr: float = 1e-3
     seed: int = 0
@@ -125,6 +126,8 @@ def refine_attr(cfg: RefineAttrConfig, command: list[str] | None = None) -> Path
     t = load_table(bundle, cfg.label_set)
     known = {f.name for f in fields(TrainLabelSetConfig)}
     train_cfg = TrainLabelSetConfig(**{k: v for k, v in manifest["training"].items() if k in known})
+    if cfg.lambda_dist_edit >= 0:
+        train_cfg.lambda_dist_edit = cfg.lambda_dist_edit
     obj, opts = train_cfg.objective(), objective.optimizers(m, train_cfg.lr, cfg.attr_lr)
     check_gen = lambda: torch.Generator().manual_seed(cfg.seed + 1)  # noqa: E731 (the same draws before and after)
     before = agreement(m, t, draw(m, t, bb, labeler, lman, cfg.n_check, check_gen()), check_gen())
