@@ -8,36 +8,25 @@ a label row starts where that row's encodings live. Same fixed-σ_x Gaussian dec
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
 from torch import nn
 
 from models.latent import LabelKind
-from models.vae import Decoder, Encoder, VAEConfig, elbo
+from models.vae import Decoder, Encoder, OnBackbone, VAEConfig, elbo
 
 ARCH = "conv-cvae-v1"
 
 
 @dataclass
-class CVAEConfig:
+class CVAEConfig(OnBackbone):
     backbone: VAEConfig
     attr_names: list[str] = field(default_factory=list)
     kind: LabelKind = "binary"
     learned_prior: bool = False
     prior_width: int = 128
-
-    @property
-    def n_labels(self) -> int:
-        return len(self.attr_names)
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "backbone": self.backbone.to_json()}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "CVAEConfig":
-        return cls(**{**d, "backbone": VAEConfig(**d["backbone"])})
 
 
 class CVAE(nn.Module):

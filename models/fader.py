@@ -16,7 +16,7 @@ layer), and binary labels are one logit each (their two-unit one-hot is the same
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
@@ -24,13 +24,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.latent import LabelKind
-from models.vae import Decoder, VAEConfig, conv_trunk
+from models.vae import Decoder, OnBackbone, VAEConfig, conv_trunk
 
 ARCH = "conv-fader-v1"
 
 
 @dataclass
-class FaderConfig:
+class FaderConfig(OnBackbone):
     backbone: VAEConfig  # latent_dim is the size of E(x)
     attr_names: list[str] = field(default_factory=list)
     kind: LabelKind = "binary"
@@ -38,17 +38,6 @@ class FaderConfig:
     ramp_steps: int = 0  # updates over which λ_E rises from 0 (0: the full weight from the first update)
     dis_width: int = 512  # the latent discriminator's hidden width (the authors')
     dis_dropout: float = 0.3  # after its first hidden layer (the authors')
-
-    @property
-    def n_labels(self) -> int:
-        return len(self.attr_names)
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "backbone": self.backbone.to_json()}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "FaderConfig":
-        return cls(**{**d, "backbone": VAEConfig(**d["backbone"])})
 
 
 class FaderNetwork(nn.Module):

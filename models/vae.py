@@ -46,6 +46,25 @@ class VAEConfig:
         return asdict(self)
 
 
+class OnBackbone:
+    """For the configs of networks built on this backbone for a label set (CVAE, Fader network): the label count
+    and the JSON round trip of the nested VAEConfig, written once."""
+
+    backbone: VAEConfig
+    attr_names: list[str]
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.attr_names)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "backbone": self.backbone.to_json()}
+
+    @classmethod
+    def from_json(cls, d: dict):
+        return cls(**{**d, "backbone": VAEConfig(**d["backbone"])})
+
+
 class ResBlock(nn.Module):
     """x + conv(SiLU(conv(SiLU(x)))): depth at every resolution without losing the identity path."""
 
