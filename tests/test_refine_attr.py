@@ -34,7 +34,9 @@ def labeler(judged_bundle, tmp_path_factory, seed):
 
 
 def refine(bundle, labeler, out, **kw) -> dict:
+    # one thread, as every test (threads=0 would mean every core here: other kernels, other numbers on another CPU)
     cfg = dict(label_set="category", rounds=1, n=512, n_check=400, attr_steps=150, actor_steps=0, batch_size=64)
+    cfg["threads"] = 1
     refine_attr(RefineAttrConfig(bundle=str(bundle), labeler=str(labeler), out=str(out), device="cpu", **(cfg | kw)))
     return load_manifest(out, "mapper")
 
