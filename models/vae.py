@@ -8,7 +8,7 @@ off the data manifold — the gap the latent constraints close.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Iterator
 
 import torch
@@ -184,6 +184,22 @@ def elbo(
         kl = 0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1).sum(1)
     loss = (nll + cfg.beta * kl).mean()
     return {"loss": loss, "nll": nll.mean().detach(), "kl": kl.mean().detach(), "mse": sq.mean().detach()}
+
+
+def grow(vae: VAE, base: VAE) -> None:
+    """Load ``base`` (no residual blocks) into ``vae`` (the same sizes with them) so that ``vae`` starts as the same
+    function: every other layer copied in order, each block's last conv zeroed (x + 0 = x). Capacity added to a
+    trained VAE costs no restart (issue 26's grown candidate)."""
+    if base.cfg.res_blocks or replace(vae.cfg, res_blocks=0) != base.cfg:
+        raise ValueError(f"cannot grow {base.cfg.to_json()} into {vae.cfg.to_json()}: only residual blocks may be added")
+    for new, old in ((vae.encoder.conv, base.encoder.conv), (vae.decoder.conv, base.decoder.conv)):
+        for dst, src in zip((m for m in new if not isinstance(m, ResBlock)), old, strict=True):
+            dst.load_state_dict(src.state_dict())
+        for block in (m for m in new if isinstance(m, ResBlock)):
+            nn.init.zeros_(block.body[-1].weight)
+            nn.init.zeros_(block.body[-1].bias)
+    vae.encoder.head.load_state_dict(base.encoder.head.state_dict())
+    vae.decoder.fc.load_state_dict(base.decoder.fc.state_dict())
 
 
 def load_vae(directory, device: str | torch.device = "cpu") -> tuple[VAE, dict]:

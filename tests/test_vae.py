@@ -228,6 +228,32 @@ def test_init_fine_tunes_from_a_trained_vae_and_refuses_another_config(fashion_r
         train_vae(tiny_cfg(fashion_root, tmp_path / "other", max_steps=1, latent_dim=4, init=str(base)))
 
 
+def test_grow_adds_residual_blocks_as_the_same_function_then_they_train(fashion_root, tmp_path, seed):
+    """--grow: a trained VAE without residual blocks continues with them, starting from exactly its function."""
+    from models.vae import grow
+
+    torch.manual_seed(seed)
+    base = VAE(VAEConfig(channels=3, image_size=64, latent_dim=8, width=8))
+    grown = VAE(VAEConfig(channels=3, image_size=64, latent_dim=8, width=8, res_blocks=2))
+    x = torch.rand(3, 3, 64, 64)
+    assert not torch.allclose(grown.decode(grown.encode(x)[0]), base.decode(base.encode(x)[0]), atol=1e-3)
+    grow(grown, base)
+    for a, b in zip(grown.encode(x), base.encode(x), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose(grown.decode(base.encode(x)[0]), base.decode(base.encode(x)[0]), atol=1e-6)
+    with pytest.raises(ValueError, match="only residual blocks"):
+        grow(VAE(VAEConfig(channels=3, image_size=64, latent_dim=4, width=8, res_blocks=1)), base)
+    # through train-vae: the blocks start at zero and leave it after a few steps; the other config must match
+    trained = train_vae(tiny_cfg(fashion_root, tmp_path / "base", max_steps=5, seed=seed))
+    out = train_vae(tiny_cfg(fashion_root, tmp_path / "grown", max_steps=5, res_blocks=1, grow=True, init=str(trained)))
+    vae, manifest = load_vae(out)
+    assert manifest["config"]["res_blocks"] == 1 and manifest["training"]["grow"]
+    last = [b.body[-1].weight for b in vae.modules() if type(b).__name__ == "ResBlock"]
+    assert last and all(w.abs().max() > 0 for w in last)
+    with pytest.raises(ValueError, match="--init"):
+        train_vae(tiny_cfg(fashion_root, tmp_path / "nogrow", max_steps=1, res_blocks=1, init=str(trained)))
+
+
 def test_learning_rate_schedules_run_from_lr_to_lr_final():
     from training.train_vae import learning_rate
 

@@ -30,7 +30,7 @@ from conditioning.runtime import autocast, job_threads, memory_format, resolve_d
 from evaluation.reconstruction import evaluate_mse
 from models.artifacts import fingerprint, save_artifact
 from models.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from models.vae import ARCH, VAE, VAEConfig, load_vae
+from models.vae import ARCH, VAE, VAEConfig, grow, load_vae
 from models.vaegan import VAEGAN, VAEGANConfig
 from training.data import ImageDataset, load_dataset
 
@@ -58,6 +58,7 @@ class TrainVAEConfig:
     adv_weight: float = VAEGANConfig.adv
     fm_weight: float = VAEGANConfig.fm
     init: str = ""  # start from this trained VAE directory's weights (same config): fine-tuning
+    grow: bool = False  # --init from a VAE without residual blocks into this one's --res-blocks, as the same function
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto (bf16 where the device has it in hardware) | bf16 | fp32: conditioning.runtime
@@ -106,9 +107,12 @@ def build_models(cfg: TrainVAEConfig, data: ImageDataset, device: torch.device):
     vae = VAE(vcfg)
     if cfg.init:
         base, _ = load_vae(cfg.init)
-        if base.cfg != vcfg:
+        if cfg.grow:
+            grow(vae, base)
+        elif base.cfg != vcfg:
             raise ValueError(f"--init {cfg.init} has config {base.cfg.to_json()}, this run {vcfg.to_json()}")
-        vae.load_state_dict(base.state_dict())
+        else:
+            vae.load_state_dict(base.state_dict())
     gan = VAEGANConfig(adv=cfg.adv_weight, fm=cfg.fm_weight)
     # A VAE-GAN trains the VAE with its discriminator (the checkpoint holds both); the artifact is the VAE alone.
     model = (VAEGAN(vae, gan) if gan.enabled else vae).to(device)
