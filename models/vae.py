@@ -191,7 +191,9 @@ def grow(vae: VAE, base: VAE) -> None:
     function: every other layer copied in order, each block's last conv zeroed (x + 0 = x). Capacity added to a
     trained VAE costs no restart (issue 26's grown candidate)."""
     if base.cfg.res_blocks or replace(vae.cfg, res_blocks=0) != base.cfg:
-        raise ValueError(f"cannot grow {base.cfg.to_json()} into {vae.cfg.to_json()}: only residual blocks may be added")
+        raise ValueError(
+            f"cannot grow {base.cfg.to_json()} into {vae.cfg.to_json()}: only residual blocks can be added"
+        )
     for new, old in ((vae.encoder.conv, base.encoder.conv), (vae.decoder.conv, base.decoder.conv)):
         for dst, src in zip((m for m in new if not isinstance(m, ResBlock)), old, strict=True):
             dst.load_state_dict(src.state_dict())
