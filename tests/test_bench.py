@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from bench.model_card import asked_on_worst, balanced_over_decoder, bars, per_attribute_table
+from bench.card_render import per_attribute_table
+from bench.model_card import asked_on_worst, balanced_over_decoder, bars
 
 
 def attr(on, off, bal, rec_recall, rec_spec=1.0, rec_bal=1.0):
