@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.latent import LabelKind
-from models.vae import Decoder, OnBackbone, VAEConfig, conv_trunk
+from models.vae import VAE, Decoder, OnBackbone, VAEConfig, conv_trunk
 
 ARCH = "conv-fader-v1"
 
@@ -71,6 +71,22 @@ class FaderNetwork(nn.Module):
 
     def decode(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.decoder(torch.cat([h, y.to(h.dtype)], 1))
+
+    @torch.no_grad()
+    def start_from_vae(self, vae: VAE) -> None:
+        """Start as a trained VAE's autoencoder: E = its encoder with the μ head, D = its decoder with the label
+        inputs at zero. Compared with latent constraints on that VAE, the Fader network then starts from the same
+        autoencoder instead of from scratch (``lcs train-baseline --method fader --init BUNDLE``)."""
+        b = self.cfg.backbone
+        if vae.cfg.to_json() != b.to_json():
+            raise ValueError(f"the VAE's sizes {vae.cfg.to_json()} are not this Fader network's {b.to_json()}")
+        self.encoder[0].load_state_dict(vae.encoder.conv.state_dict())
+        self.encoder[2].weight.copy_(vae.encoder.head.weight[: b.latent_dim])
+        self.encoder[2].bias.copy_(vae.encoder.head.bias[: b.latent_dim])
+        self.decoder.conv.load_state_dict(vae.decoder.conv.state_dict())
+        self.decoder.fc.weight.zero_()
+        self.decoder.fc.weight[:, : b.latent_dim] = vae.decoder.fc.weight
+        self.decoder.fc.bias.copy_(vae.decoder.fc.bias)
 
     def adv_lambda(self) -> float:
         """λ_E of the next update."""

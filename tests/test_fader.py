@@ -126,3 +126,31 @@ def test_fader_trains_saves_and_loads_back_the_same_model(judged_bundle, tmp_pat
     assert torch.equal(model.encode(x), at_end["h"]) and torch.equal(model.decode(model.encode(x), y), at_end["x"])
     log = [line for line in (out / "train_log.jsonl").read_text().splitlines() if line]
     assert {"loss_dis", "dis_acc", "rec", "fool", "adv_lambda"} <= set(json.loads(log[-1]))
+
+
+def test_fader_can_start_as_the_bundles_vae_and_trains_from_there(judged_bundle, tmp_path):
+    """--init BUNDLE: the Fader network starts as the VAE's autoencoder (E = μ, D ignores the labels until it learns
+    them), so it is compared with latent constraints from the same autoencoder."""
+    from models.vae import load_vae
+
+    vae, _ = load_vae(judged_bundle)
+    m = FaderNetwork(FaderConfig(vae.cfg, ["a", "b"]))
+    m.start_from_vae(vae)
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mu = vae.encode(x)[0]
+        assert torch.allclose(m.encode(x), mu, atol=1e-6)
+        for y in (torch.zeros(4, 2), torch.ones(4, 2)):
+            assert torch.allclose(m.decode(mu, y), vae.decode(mu), atol=1e-6)
+    with pytest.raises(ValueError, match="sizes"):
+        other = VAEConfig(channels=1, image_size=28, latent_dim=3, width=8)
+        FaderNetwork(FaderConfig(other, ["a"])).start_from_vae(vae)
+    cfg = TrainBaselineConfig(bundle=str(judged_bundle), method="fader", label_set="footwear", steps=2, batch_size=16)
+    out = train_baseline(
+        TrainBaselineConfig(**{**cfg.__dict__, "init": str(judged_bundle), "device": "cpu", "out": str(tmp_path / "f")})
+    )
+    model, manifest = load_fader(out)
+    assert manifest["training"]["init"] == str(judged_bundle)
+    with torch.no_grad():  # two small steps from the VAE: still close to it, far from a fresh network
+        fresh = FaderNetwork(model.cfg)
+        assert (model.encode(x) - mu).abs().mean() < 0.1 * (fresh.encode(x) - mu).abs().mean()

@@ -38,7 +38,7 @@ from models.fader import FaderConfig, FaderNetwork, load_fader
 from models.latent import LabelKind
 from models.latent_gmm import LatentGMM, LatentGMMConfig
 from models.latent_table import load_table
-from models.vae import VAEConfig
+from models.vae import VAEConfig, load_vae
 from training.data import ImageDataset, load_dataset
 
 log = logging.getLogger("lcs.train_baseline")
@@ -63,7 +63,9 @@ class TrainBaselineConfig:
     method: str = "cvae"
     label_set: str = "category"
     out: str = ""
-    init: str = ""  # fine-tune from this CVAE / CVAE-GAN / Fader network directory (image methods)
+    # fine-tune from this CVAE / CVAE-GAN / Fader network directory (image methods); fader also from a VAE directory
+    # (e.g. the bundle): it then starts as that VAE's autoencoder
+    init: str = ""
     labelled: int = 0  # train on this many labelled training examples, drawn with the seed (0: all)
     steps: int = 3000
     batch_size: int = 128
@@ -130,7 +132,9 @@ def build_image_model(
     else:
         ccfg = CVAEConfig(backbone=backbone, attr_names=attrs, kind=kind, learned_prior=cfg.method == "cvae-cmma")
         model = CVAEGAN(CVAEGANConfig(cvae=ccfg)) if cfg.method == "cvae-gan" else CVAE(ccfg)
-    if cfg.init:
+    if cfg.init and cfg.method == "fader" and (Path(cfg.init) / "vae.json").exists():
+        model.start_from_vae(load_vae(cfg.init)[0])
+    elif cfg.init:
         base = load_fader(cfg.init)[0] if cfg.method == "fader" else load_conditional(cfg.init)[0]
         if type(base) is not type(model):
             raise ValueError(f"--init {cfg.init} is a {type(base).__name__}, not a {type(model).__name__}")
