@@ -9,6 +9,12 @@ def fd(e: dict) -> str:
     return f"{f['fd']:.1f} [{f['ci95'][0]:.1f}, {f['ci95'][1]:.1f}]"
 
 
+def shift(e: dict) -> str:
+    """The σ̄-weighted latent shift; a Fader network does not move the VAE latent."""
+    v = e["latent_shift_over_sigma_bar"]
+    return "—" if v is None else f"{v:.2f}"
+
+
 def edits_section(edits: dict) -> list[str]:
     """The `lcs eval-edits` tables of one bundle; empty when it has no edit results."""
     out: list[str] = []
@@ -27,7 +33,7 @@ def edits_section(edits: dict) -> list[str]:
         out += [
             f"| {mode} | {e['target_reached']:.3f} | {e['target_in_reconstruction']:.3f} | "
             f"{e['pixel_mse_edit_vs_reconstruction']:.4f} | "
-            f"{e['latent_shift_over_sigma_bar']:.2f} | {e['n']} | {e['seconds']:.0f} s |"
+            f"{shift(e)} | {e['n']} | {e['seconds']:.0f} s |"
             for mode, e in edits.items()
         ]
         out += ["", "Target reached per asked class (actor):", "", "| class | n | reached |", "|---|---|---|"]
@@ -58,7 +64,7 @@ def edits_section(edits: dict) -> list[str]:
                 f"| {mode} | {e['target_reached']:.3f} | {e['target_in_reconstruction']:.3f} | "
                 f"{e['others_unchanged_vs_original']:.3f} | "
                 f"{e['others_unchanged_vs_reconstruction']:.3f} | {e['forced_changes_per_edit']:.2f} | {ident} | "
-                f"{e['latent_shift_over_sigma_bar']:.2f} | {e['n']} | {e['seconds']:.0f} s |"
+                f"{shift(e)} | {e['n']} | {e['seconds']:.0f} s |"
             )
         modes = list(edits)
         out += [

@@ -18,6 +18,8 @@ from bench.card_render import markdown
 
 BUNDLES = {"avatars": "faces", "fashion-mnist": "category"}
 SAMPLERS = ("prior", "realism", "actor", "optimize")
+# `lcs eval-edits` rows: the actor alone and with the server's 8 candidates, optimisation, then the edit baselines
+EDIT_ROWS = ("actor", "actor-k8", "optimize", "attrvec-mean", "attrvec-lsq", "fader")
 # Issue 16's bars, in the metrics that show a miss (name: description, bar, higher is better). "Alone": a request
 # naming one attribute (GET /sample?attrs=smiling), the rest drawn as the server draws them.
 BARS = {
@@ -42,6 +44,13 @@ BARS = {
     "edits_actor_reached": ("avatars edits, actor: target reached", 0.80, True),
     "edits_actor_worst_direction": ("avatars edits, actor: worst edit direction's target reached", 0.5, True),
     "edits_actor_kept": ("avatars edits, actor: other attributes kept (vs the reconstruction)", 0.90, True),
+    "edits_actor-k8_reached": ("avatars edits, the server's selection among 8: target reached", 0.80, True),
+    "edits_actor-k8_worst_direction": (
+        "avatars edits, the server's selection among 8: worst edit direction's target reached",
+        0.5,
+        True,
+    ),
+    "edits_actor-k8_kept": ("avatars edits, the server's selection among 8: other attributes kept", 0.90, True),
     "edits_optimize_reached": ("avatars edits, optimise: target reached", 0.80, True),
     "edits_optimize_worst_direction": ("avatars edits, optimise: worst edit direction's target reached", 0.5, True),
     "edits_optimize_kept": ("avatars edits, optimise: other attributes kept (vs the reconstruction)", 0.90, True),
@@ -128,7 +137,7 @@ def collect(bundle: Path, evals: Path, label_set: str) -> dict:
                 if k in e
             }
             out["eval"][s]["command"] = " ".join(e["command"])
-    for mode in ("actor", "optimize"):
+    for mode in EDIT_ROWS:
         e = read(evals / f"edits-{mode}-{label_set}.json")
         if e:
             out["edits"][mode] = {k: v for k, v in e.items() if k not in ("bundle", "decoder_fingerprint")}

@@ -9,7 +9,8 @@ A categorical set has nothing else to keep: each image is moved to a random clas
 one D_attr reads, and the judge says whether it reached it; the pixel and σ̄-weighted latent
 distances say how much of the image the edit kept.
 The baselines (attribute vectors, a Fader network: ``evaluation.editors``) run on the same images, asked attributes
-and target rows for the same seed, and write the same JSON (edits-MODE-LABEL_SET.json).
+and target rows for the same seed, and write the same JSON (edits-MODE-LABEL_SET.json; edits-MODE-kK-LABEL_SET.json
+for K > 1 candidates).
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def evaluate_edits(
         "seconds": round(time.time() - started, 1),
         "command": command or sys.argv,
     }
-    (out / f"edits-{mode}-{label_set}.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = f"{mode}-k{candidates}" if candidates > 1 else mode  # the server's selection beside the plain actor
+    (out / f"edits-{name}-{label_set}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(format_edits(result))
     return result
 

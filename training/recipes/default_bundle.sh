@@ -53,6 +53,24 @@ if [ "${PART:-all}" = all ] || [ "${PART}" = fashion-train ]; then
   # by 600 steps (docs/baselines.md, docs/model_card.md); for a class change there is no identity to keep.
   step lcs train-labelset --bundle $B/fashion-mnist --label-set category --steps 600 --lambda-dist 0 --diag-every 200 --threads "$T"
 fi
+if [ "${PART:-all}" = all ] || [ "${PART}" = edit-baselines ]; then
+  # Issue 27 item 1: the edit baselines on each bundle's own backbone and data, into BUNDLE/baselines/: attribute
+  # vectors (fits on the latent table) and a Fader network that starts as the bundle's VAE autoencoder (--init)
+  for b in avatars:faces fashion-mnist:category; do
+    for m in attrvec-mean attrvec-lsq; do
+      step lcs train-baseline --bundle $B/${b%%:*} --method $m --label-set ${b##*:} --threads "$T"
+    done
+    step lcs train-baseline --bundle $B/${b%%:*} --method fader --label-set ${b##*:} --init $B/${b%%:*} \
+      --steps "${FADER_STEPS:-1500}" --batch-size 64 --threads 2
+  done
+fi
+edit_baselines() {  # eval-edits of the edit baselines a bundle has (PART=edit-baselines trains them)
+  for m in attrvec-mean attrvec-lsq fader; do
+    if [ -d "$1/baselines/$m-$2" ]; then
+      step lcs eval-edits --bundle "$1" --label-set "$2" --mode $m --n 1000 --out "$3"
+    fi
+  done
+}
 if [ "${PART:-all}" = all ] || [ "${PART}" = avatars-eval ]; then
   O=$EVALS/avatars
   for s in prior realism actor; do
@@ -60,7 +78,9 @@ if [ "${PART:-all}" = all ] || [ "${PART}" = avatars-eval ]; then
   done
   step lcs eval --bundle $B/avatars --sampler optimize --label-set faces --n 2000 --n-spec3 1000 --n-single 100 --out $O
   step lcs eval-edits --bundle $B/avatars --label-set faces --mode actor --n 1000 --out $O
+  step lcs eval-edits --bundle $B/avatars --label-set faces --mode actor --candidates 8 --n 1000 --out $O
   step lcs eval-edits --bundle $B/avatars --label-set faces --mode optimize --n 300 --out $O
+  edit_baselines $B/avatars faces $O
   step lcs figures --bundle $B/avatars --label-set faces --out $O \
     --spec "" --spec smiling --spec eyeglasses --spec wearing_hat --spec blond_hair,-wearing_hat \
     --spec bald,mustache --spec gray_hair,eyeglasses,-smiling --spec pale_skin,black_hair \
@@ -72,6 +92,7 @@ if [ "${PART:-all}" = all ] || [ "${PART}" = fashion-eval ]; then
     step lcs eval --bundle $B/fashion-mnist --sampler $s --label-set category --n 5000 --out $O
   done
   step lcs eval-edits --bundle $B/fashion-mnist --label-set category --mode actor --n 1000 --out $O
+  edit_baselines $B/fashion-mnist category $O
   step lcs figures --bundle $B/fashion-mnist --label-set category --out $O \
     --spec tshirt_top --spec trouser --spec pullover --spec dress --spec coat --spec sandal --spec shirt --spec sneaker --spec bag --spec ankle_boot
 fi
