@@ -57,6 +57,7 @@ if [ "${PART:-all}" = all ] || [ "${PART}" = edit-baselines ]; then
   # Issue 27 item 1: the edit baselines on each bundle's own backbone and data, into BUNDLE/baselines/: attribute
   # vectors (fits on the latent table) and a Fader network that starts as the bundle's VAE autoencoder (--init)
   for b in avatars:faces fashion-mnist:category; do
+    [ -f $B/${b%%:*}/latents.safetensors ] || step lcs encode --bundle $B/${b%%:*}
     for m in attrvec-mean attrvec-lsq; do
       step lcs train-baseline --bundle $B/${b%%:*} --method $m --label-set ${b##*:} --threads "$T"
     done
