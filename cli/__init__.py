@@ -345,6 +345,7 @@ def add_serve(sub) -> None:
             "notify": "redis://HOST:PORT/DB: change notices between replicas (pointer polling stays the fallback)",
             "max_batch": "samples per decoder forward",
             "max_wait_ms": "how long a batch waits to fill",
+            "model_workers": "batches run at once, one model thread each (with --threads 1: one per core)",
             "max_queue": "waiting samples before 429",
             "max_queue_wait_s": "estimated queue wait in seconds before /sample gets 429",
             "request_timeout_s": "per-request deadline in seconds (504 after)",

@@ -74,7 +74,7 @@ async def _start(app: FastAPI, st: State) -> None:
         st.pending.pop("registry")
         await asyncio.to_thread(_warmup, st)
         st.pending.pop("warmup")
-        st.batcher = Batcher(st.backbone, st.metrics, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue)
+        st.batcher = Batcher(st.backbone, st.metrics, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue, cfg.model_workers)
         st.batcher.start()
         app.state.tasks += [asyncio.create_task(t) for t in (_poll(st), _sweep(st), st.jobs.run())]
         if st.registry.notifier is not None:

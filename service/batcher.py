@@ -1,10 +1,11 @@
 """Asyncio dynamic batcher: concurrent /sample requests share one decoder forward.
 
 Requests wait at most ``max_wait_ms`` for company (default none: what queues while a batch runs is the next batch),
-up to ``max_batch`` samples. Each batch runs
-on the single model thread (so the event loop never blocks and model work never races): every
-(label set, mode) group goes through its mapper on its own sub-batch, then the whole batch goes
-through the decoder once.
+up to ``max_batch`` samples. Each batch runs on a model thread (so the event loop never blocks): every (label set,
+mode) group goes through its mapper on its own sub-batch, then the whole batch goes through the decoder once. With
+``workers`` model threads, that many batches run at once, each on its own core when the torch threads are 1 (an op
+then runs on the calling thread, so a row's bytes are the same on any worker). Why: with one model thread and one
+torch thread, a 2-core box left most of its second core idle under load (py-spy: the event loop used ~35% of it).
 
 Overload is answered at admission, fast: a request gets 429 with Retry-After when its estimated wait
 (the samples ahead of it and its own, at the throughput the model thread has measured) exceeds the
@@ -80,32 +81,43 @@ class SampleResult:
 
 class Batcher:
     def __init__(
-        self, backbone: Backbone, metrics: Metrics, max_batch: int = 64, max_wait_ms: float = 0.0, max_queue: int = 1024
+        self,
+        backbone: Backbone,
+        metrics: Metrics,
+        max_batch: int = 64,
+        max_wait_ms: float = 0.0,
+        max_queue: int = 1024,
+        workers: int = 1,
     ):
         self.backbone, self.metrics = backbone, metrics
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="lcs-model")
+        self.workers = workers
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="lcs-model")
         self.items: collections.deque[SampleWork] = collections.deque()
         self.waiting = 0
-        self.running, self.run_started = 0, 0.0  # samples in the batch on the model thread, and since when
+        self.runs: dict[int, tuple[int, float]] = {}  # batches on the model threads: samples and since when
         self.sec_per_sample = INITIAL_SEC_PER_SAMPLE
         self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(workers)
         self._task: asyncio.Task | None = None
+        self._dispatched: set[asyncio.Task] = set()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="lcs-batcher")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for t in [self._task, *self._dispatched]:
+            if t:
+                t.cancel()
+        await asyncio.gather(*[t for t in [self._task, *self._dispatched] if t], return_exceptions=True)
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     def estimated_wait(self, n: int) -> float:
-        """Seconds until ``n`` samples queued now would be drawn: what the running batch has left, then every
-        waiting sample and these, at the measured rate."""
-        left = max(0.0, self.running * self.sec_per_sample - (time.monotonic() - self.run_started))
-        return left + (self.waiting + n) * self.sec_per_sample
+        """Seconds until ``n`` samples queued now would be drawn: what the running batches have left, then every
+        waiting sample and these, at the measured rate of one model thread times their number."""
+        now = time.monotonic()
+        left = sum(max(0.0, k * self.sec_per_sample - (now - t)) for k, t in self.runs.values())
+        return (left + (self.waiting + n) * self.sec_per_sample) / self.workers
 
     def _observe(self, seconds: float, n: int) -> None:
         """Fold one batch's model-thread time into the seconds-per-sample EWMA, weighted by the batch's share of
@@ -180,7 +192,7 @@ class Batcher:
             self._unqueue(work)
 
     async def call(self, fn, *args, timeout: float):
-        """Other model work (edits) on the same model thread, with the same deadline rule."""
+        """Other model work (edits) on the same model threads, with the same deadline rule."""
         fut = asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
         try:
             return await asyncio.wait_for(fut, timeout)
@@ -214,11 +226,11 @@ class Batcher:
         return batch
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             while not self.items:
                 self._wakeup.clear()
                 await self._wakeup.wait()
+            await self._slots.acquire()  # a free model thread; what queues meanwhile joins this batch
             first_seen = time.monotonic()
             while self.waiting < self.max_batch and (left := self.max_wait - (time.monotonic() - first_seen)) > 0:
                 self._wakeup.clear()
@@ -228,26 +240,33 @@ class Batcher:
                     break
             batch = self._take()
             if not batch:
+                self._slots.release()
                 continue
-            n = sum(w.units for w in batch)
-            self.running, self.run_started = n, time.monotonic()
-            try:
-                results, seconds = await loop.run_in_executor(self.executor, self._timed_run, batch)
-            except Exception as e:  # noqa: BLE001 - handed to each waiting request, logged there
-                log.exception("batch of %d requests failed", len(batch))
-                for w in batch:
-                    if not w.future.done():
-                        w.future.set_exception(e)
-                continue
-            finally:
-                self.running = 0
-            self._observe(seconds, n)
-            self.metrics.batch_size.observe(sum(w.n for w in batch))
-            self.metrics.batch_requests.observe(len(batch))
-            for w, r in zip(batch, results, strict=True):
+            task = asyncio.get_running_loop().create_task(self._dispatch(batch))
+            self._dispatched.add(task)
+            task.add_done_callback(self._dispatched.discard)
+
+    async def _dispatch(self, batch: list[SampleWork]) -> None:
+        """One batch on a model thread, its rows handed to the waiting requests."""
+        n = sum(w.units for w in batch)
+        self.runs[id(batch)] = (n, time.monotonic())
+        try:
+            results, seconds = await asyncio.get_running_loop().run_in_executor(self.executor, self._timed_run, batch)
+        except Exception as e:  # noqa: BLE001 - handed to each waiting request, logged there
+            log.exception("batch of %d requests failed", len(batch))
+            for w in batch:
                 if not w.future.done():
-                    w.future.set_result(r)
-            del batch, results, w  # do not pin this batch's label-set versions while waiting for the next
+                    w.future.set_exception(e)
+            return
+        finally:
+            del self.runs[id(batch)]
+            self._slots.release()
+        self._observe(seconds, n)
+        self.metrics.batch_size.observe(sum(w.n for w in batch))
+        self.metrics.batch_requests.observe(len(batch))
+        for w, r in zip(batch, results, strict=True):
+            if not w.future.done():
+                w.future.set_result(r)
 
     def _timed_run(self, batch: list[SampleWork]) -> tuple[list[SampleResult], float]:
         """Timed on the model thread itself, so edits queued there do not count as sampling time."""

@@ -27,6 +27,9 @@ class ServerConfig:
     # auto: bf16 autocast on CUDA and on CPUs with bf16 units (avx512_bf16 / AMX), else fp32 (conditioning.runtime)
     precision: str = "auto"
     max_batch: int = 64  # samples per decoder forward
+    # batches run at once, each on its own model thread: with threads 1, one per core puts a 2-core box's second core
+    # to work (the event loop leaves most of it idle), and a row's bytes do not depend on the thread (service.batcher)
+    model_workers: int = 1
     # how long the batcher waits to fill a batch. 0: an idle model thread takes what is queued at once (requests
     # that arrive while it works form the next batch): one user p50 44 -> 37 ms, 32 connections 64 -> 79 req/s
     # against 5 ms on 2 AMD EPYC cores (issue 28)

@@ -150,6 +150,60 @@ def test_a_rows_bytes_do_not_depend_on_its_batch(service_bundle, which, precisio
     assert len(pad(z[:3])) == PAD_ROWS and len(pad(z)) == 70 and len(pad(z[:1], 2)) == 2
 
 
+class CountingBackbone(SlowBackbone):
+    """SlowBackbone that records how many decodes ran at once."""
+
+    def __init__(self, delay: float):
+        super().__init__(delay)
+        self.lock, self.now, self.most = threading.Lock(), 0, 0
+
+    def decode(self, z):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            return super().decode(z)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_model_workers_run_that_many_batches_at_once_and_share_the_estimate(workers):
+    eng = CountingBackbone(delay=0.2)
+
+    async def go():
+        b = Batcher(eng, Metrics(), max_batch=2, workers=workers)
+        b.sec_per_sample = 0.01
+        waits = [b.estimated_wait(8)]
+        b.start()
+        results = await asyncio.gather(*[b.sample(work(2, float(i)), 5) for i in range(4)])
+        await b.stop()
+        return results, waits
+
+    results, waits = run(go())
+    assert eng.most == workers and sorted(eng.decode_rows) == [2, 2, 2, 2]
+    assert [int(r.images[0, 0, 0, 0]) for r in results] == [0, 1, 2, 3]  # each request its own rows
+    assert waits[0] == pytest.approx(0.08 / workers)  # 8 samples at 10 ms, spread over the model threads
+
+
+def test_a_rows_bytes_do_not_depend_on_the_model_thread_that_decodes_it(service_bundle):
+    """With one torch thread an op runs on its calling thread: two model threads decoding at once give the bytes
+    one thread gives (what lets --model-workers keep same seed, same bytes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = torch.get_num_threads()
+    try:
+        bb = Backbone(service_bundle, "cpu", 1, "fp32")
+        zs = [torch.randn(n, bb.latent_dim, generator=torch.Generator().manual_seed(n)) for n in (1, 3, 8, 16) * 4]
+        alone = [to_uint8(bb.decode(z)) for z in zs]
+        with ThreadPoolExecutor(2) as pool:
+            together = list(pool.map(lambda z: to_uint8(bb.decode(z)), zs))
+        assert all(np.array_equal(a, b) for a, b in zip(alone, together, strict=True))
+    finally:
+        torch.set_num_threads(before)
+
+
 class GatedBackbone(SlowBackbone):
     """Decoding waits for ``release``, so a test knows exactly what is queued behind the running batch; decodes with
     ``inner`` when given (a real backbone), else as SlowBackbone."""
@@ -264,11 +318,11 @@ def test_the_estimate_counts_what_the_running_batch_has_left():
     async def go():
         b = Batcher(SlowBackbone(), Metrics())
         b.sec_per_sample = 0.01
-        b.running, b.run_started = 64, time.monotonic()
+        b.runs[0] = (64, time.monotonic())
         fresh = b.estimated_wait(1)
         with pytest.raises(ApiError) as e:  # 0.64 s left of the running batch + its own 0.64 s
             await b.sample(work(64, 0.0), 30, max_queue_wait_s=1.0)
-        b.run_started -= 10  # that batch should long be done: only the request's own sample is left
+        b.runs[0] = (64, time.monotonic() - 10)  # that batch should long be done: only the request's own sample is left
         late = b.estimated_wait(1)
         b.sec_per_sample = 0.1  # 6.4 s for the request alone
         tasks = await enqueue(b, 64, max_queue_wait_s=1.0)
@@ -291,7 +345,7 @@ def test_batch_timings_move_the_estimate_in_proportion_to_the_batch_size():
         await live.sample(work(4, 0.0), 5)  # at least 50 ms a sample
         for b in (full, single, live):
             await b.stop()
-        return full.sec_per_sample, single.sec_per_sample, live.sec_per_sample, live.running
+        return full.sec_per_sample, single.sec_per_sample, live.sec_per_sample, len(live.runs)
 
     full, single, live, running = run(go())
     gap = 0.005 - INITIAL_SEC_PER_SAMPLE
