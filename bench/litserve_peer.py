@@ -71,12 +71,12 @@ def main() -> None:
     )
     for flag in ("--bundle", "--labelset", "--device"):
         p.add_argument(flag, required=True)
-    for flag in ("--threads", "--port"):
+    for flag in ("--threads", "--port", "--workers"):
         p.add_argument(flag, type=int, required=True)
     p.add_argument("--batch-timeout-ms", type=float, required=True)
     a = p.parse_args()
     api = SampleAPI(Path(a.bundle), a.labelset, a.threads, a.batch_timeout_ms / 1000)
-    server = ls.LitServer(api, accelerator=resolve_device(a.device).type, devices=1)
+    server = ls.LitServer(api, accelerator=resolve_device(a.device).type, devices=1, workers_per_device=a.workers)
     server.run(host="127.0.0.1", port=a.port, generate_client_file=False)
 
 

@@ -239,6 +239,7 @@ def ours(a: argparse.Namespace, data: str, log: Path) -> list[dict]:
     port = free_port()
     cmd = [sys.executable, "-m", "cli", "serve", "--bundle", a.bundle, "--data-dir", data, "--port", str(port)]
     cmd += ["--device", a.device, "--threads", str(a.threads), "--max-wait-ms", str(a.max_wait_ms)]
+    cmd += ["--model-workers", str(a.model_workers)]
     base = f"http://127.0.0.1:{port}"
     with running(cmd, base + "/readyz", log) as proc:
         url = base + f"/sample?labelset={a.labelset}&attrs={a.attrs}&n={{n}}"
@@ -249,7 +250,7 @@ def litserve(a: argparse.Namespace, log: Path) -> list[dict]:
     port = free_port()
     cmd = [sys.executable, "-m", "bench.litserve_peer", "--bundle", a.bundle, "--labelset", a.labelset]
     cmd += ["--device", a.device, "--threads", str(a.threads), "--port", str(port)]
-    cmd += ["--batch-timeout-ms", str(a.max_wait_ms)]
+    cmd += ["--batch-timeout-ms", str(a.max_wait_ms), "--workers", str(a.model_workers)]
     base = f"http://127.0.0.1:{port}"
     body = json.dumps({"attrs": a.attrs})
     with running(cmd, base + "/health", log) as proc:
@@ -361,6 +362,12 @@ def main() -> None:
     p.add_argument("--connections", type=ints, default=[1, 8, 32], help="comma-separated; R_serve at the widest")
     p.add_argument("--n", type=ints, default=[1, 16], help="images per request for ours (LitServe: n = 1)")
     p.add_argument("--max-wait-ms", type=float, default=ServerConfig.max_wait_ms, help="ours, and LitServe's timeout")
+    p.add_argument(
+        "--model-workers",
+        type=int,
+        default=ServerConfig.model_workers,
+        help="ours: batches at once (lcs serve --model-workers); LitServe: workers_per_device, the same count",
+    )
     p.add_argument("--out", default="docs/bench_serve.json")
     a = p.parse_args()
     need_wrk()
