@@ -5,8 +5,8 @@ On our VAE's conv backbone and image size:
 - generator G(z, c): the VAE's decoder fed [z, one-hot(c_cat), c_cont]; z ~ N(0, I) (``backbone.latent_dim`` wide),
   c_cat uniform over ``n_categories``, c_cont uniform in [−1, 1]^``n_continuous``;
 - discriminator D(x): conv trunk -> feature layer f(x) -> one real/fake logit (``models.cvaegan.FeatureNet``);
-- Q(c|x): an MLP head on D's feature layer (the trunk is shared, as the authors'): logits of c_cat and a Gaussian
-  N(μ, σ²) per continuous code, σ = 1 or learned.
+- Q(c|x): an MLP head on D's feature layer (the trunk is shared, as the authors'), its hidden layer batch-normalised
+  (as theirs): logits of c_cat and a Gaussian N(μ, σ²) per continuous code, σ = 1 or learned.
 Losses, with the information term I = CE(Q's logits, c_cat) + Σ Gaussian NLL(c_cont) = −(the mutual-information lower
 bound) + H(c), a constant:
 - D: BCE(D(x) -> 1) + BCE(D(G(z, c)) -> 0) + λ·I on the same (detached) fakes, Q's head frozen: the shared trunk
@@ -55,7 +55,11 @@ class InfoGAN(nn.Module):
         self.cfg = cfg
         self.generator = Decoder(replace(b, latent_dim=b.latent_dim + k + m))
         self.discriminator = FeatureNet(b, f, 1)
-        self.q = nn.Sequential(nn.Linear(f, f), nn.LeakyReLU(0.2), nn.Linear(f, k + m * (2 if cfg.learn_sigma else 1)))
+        # batch norm, as the authors': D's trunk at initialisation passes on little of an image's variation (Q's logits
+        # varied by 1e-3 across images whose pixels varied by 0.4), and normalising over the batch lets Q read the code
+        # from the first steps rather than once D's own training has grown the trunk's gain
+        q_out = k + m * (2 if cfg.learn_sigma else 1)
+        self.q = nn.Sequential(nn.Linear(f, f), nn.BatchNorm1d(f), nn.LeakyReLU(0.2), nn.Linear(f, q_out))
 
     def codes(
         self, n: int, generator: torch.Generator | None = None, category: torch.Tensor | None = None
@@ -97,8 +101,14 @@ class InfoGAN(nn.Module):
 
     @torch.no_grad()
     def code_of(self, x: torch.Tensor) -> torch.Tensor:
-        """Q's most likely categorical code for images in [0, 1]: what ``match_codes`` maps to classes."""
-        return self.posterior(self.discriminator(x)[1])[0].argmax(1)
+        """Q's most likely categorical code for images in [0, 1], what ``match_codes`` maps to classes; in eval mode, so
+        an image's code does not depend on the batch it comes in."""
+        was = self.training
+        self.eval()
+        try:
+            return self.posterior(self.discriminator(x)[1])[0].argmax(1)
+        finally:
+            self.train(was)
 
     def optim_groups(self) -> dict[str, list[nn.Parameter]]:
         # Q's head steps with G: both minimise the same term λ·I on the same forward pass, and the adversarial term
@@ -167,5 +177,7 @@ def load_infogan(directory, device: str | torch.device = "cpu") -> tuple[InfoGAN
     from models.artifacts import load_model
 
     extra = ("label_rows", "label_counts")  # stored beside every image baseline's weights (``lcs train-baseline``)
-    model, manifest, _ = load_model(directory, "infogan", ARCH, lambda cfg: InfoGAN(InfoGANConfig.from_json(cfg)), extra)
+    model, manifest, _ = load_model(
+        directory, "infogan", ARCH, lambda cfg: InfoGAN(InfoGANConfig.from_json(cfg)), extra
+    )
     return model.to(device), manifest
