@@ -245,6 +245,7 @@ class Batcher:
             task = asyncio.get_running_loop().create_task(self._dispatch(batch))
             self._dispatched.add(task)
             task.add_done_callback(self._dispatched.discard)
+            del batch, task  # do not pin this batch's label-set versions while waiting for the next
 
     async def _dispatch(self, batch: list[SampleWork]) -> None:
         """One batch on a model thread, its rows handed to the waiting requests."""
