@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -27,25 +27,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.vae import ARCH as VAE_ARCH
-from models.vae import VAE, Decoder, Encoder, VAEConfig, conv_trunk
+from models.vae import VAE, Decoder, Encoder, HasBackbone, VAEConfig, conv_trunk
 
 ARCH = "conv-bigan-v1"
 
 
 @dataclass(frozen=True)
-class BiGANConfig:
+class BiGANConfig(HasBackbone):
     backbone: VAEConfig  # sizes of E and G (its sigma_x and beta are unused: there is no likelihood)
     stochastic: bool = False  # ALI: E(x) = μ + σ·ε from the encoder's (μ, log σ²); BiGAN (False): E(x) = μ
     sigma_z: float = 0.1  # BiGAN: the σ that ``encode`` reports for every latent (see ``Invertible.encode``)
     dis_width: int = 256  # D's latent MLP and image features; the joint MLP is twice as wide
     dis_dropout: float = 0.2  # after every hidden layer of D (ALI's)
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "backbone": self.backbone.to_json()}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "BiGANConfig":
-        return cls(**{**d, "backbone": VAEConfig(**d["backbone"])})
 
 
 class Invertible(nn.Module):

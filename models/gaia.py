@@ -18,20 +18,20 @@ space is convex (midpoints decode to realistic images) and latent constraints ca
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
 from torch import nn
 
 from models.bigan import Invertible
-from models.vae import Decoder, Encoder, VAEConfig, conv_trunk
+from models.vae import Decoder, Encoder, HasBackbone, VAEConfig, conv_trunk
 
 ARCH = "conv-gaia-v1"
 
 
 @dataclass(frozen=True)
-class GAIAConfig:
+class GAIAConfig(HasBackbone):
     backbone: VAEConfig  # sizes of the generator's encoder and decoder, and of the critic's trunk
     sigma_z: float = 0.1  # the σ that ``encode`` reports for every latent (the encoder is deterministic)
     critic_dim: int = 64  # the critic autoencoder's bottleneck (BEGAN's h)
@@ -40,13 +40,6 @@ class GAIAConfig:
     alpha_std: float = 0.25  # spread of the interpolation weight α around 0.5
     gamma: float = 0.5  # BEGAN's balance: the critic's error on fakes is held near γ times its error on real images
     lambda_k: float = 1e-3  # BEGAN's step size for k_t
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "backbone": self.backbone.to_json()}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "GAIAConfig":
-        return cls(**{**d, "backbone": VAEConfig(**d["backbone"])})
 
 
 class CriticAutoencoder(nn.Module):

@@ -16,7 +16,7 @@ bound) + H(c), a constant:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
@@ -24,26 +24,19 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.cvaegan import FeatureNet
-from models.vae import Decoder, VAEConfig
+from models.vae import Decoder, HasBackbone, VAEConfig
 
 ARCH = "conv-infogan-v1"
 
 
 @dataclass(frozen=True)
-class InfoGANConfig:
+class InfoGANConfig(HasBackbone):
     backbone: VAEConfig  # image shape and widths; latent_dim is the size of the noise z
     n_categories: int = 10  # values of the categorical code (Fashion-MNIST's 10 classes)
     n_continuous: int = 2  # continuous codes, uniform in [-1, 1]
     info_weight: float = 1.0  # λ: the authors' weight for discrete codes
     learn_sigma: bool = False  # Q's σ of the continuous codes: fixed at 1 (as the authors' released code) or learned
     feature_dim: int = 256  # width of D's feature layer and of Q's hidden layer
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "backbone": self.backbone.to_json()}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "InfoGANConfig":
-        return cls(**{**d, "backbone": VAEConfig(**d["backbone"])})
 
 
 class InfoGAN(nn.Module):

@@ -46,16 +46,11 @@ class VAEConfig:
         return asdict(self)
 
 
-class OnBackbone:
-    """For the configs of networks built on this backbone for a label set (CVAE, Fader network): the label count
-    and the JSON round trip of the nested VAEConfig, written once."""
+class HasBackbone:
+    """For the configs of networks built on this backbone (BiGAN, GAIA, InfoGAN, and with labels ``OnBackbone``):
+    the JSON round trip of the nested VAEConfig, written once."""
 
     backbone: VAEConfig
-    attr_names: list[str]
-
-    @property
-    def n_labels(self) -> int:
-        return len(self.attr_names)
 
     def to_json(self) -> dict:
         return {**asdict(self), "backbone": self.backbone.to_json()}
@@ -63,6 +58,16 @@ class OnBackbone:
     @classmethod
     def from_json(cls, d: dict):
         return cls(**{**d, "backbone": VAEConfig(**d["backbone"])})
+
+
+class OnBackbone(HasBackbone):
+    """For the configs of networks built on this backbone for a label set (CVAE, Fader network, Triple-GAN)."""
+
+    attr_names: list[str]
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.attr_names)
 
 
 class ResBlock(nn.Module):
