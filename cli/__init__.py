@@ -248,18 +248,22 @@ def add_jobs(sub) -> None:
     p.set_defaults(func=cmd_refine_attr)
 
     p = sub.add_parser(
-        "train-baseline", help="train or fit a baseline (CVAE, CVAE-GAN, Fader network, attribute vectors, latent GMM)"
+        "train-baseline",
+        help="train or fit a baseline (CVAE, CVAE-GAN, Triple-GAN, Fader network, InfoGAN, BiGAN, GAIA, attribute "
+        "vectors, latent GMM)",
     )
     config_flags(
         p,
         TrainBaselineConfig,
         {
             "bundle": "bundle whose VAE backbone, data and latent table the baseline uses",
-            "method": "cvae | cvae-cmma | cvae-gan | fader | attrvec-mean | attrvec-lsq | gmm",
+            "method": "cvae | cvae-cmma | cvae-gan | triplegan | fader | infogan | bigan | gaia | attrvec-mean | "
+            "attrvec-lsq | gmm (bigan, gaia: OUT becomes a bundle on their encoder and generator)",
             "label_set": "a label set of the dataset, or several joined by '+' (image methods)",
             "out": "default: BUNDLE/baselines/METHOD-LABEL_SET",
             "init": "fine-tune this CVAE / CVAE-GAN / Fader network directory",
-            "labelled": "use only this many labelled training examples (0 = all)",
+            "labelled": "use only this many labelled training examples (0 = all; triplegan draws its unlabelled "
+            "batches from every training image)",
             "steps": "training steps (image methods)",
             "components": "mixture components per label row (gmm)",
             "min_count": "fewest examples per label row (gmm)",

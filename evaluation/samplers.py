@@ -3,8 +3,10 @@
 ``lcs eval`` scores any sampler the same way. A sampler is built from (bundle dir, label set,
 VAE) and maps a float label matrix (n x K, 0/1) to images (n x C x H x W in [0, 1]). Methods
 on the frozen VAE (prior, latent constraints, attribute vectors, latent GMM) produce latents
-that the bundle's decoder turns into images; retrained conditional models (CVAE, CVAE-GAN)
-use their own decoder. Add one by registering a factory in SAMPLERS.
+that the bundle's decoder turns into images; retrained conditional models (CVAE, CVAE-GAN, Triple-GAN)
+and InfoGAN (through its code -> class map) use their own generator. BiGAN and GAIA are backbones, not samplers:
+``lcs train-baseline`` makes a bundle of each, and the samplers above run on it. Add one by registering a
+factory in SAMPLERS.
 """
 
 from __future__ import annotations
@@ -221,7 +223,8 @@ def conditional_images(
 
 
 class ConditionalModelSampler:
-    """A retrained conditional model (CVAE, CVAE-CMMA, CVAE-GAN) with its own decoder: z ~ p(z|y), x = G(z, y)."""
+    """A retrained conditional model (CVAE, CVAE-CMMA, CVAE-GAN, Triple-GAN) with its own decoder: z ~ p(z|y),
+    x = G(z, y)."""
 
     conditional = True
 
@@ -243,6 +246,39 @@ class ConditionalModelSampler:
         return conditional_images(self.model, labels, self.attrs, self.rows, self.counts, generator, device)
 
 
+class InfoGANSampler:
+    """InfoGAN, conditioned after the fact: each requested class fixes the categorical code that ``lcs train-baseline``
+    matched to it (``code_class``); the noise and continuous codes are drawn. A class no code took is refused."""
+
+    name, conditional = "infogan", True
+
+    def __init__(self, bundle: Path, label_set: str, vae: VAE, artifact: str | Path = ""):
+        from models.infogan import load_infogan
+
+        path = Path(artifact) if artifact else baseline_dir(bundle, "infogan", label_set)
+        self.model, self.manifest, extra = load_infogan(path)
+        if self.manifest.get("label_set") != label_set or "code_class" not in extra:
+            raise ValueError(f"{path} has no code -> class map for label set {label_set!r}")
+        self.code = torch.full((len(label_set_attrs(bundle, label_set)),), -1, dtype=torch.long)
+        for code, cls in enumerate(extra["code_class"].tolist()):
+            if cls >= 0:
+                self.code[cls] = code
+
+    @torch.no_grad()
+    def images(
+        self, labels: torch.Tensor, generator: torch.Generator, device: torch.device, mask: Mask = None
+    ) -> torch.Tensor:
+        codes = self.code[labels.argmax(1)]
+        if (codes < 0).any():
+            raise ValueError("a requested class has no InfoGAN code matched to it")
+        self.model.to(device)
+        out = []
+        for s in range(0, len(codes), 256):
+            with autocast(device):
+                out.append(self.model.sample(len(codes[s : s + 256]), generator, codes[s : s + 256]).float().cpu())
+        return torch.cat(out)
+
+
 SAMPLERS: dict[str, Callable[..., Sampler]] = {
     "prior": lambda bundle, label_set, vae, artifact="": PriorSampler(vae),
     "realism": RealismSampler,
@@ -250,7 +286,8 @@ SAMPLERS: dict[str, Callable[..., Sampler]] = {
     "optimize": OptimizeSampler,
     "energy": EnergySampler,
     **{m: partial(LatentBaselineSampler, m) for m in ("attrvec-mean", "attrvec-lsq", "gmm")},
-    **{m: partial(ConditionalModelSampler, m) for m in ("cvae", "cvae-cmma", "cvae-gan")},
+    **{m: partial(ConditionalModelSampler, m) for m in ("cvae", "cvae-cmma", "cvae-gan", "triplegan")},
+    "infogan": InfoGANSampler,
 }
 
 

@@ -129,6 +129,8 @@ class JointDiscriminator(nn.Module):
 
 
 class BiGAN(Invertible):
+    adam_betas = (0.5, 0.999)  # DCGAN's Adam setting for adversarial games, read by ``lcs train-baseline``
+
     def __init__(self, cfg: BiGANConfig):
         super().__init__()
         self.cfg = cfg

@@ -155,5 +155,9 @@ def load_cvaegan(directory, device: str | torch.device = "cpu") -> tuple[CVAEGAN
 
 
 def load_conditional(directory: str | Path, device: str | torch.device = "cpu"):
-    """A trained CVAE or CVAE-GAN -> (model, manifest, extra tensors)."""
+    """A trained CVAE, CVAE-GAN or Triple-GAN -> (model, manifest, extra tensors)."""
+    if (Path(directory) / "triplegan.json").exists():
+        from models.triplegan import load_triplegan  # it builds on this module's FeatureNet
+
+        return load_triplegan(directory, device)
     return (load_cvaegan if (Path(directory) / "cvaegan.json").exists() else load_cvae)(directory, device)

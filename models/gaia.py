@@ -57,6 +57,8 @@ class CriticAutoencoder(nn.Module):
 
 
 class GAIA(Invertible):
+    adam_betas = (0.5, 0.999)  # DCGAN's Adam setting for adversarial games, read by ``lcs train-baseline``
+
     def __init__(self, cfg: GAIAConfig):
         super().__init__()
         self.cfg = cfg

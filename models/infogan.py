@@ -40,6 +40,8 @@ class InfoGANConfig(HasBackbone):
 
 
 class InfoGAN(nn.Module):
+    adam_betas = (0.5, 0.999)  # DCGAN's Adam setting for adversarial games, read by ``lcs train-baseline``
+
     def __init__(self, cfg: InfoGANConfig):
         super().__init__()
         b, f, k, m = cfg.backbone, cfg.feature_dim, cfg.n_categories, cfg.n_continuous
@@ -166,11 +168,13 @@ def match_codes(pred_codes: torch.Tensor, labels: torch.Tensor, n_classes: int) 
     return torch.tensor(assigned, dtype=torch.long), score / max(len(pred), 1)
 
 
-def load_infogan(directory, device: str | torch.device = "cpu") -> tuple[InfoGAN, dict]:
+def load_infogan(directory, device: str | torch.device = "cpu") -> tuple[InfoGAN, dict, dict[str, torch.Tensor]]:
+    """-> (model, manifest, extra tensors stored beside the weights: ``label_rows``/``label_counts`` as every image
+    baseline's, and ``code_class``, the code -> class map, where ``lcs train-baseline`` fitted one)."""
     from models.artifacts import load_model
 
-    extra = ("label_rows", "label_counts")  # stored beside every image baseline's weights (``lcs train-baseline``)
-    model, manifest, _ = load_model(
+    extra = ("label_rows", "label_counts", "code_class")
+    model, manifest, tensors = load_model(
         directory, "infogan", ARCH, lambda cfg: InfoGAN(InfoGANConfig.from_json(cfg)), extra
     )
-    return model.to(device), manifest
+    return model.to(device), manifest, {k: tensors[k] for k in extra if k in tensors}

@@ -44,6 +44,8 @@ class TripleGANConfig(OnBackbone):
 
 
 class TripleGAN(nn.Module):
+    adam_betas = (0.5, 0.999)  # DCGAN's Adam setting for adversarial games, read by ``lcs train-baseline``
+
     def __init__(self, cfg: TripleGANConfig):
         super().__init__()
         b, k = cfg.backbone, cfg.n_labels

@@ -236,7 +236,7 @@ def test_latent_baselines_fit_on_the_latent_table_and_evaluate(judged_bundle, me
 
 def test_unknown_method_and_label_set_are_clear(judged_bundle):
     with pytest.raises(ValueError, match="unknown method"):
-        train_baseline(TrainBaselineConfig(bundle=str(judged_bundle), method="bigan"))
+        train_baseline(TrainBaselineConfig(bundle=str(judged_bundle), method="pixelcnn"))
     with pytest.raises(ValueError, match="not in fashion-mnist"):
         train_baseline(
             TrainBaselineConfig(bundle=str(judged_bundle), method="cvae", label_set="category+hats", steps=1)

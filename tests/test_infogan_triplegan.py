@@ -221,7 +221,7 @@ def test_both_models_load_back_exactly(tmp_path):
     save_artifact(
         tmp_path, "triplegan", {**triple.state_dict(), **rows}, {"arch": TRIPLEGAN_ARCH, "config": triple.cfg.to_json()}
     )
-    info2, manifest = load_infogan(tmp_path)
+    info2, manifest, info_extra = load_infogan(tmp_path)
     triple2, _, extra = load_triplegan(tmp_path)
     assert info2.cfg == info.cfg and triple2.cfg == triple.cfg and manifest["arch"] == INFOGAN_ARCH
     for a, b in ((info, info2), (triple, triple2)):
@@ -230,7 +230,7 @@ def test_both_models_load_back_exactly(tmp_path):
     assert torch.equal(sample(info, 5), sample(info2, 5)) and torch.equal(info.code_of(x), info2.code_of(x))
     assert torch.equal(sample(triple, y), sample(triple2, y)) and torch.equal(triple.classify(x), triple2.classify(x))
     assert torch.equal(triple.discriminate(x, y), triple2.discriminate(x, y))
-    assert torch.equal(extra["label_rows"], rows["label_rows"])
+    assert torch.equal(extra["label_rows"], rows["label_rows"]) and set(info_extra) == {"label_rows", "label_counts"}
     save_artifact(
         tmp_path / "bad", "infogan", info.state_dict(), {"arch": TRIPLEGAN_ARCH, "config": info.cfg.to_json()}
     )

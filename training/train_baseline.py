@@ -2,9 +2,14 @@
 backbone and data as the bundle's VAE.
 
 - retrained conditional models, trained on images: ``cvae`` (prior N(0, I)), ``cvae-cmma`` (learned
-  prior p(z|y)), ``cvae-gan``; and ``fader``, a Fader network, which edits images (``lcs eval-edits``) but has no
-  prior to sample from. ``--init DIR`` fine-tunes an earlier one for a wider label set: its
-  weights are copied, and inputs/outputs for the new label columns start at zero.
+  prior p(z|y)), ``cvae-gan``, ``triplegan`` (semi-supervised: with ``--labelled N`` its unlabelled batches come
+  from every training image); and ``fader``, a Fader network, which edits images (``lcs eval-edits``) but has no
+  prior to sample from. ``--init DIR`` fine-tunes an earlier CVAE, CVAE-GAN or Fader network for a wider label set:
+  its weights are copied, and inputs/outputs for the new label columns start at zero.
+- unsupervised models, trained on images without labels: ``infogan`` (its categorical code is then matched to the
+  label set's classes on the labelled training images: ``code_class``, the sampler's map), ``bigan`` and ``gaia``
+  (exported beside their own artifact as a VAE-format backbone, vae.* plus the bundle's judge: the output directory
+  is a bundle that ``lcs encode`` and ``lcs train-labelset`` take, latent constraints on a GAN's latent space).
 - fits on the frozen VAE's latent table (``lcs encode``): ``attrvec-mean``, ``attrvec-lsq``, ``gmm``.
 
 ``--label-set`` names a label set of the dataset, or several joined by ``+`` (a model that must serve
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -32,25 +38,35 @@ from conditioning.images import batch_to_float
 from conditioning.runtime import autocast, resolve_device
 from models.artifacts import load_manifest, save_artifact
 from models.attrvec import AttributeVectors, AttrVecConfig
+from models.bigan import BiGAN, BiGANConfig, save_as_vae
 from models.cvae import CVAE, CVAEConfig
 from models.cvaegan import CVAEGAN, CVAEGANConfig, load_conditional
 from models.fader import FaderConfig, FaderNetwork, load_fader
+from models.gaia import GAIA, GAIAConfig
+from models.infogan import InfoGAN, InfoGANConfig, match_codes
 from models.latent import LabelKind
 from models.latent_gmm import LatentGMM, LatentGMMConfig
 from models.latent_table import load_table
+from models.triplegan import TripleGAN, TripleGANConfig
 from models.vae import VAEConfig, load_vae
 from training.data import ImageDataset, load_dataset
 
 log = logging.getLogger("lcs.train_baseline")
-IMAGE_METHODS = ("cvae", "cvae-cmma", "cvae-gan")  # conditional generators: ``lcs eval`` samples them
+IMAGE_METHODS = ("cvae", "cvae-cmma", "cvae-gan", "triplegan")  # conditional generators: ``lcs eval`` samples them
 EDIT_METHODS = ("fader",)  # trained on images like them, but scored by ``lcs eval-edits`` only
+UNSUPERVISED_METHODS = ("infogan", "bigan", "gaia")  # trained on images without labels
+BACKBONE_METHODS = ("bigan", "gaia")  # exported as a bundle's backbone (see the module's docstring)
 LATENT_METHODS = ("attrvec-mean", "attrvec-lsq", "gmm")
-METHODS = IMAGE_METHODS + EDIT_METHODS + LATENT_METHODS
+METHODS = IMAGE_METHODS + EDIT_METHODS + UNSUPERVISED_METHODS + LATENT_METHODS
 ARTIFACT_STEM = {
     "cvae": "cvae",
     "cvae-cmma": "cvae",
     "cvae-gan": "cvaegan",
+    "triplegan": "triplegan",
     "fader": "fader",
+    "infogan": "infogan",
+    "bigan": "bigan",
+    "gaia": "gaia",
     "attrvec-mean": "attrvec",
     "attrvec-lsq": "attrvec",
     "gmm": "gmm",
@@ -126,6 +142,17 @@ def widen_labels(
 def build_image_model(
     cfg: TrainBaselineConfig, backbone: VAEConfig, attrs: list[str], kind: LabelKind
 ) -> torch.nn.Module:
+    if cfg.method in UNSUPERVISED_METHODS + ("triplegan",):
+        if cfg.init:
+            raise ValueError("--init fine-tunes a CVAE, CVAE-GAN or Fader network, not a GAN baseline")
+        if cfg.method == "infogan" and kind != "categorical":
+            raise ValueError("infogan matches its categorical code to classes: it needs a categorical label set")
+        return {
+            "infogan": lambda: InfoGAN(InfoGANConfig(backbone, n_categories=len(attrs))),
+            "bigan": lambda: BiGAN(BiGANConfig(backbone)),
+            "gaia": lambda: GAIA(GAIAConfig(backbone)),
+            "triplegan": lambda: TripleGAN(TripleGANConfig(backbone, attrs, kind)),
+        }[cfg.method]()
     if cfg.method == "fader":
         ramp = round(cfg.adv_ramp * cfg.steps)
         model = FaderNetwork(FaderConfig(backbone, attrs, kind, adv_weight=cfg.adv_weight, ramp_steps=ramp))
@@ -152,9 +179,12 @@ def train_image_model(
     out: Path,
     probe: Callable | None,
     probe_every: int,
+    unlabelled: np.ndarray | None = None,
 ) -> dict:
+    """``unlabelled``: training rows a semi-supervised model (Triple-GAN) draws its unlabelled batch from."""
     model.to(device).train()
-    opts = {g: torch.optim.Adam(p, lr=cfg.lr) for g, p in model.optim_groups().items()}
+    betas = getattr(model, "adam_betas", (0.9, 0.999))  # the GANs': their papers' (0.5, 0.999)
+    opts = {g: torch.optim.Adam(p, lr=cfg.lr, betas=betas) for g, p in model.optim_groups().items()}
     decay = (cfg.lr_final / cfg.lr) ** (1 / max(cfg.steps, 1))
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -165,12 +195,16 @@ def train_image_model(
             idx = np.sort(rows[torch.randint(len(rows), (cfg.batch_size,), generator=gen).numpy()])
             x = batch_to_float(data.images[idx], device)
             y = torch.from_numpy(y_all[idx]).float().to(device)
+            extra = ()
+            if unlabelled is not None:
+                iu = np.sort(unlabelled[torch.randint(len(unlabelled), (cfg.batch_size,), generator=gen).numpy()])
+                extra = (batch_to_float(data.images[iu], device),)
             info = {}
             for opt in opts.values():
                 for pg in opt.param_groups:
                     pg["lr"] = cfg.lr * decay**step
             with autocast(device):
-                for group, loss, part in model.step_losses(x, y):
+                for group, loss, part in model.step_losses(x, y, *extra):
                     opts[group].zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(opts[group].param_groups[0]["params"], 1e4)
@@ -188,6 +222,33 @@ def train_image_model(
                 probes.append({"step": step, "cpu_s": cpu, **probe(step, model)})
                 model.train()
     return {"steps": cfg.steps, "cpu_seconds": round(cpu, 2), "probes": probes}
+
+
+@torch.no_grad()
+def infogan_code_map(
+    model: InfoGAN, data: ImageDataset, y_all: np.ndarray, rows: np.ndarray, seed: int
+) -> tuple[torch.Tensor, dict]:
+    """The one-to-one code -> class map fitted on (up to 10,000 of) the labelled training images, and how many images
+    it classifies right there and on the test split: how well a code learnt without labels matches the classes."""
+
+    def codes(idx: np.ndarray) -> torch.Tensor:
+        parts = [model.code_of(batch_to_float(data.images[idx[s : s + 512]], "cpu")) for s in range(0, len(idx), 512)]
+        return torch.cat(parts)
+
+    classes = lambda idx: torch.from_numpy(y_all[idx].argmax(1))  # noqa: E731
+    fit, test = labelled_subset(rows, 10_000, seed), data.indices("test")
+    mapping, fit_acc = match_codes(codes(fit), classes(fit), y_all.shape[1])
+    test_acc = float((mapping[codes(test)] == classes(test)).float().mean())
+    return mapping, {"fit_images": len(fit), "fit_accuracy": round(fit_acc, 4), "test_accuracy": round(test_acc, 4)}
+
+
+def export_backbone(model: BiGAN | GAIA, out: Path, bundle: Path, manifest: dict) -> None:
+    """Make OUT a bundle on the model's (E, G): vae.* (``models.bigan.save_as_vae``) and the source bundle's judge,
+    which reads images whatever drew them. ``lcs encode --bundle OUT`` and label-set training then run unchanged."""
+    save_as_vae(model, out, {k: manifest[k] for k in ("dataset", "training", "command", "metrics")})
+    for name in ("judge.json", "judge.safetensors"):
+        if (bundle / name).exists():
+            shutil.copyfile(bundle / name, out / name)
 
 
 def fit_latent_model(cfg: TrainBaselineConfig, attrs: list[str], kind: LabelKind) -> tuple[torch.nn.Module, dict, dict]:
@@ -247,10 +308,16 @@ def train_baseline(
             device,
             f", from {cfg.init}" if cfg.init else "",
         )
-        metrics = train_image_model(cfg, model, data, y_all, rows, device, out, probe, probe_every)
+        every = data.indices("train")
+        semi = cfg.method == "triplegan" and len(rows) < len(every)
+        metrics = train_image_model(
+            cfg, model, data, y_all, rows, device, out, probe, probe_every, every if semi else None
+        )
         model = model.cpu().eval()
         distinct, counts = np.unique(y_all[rows].astype(np.int8), axis=0, return_counts=True)
         extra = {"label_rows": torch.from_numpy(distinct), "label_counts": torch.from_numpy(counts)}
+        if cfg.method == "infogan":
+            extra["code_class"], metrics["code_match"] = infogan_code_map(model, data, y_all, rows, cfg.seed)
         cfg_json, arch, fp = model.cfg.to_json(), sys.modules[type(model).__module__].ARCH, {}
     else:
         model, metrics, fp = fit_latent_model(cfg, attrs, kind)
@@ -283,6 +350,8 @@ def train_baseline(
     }
     stem = ARTIFACT_STEM[cfg.method]
     save_artifact(out, stem, {**model.state_dict(), **extra}, manifest)
+    if cfg.method in BACKBONE_METHODS:
+        export_backbone(model, out, Path(cfg.bundle), {**manifest, "dataset": vman["dataset"]})
     log.info(
         "wrote %s (%d parameters trained, %.1f CPU-s)", out / f"{stem}.safetensors", trained, metrics["cpu_seconds"]
     )

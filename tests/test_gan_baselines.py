@@ -1,0 +1,112 @@
+"""The GAN baselines through ``lcs train-baseline`` and ``lcs eval`` on the tiny judged bundle: Triple-GAN as a
+semi-supervised conditional sampler, InfoGAN through its code -> class map, BiGAN and GAIA as bundles that latent
+constraints train on. Plumbing, not quality: the models' own learning is in test_bigan_gaia and
+test_infogan_triplegan."""
+
+import json
+
+import pytest
+import torch
+
+from evaluation.samplers import build_sampler
+from models.cvaegan import load_conditional
+from models.infogan import load_infogan
+from models.triplegan import TripleGAN
+from models.vae import load_vae
+from training.encode import encode_dataset
+from training.evaluate import evaluate
+from training.train_baseline import TrainBaselineConfig, train_baseline
+from training.train_labelset import TrainLabelSetConfig, train_labelset
+
+
+def train(bundle, method, out, **kw):
+    cfg = dict(bundle=str(bundle), method=method, label_set="category", steps=6, batch_size=32, device="cpu")
+    return train_baseline(TrainBaselineConfig(**{**cfg, "out": str(out), **kw}))
+
+
+def score(bundle, sampler, out, tmp_path):
+    r = evaluate(
+        bundle, sampler=sampler, label_set="category", n=40, boots=2, device="cpu", artifact=out, out=tmp_path / "ev"
+    )
+    assert r["sampler"] == sampler and 0 <= r["mean_accuracy"] <= 1
+    return r
+
+
+def test_triplegan_trains_on_few_labels_with_unlabelled_batches_and_samples(judged_bundle, tmp_path):
+    out = train(judged_bundle, "triplegan", tmp_path / "t", labelled=50)
+    model, manifest, extra = load_conditional(out)
+    assert isinstance(model, TripleGAN) and manifest["metrics"]["labelled_examples"] == 50
+    assert int(extra["label_counts"].sum()) == 50
+    # the unlabelled batches ran: the classifier's adversarial term is logged beside its supervised loss
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert {"loss_c", "adv_c", "pseudo", "loss_d", "loss_g"} <= set(log[-1])
+    score(judged_bundle, "triplegan", out, tmp_path)
+
+
+def test_gan_baselines_use_adam_beta1_one_half(judged_bundle, tmp_path, monkeypatch):
+    seen = []
+    real = torch.optim.Adam
+
+    def spy(params, **kw):
+        seen.append(kw["betas"])
+        return real(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "Adam", spy)
+    train(judged_bundle, "triplegan", tmp_path / "t", steps=1)
+    train(judged_bundle, "cvae", tmp_path / "c", steps=1)
+    assert seen == [(0.5, 0.999)] * 3 + [(0.9, 0.999)]
+
+
+def test_infogan_codes_are_matched_to_classes_and_sampled_through_the_map(judged_bundle, tmp_path):
+    out = train(judged_bundle, "infogan", tmp_path / "i")
+    model, manifest, extra = load_infogan(out)
+    mapping, match = extra["code_class"], manifest["metrics"]["code_match"]
+    # one class per code: the map is a permutation of the 10 classes
+    assert sorted(mapping.tolist()) == list(range(10))
+    assert match["fit_images"] == manifest["metrics"]["labelled_examples"]
+    # the best of the 10 cyclic maps already matches a tenth of the images: the best map is at least that
+    assert 0 <= match["test_accuracy"] <= 1 and match["fit_accuracy"] >= 0.1
+    smp = build_sampler("infogan", judged_bundle, "category", None, out)
+    labels = torch.eye(10)[[3, 3, 7]]
+    imgs = smp.images(labels, torch.Generator().manual_seed(0), torch.device("cpu"))
+    again = model.sample(
+        3, torch.Generator().manual_seed(0), torch.tensor([(mapping == c).nonzero().item() for c in (3, 3, 7)])
+    )
+    assert imgs.shape == (3, 1, 28, 28) and torch.equal(imgs, again)
+    score(judged_bundle, "infogan", out, tmp_path)
+    with pytest.raises(ValueError, match="no code -> class map"):
+        build_sampler("infogan", judged_bundle, "footwear", None, out)
+
+
+def test_infogan_needs_a_categorical_label_set_and_gans_cannot_be_fine_tuned(judged_bundle, tmp_path):
+    with pytest.raises(ValueError, match="categorical label set"):
+        train(judged_bundle, "infogan", tmp_path / "i", label_set="footwear")
+    with pytest.raises(ValueError, match="not a GAN baseline"):
+        train(judged_bundle, "bigan", tmp_path / "b", init=str(judged_bundle))
+
+
+@pytest.mark.parametrize("method", ["bigan", "gaia"])
+def test_bigan_and_gaia_become_bundles_that_latent_constraints_train_on(judged_bundle, method, tmp_path, seed):
+    out = train(judged_bundle, method, tmp_path / method)
+    vae, vman = load_vae(out)
+    assert vman["exported_from"].startswith(f"conv-{method}") and vman["dataset"]["label_sets"]["category"]
+    assert (out / "judge.json").exists() and (out / f"{method}.json").exists()
+    x = torch.rand(4, 1, 28, 28)
+    mu, sigma = vae.encode(x)
+    assert torch.allclose(sigma, torch.full_like(sigma, 0.1))  # a deterministic encoder reports its fixed σ
+    encode_dataset(out, device="cpu")
+    train_labelset(
+        TrainLabelSetConfig(
+            bundle=str(out),
+            label_set="category",
+            steps=10,
+            width=32,
+            depth=2,
+            label_embed=8,
+            batch_size=64,
+            diag_every=10,
+            seed=seed,
+            threads=1,
+        )
+    )
+    score(out, "actor", "", tmp_path)
