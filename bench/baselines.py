@@ -14,6 +14,8 @@ For each dataset, on the shipped bundle's backbone and data (service/bundles/DAT
    FLOPs (torch.utils.flop_counter) until it first reaches 95% of its own final accuracy; parameters
    trained and stored; drift of the previously served label set. R_register = LC cost ÷ CVAE retrain cost.
 3. Label efficiency: final accuracy on the new labels with 100 / 1,000 / 10,000 labelled examples.
+4. The GAN systems (bench/gan_parts.py): Triple-GAN and InfoGAN as samplers, BiGAN and GAIA as backbones that an
+   LC label set is trained on, each with its training curve; Triple-GAN vs LC with 1%, 10% and 100% of the labels.
 Writes docs/baselines.json and docs/baselines.md (and sample grids in the work dir); never hand-edited.
 The protocol is in bench/protocol.py, the experiments in bench/runners.py, FLOP counting in bench/flops.py and
 the markdown and figures in bench/render.py; this module only runs them.
@@ -29,9 +31,19 @@ from pathlib import Path
 
 import torch
 
-from bench.protocol import COMMAND, DATASETS, NEW_PARTS, PROFILES, QUALITY_PARTS, aggregate, bundle_dir, equal_accuracy
+from bench.protocol import (
+    COMMAND,
+    DATASETS,
+    NEW_PARTS,
+    PROFILES,
+    QUALITY_PARTS,
+    STUDY_PARTS,
+    aggregate,
+    bundle_dir,
+    equal_accuracy,
+)
 from bench.render import figure, markdown
-from bench.runners import new_label_set, quality
+from bench.runners import new_label_set, quality, triplegan_labels
 from conditioning.runtime import setup_logging
 from training.encode import encode_dataset
 
@@ -51,6 +63,27 @@ def _redraw_figures(result: dict, work: Path, out: Path, path: Path) -> None:
     (out / "baselines.md").write_text(markdown(result) + "\n")
 
 
+def _measure(name: str, bundle: Path, spec: dict, prof: dict, work: Path, parts: list[str], entry: dict, out: Path):
+    """Run ``parts`` on one dataset and merge what they measure into its ``entry``."""
+    print(f"== {name}: quality on {spec['label_set']}", flush=True)
+    fresh = quality(name, bundle, spec, prof, work, parts)
+    done = {r["method"] for r in fresh}
+    entry["quality_raw"] = [r for r in entry["quality_raw"] if r["method"] not in done] + fresh
+    order = {m: i for i, m in enumerate(QUALITY_PARTS)}
+    entry["quality_raw"].sort(key=lambda r: (r["seed"], order[r["method"]]))
+    entry["quality"] = aggregate(entry["quality_raw"])
+    if spec["new"] and any(p.startswith("new:") for p in parts):
+        print(f"== {name}: new label set {spec['new']}", flush=True)
+        entry["new_label_set"] = new_label_set(name, bundle, spec, prof, work, parts, entry["new_label_set"] or {})
+    if "triplegan-labels" in parts:
+        print(f"== {name}: Triple-GAN and LC with a share of the labels", flush=True)
+        entry["triplegan_labels"] = triplegan_labels(name, bundle, spec, prof, work)
+    if entry["quality"]:
+        entry["figure"] = figure(name, bundle, spec, work, [r["method"] for r in entry["quality"]], out)
+    if entry["new_label_set"]:
+        entry["new_label_set"]["equal_accuracy"] = equal_accuracy(entry["new_label_set"])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.baselines", description=__doc__.split("\n")[0])
     p.add_argument("--datasets", default="fashion-mnist,avatars")
@@ -60,7 +93,7 @@ def main() -> None:
         "--only",
         default="",
         help="comma-separated parts to (re)measure, merged into the dataset's existing results; "
-        f"parts: {', '.join(QUALITY_PARTS + NEW_PARTS)}",
+        f"parts: {', '.join(QUALITY_PARTS + NEW_PARTS + STUDY_PARTS)}",
     )
     p.add_argument("--work", default="runs/bench-baselines")
     p.add_argument(
@@ -78,10 +111,10 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     prof, skip = PROFILES[a.profile], [m for m in a.skip.split(",") if m]
     only = [m for m in a.only.split(",") if m]
-    unknown = [m for m in skip + only if m not in QUALITY_PARTS + NEW_PARTS]
+    unknown = [m for m in skip + only if m not in QUALITY_PARTS + NEW_PARTS + STUDY_PARTS]
     if unknown:
-        raise SystemExit(f"unknown parts {unknown}; parts: {', '.join(QUALITY_PARTS + NEW_PARTS)}")
-    parts = only or [m for m in QUALITY_PARTS + NEW_PARTS if m not in skip]
+        raise SystemExit(f"unknown parts {unknown}; parts: {', '.join(QUALITY_PARTS + NEW_PARTS + STUDY_PARTS)}")
+    parts = only or [m for m in QUALITY_PARTS + NEW_PARTS + STUDY_PARTS if m not in skip]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "baselines.json"
@@ -114,20 +147,7 @@ def main() -> None:
                 "wall_minutes": 0.0,
             }
         entry["machine"] = f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"
-        print(f"== {name}: quality on {spec['label_set']}", flush=True)
-        fresh = quality(name, bundle, spec, prof, work, parts)
-        done = {r["method"] for r in fresh}
-        entry["quality_raw"] = [r for r in entry["quality_raw"] if r["method"] not in done] + fresh
-        order = {m: i for i, m in enumerate(QUALITY_PARTS)}
-        entry["quality_raw"].sort(key=lambda r: (r["seed"], order[r["method"]]))
-        entry["quality"] = aggregate(entry["quality_raw"])
-        if spec["new"] and any(p.startswith("new:") for p in parts):
-            print(f"== {name}: new label set {spec['new']}", flush=True)
-            entry["new_label_set"] = new_label_set(name, bundle, spec, prof, work, parts, entry["new_label_set"] or {})
-        if entry["quality"]:
-            entry["figure"] = figure(name, bundle, spec, work, [r["method"] for r in entry["quality"]], out)
-        if entry["new_label_set"]:
-            entry["new_label_set"]["equal_accuracy"] = equal_accuracy(entry["new_label_set"])
+        _measure(name, bundle, spec, prof, work, parts, entry, out)
         entry["wall_minutes"] += (time.time() - started) / 60
         entry["commands"].append(command)
         result["datasets"][name] = entry

@@ -62,8 +62,16 @@ PROFILES = {
 LC_RECIPE: dict = {}  # TrainLabelSetConfig's defaults, as training/recipes/default_bundle.sh trains the shipped sets
 LC_SAMPLING = {"lambda_dist": 0.0}  # conditional sampling only: no distance penalty (see docs/baselines.md)
 
-QUALITY_PARTS = ("prior", "actor", "optimize", "actor-l0") + LATENT_METHODS + IMAGE_METHODS
+# the GAN systems (bench/gan_parts.py): InfoGAN samples through its code -> class map; BiGAN and GAIA are backbones
+# that an LC label set is trained on (the row is that actor)
+BACKBONE_PARTS = ("bigan-lc", "gaia-lc")
+GAN_PARTS = ("infogan",) + BACKBONE_PARTS
+ADVERSARIAL = ("cvae-gan", "triplegan") + GAN_PARTS  # trained for the profile's gan_steps
+GAN_LR = 2e-4  # the GAN systems' (not the CVAE-GAN's): DCGAN's, with Adam β1 0.5 (the models' adam_betas), constant
+QUALITY_PARTS = ("prior", "actor", "optimize", "actor-l0") + LATENT_METHODS + IMAGE_METHODS + GAN_PARTS
 NEW_PARTS = ("new:floor", "new:lc", "new:lc-l0", "new:cvae", "new:efficiency")
+STUDY_PARTS = ("triplegan-labels",)  # Triple-GAN vs LC with 1%, 10%, 100% of the labels
+LABEL_SHARES = (0.01, 0.1, 1.0)
 
 
 def bundle_dir(name: str) -> Path:
@@ -72,8 +80,9 @@ def bundle_dir(name: str) -> Path:
 
 
 def sampler_of(method: str) -> str:
-    """The ``lcs eval`` sampler that scores a quality part (``actor-l0`` is an actor trained here)."""
-    return "actor" if method == "actor-l0" else method
+    """The ``lcs eval`` sampler that scores a quality part (``actor-l0`` is an actor trained here; a backbone part's
+    row is the actor on the GAN's own bundle)."""
+    return "actor" if method == "actor-l0" or method in BACKBONE_PARTS else method
 
 
 class ExactMatchProbe:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.protocol import sampler_of
+from bench.protocol import BACKBONE_PARTS, sampler_of
 from conditioning.images import save_grid
 from evaluation.samplers import build_sampler
 from models.vae import load_vae
@@ -29,7 +29,11 @@ def figure(name: str, bundle: Path, spec: dict, work: Path, methods: list[str], 
     images = []
     for method in methods:
         trained = method not in ("prior", "actor", "optimize")
-        smp = build_sampler(sampler_of(method), bundle, ls, vae, work / f"{method}-{ls}-s0" if trained else "")
+        if method in BACKBONE_PARTS:  # the actor on the GAN's own bundle
+            on = work / f"{method}-{ls}-s0"
+            smp = build_sampler("actor", on, ls, load_vae(on, "cpu")[0])
+        else:
+            smp = build_sampler(sampler_of(method), bundle, ls, vae, work / f"{method}-{ls}-s0" if trained else "")
         images.append(smp.images(labels, torch.Generator().manual_seed(0), torch.device("cpu")))
     path = save_grid(torch.cat(images), out / f"baselines_{name}.png", nrow=len(labels), scale=2)
     attrs = data.label_sets[ls].attrs
@@ -123,6 +127,76 @@ def _new_label_set_section(h: dict, f: Callable[..., str]) -> list[str]:
     return lines
 
 
+SYSTEMS = {
+    "triplegan": "**Triple-GAN** gives a conditional generator and a classifier trained together, unlabelled images "
+    "helping both. A new label set means training all three networks again on images.",
+    "infogan": "**InfoGAN** learns a categorical code without labels; a user gets classes only where the code "
+    "happens to match them, through a map fitted afterwards on labelled images. A new label set cannot be asked "
+    "for: the codes are whatever the game found.",
+    "bigan-lc": "**BiGAN** gives an unconditional GAN with an encoder, so latent constraints condition it post hoc "
+    "as they do the VAE: the row is an LC actor trained on the BiGAN's latent table.",
+    "gaia-lc": "**GAIA** gives an autoencoder whose interpolations are pushed toward realism; latent constraints "
+    "condition it post hoc: the row is an LC actor trained on GAIA's latent table.",
+}
+
+
+def _gan_section(d: dict, f: Callable[..., str]) -> list[str]:
+    """The GAN systems of one dataset: their training curves, InfoGAN's code match, the GANs' own samples, a
+    paragraph per system against the LC actor, and Triple-GAN's label efficiency."""
+    raw = [r for r in d["quality_raw"] if "curve" in r]
+    if not raw and not d.get("triplegan_labels"):
+        return []
+    lines = [
+        "### GAN systems",
+        "",
+        "Training curve: the discriminator's accuracy on real and fake (BEGAN's convergence measure for GAIA, lower "
+        "is better) at the start, the middle and the end of training; a diverged run shows here.",
+        "",
+        "| system | seed | steps | train CPU-s | curve (start → middle → end) | InfoGAN code ↔ class (test) "
+        "| the GAN's own samples: FD |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in raw:
+        key = "d_acc" if "d_acc" in r["curve"][-1] else "convergence"
+        c = r["curve"]
+        trace = " → ".join(f(c[i].get(key), 2) for i in (0, len(c) // 2, -1))
+        code = r.get("code_match", {}).get("test_accuracy")
+        lines.append(
+            f"| {r['method']} | {r['seed']} | {r['steps']} | {f(r['train_cpu_s'], 0)} | {key} {trace} | {f(code)} | "
+            f"{f(r.get('gan_prior', {}).get('frechet'), 2)} |"
+        )
+    lines.append("")
+    agg = {r["method"]: r for r in d["quality"]}
+    lc = agg.get("actor-l0") or agg.get("actor")
+    for method, text in SYSTEMS.items():
+        if method not in agg:
+            continue
+        r = agg[method]
+        versus = (
+            f" Against the LC actor on the VAE (`{lc['method']}`): accuracy {f(r['accuracy'])} vs {f(lc['accuracy'])}, "
+            f"FD {f(r['frechet'], 2)} vs {f(lc['frechet'], 2)}, training {f(r['train_cpu_s'], 0)} CPU-s vs "
+            f"{f(lc['train_cpu_s'], 0)}."
+            if lc
+            else ""
+        )
+        lines += [text + versus, ""]
+    if d.get("triplegan_labels"):
+        lines += [
+            "Label efficiency on the quality label set (seed 0): Triple-GAN and an LC actor (λ_dist 0) trained with "
+            "the same labelled images.",
+            "",
+            "| labels | labelled images | Triple-GAN accuracy | Triple-GAN FD | LC accuracy | LC FD |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {e['share']:.0%} | {e['labelled']:,} | {f(e['triplegan']['accuracy'])} | "
+            f"{f(e['triplegan']['frechet'], 2)} | {f(e['lc']['accuracy'])} | {f(e['lc']['frechet'], 2)} |"
+            for e in d["triplegan_labels"]
+        ]
+        lines.append("")
+    return lines
+
+
 def markdown(result: dict) -> str:
     f = lambda v, p=3: "–" if v is None else f"{v:.{p}f}"  # noqa: E731
     lines = [
@@ -131,10 +205,12 @@ def markdown(result: dict) -> str:
         "Generated by `python -m bench.baselines`; each dataset's section names the command, profile and machine that "
         "produced it. Never hand-edited.",
         "",
-        "Samplers: `prior` (unconditional VAE, the floor), `actor` / `optimize` (LC, the shipped mappers), `attrvec-*` "
-        "(attribute vectors), `gmm` (per-condition latent GMM), `cvae` / `cvae-cmma` (learned prior) / `cvae-gan` "
-        "(retrained conditional models on the same backbone). Accuracy: judge accuracy of the requested labels "
-        "(top-1 for categorical sets, mean over attributes for binary ones); FD and precision/recall (k = 3) in judge "
+        "Samplers: `prior` (unconditional VAE, the floor), `actor` / `optimize` (LC, the shipped mappers), "
+        "`attrvec-*` (attribute vectors), `gmm` (per-condition latent GMM), `cvae` / `cvae-cmma` (learned prior) / "
+        "`cvae-gan` / `triplegan` (retrained conditional models on the same backbone), `infogan` (through its code ↔ "
+        "class map), `bigan-lc` / `gaia-lc` (an LC actor on the BiGAN's / GAIA's own latent space). Accuracy: judge "
+        "accuracy of the requested labels (top-1 for categorical sets, mean over attributes for binary ones); FD and "
+        "precision/recall (k = 3) in judge "
         "features against real training images. ± is the spread (max − min) over seeds where more than one ran; "
         "LC rows use the shipped mappers (one training seed), so their spread is over sampling seeds.",
         "",
@@ -180,6 +256,7 @@ def markdown(result: dict) -> str:
                 f"Columns (requested labels): {'; '.join(fig['columns'])}.",
                 "",
             ]
+        lines += _gan_section(d, f)
         h = d.get("new_label_set")
         if not h:
             continue

@@ -10,7 +10,20 @@ import numpy as np
 import torch
 
 from bench.flops import image_step_flops, lc_step_flops
-from bench.protocol import COMMAND, LC_RECIPE, LC_SAMPLING, ExactMatchProbe, gain_95, sampler_of, summarise, to_95
+from bench.gan_parts import label_efficiency, train_backbone_part, train_sampler_part
+from bench.protocol import (
+    ADVERSARIAL,
+    BACKBONE_PARTS,
+    COMMAND,
+    GAN_PARTS,
+    LC_RECIPE,
+    LC_SAMPLING,
+    ExactMatchProbe,
+    gain_95,
+    sampler_of,
+    summarise,
+    to_95,
+)
 from conditioning import backbone, modes
 from conditioning.labelset import LabelSetVersion
 from evaluation.samplers import conditional_images
@@ -39,81 +52,96 @@ def cvae_images(model, labels: torch.Tensor, attrs: list[str], rows, counts, see
     return conditional_images(model, labels, attrs, rows, counts, torch.Generator().manual_seed(seed), CPU)
 
 
+def evaluator(bundle: Path, spec: dict, prof: dict, work: Path):
+    """``ev(sampler, seed, artifact="", on=bundle)``: ``lcs eval`` of one sampler on the quality label set, at the
+    profile's sample count."""
+
+    def ev(sampler: str, seed: int, artifact: str | Path = "", on: Path = bundle) -> dict:
+        return evaluate(
+            on,
+            sampler=sampler,
+            label_set=spec["label_set"],
+            n=prof["n_eval"],
+            n_spec3=prof["n_eval"] // 2,
+            seed=seed,
+            device="cpu",
+            boots=20,
+            out=work / "eval",
+            artifact=artifact,
+        )
+
+    return ev
+
+
+def triplegan_labels(name: str, bundle: Path, spec: dict, prof: dict, work: Path) -> list[dict]:
+    """Triple-GAN vs an LC actor with the same 1%, 10%, 100% of the quality label set's labels."""
+    vman = json.loads((bundle / "vae.json").read_text())
+    train_rows = len(load_dataset(vman["dataset"]["name"], **vman["dataset"]["params"]).indices("train"))
+    return label_efficiency(name, bundle, spec, prof, work, train_rows, evaluator(bundle, spec, prof, work))
+
+
 def quality(name: str, bundle: Path, spec: dict, prof: dict, work: Path, parts: list[str]) -> list[dict]:
     """Rows for the quality table. ``actor-l0``: an LC actor trained here with λ_dist = 0 (the shipped mappers use 0.1,
     which serves edits); seeds of the shipped LC mappers are sampling seeds."""
-    ls, rows = spec["label_set"], []
-    ev = lambda sampler, seed, artifact="": evaluate(
-        bundle,
-        sampler=sampler,
-        label_set=ls,
-        n=prof["n_eval"],  # noqa: E731
-        n_spec3=prof["n_eval"] // 2,
-        seed=seed,
-        device="cpu",
-        boots=20,
-        out=work / "eval",
-        artifact=artifact,
-    )
+    ls, rows, ev = spec["label_set"], [], evaluator(bundle, spec, prof, work)
     for seed in range(max(prof["seeds"], 2)):
         for sampler in (p for p in ("prior", "actor", "optimize") if p in parts):
             rows.append(summarise(name, sampler, seed, ev(sampler, seed), {"trained_here": False}))
         # fits on the latent table cost seconds: always 2 seeds; trained networks: the profile's seeds
-        methods = LATENT_METHODS + (("actor-l0",) + IMAGE_METHODS if seed < prof["seeds"] else ())
+        methods = LATENT_METHODS + (("actor-l0",) + IMAGE_METHODS + GAN_PARTS if seed < prof["seeds"] else ())
         for method in (m for m in methods if m in parts):
-            out = work / f"{method}-{ls}-s{seed}"
-            if method == "actor-l0":
-                train_labelset(
-                    TrainLabelSetConfig(
-                        bundle=str(bundle),
-                        label_set=ls,
-                        out=str(out),
-                        steps=prof["lc_steps"],
-                        seed=seed,
-                        diag_every=10**9,
-                        **LC_SAMPLING,
-                    ),
-                    command=[*COMMAND, name, method, f"seed={seed}"],
-                )
-                man = json.loads((out / "mapper.json").read_text())
-                stored = sum(t.numel() for t in _tensors(out / "mapper.safetensors").values())
+            out, on = work / f"{method}-{ls}-s{seed}", bundle
+            if method in BACKBONE_PARTS:
+                on, extra = train_backbone_part(name, method, bundle, spec, prof, out, seed, ev)
+            elif method in ("triplegan", "infogan"):
+                extra = train_sampler_part(name, method, bundle, spec, prof, out, seed)
             else:
-                steps = prof["gan_steps"] if method == "cvae-gan" else prof["image_steps"]
-                train_baseline(
-                    TrainBaselineConfig(
-                        bundle=str(bundle),
-                        method=method,
-                        label_set=ls,
-                        steps=steps,
-                        seed=seed,
-                        batch_size=spec["batch"],
-                        device="cpu",
-                        out=str(out),
-                    ),
-                    command=[*COMMAND, name, method, f"seed={seed}"],
-                )
-                man = json.loads((out / f"{ARTIFACT_STEM[method]}.json").read_text())
-                stored = man["metrics"]["params_stored"]
-            r = ev(sampler_of(method), seed, out)
-            rows.append(
-                summarise(
-                    name,
-                    method,
-                    seed,
-                    r,
-                    {
-                        "trained_here": True,
-                        "train_cpu_s": man["metrics"]["cpu_seconds"],
-                        "steps": man["metrics"].get("steps"),
-                        "params_stored": stored,
-                    },
-                )
-            )
+                extra = _train_part(name, method, bundle, spec, prof, out, seed)
+            r = ev(sampler_of(method), seed, "" if on == out else out, on)
+            rows.append(summarise(name, method, seed, r, {"trained_here": True, **extra}))
             print(
                 f"  {name} {method} seed {seed}: accuracy {r['mean_accuracy']:.3f}, FD {r['frechet']['fd']:.2f}",
                 flush=True,
             )
     return rows
+
+
+def _train_part(name: str, method: str, bundle: Path, spec: dict, prof: dict, out: Path, seed: int) -> dict:
+    """Train an LC actor (``actor-l0``), fit a latent baseline or train a CVAE-family model into OUT; -> the row's
+    cost: CPU-seconds, steps, stored parameters."""
+    ls = spec["label_set"]
+    if method == "actor-l0":
+        train_labelset(
+            TrainLabelSetConfig(
+                bundle=str(bundle),
+                label_set=ls,
+                out=str(out),
+                steps=prof["lc_steps"],
+                seed=seed,
+                diag_every=10**9,
+                **LC_SAMPLING,
+            ),
+            command=[*COMMAND, name, method, f"seed={seed}"],
+        )
+        man = json.loads((out / "mapper.json").read_text())
+        stored = sum(t.numel() for t in _tensors(out / "mapper.safetensors").values())
+    else:
+        train_baseline(
+            TrainBaselineConfig(
+                bundle=str(bundle),
+                method=method,
+                label_set=ls,
+                steps=prof["gan_steps"] if method in ADVERSARIAL else prof["image_steps"],
+                seed=seed,
+                batch_size=spec["batch"],
+                device="cpu",
+                out=str(out),
+            ),
+            command=[*COMMAND, name, method, f"seed={seed}"],
+        )
+        man = json.loads((out / f"{ARTIFACT_STEM[method]}.json").read_text())
+        stored = man["metrics"]["params_stored"]
+    return {"train_cpu_s": man["metrics"]["cpu_seconds"], "steps": man["metrics"].get("steps"), "params_stored": stored}
 
 
 def lc_cost(

@@ -209,3 +209,52 @@ def test_cluster_bench_measures_convergence(service_bundle, tmp_path):
     assert e.value.code == 0, r
     assert r["notices"]["pairs"] == 4 and r["notices"]["max_s"] < cluster.BAR_S
     assert "| notices" in (tmp_path / "cluster.md").read_text()
+
+
+def test_gan_section_reports_each_systems_curve_and_its_paragraph_against_the_lc_actor():
+    from bench.protocol import aggregate
+    from bench.render import _gan_section
+
+    f = lambda v, p=3: "–" if v is None else f"{v:.{p}f}"  # noqa: E731
+
+    def row(method, acc, fd, **extra):
+        return {
+            "dataset": "d",
+            "method": method,
+            "seed": 0,
+            "accuracy": acc,
+            "accuracy_over_ceiling": acc,
+            "exact_match": acc,
+            "exact_match_3attr": None,
+            "frechet": fd,
+            "frechet_real": 1.0,
+            "precision": 0.5,
+            "recall": 0.5,
+            "trained_here": True,
+            "train_cpu_s": 100.0,
+            **extra,
+        }
+
+    curve = [{"step": 50, "d_acc": 0.9}, {"step": 100, "d_acc": 0.7}, {"step": 150, "d_acc": 0.6}]
+    began = [{"step": 50, "convergence": 0.3}, {"step": 100, "convergence": 0.2}]
+    raw = [
+        row("actor-l0", 0.8, 40.0),
+        row("infogan", 0.55, 90.0, steps=150, curve=curve, code_match={"test_accuracy": 0.61}),
+        row("gaia-lc", 0.7, 60.0, steps=100, curve=began, gan_prior={"frechet": 120.0}),
+    ]
+    d = {"quality_raw": raw, "quality": aggregate(raw)}
+    d["triplegan_labels"] = [
+        {
+            "share": 0.01,
+            "labelled": 600,
+            "triplegan": {"accuracy": 0.3, "frechet": 150.0},
+            "lc": {"accuracy": 0.6, "frechet": 50.0},
+        }
+    ]
+    text = "\n".join(_gan_section(d, f))
+    assert "| infogan | 0 | 150 | 100 | d_acc 0.90 → 0.70 → 0.60 | 0.610 | – |" in text
+    assert "| gaia-lc | 0 | 100 | 100 | convergence 0.30 → 0.20 → 0.20 | – | 120.00 |" in text
+    assert "**InfoGAN**" in text and "accuracy 0.550 vs 0.800, FD 90.00 vs 40.00" in text
+    assert "**GAIA**" in text and "**BiGAN**" not in text and "**Triple-GAN**" not in text
+    assert "| 1% | 600 | 0.300 | 150.00 | 0.600 | 50.00 |" in text
+    assert _gan_section({"quality_raw": raw[:1], "quality": aggregate(raw[:1])}, f) == []

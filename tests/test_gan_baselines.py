@@ -110,3 +110,38 @@ def test_bigan_and_gaia_become_bundles_that_latent_constraints_train_on(judged_b
         )
     )
     score(out, "actor", "", tmp_path)
+
+
+def test_the_baselines_bench_measures_the_gan_systems_and_renders_their_section(judged_bundle, tmp_path, monkeypatch):
+    from bench.protocol import DATASETS, PROFILES, aggregate
+    from bench.render import markdown
+    from bench.runners import quality, triplegan_labels
+
+    spec, prof = {**DATASETS["fashion-mnist"], "batch": 32}, {**PROFILES["smoke"], "n_eval": 40}
+    monkeypatch.setattr("bench.gan_parts.LABEL_SHARES", (0.1, 1.0))  # the 1% run is the 10% one with fewer rows
+    rows = quality("fashion-mnist", judged_bundle, spec, prof, tmp_path, ["actor-l0", "infogan", "gaia-lc"])
+    got = {r["method"]: r for r in rows}
+    assert set(got) == {"actor-l0", "infogan", "gaia-lc"}  # trained parts run on the profile's one seed
+    assert got["infogan"]["steps"] == prof["gan_steps"] and got["infogan"]["curve"][-1]["step"] == prof["gan_steps"]
+    assert "test_accuracy" in got["infogan"]["code_match"] and got["gaia-lc"]["gan_prior"]["frechet"] > 0
+    # the GAIA row is the LC actor on GAIA's own bundle, its cost the GAN's and the label set's together
+    assert (tmp_path / "gaia-lc-category-s0" / "labelsets" / "category" / "mapper.json").exists()
+    assert got["gaia-lc"]["train_cpu_s"] > got["gaia-lc"]["gan_cpu_s"] > 0
+    efficiency = triplegan_labels("fashion-mnist", judged_bundle, spec, prof, tmp_path)
+    assert [e["share"] for e in efficiency] == [0.1, 1.0]
+    assert efficiency[0]["labelled"] == 64 and efficiency[1]["labelled"] > 600
+    entry = {
+        "commands": ["test"],
+        "profile": "smoke",
+        "profile_settings": prof,
+        "skipped": [],
+        "label_set": "category",
+        "quality_raw": rows,
+        "quality": aggregate(rows),
+        "new_label_set": None,
+        "wall_minutes": 1.0,
+        "machine": "test",
+        "triplegan_labels": efficiency,
+    }
+    text = markdown({"datasets": {"fashion-mnist": entry}})
+    assert "### GAN systems" in text and "**InfoGAN**" in text and "**GAIA**" in text and "| 10% | 64 |" in text

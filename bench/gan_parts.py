@@ -1,0 +1,153 @@
+"""The baselines bench's GAN systems (issue 29): how each is trained and scored beside latent constraints.
+
+- ``triplegan`` and ``infogan`` are samplers on the served bundle, trained like the other image methods;
+- ``bigan-lc`` and ``gaia-lc`` are backbones: the GAN is trained, exported as a bundle (``lcs train-baseline``), its
+  latent table encoded, and an LC label set trained on it with the sampling recipe; the row is that actor, and the
+  GAN's own unconditional samples are scored beside it (``gan_prior``), so a row never hides an untrained GAN;
+- every GAN row carries its training curve (the discriminator's accuracy and the losses, from train_log.jsonl);
+- ``triplegan-labels``: Triple-GAN and an LC actor with the same 1%, 10% and 100% of the labels (label efficiency).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from bench.protocol import COMMAND, GAN_LR, LABEL_SHARES, LC_SAMPLING
+from training.encode import encode_dataset
+from training.train_baseline import TrainBaselineConfig, train_baseline
+from training.train_labelset import TrainLabelSetConfig, train_labelset
+
+
+def curve(out: Path, points: int = 20) -> list[dict]:
+    """The training log subsampled to about ``points`` rows (every logged key, rounded): the GAN's curve."""
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    keep = log[:: max(1, len(log) // points)]
+    if keep[-1] is not log[-1]:
+        keep.append(log[-1])
+    return [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in keep]
+
+
+def train_lc(bundle: Path, label_set: str, out: Path, steps: int, seed: int, tag: list[str], labelled: int = 0) -> Path:
+    return train_labelset(
+        TrainLabelSetConfig(
+            bundle=str(bundle),
+            label_set=label_set,
+            out=str(out),
+            steps=steps,
+            seed=seed,
+            labelled=labelled,
+            diag_every=10**9,
+            **LC_SAMPLING,
+        ),
+        command=[*COMMAND, *tag],
+    )
+
+
+def train_backbone_part(
+    name: str, method: str, bundle: Path, spec: dict, prof: dict, out: Path, seed: int, ev: Callable
+) -> tuple[Path, dict]:
+    """Train ``bigan``/``gaia`` into OUT (a bundle), encode it, train the LC label set on it. -> (the bundle to score
+    the actor on, the row's extras: cost, curve, the GAN's own prior samples' scores)."""
+    gan, ls = method.removesuffix("-lc"), spec["label_set"]
+    train_baseline(
+        TrainBaselineConfig(
+            bundle=str(bundle),
+            method=gan,
+            label_set=ls,
+            steps=prof["gan_steps"],
+            seed=seed,
+            batch_size=spec["batch"],
+            lr=GAN_LR,
+            lr_final=GAN_LR,
+            device="cpu",
+            out=str(out),
+        ),
+        command=[*COMMAND, name, gan, f"seed={seed}"],
+    )
+    encode_dataset(out, device="cpu")
+    lc = train_lc(out, ls, out / "labelsets" / ls, prof["lc_steps"], seed, [name, method, f"seed={seed}"])
+    man = json.loads((out / f"{gan}.json").read_text())
+    lc_cpu = json.loads((lc / "mapper.json").read_text())["metrics"].get("cpu_seconds", 0.0)
+    prior = ev("prior", seed, "", out)
+    extra = {
+        "train_cpu_s": man["metrics"]["cpu_seconds"] + lc_cpu,
+        "gan_cpu_s": man["metrics"]["cpu_seconds"],
+        "steps": man["metrics"]["steps"],
+        "params_stored": man["metrics"]["params_stored"],
+        "curve": curve(out),
+        "gan_prior": {"accuracy": prior["mean_accuracy"], "frechet": prior["frechet"]["fd"]},
+    }
+    return out, extra
+
+
+def train_sampler_part(name: str, method: str, bundle: Path, spec: dict, prof: dict, out: Path, seed: int) -> dict:
+    """Train ``triplegan``/``infogan`` into OUT with the GAN learning rate; -> the row's extras."""
+    train_baseline(
+        TrainBaselineConfig(
+            bundle=str(bundle),
+            method=method,
+            label_set=spec["label_set"],
+            steps=prof["gan_steps"],
+            seed=seed,
+            batch_size=spec["batch"],
+            lr=GAN_LR,
+            lr_final=GAN_LR,
+            device="cpu",
+            out=str(out),
+        ),
+        command=[*COMMAND, name, method, f"seed={seed}"],
+    )
+    man = json.loads((out / f"{method}.json").read_text())
+    extra = {
+        "train_cpu_s": man["metrics"]["cpu_seconds"],
+        "steps": man["metrics"]["steps"],
+        "params_stored": man["metrics"]["params_stored"],
+        "curve": curve(out),
+    }
+    if "code_match" in man["metrics"]:
+        extra["code_match"] = man["metrics"]["code_match"]
+    return extra
+
+
+def label_efficiency(name: str, bundle: Path, spec: dict, prof: dict, work: Path, train_rows: int, ev) -> list[dict]:
+    """Triple-GAN and an LC actor (sampling recipe) trained with the same share of the labels, seed 0, scored alike."""
+    ls, out = spec["label_set"], []
+    for share in LABEL_SHARES:
+        n = 0 if share == 1.0 else round(share * train_rows)
+        tag = f"n{n}" if n else "all"
+        tg = work / f"triplegan-{ls}-{tag}"
+        if not (tg / "triplegan.json").exists():
+            train_baseline(
+                TrainBaselineConfig(
+                    bundle=str(bundle),
+                    method="triplegan",
+                    label_set=ls,
+                    labelled=n,
+                    steps=prof["gan_steps"],
+                    batch_size=spec["batch"],
+                    lr=GAN_LR,
+                    lr_final=GAN_LR,
+                    device="cpu",
+                    out=str(tg),
+                ),
+                command=[*COMMAND, name, "triplegan", f"labelled={n or 'all'}"],
+            )
+        lc = work / f"lc-l0-{ls}-{tag}"
+        if not (lc / "mapper.json").exists():
+            train_lc(bundle, ls, lc, prof["lc_steps"], 0, [name, "lc-l0", f"labelled={n or 'all'}"], labelled=n)
+        t, a = ev("triplegan", 0, tg), ev("actor", 0, lc)
+        out.append(
+            {
+                "share": share,
+                "labelled": n or train_rows,
+                "triplegan": {"accuracy": t["mean_accuracy"], "frechet": t["frechet"]["fd"]},
+                "lc": {"accuracy": a["mean_accuracy"], "frechet": a["frechet"]["fd"]},
+            }
+        )
+        print(
+            f"  {name} {share:.0%} of the labels: Triple-GAN {t['mean_accuracy']:.3f}, LC {a['mean_accuracy']:.3f}",
+            flush=True,
+        )
+    return out
