@@ -16,7 +16,7 @@ from typing import Callable
 
 from bench.protocol import COMMAND, GAN_LR, LABEL_SHARES, LC_SAMPLING
 from training.encode import encode_dataset
-from training.train_baseline import TrainBaselineConfig, train_baseline
+from training.train_baseline import ARTIFACT_STEM, TrainBaselineConfig, train_baseline
 from training.train_labelset import TrainLabelSetConfig, train_labelset
 
 
@@ -27,6 +27,17 @@ def curve(out: Path, points: int = 20) -> list[dict]:
     if keep[-1] is not log[-1]:
         keep.append(log[-1])
     return [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in keep]
+
+
+def train_once(cfg: TrainBaselineConfig, command: list[str]) -> bool:
+    """Train unless OUT already holds a model trained with exactly this configuration, so a bench stopped midway (a
+    GAN row costs up to an hour on 2 cores) resumes where it was; any changed setting retrains. -> trained now?"""
+    man = Path(cfg.out) / f"{ARTIFACT_STEM[cfg.method]}.json"
+    same = {k: v for k, v in cfg.__dict__.items() if k not in ("bundle", "out")}
+    if man.exists() and json.loads(man.read_text()).get("training") == same:
+        return False
+    train_baseline(cfg, command=command)
+    return True
 
 
 def train_lc(bundle: Path, label_set: str, out: Path, steps: int, seed: int, tag: list[str], labelled: int = 0) -> Path:
@@ -51,7 +62,7 @@ def train_backbone_part(
     """Train ``bigan``/``gaia`` into OUT (a bundle), encode it, train the LC label set on it. -> (the bundle to score
     the actor on, the row's extras: cost, curve, the GAN's own prior samples' scores)."""
     gan, ls = method.removesuffix("-lc"), spec["label_set"]
-    train_baseline(
+    fresh = train_once(
         TrainBaselineConfig(
             bundle=str(bundle),
             method=gan,
@@ -64,10 +75,12 @@ def train_backbone_part(
             device="cpu",
             out=str(out),
         ),
-        command=[*COMMAND, name, gan, f"seed={seed}"],
+        [*COMMAND, name, gan, f"seed={seed}"],
     )
-    encode_dataset(out, device="cpu")
-    lc = train_lc(out, ls, out / "labelsets" / ls, prof["lc_steps"], seed, [name, method, f"seed={seed}"])
+    lc = out / "labelsets" / ls
+    if fresh or not (lc / "mapper.json").exists():
+        encode_dataset(out, device="cpu")
+        train_lc(out, ls, lc, prof["lc_steps"], seed, [name, method, f"seed={seed}"])
     man = json.loads((out / f"{gan}.json").read_text())
     lc_cpu = json.loads((lc / "mapper.json").read_text())["metrics"].get("cpu_seconds", 0.0)
     prior = ev("prior", seed, "", out)
@@ -84,7 +97,7 @@ def train_backbone_part(
 
 def train_sampler_part(name: str, method: str, bundle: Path, spec: dict, prof: dict, out: Path, seed: int) -> dict:
     """Train ``triplegan``/``infogan`` into OUT with the GAN learning rate; -> the row's extras."""
-    train_baseline(
+    train_once(
         TrainBaselineConfig(
             bundle=str(bundle),
             method=method,
@@ -97,7 +110,7 @@ def train_sampler_part(name: str, method: str, bundle: Path, spec: dict, prof: d
             device="cpu",
             out=str(out),
         ),
-        command=[*COMMAND, name, method, f"seed={seed}"],
+        [*COMMAND, name, method, f"seed={seed}"],
     )
     man = json.loads((out / f"{method}.json").read_text())
     extra = {
@@ -116,25 +129,24 @@ def label_efficiency(name: str, bundle: Path, spec: dict, prof: dict, work: Path
     ls, out = spec["label_set"], []
     for share in LABEL_SHARES:
         n = 0 if share == 1.0 else round(share * train_rows)
-        tag = f"n{n}" if n else "all"
-        tg = work / f"triplegan-{ls}-{tag}"
-        if not (tg / "triplegan.json").exists():
-            train_baseline(
-                TrainBaselineConfig(
-                    bundle=str(bundle),
-                    method="triplegan",
-                    label_set=ls,
-                    labelled=n,
-                    steps=prof["gan_steps"],
-                    batch_size=spec["batch"],
-                    lr=GAN_LR,
-                    lr_final=GAN_LR,
-                    device="cpu",
-                    out=str(tg),
-                ),
-                command=[*COMMAND, name, "triplegan", f"labelled={n or 'all'}"],
-            )
-        lc = work / f"lc-l0-{ls}-{tag}"
+        # all the labels: the quality rows' seed-0 Triple-GAN and LC actor, trained once for both
+        tg = work / (f"triplegan-{ls}-n{n}" if n else f"triplegan-{ls}-s0")
+        train_once(
+            TrainBaselineConfig(
+                bundle=str(bundle),
+                method="triplegan",
+                label_set=ls,
+                labelled=n,
+                steps=prof["gan_steps"],
+                batch_size=spec["batch"],
+                lr=GAN_LR,
+                lr_final=GAN_LR,
+                device="cpu",
+                out=str(tg),
+            ),
+            command=[*COMMAND, name, "triplegan", f"labelled={n or 'all'}"],
+        )
+        lc = work / (f"lc-l0-{ls}-n{n}" if n else f"actor-l0-{ls}-s0")
         if not (lc / "mapper.json").exists():
             train_lc(bundle, ls, lc, prof["lc_steps"], 0, [name, "lc-l0", f"labelled={n or 'all'}"], labelled=n)
         t, a = ev("triplegan", 0, tg), ev("actor", 0, lc)

@@ -127,6 +127,15 @@ def test_the_baselines_bench_measures_the_gan_systems_and_renders_their_section(
     # the GAIA row is the LC actor on GAIA's own bundle, its cost the GAN's and the label set's together
     assert (tmp_path / "gaia-lc-category-s0" / "labelsets" / "category" / "mapper.json").exists()
     assert got["gaia-lc"]["train_cpu_s"] > got["gaia-lc"]["gan_cpu_s"] > 0
+    # a bench stopped midway resumes: the same configuration is not trained again, a changed one is
+    from bench.gan_parts import train_sampler_part
+
+    weights = tmp_path / "infogan-category-s0" / "infogan.safetensors"
+    before = weights.stat().st_mtime_ns
+    train_sampler_part("fashion-mnist", "infogan", judged_bundle, spec, prof, weights.parent, 0)
+    assert weights.stat().st_mtime_ns == before
+    more = {**prof, "gan_steps": prof["gan_steps"] + 1}
+    assert train_sampler_part("fashion-mnist", "infogan", judged_bundle, spec, more, weights.parent, 0)["steps"] == 11
     efficiency = triplegan_labels("fashion-mnist", judged_bundle, spec, prof, tmp_path)
     assert [e["share"] for e in efficiency] == [0.1, 1.0]
     assert efficiency[0]["labelled"] == 64 and efficiency[1]["labelled"] > 600
