@@ -16,10 +16,12 @@ FROM=$P
 [ -f $P/vae.safetensors ] || FROM=$B
 step() { echo "== $*"; local t=$SECONDS; "$@"; echo "   wall $((SECONDS - t)) s"; }
 
+# lr 1e-3 (LR=...): at equal cost the warm restart at 1e-3 was the one lever that moved Smiling
+# (docs/backbones_candidates.md), and stretch 4, the shipped VAE, continued it; stretches 1-3 ran at 3e-4.
 # a warm-up from the stretch's first step: Adam's moments start afresh from packed weights (without one, MSE rose
 # 0.0027 -> 0.0035 first), and a stretch resumed from $R's finished checkpoint re-plans its schedule
 step lcs train-vae --dataset avatars --data-arg n=32000 --out $R/vae --init $FROM --resume \
-  --lr 3e-4 --lr-schedule cosine --warmup-steps 200 --epochs 1000 --max-minutes "$M" --grid-every 500 --ckpt-every 100
+  --lr "${LR:-1e-3}" --lr-schedule cosine --warmup-steps 200 --epochs 1000 --max-minutes "$M" --grid-every 500 --ckpt-every 100
 step lcs pack --src $R/vae --out $P --stem vae
 cp $R/vae/train_log.jsonl $P/train_log.jsonl
 step python -m bench.backbones --candidate shipped=$B --candidate stretch=$P --judge $B --n-prior 2000 \

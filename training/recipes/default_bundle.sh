@@ -3,7 +3,7 @@
 # The avatars VAE is the one training/recipes/backbone_cpu_long.sh continued (docs/backbones_avatars_continued.md);
 # training/recipes/backbone_stretch.sh trains it on in stretches (docs/backbones_stretch*.md) until one ships.
 # Runs on the committed VAEs/judges in service/bundles (BUNDLES=dir: a candidate copy); EVALS=dir (default runs/card) gets the
-# eval JSONs and figures that `python -m bench.model_card` turns into docs/model_card.md.
+# eval JSONs and figures that `python -m bench.model_card` turns into DOCS/model_card.md (default docs/).
 # Label-set settings are TrainLabelSetConfig's defaults (lr 1e-3 instead of the reference 1e-4, and
 # edit_prob 0.5: see there why); each line states only what it changes: the step count, the
 # diagnostics period, one thread, and λ_dist 0 for the Fashion-MNIST category set (see below).
@@ -113,4 +113,4 @@ if [ "${PART:-all}" = all ] || [ "${PART}" = fidelity ]; then
     wait $pid || true
   done
 fi
-step python -m bench.model_card --evals "$EVALS"
+step python -m bench.model_card --evals "$EVALS" --bundles "$B" --docs "${DOCS:-docs}"
