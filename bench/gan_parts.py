@@ -56,69 +56,64 @@ def train_lc(bundle: Path, label_set: str, out: Path, steps: int, seed: int, tag
     )
 
 
+def train_gan(
+    name: str, method: str, bundle: Path, spec: dict, prof: dict, out: Path, seed: int = 0, labelled: int = 0
+) -> tuple[bool, dict]:
+    """Train a GAN system on the quality label set at the GAN learning rate for the profile's ``gan_steps`` (once: see
+    ``train_once``). -> (trained now?, its manifest)."""
+    cfg = TrainBaselineConfig(
+        bundle=str(bundle),
+        method=method,
+        label_set=spec["label_set"],
+        labelled=labelled,
+        steps=prof["gan_steps"],
+        seed=seed,
+        batch_size=spec["batch"],
+        lr=GAN_LR,
+        lr_final=GAN_LR,
+        device="cpu",
+        out=str(out),
+    )
+    fresh = train_once(cfg, [*COMMAND, name, method, f"seed={seed}", f"labelled={labelled or 'all'}"])
+    return fresh, json.loads((out / f"{ARTIFACT_STEM[method]}.json").read_text())
+
+
+def row_extras(man: dict, out: Path) -> dict:
+    """What every GAN row reports of its training: cost, steps, size, curve."""
+    m = man["metrics"]
+    return {
+        "train_cpu_s": m["cpu_seconds"],
+        "steps": m["steps"],
+        "params_stored": m["params_stored"],
+        "curve": curve(out),
+    }
+
+
 def train_backbone_part(
     name: str, method: str, bundle: Path, spec: dict, prof: dict, out: Path, seed: int, ev: Callable
 ) -> tuple[Path, dict]:
     """Train ``bigan``/``gaia`` into OUT (a bundle), encode it, train the LC label set on it. -> (the bundle to score
     the actor on, the row's extras: cost, curve, the GAN's own prior samples' scores)."""
     gan, ls = method.removesuffix("-lc"), spec["label_set"]
-    fresh = train_once(
-        TrainBaselineConfig(
-            bundle=str(bundle),
-            method=gan,
-            label_set=ls,
-            steps=prof["gan_steps"],
-            seed=seed,
-            batch_size=spec["batch"],
-            lr=GAN_LR,
-            lr_final=GAN_LR,
-            device="cpu",
-            out=str(out),
-        ),
-        [*COMMAND, name, gan, f"seed={seed}"],
-    )
+    fresh, man = train_gan(name, gan, bundle, spec, prof, out, seed)
     lc = out / "labelsets" / ls
     if fresh or not (lc / "mapper.json").exists():
         encode_dataset(out, device="cpu")
         train_lc(out, ls, lc, prof["lc_steps"], seed, [name, method, f"seed={seed}"])
-    man = json.loads((out / f"{gan}.json").read_text())
     lc_cpu = json.loads((lc / "mapper.json").read_text())["metrics"].get("cpu_seconds", 0.0)
     prior = ev("prior", seed, "", out)
-    extra = {
+    return out, {
+        **row_extras(man, out),
         "train_cpu_s": man["metrics"]["cpu_seconds"] + lc_cpu,
         "gan_cpu_s": man["metrics"]["cpu_seconds"],
-        "steps": man["metrics"]["steps"],
-        "params_stored": man["metrics"]["params_stored"],
-        "curve": curve(out),
         "gan_prior": {"accuracy": prior["mean_accuracy"], "frechet": prior["frechet"]["fd"]},
     }
-    return out, extra
 
 
 def train_sampler_part(name: str, method: str, bundle: Path, spec: dict, prof: dict, out: Path, seed: int) -> dict:
-    """Train ``triplegan``/``infogan`` into OUT with the GAN learning rate; -> the row's extras."""
-    train_once(
-        TrainBaselineConfig(
-            bundle=str(bundle),
-            method=method,
-            label_set=spec["label_set"],
-            steps=prof["gan_steps"],
-            seed=seed,
-            batch_size=spec["batch"],
-            lr=GAN_LR,
-            lr_final=GAN_LR,
-            device="cpu",
-            out=str(out),
-        ),
-        [*COMMAND, name, method, f"seed={seed}"],
-    )
-    man = json.loads((out / f"{method}.json").read_text())
-    extra = {
-        "train_cpu_s": man["metrics"]["cpu_seconds"],
-        "steps": man["metrics"]["steps"],
-        "params_stored": man["metrics"]["params_stored"],
-        "curve": curve(out),
-    }
+    """Train ``triplegan``/``infogan`` into OUT; -> the row's extras (and InfoGAN's code <-> class match)."""
+    _, man = train_gan(name, method, bundle, spec, prof, out, seed)
+    extra = row_extras(man, out)
     if "code_match" in man["metrics"]:
         extra["code_match"] = man["metrics"]["code_match"]
     return extra
@@ -131,21 +126,7 @@ def label_efficiency(name: str, bundle: Path, spec: dict, prof: dict, work: Path
         n = 0 if share == 1.0 else round(share * train_rows)
         # all the labels: the quality rows' seed-0 Triple-GAN and LC actor, trained once for both
         tg = work / (f"triplegan-{ls}-n{n}" if n else f"triplegan-{ls}-s0")
-        train_once(
-            TrainBaselineConfig(
-                bundle=str(bundle),
-                method="triplegan",
-                label_set=ls,
-                labelled=n,
-                steps=prof["gan_steps"],
-                batch_size=spec["batch"],
-                lr=GAN_LR,
-                lr_final=GAN_LR,
-                device="cpu",
-                out=str(tg),
-            ),
-            command=[*COMMAND, name, "triplegan", f"labelled={n or 'all'}"],
-        )
+        train_gan(name, "triplegan", bundle, spec, prof, tg, labelled=n)
         lc = work / (f"lc-l0-{ls}-n{n}" if n else f"actor-l0-{ls}-s0")
         if not (lc / "mapper.json").exists():
             train_lc(bundle, ls, lc, prof["lc_steps"], 0, [name, "lc-l0", f"labelled={n or 'all'}"], labelled=n)
