@@ -6,6 +6,7 @@
 # per stretch in the repository: the fp16 VAE; the 47 MB fp32 checkpoint with Adam's moments stays in $R), and
 # measures reconstruction recall per attribute against the shipped VAE with the shipped judge.
 # Stopped midway (SIGTERM, a lost machine)? Run it again with the same RUNS: --resume continues from $R's checkpoint.
+# THREADS=1 leaves a core to other work: on an AVX2-only CPU one thread ran 1.24 s/step, two barely faster.
 # Shipping a stretch (retraining the label sets on it) is training/recipes/default_bundle.sh on a bundle holding it.
 set -euo pipefail
 R=${RUNS:-runs/backbone-stretch}
@@ -21,7 +22,7 @@ step() { echo "== $*"; local t=$SECONDS; "$@"; echo "   wall $((SECONDS - t)) s"
 # a warm-up from the stretch's first step: Adam's moments start afresh from packed weights (without one, MSE rose
 # 0.0027 -> 0.0035 first), and a stretch resumed from $R's finished checkpoint re-plans its schedule
 step lcs train-vae --dataset avatars --data-arg n=32000 --out $R/vae --init $FROM --resume \
-  --lr "${LR:-1e-3}" --lr-schedule cosine --warmup-steps 200 --epochs 1000 --max-minutes "$M" --grid-every 500 --ckpt-every 100
+  --lr "${LR:-1e-3}" --lr-schedule cosine --warmup-steps 200 --epochs 1000 --max-minutes "$M" --grid-every 500 --ckpt-every 100 ${THREADS:+--threads "$THREADS"}
 step lcs pack --src $R/vae --out $P --stem vae
 cp $R/vae/train_log.jsonl $P/train_log.jsonl
 step python -m bench.backbones --candidate shipped=$B --candidate stretch=$P --judge $B --n-prior 2000 \
