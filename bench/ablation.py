@@ -5,7 +5,9 @@ that `training/recipes/fidelity_ablation.sh` writes under RUNS/<name>/.
 
 Per recipe: single-attribute requests (asked on alone: mean and worst; asked off alone: worst), test-row balanced
 accuracy ÷ the decoder's, the Fréchet distance, and edits (target reached, worst direction, others kept vs the
-reconstruction). Rows sharing a name up to "-s<seed>" are also summarised as mean ± spread over seeds.
+reconstruction; a categorical set's edits keep no other attributes: "—", identity: the cosine of the edited image
+and the reconstruction in the judge's features). Rows sharing a name up to "-s<seed>" are also summarised as
+mean ± spread over seeds.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ COLUMNS = {  # key: (header, reader of (eval, edits))
     "frechet": ("Fréchet", lambda e, d: e["frechet"]["fd"]),
     "edit_reached": ("edits reached", lambda e, d: d["target_reached"]),
     "edit_worst_direction": ("worst direction", lambda e, d: min(v["target_reached"] for v in d["per_edit"].values())),
-    "edit_kept": ("kept vs recon.", lambda e, d: d["others_unchanged_vs_reconstruction"]),
+    # a categorical set has no other attributes to keep: its edits say how much of the image they kept by identity
+    "edit_kept": ("kept vs recon.", lambda e, d: d.get("others_unchanged_vs_reconstruction", float("nan"))),
+    "edit_identity": ("identity", lambda e, d: d["identity_cosine"]),
 }
 
 
@@ -73,7 +77,9 @@ def markdown(name: str, rows: dict, command: str) -> str:
     ]
     for g, cols in by_recipe(rows).items():
         n = next(iter(cols.values()))[2]
-        cells = " | ".join(f"{m:.3f}" + (f" ±{s / 2:.3f}" if n > 1 else "") for m, s, _ in cols.values())
+        cells = " | ".join(
+            "—" if np.isnan(m) else f"{m:.3f}" + (f" ±{s / 2:.3f}" if n > 1 else "") for m, s, _ in cols.values()
+        )
         out.append(f"| {g} | {n} | {cells} |")
     out += ["", "± half the range over seeds.", "", "## Commands", ""]
     out += [f"- {k} ({r['train_seconds'] / 60:.1f} min): `{r['command']}`" for k, r in rows.items()]

@@ -70,7 +70,7 @@ def test_ablation_table_reads_each_recipe_and_summarises_seeds(tmp_path):
 
     from bench.ablation import by_recipe, collect, markdown
 
-    def run(name, on, reached):
+    def run(name, on, reached, categorical=False):
         d = tmp_path / name
         d.mkdir()
         ev = {
@@ -81,9 +81,11 @@ def test_ablation_table_reads_each_recipe_and_summarises_seeds(tmp_path):
         }
         ed = {
             "target_reached": reached,
-            "others_unchanged_vs_reconstruction": 0.9,
             "per_edit": {"a=1": {"n": 3, "target_reached": reached / 2}},
+            "identity_cosine": 0.5,
         }
+        if not categorical:  # a categorical set's edits have no other attributes to keep
+            ed["others_unchanged_vs_reconstruction"] = 0.9
         (d / "eval-actor-faces.json").write_text(json.dumps(ev))
         (d / "edits-actor-faces.json").write_text(json.dumps(ed))
         (d / "mapper.json").write_text(json.dumps({"command": ["lcs", name], "metrics": {"train_seconds": 60}}))
@@ -91,13 +93,16 @@ def test_ablation_table_reads_each_recipe_and_summarises_seeds(tmp_path):
     run("shipped-s0", 0.6, 0.2)
     run("shipped-s1", 0.8, 0.4)
     run("hard-negatives-s0", 0.7, 0.5)
+    run("category-s0", 0.9, 0.8, categorical=True)
     (tmp_path / "not-a-run").mkdir()
     rows = collect(tmp_path)
-    assert set(rows) == {"shipped-s0", "shipped-s1", "hard-negatives-s0"}
+    assert set(rows) == {"shipped-s0", "shipped-s1", "hard-negatives-s0", "category-s0"}
     groups = by_recipe(rows)
     assert groups["shipped"]["asked_on_mean"] == (pytest.approx(0.7), pytest.approx(0.2), 2)
     assert groups["hard-negatives"]["edit_worst_direction"][0] == pytest.approx(0.25)
-    assert "| shipped | 2 | 0.700 ±0.100 |" in markdown("x", rows, "cmd")
+    md = markdown("x", rows, "cmd")
+    assert "| shipped | 2 | 0.700 ±0.100 |" in md
+    assert "| 0.800 | 0.400 | — | 0.500 |" in next(line for line in md.splitlines() if line.startswith("| category |"))
 
 
 def test_serve_bench_ratios_from_planted_rows():
