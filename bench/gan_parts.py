@@ -16,7 +16,7 @@ from typing import Callable
 
 from bench.protocol import COMMAND, GAN_LR, LABEL_SHARES, LC_SAMPLING
 from training.encode import encode_dataset
-from training.train_baseline import ARTIFACT_STEM, TrainBaselineConfig, train_baseline
+from training.train_baseline import ARTIFACT_STEM, TrainBaselineConfig, train_baseline, training_settings
 from training.train_labelset import TrainLabelSetConfig, train_labelset
 
 
@@ -31,10 +31,10 @@ def curve(out: Path, points: int = 20) -> list[dict]:
 
 def train_once(cfg: TrainBaselineConfig, command: list[str]) -> bool:
     """Train unless OUT already holds a model trained with exactly this configuration, so a bench stopped midway (a
-    GAN row costs up to an hour on 2 cores) resumes where it was; any changed setting retrains. -> trained now?"""
+    GAN row costs up to an hour on 2 cores) resumes where it was, a row stopped midway from its checkpoint; any changed
+    setting retrains. -> trained now?"""
     man = Path(cfg.out) / f"{ARTIFACT_STEM[cfg.method]}.json"
-    same = {k: v for k, v in cfg.__dict__.items() if k not in ("bundle", "out")}
-    if man.exists() and json.loads(man.read_text()).get("training") == same:
+    if man.exists() and json.loads(man.read_text()).get("training") == training_settings(cfg):
         return False
     train_baseline(cfg, command=command)
     return True
@@ -73,6 +73,7 @@ def train_gan(
         lr_final=GAN_LR,
         device="cpu",
         out=str(out),
+        resume=True,  # a row stopped midway (a session's end) continues from its checkpoint
     )
     fresh = train_once(cfg, [*COMMAND, name, method, f"seed={seed}", f"labelled={labelled or 'all'}"])
     return fresh, json.loads((out / f"{ARTIFACT_STEM[method]}.json").read_text())

@@ -39,6 +39,7 @@ from conditioning.runtime import autocast, resolve_device
 from models.artifacts import load_manifest, save_artifact
 from models.attrvec import AttributeVectors, AttrVecConfig
 from models.bigan import BiGAN, BiGANConfig, save_as_vae
+from models.checkpoint import checkpoint_meta, has_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from models.cvae import CVAE, CVAEConfig
 from models.cvaegan import CVAEGAN, CVAEGANConfig, load_conditional
 from models.fader import FaderConfig, FaderNetwork, load_fader
@@ -94,6 +95,16 @@ class TrainBaselineConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 0
+    resume: bool = False  # image methods: continue from OUT/checkpoint.* when it was trained with the same settings
+
+
+CKPT_EVERY = 100  # image methods: steps between checkpoints (a GAN step takes 1-2.5 s on one of these CPU cores)
+NOT_SETTINGS = ("bundle", "out", "resume")  # where and how a run goes, not what it trains
+
+
+def training_settings(cfg: TrainBaselineConfig) -> dict:
+    """What a model is trained with, as its manifest records it: equal settings, equal model (seeded)."""
+    return {k: v for k, v in cfg.__dict__.items() if k not in NOT_SETTINGS}
 
 
 def label_columns(data: ImageDataset, label_set: str) -> tuple[list[str], str]:
@@ -188,9 +199,12 @@ def train_image_model(
     decay = (cfg.lr_final / cfg.lr) ** (1 / max(cfg.steps, 1))
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    with open(out / "train_log.jsonl", "w") as log_file:
-        cpu, window, probes = 0.0, [], []
-        for step in tqdm(range(1, cfg.steps + 1), desc=f"train-baseline {cfg.method} {cfg.label_set}", unit="step"):
+    start, cpu, probes = resume_point(cfg, model, opts, gen, out)
+    with open(out / "train_log.jsonl", "a" if start else "w") as log_file:
+        window = []
+        for step in tqdm(
+            range(start + 1, cfg.steps + 1), desc=f"train-baseline {cfg.method} {cfg.label_set}", unit="step"
+        ):
             t0 = time.process_time()
             idx = np.sort(rows[torch.randint(len(rows), (cfg.batch_size,), generator=gen).numpy()])
             x = batch_to_float(data.images[idx], device)
@@ -221,7 +235,30 @@ def train_image_model(
                 model.eval()
                 probes.append({"step": step, "cpu_s": cpu, **probe(step, model)})
                 model.train()
+            if step % CKPT_EVERY == 0 and step < cfg.steps:
+                meta = {"step": step, "cpu_s": cpu, "probes": probes, "training": training_settings(cfg)}
+                save_checkpoint(out, model, opts, meta, gen)
+    remove_checkpoint(out)  # the finished artifact supersedes it
     return {"steps": cfg.steps, "cpu_seconds": round(cpu, 2), "probes": probes}
+
+
+def resume_point(
+    cfg: TrainBaselineConfig, model: torch.nn.Module, opts: dict, gen: torch.Generator, out: Path
+) -> tuple[int, float, list]:
+    """(last step done, CPU seconds so far, probes so far): from OUT's checkpoint under ``--resume`` when it was
+    trained with these settings (model, optimizers, both random streams restored: the run continues as if never
+    stopped, the log cut back to the checkpoint's step), else (0, 0, []) for a fresh run."""
+    if not (cfg.resume and has_checkpoint(out)):
+        return 0, 0.0, []
+    if checkpoint_meta(out).get("training") != training_settings(cfg):
+        log.warning("%s/checkpoint.* was trained with other settings: training afresh", out)
+        return 0, 0.0, []
+    meta = load_checkpoint(out, model, opts, gen)
+    lines = (out / "train_log.jsonl").read_text().splitlines() if (out / "train_log.jsonl").exists() else []
+    kept = [line for line in lines if json.loads(line)["step"] <= meta["step"]]
+    (out / "train_log.jsonl").write_text("".join(f"{line}\n" for line in kept))
+    log.info("resumed from %s at step %d of %d", out / "checkpoint.safetensors", meta["step"], cfg.steps)
+    return meta["step"], meta["cpu_s"], meta["probes"]
 
 
 @torch.no_grad()
@@ -297,6 +334,7 @@ def train_baseline(
     rows = labelled_subset(data.indices("train"), cfg.labelled, cfg.seed)
     started = time.time()
     if on_images:
+        torch.manual_seed(cfg.seed)  # the initial weights too: one seed, one model
         model = build_image_model(cfg, VAEConfig(**vman["config"]), attrs, kind)
         log.info(
             "training %s on %s (%d labelled training images, labels %s) for %d steps on %s%s",
@@ -343,7 +381,7 @@ def train_baseline(
         "config": cfg_json,
         "label_set": cfg.label_set,
         "dataset": vman["dataset"]["name"],
-        "training": {k: v for k, v in cfg.__dict__.items() if k not in ("bundle", "out")},
+        "training": training_settings(cfg),
         "command": command or sys.argv,
         "metrics": metrics,
         **fp,
