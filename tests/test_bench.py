@@ -263,3 +263,37 @@ def test_gan_section_reports_each_systems_curve_and_its_paragraph_against_the_lc
     assert "**GAIA**" in text and "**BiGAN**" not in text and "**Triple-GAN**" not in text
     assert "| 1% | 600 | 0.300 | 150.00 | 0.600 | 50.00 |" in text
     assert _gan_section({"quality_raw": raw[:1], "quality": aggregate(raw[:1])}, f) == []
+
+
+def test_quality_trains_the_gan_systems_on_their_own_seed_count(tmp_path, monkeypatch):
+    """The small profile trains each network once but the GAN systems twice (issue 29 asks their seed spread); the
+    latent fits always run two seeds. Which part trains on which seed, with the training and scoring stubbed out."""
+    from bench import runners
+    from bench.protocol import PROFILES
+
+    trained = []
+    fake = {"mean_accuracy": 0.5, "frechet": {"fd": 1.0}}
+    monkeypatch.setattr(runners, "evaluator", lambda *a: lambda sampler, seed, *b: fake)
+    monkeypatch.setattr(runners, "summarise", lambda name, method, seed, r, extra: (method, seed))
+
+    def record(name, method, bundle, spec, prof, out, seed, *ev):
+        trained.append((method, seed))
+        return (out, {}) if ev else {}  # a backbone part also names the bundle its row is scored on
+
+    for fn in ("_train_part", "train_sampler_part", "train_backbone_part"):
+        monkeypatch.setattr(runners, fn, record)
+    parts = ["actor", "actor-l0", "attrvec-mean", "cvae", "triplegan", "infogan", "gaia-lc"]
+    rows = runners.quality("fashion-mnist", tmp_path, {"label_set": "category"}, PROFILES["small"], tmp_path, parts)
+    assert sorted(trained) == [
+        ("actor-l0", 0),
+        ("attrvec-mean", 0),
+        ("attrvec-mean", 1),
+        ("cvae", 0),
+        ("gaia-lc", 0),
+        ("gaia-lc", 1),
+        ("infogan", 0),
+        ("infogan", 1),
+        ("triplegan", 0),
+        ("triplegan", 1),
+    ]
+    assert ("actor", 1) in rows and len(rows) == len(trained) + 2
