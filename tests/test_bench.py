@@ -88,21 +88,26 @@ def test_ablation_table_reads_each_recipe_and_summarises_seeds(tmp_path):
             ed["others_unchanged_vs_reconstruction"] = 0.9
         (d / "eval-actor-faces.json").write_text(json.dumps(ev))
         (d / "edits-actor-faces.json").write_text(json.dumps(ed))
-        (d / "mapper.json").write_text(json.dumps({"command": ["lcs", name], "metrics": {"train_seconds": 60}}))
+        man = {"command": ["lcs", name], "metrics": {"train_seconds": 60}}
+        if name.startswith("refined"):  # lcs refine-attr appends each refinement to the manifest
+            man["refined"] = [{"command": ["lcs", "refine-attr", str(k)], "seconds": 60 * k} for k in (1, 2)]
+        (d / "mapper.json").write_text(json.dumps(man))
 
     run("shipped-s0", 0.6, 0.2)
     run("shipped-s1", 0.8, 0.4)
     run("hard-negatives-s0", 0.7, 0.5)
     run("category-s0", 0.9, 0.8, categorical=True)
+    run("refined-s0", 0.8, 0.7)
     (tmp_path / "not-a-run").mkdir()
     rows = collect(tmp_path)
-    assert set(rows) == {"shipped-s0", "shipped-s1", "hard-negatives-s0", "category-s0"}
+    assert set(rows) == {"shipped-s0", "shipped-s1", "hard-negatives-s0", "category-s0", "refined-s0"}
     groups = by_recipe(rows)
     assert groups["shipped"]["asked_on_mean"] == (pytest.approx(0.7), pytest.approx(0.2), 2)
     assert groups["hard-negatives"]["edit_worst_direction"][0] == pytest.approx(0.25)
     md = markdown("x", rows, "cmd")
     assert "| shipped | 2 | 0.700 ±0.100 |" in md
     assert "| 0.800 | 0.400 | — | 0.500 |" in next(line for line in md.splitlines() if line.startswith("| category |"))
+    assert "- refined-s0 (2.0 min): `lcs refine-attr 2`" in md and "- shipped-s0 (1.0 min): `lcs shipped-s0`" in md
 
 
 def test_serve_bench_ratios_from_planted_rows():
