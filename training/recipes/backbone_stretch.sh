@@ -6,7 +6,7 @@
 # per stretch in the repository: the fp16 VAE; the 47 MB fp32 checkpoint with Adam's moments stays in $R), and
 # measures reconstruction recall per attribute against the shipped VAE with the shipped judge.
 # Stopped midway (SIGTERM, a lost machine)? Run it again with the same RUNS: --resume continues from $R's checkpoint.
-# THREADS=1 leaves a core to other work: on an AVX2-only CPU one thread ran 1.24 s/step, two barely faster.
+# THREADS=1 leaves a core to other work: on an AVX2-only CPU one thread ran 1.2-2.1 s/step, two barely faster.
 # Shipping a stretch (retraining the label sets on it) is training/recipes/default_bundle.sh on a bundle holding it.
 set -euo pipefail
 R=${RUNS:-runs/backbone-stretch}
