@@ -228,6 +228,30 @@ def test_init_fine_tunes_from_a_trained_vae_and_refuses_another_config(fashion_r
         train_vae(tiny_cfg(fashion_root, tmp_path / "other", max_steps=1, latent_dim=4, init=str(base)))
 
 
+def test_init_lineage_names_the_runs_continued_as_they_were_when_it_started(fashion_root, tmp_path, seed):
+    """A directory trained on in place later (training/resume) must not change what an earlier run says it continued."""
+    from bench.backbones import markdown, training_cost
+
+    base = train_vae(tiny_cfg(fashion_root, tmp_path / "base", max_steps=3, seed=seed))
+    tuned = train_vae(tiny_cfg(fashion_root, tmp_path / "tuned", max_steps=2, init=str(base)))
+    # the base directory now holds a later run of 5 steps, continued from itself
+    train_vae(tiny_cfg(fashion_root, tmp_path / "base", max_steps=5, init=str(base)))
+    _, manifest = load_vae(tuned)
+    cost = training_cost(manifest)
+    assert cost["steps"] == 2 and [h["steps"] for h in cost["before"]] == [3]
+    assert cost["before"][0]["from"] == str(base) and "unknown" not in cost["before"][0]
+    later = train_vae(tiny_cfg(fashion_root, tmp_path / "later", max_steps=1, init=str(tuned)))
+    assert [h["steps"] for h in training_cost(load_vae(later)[1])["before"]] == [2, 3]
+    # a manifest from before lineages were recorded: its --init is followed no further, and the table says so
+    del manifest["init_lineage"]
+    old = training_cost(manifest)
+    assert old["before"] == [{"from": str(base), "unknown": True}]
+    result = {"reconstruction": {"A": {"recall": 1.0, "specificity": 1.0}}, "mse_test": 0.1, "size": {"mb_fp16": 1.0}}
+    result.update(frechet_prior={"fd": 1.0}, command="c")
+    table = markdown("t", {"new": {**result, "cost": cost}, "old": {**result, "cost": old}}, "cmd")
+    assert "| 2 + 3 | 0 min" in table and "| 2 + ? | ≥ 0 min" in table
+
+
 def test_grow_adds_residual_blocks_as_the_same_function_then_they_train(fashion_root, tmp_path, seed):
     """--grow: a trained VAE without residual blocks continues with them, starting from exactly its function."""
     from models.vae import grow

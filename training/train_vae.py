@@ -28,7 +28,7 @@ from tqdm import tqdm
 from conditioning.images import batch_to_float, save_grid
 from conditioning.runtime import autocast, job_threads, memory_format, resolve_device, resolve_precision
 from evaluation.reconstruction import evaluate_mse
-from models.artifacts import fingerprint, save_artifact
+from models.artifacts import fingerprint, load_manifest, save_artifact
 from models.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from models.vae import ARCH, VAE, VAEConfig, grow, load_vae
 from models.vaegan import VAEGAN, VAEGANConfig
@@ -74,7 +74,23 @@ class TrainVAEConfig:
     max_minutes: float = 0.0
 
 
-def vae_manifest(cfg: TrainVAEConfig, vae: VAE, data: ImageDataset, metrics: dict, command: list[str]) -> dict:
+def init_lineage(init: str) -> list[dict]:
+    """The runs an --init continues, newest first, as they are when this run starts. Recorded in the manifest because
+    a directory is often trained on in place later (training/resume): read afterwards, it would name a later run.
+    A run recorded before lineages were kept ends the list with its --init marked ``unknown``."""
+    man = load_manifest(init, "vae")
+    m = man["metrics"]
+    hop = {"from": init, "steps": m["steps"], "train_seconds": m["train_seconds"], "device": m.get("device", "")}
+    hop["decoder_fingerprint"] = man["decoder_fingerprint"]
+    if "init_lineage" in man:
+        return [hop, *man["init_lineage"]]
+    before = man["training"].get("init")
+    return [hop, {"from": before, "unknown": True}] if before else [hop]
+
+
+def vae_manifest(
+    cfg: TrainVAEConfig, vae: VAE, data: ImageDataset, metrics: dict, command: list[str], lineage: list[dict]
+) -> dict:
     return {
         "kind": "vae",
         "arch": ARCH,
@@ -89,6 +105,7 @@ def vae_manifest(cfg: TrainVAEConfig, vae: VAE, data: ImageDataset, metrics: dic
         "command": command,
         "decoder_fingerprint": fingerprint({f"decoder.{k}": v for k, v in vae.decoder.state_dict().items()}),
         "metrics": metrics,
+        "init_lineage": lineage,
     }
 
 
@@ -218,6 +235,7 @@ def train_vae(cfg: TrainVAEConfig, command: list[str] | None = None) -> Path:
     _, h, w = data.image_shape
     if h != w:
         raise ValueError(f"square images expected, got {h}x{w}")
+    lineage = init_lineage(cfg.init) if cfg.init else []
     vae, model, opt = build_models(cfg, data, device)
     model.to(memory_format=fmt)
     vcfg = vae.cfg
@@ -295,6 +313,6 @@ def train_vae(cfg: TrainVAEConfig, command: list[str] | None = None) -> Path:
         "threads": torch.get_num_threads(),
     }
     vae = vae.cpu().eval()
-    save_artifact(out, "vae", vae.state_dict(), vae_manifest(cfg, vae, data, metrics, command))
+    save_artifact(out, "vae", vae.state_dict(), vae_manifest(cfg, vae, data, metrics, command, lineage))
     log.info("wrote %s (val MSE %.5f, test MSE %.5f)", out / "vae.safetensors", metrics["val_mse"], metrics["test_mse"])
     return out
