@@ -164,7 +164,7 @@ def main() -> None:
     command = "python -m bench.backbones " + " ".join(
         [f"--candidate {c}" for c in a.candidate]
         + [f"--judge {j}" for j in a.judge]
-        + [f"--out {a.out} --name {a.name}"]
+        + [f"--n-prior {a.n_prior} --seed {a.seed} --out {a.out} --name {a.name}"]
     )
     report = {"command": command, "seconds": round(time.time() - started, 1), "candidates": results}
     (out / f"{a.name}.json").write_text(json.dumps(report, indent=2) + "\n")
