@@ -18,7 +18,7 @@ FROM=$P
 step() { echo "== $*"; local t=$SECONDS; "$@"; echo "   wall $((SECONDS - t)) s"; }
 
 # lr 1e-3 (LR=...): at equal cost the warm restart at 1e-3 was the one lever that moved Smiling
-# (docs/backbones_candidates.md), and stretch 4, the shipped VAE, continued it; stretches 1-3 ran at 3e-4.
+# (docs/backbones_candidates.md), and stretches 4-6 continued it (stretch 5 is the shipped VAE); 1-3 ran at 3e-4.
 # a warm-up from the stretch's first step: Adam's moments start afresh from packed weights (without one, MSE rose
 # 0.0027 -> 0.0035 first), and a stretch resumed from $R's finished checkpoint re-plans its schedule
 step lcs train-vae --dataset avatars --data-arg n=32000 --out $R/vae --init $FROM --resume \
