@@ -31,6 +31,7 @@ from models.artifacts import load_manifest
 from models.judge import load_judge
 from models.vae import load_vae
 from training.data import load_dataset
+from training.train_vae import recorded_lineage
 
 GRID = 12  # test images per row of the figure
 
@@ -46,11 +47,10 @@ def matching_judge(vman: dict, judges: list[Path]) -> Path:
 
 
 def training_cost(vman: dict) -> dict:
-    """This run's steps and time, then the runs it continued, as recorded when it started (``init_lineage``). A VAE
-    trained before lineages were recorded names only its --init, whose directory may hold a later run: ``unknown``."""
-    m, init = vman["metrics"], vman["training"].get("init")
-    lineage = vman.get("init_lineage", [{"from": init, "unknown": True}] if init else [])
-    return {"steps": m["steps"], "train_seconds": m["train_seconds"], "device": m.get("device", ""), "before": lineage}
+    """This run's steps and time, then the runs it continued, as recorded when it started."""
+    m = vman["metrics"]
+    before = recorded_lineage(vman)
+    return {"steps": m["steps"], "train_seconds": m["train_seconds"], "device": m.get("device", ""), "before": before}
 
 
 def score(

@@ -74,18 +74,23 @@ class TrainVAEConfig:
     max_minutes: float = 0.0
 
 
+def recorded_lineage(man: dict) -> list[dict]:
+    """The runs a VAE's manifest says it continued, newest first. A run recorded before lineages were kept names only
+    its --init, whose directory may since hold a later run: that entry is marked ``unknown``."""
+    if "init_lineage" in man:
+        return man["init_lineage"]
+    init = man["training"].get("init")
+    return [{"from": init, "unknown": True}] if init else []
+
+
 def init_lineage(init: str) -> list[dict]:
-    """The runs an --init continues, newest first, as they are when this run starts. Recorded in the manifest because
-    a directory is often trained on in place later (training/resume): read afterwards, it would name a later run.
-    A run recorded before lineages were kept ends the list with its --init marked ``unknown``."""
+    """The runs an --init continues, as they are when this run starts. Recorded in the manifest because a directory
+    is often trained on in place later (training/resume): read afterwards, it would name a later run."""
     man = load_manifest(init, "vae")
     m = man["metrics"]
     hop = {"from": init, "steps": m["steps"], "train_seconds": m["train_seconds"], "device": m.get("device", "")}
     hop["decoder_fingerprint"] = man["decoder_fingerprint"]
-    if "init_lineage" in man:
-        return [hop, *man["init_lineage"]]
-    before = man["training"].get("init")
-    return [hop, {"from": before, "unknown": True}] if before else [hop]
+    return [hop, *recorded_lineage(man)]
 
 
 def vae_manifest(
