@@ -17,6 +17,9 @@ from models.latent_objective import attr_predict
 EditMode = Literal["actor", "optimize", "energy"]
 EDIT_OPTIMIZE = OptimizeConfig(dist_weight=1.0)  # optimisation edits keep z near the image's own latent
 EDIT_ENERGY = energy.EnergyConfig(space="latent", candidates=1, dist_weight=1.0)  # and so do energy edits
+# the actor's step lengths ``actor_step`` tries, shortest first; on the shipped avatars (edits reached, session 18):
+# (1,) 0.729; (1, 1.5, 2, 3) 0.823; these 0.826; with K = 8 starts around the image as well 0.828
+STEP_SCALES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
 
 
 class Edit(NamedTuple):
@@ -56,9 +59,9 @@ def edit(
     """D_attr reads each latent's current labels, the target is the nearest label-table row honouring
     the spec (see ``specs.nearest_rows``), and the latent moves to it by the actor, or by optimisation on the
     spec's attributes from the actor's edit with a distance term to z0, or by the energy sampler from z0 with the
-    ``realism`` label set's critic (the only mode of a classifier label set). With ``candidates`` K > 1 the actor
-    edits K starts per row, z0 and K − 1 draws around it at σ̄_z (seeded by z0: ``energy.candidates``), and keeps
-    the accepted edit nearest z0 (``modes.select``)."""
+    ``realism`` label set's critic (the only mode of a classifier label set). The actor's edit is its step from z0
+    taken as far as the critics need (``actor_step``); with ``candidates`` K > 1, rows no step length satisfies also
+    try the actor's edits of K − 1 draws around z0 (``actor_step``)."""
     if ls.m.attr is None:
         raise ValueError("an edit needs a label set with attributes")
     n = len(z0)
@@ -67,11 +70,9 @@ def edit(
     # of the image, which can be wrong: it should not force them); the distance term and the critic keep the rest.
     mask = torch.zeros(target.shape, dtype=torch.bool)
     mask[:, [ls.attr_names.index(a) for a in spec]] = True
-    if mode == "actor" and ls.m.actor is not None and candidates > 1:
-        z, ok = actor_around(ls, z0, target, mask, candidates)
-        return Edit(z, target, ok)
     if mode == "actor" and ls.m.actor is not None:
-        return Edit(ls.m.actor(pad(z0), pad(target))[:n], target, torch.ones(n, dtype=torch.bool))
+        z, ok = actor_step(ls, z0, target, mask, candidates)
+        return Edit(z, target, ok)
     if mode == "optimize" and ls.m.actor is not None:
         z, info = optimize_latents(ls.m, pad(z0), pad(target), pad(mask), cfg, ls.sigma_bar)
         return Edit(z[:n], target, info["converged"][:n])
@@ -82,19 +83,28 @@ def edit(
     raise ValueError(f"edit mode {mode!r} is not available for label set {ls.name!r} (or no realism label set)")
 
 
-def actor_around(
-    ls: LabelSetVersion, z0: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, candidates: int
+def actor_step(
+    ls: LabelSetVersion, z0: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, candidates: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The actor's edit of z0 and of ``candidates`` − 1 draws z0 + σ̄_z · ε (ε seeded by z0, so a row's result does
-    not depend on its batch: the posterior's spread, where any start is as much this image), keeping the accepted
-    edit of least σ̄-weighted distance to z0 (optimisation edits' distance term). Returns (latents, converged)."""
+    """z0 + s · (G(z0, y') − z0) for s in STEP_SCALES: the shortest step the critics accept (``modes.select``),
+    else the one nearest to acceptance, reported unconverged. Why: the actor is trained against a distance penalty
+    and stops short of what the image shows (on the shipped avatars, its own step reached the target in 0.73 of
+    edits, adding a smile in 0.27; lengthened until D_attr reads the target, 0.83 and 0.52, kept 0.96 either way).
+    With ``candidates`` K > 1, rows whose own step no length satisfies fall back to the actor's edits of K − 1 starts
+    z0 + σ̄_z · ε around it (ε seeded by z0, so a row's result does not depend on its batch: the posterior's spread,
+    where any start is as much this image), the accepted one nearest z0. Returns (latents, converged)."""
     n, d = z0.shape
-    starts = z0[:, None] + ls.sigma_bar * energy.candidates(z0, candidates)
-    starts[:, 0] = z0
-    out = ls.m.actor(pad(starts.reshape(n * candidates, d)), pad(target.repeat_interleave(candidates, 0)))
-    out = out[: n * candidates].reshape(n, candidates, d)
-    dist = (torch.log1p((out - z0[:, None]).pow(2)) / ls.sigma_bar.pow(2)).mean(2)
-    return select(ls.m, out, target, mask, cost=dist)
+    step = ls.m.actor(pad(z0), pad(target))[:n] - z0
+    cand = z0[:, None] + torch.tensor(STEP_SCALES)[None, :, None] * step[:, None]
+    tier = torch.zeros(len(STEP_SCALES))
+    if candidates > 1:
+        starts = (z0[:, None] + ls.sigma_bar * energy.candidates(z0, candidates)[:, 1:]).reshape(-1, d)
+        around = ls.m.actor(pad(starts), pad(target.repeat_interleave(candidates - 1, 0)))[: len(starts)]
+        cand = torch.cat([cand, around.reshape(n, candidates - 1, d)], 1)
+        tier = torch.cat([tier, torch.ones(candidates - 1)])
+    dist = (torch.log1p((cand - z0[:, None]).pow(2)) / ls.sigma_bar.pow(2)).mean(2)
+    # the row's own step first, then the starts around it; nearest z0 within a tier (the row's dist / (max + 1) < 1)
+    return select(ls.m, cand, target, mask, cost=tier + dist / (dist.amax(1, keepdim=True) + 1))
 
 
 def edit_query(plan: energy.Plan, z0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

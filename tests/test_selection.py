@@ -69,8 +69,34 @@ def test_actor_edits_keep_the_accepted_start_nearest_the_image():
     best = dist.masked_fill(starts[..., 0] <= 0, torch.inf).argmin(1)
     assert got.converged.tolist() == [True, True, False]  # 60 σ̄ away: no start reaches it
     assert torch.equal(got.z[:2], starts[torch.arange(2), best[:2]]) and (got.z[:2, 0] > 0).all()
-    plain = edits.edit(ls, z0, {"a": 1})
-    assert torch.equal(plain.z, z0) and plain.converged.all() and torch.equal(plain.target, got.target)
+    plain = edits.edit(ls, z0, {"a": 1})  # the identity's step is nil at any length: reported unconverged
+    assert torch.equal(plain.z, z0) and not plain.converged.any() and torch.equal(plain.target, got.target)
+
+
+def short_stepping() -> LabelSetVersion:
+    """The planted label set with an actor that goes half way from z[0] to 0.5: G(z)[0] = (z[0] + 0.5) / 2."""
+    ls = planted()
+    with torch.no_grad():
+        ls.m.actor.net[-1].bias[D] = 0.0  # gate 1/2 on z[0]
+        ls.m.actor.net[-1].bias[0] = 0.5  # towards 0.5
+    return ls
+
+
+def test_actor_edits_take_the_shortest_step_length_the_critics_accept():
+    ls = short_stepping()
+    z0 = torch.tensor([[-0.05, 0.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [-9.0, 0.0, 0.0, 0.0], [0.3, 1.0, 0.0, 0.0]])
+    step = 0.5 * (0.5 - z0[:, 0])
+    got = edits.edit(ls, z0, {"a": 1})
+    # a = 1 from z[0] > 0: the actor's own step (s = 1) for row 0, s = 1.5 for -1 (-1 + 1.125), s = 2 for -9;
+    # row 3 already has it (target = its reading): G moves it to 0.4, accepted at once
+    assert got.converged.all()
+    assert torch.allclose(got.z[:, 0], z0[:, 0] + torch.tensor([1.0, 1.5, 2.0, 1.0]) * step)
+    assert torch.equal(got.z[:, 1:], z0[:, 1:])
+    # asked off where the image is without it: the actor's own step (towards 0.5, still below 0) is accepted as is
+    off = edits.edit(ls, z0[1:3], {"a": 0})
+    assert off.converged.all() and torch.allclose(off.z, ls.m.actor(z0[1:3], off.target))
+    # with candidates the row's own step still comes first when a length of it is accepted
+    assert torch.equal(edits.edit(ls, z0, {"a": 1}, candidates=8).z, got.z)
 
 
 def test_same_seed_same_latents_whatever_the_batch_with_candidates(service_bundle):
