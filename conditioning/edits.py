@@ -10,16 +10,13 @@ import torch
 
 from conditioning import energy
 from conditioning.labelset import LabelSetVersion
-from conditioning.modes import OptimizeConfig, optimize_latents, pad, select
+from conditioning.modes import OptimizeConfig, distance, ladder, optimize_latents, pad, select
 from conditioning.specs import nearest_rows
 from models.latent_objective import attr_predict
 
 EditMode = Literal["actor", "optimize", "energy"]
 EDIT_OPTIMIZE = OptimizeConfig(dist_weight=1.0)  # optimisation edits keep z near the image's own latent
 EDIT_ENERGY = energy.EnergyConfig(space="latent", candidates=1, dist_weight=1.0)  # and so do energy edits
-# the actor's step lengths ``actor_step`` tries, shortest first; on the shipped avatars (edits reached, session 18):
-# (1,) 0.729; (1, 1.5, 2, 3) 0.823; these 0.826; with K = 8 starts around the image as well 0.828
-STEP_SCALES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
 
 
 class Edit(NamedTuple):
@@ -86,7 +83,7 @@ def edit(
 def actor_step(
     ls: LabelSetVersion, z0: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, candidates: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """z0 + s · (G(z0, y') − z0) for s in STEP_SCALES: the shortest step the critics accept (``modes.select``),
+    """z0 + s · (G(z0, y') − z0) (``modes.ladder``): the shortest step the critics accept (``modes.select``),
     else the one nearest to acceptance, reported unconverged. Why: the actor is trained against a distance penalty
     and stops short of what the image shows (on the shipped avatars, its own step reached the target in 0.73 of
     edits, adding a smile in 0.27; lengthened until D_attr reads the target, 0.83 and 0.52, kept 0.96 either way).
@@ -94,15 +91,14 @@ def actor_step(
     z0 + σ̄_z · ε around it (ε seeded by z0, so a row's result does not depend on its batch: the posterior's spread,
     where any start is as much this image), the accepted one nearest z0. Returns (latents, converged)."""
     n, d = z0.shape
-    step = ls.m.actor(pad(z0), pad(target))[:n] - z0
-    cand = z0[:, None] + torch.tensor(STEP_SCALES)[None, :, None] * step[:, None]
-    tier = torch.zeros(len(STEP_SCALES))
+    cand = ladder(ls, z0, target)
+    tier = torch.zeros(cand.shape[1])
     if candidates > 1:
         starts = (z0[:, None] + ls.sigma_bar * energy.candidates(z0, candidates)[:, 1:]).reshape(-1, d)
         around = ls.m.actor(pad(starts), pad(target.repeat_interleave(candidates - 1, 0)))[: len(starts)]
         cand = torch.cat([cand, around.reshape(n, candidates - 1, d)], 1)
         tier = torch.cat([tier, torch.ones(candidates - 1)])
-    dist = (torch.log1p((cand - z0[:, None]).pow(2)) / ls.sigma_bar.pow(2)).mean(2)
+    dist = distance(ls, cand, z0)
     # the row's own step first, then the starts around it; nearest z0 within a tier (the row's dist / (max + 1) < 1)
     return select(ls.m, cand, target, mask, cost=tier + dist / (dist.amax(1, keepdim=True) + 1))
 

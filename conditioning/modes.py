@@ -5,7 +5,8 @@ request named) into latents for the decoder:
 - ``prior``: z itself (the unconditional VAE);
 - ``actor``: G(z, y), one forward pass (amortised); with ``candidates`` K > 1, G on K prior draws per row (the
   row's own z first, the rest seeded by it), keeping the first that passes optimisation's stop rule (``assess``),
-  else the one nearest to passing; such a row is reported unconverged (``select``);
+  else the one nearest to passing (``select``); with attributes, a row that still fails is edited towards its own
+  label row as an image would be (``restep``), and reported unconverged if that fails too;
 - ``energy``: the energy sampler (``conditioning.energy``) through the realism mapper G(z_p), on a plan: a composed
   query over any label sets' classifiers, or the request's own rows of one label set (classifier label sets
   serve only this mode);
@@ -38,6 +39,9 @@ from models.latent import LatentMappers
 Mode = Literal["prior", "actor", "optimize", "energy"]
 MODES: tuple[str, ...] = get_args(Mode)
 PAD_ROWS = 16
+# the actor's step lengths ``ladder`` tries, shortest first (edits: ``edits.actor_step``; samples: ``restep``). On the
+# shipped avatars edits (target reached, session 18): (1,) 0.729; (1, 1.5, 2, 3) 0.823; these 0.826
+STEP_SCALES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
 
 
 def pad(x: torch.Tensor, rows: int = PAD_ROWS) -> torch.Tensor:
@@ -178,6 +182,31 @@ def select(
     return Latents(z[torch.arange(n), pick], ok.any(1))
 
 
+def distance(ls: LabelSetVersion, z: torch.Tensor, z0: torch.Tensor) -> torch.Tensor:
+    """σ̄-weighted distance of candidates z (n x k x d) to z0 (n x d): optimisation edits' distance term."""
+    return (torch.log1p((z - z0[:, None]).pow(2)) / ls.sigma_bar.pow(2)).mean(2)
+
+
+@torch.no_grad()
+def ladder(ls: LabelSetVersion, z0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """z0 + s · (G(z0, y) − z0) for s in STEP_SCALES (n x len(STEP_SCALES) x d): the actor's step at each length."""
+    step = ls.m.actor(pad(z0), _labels(ls, y))[: len(z0)] - z0
+    return z0[:, None] + torch.tensor(STEP_SCALES)[None, :, None] * step[:, None]
+
+
+@torch.no_grad()
+def restep(ls: LabelSetVersion, got: Latents, y: torch.Tensor, mask: torch.Tensor) -> Latents:
+    """Rows the critics rejected, edited towards their own label row as an image's latent would be: the actor's step
+    from the sample, at the shortest length the critics accept (``ladder``, ``select``), else the one nearest to
+    acceptance, reported unconverged. Why: on the shipped avatars ``faces`` set (stretch 5, 200 draws per attribute
+    asked on alone, the judge reading the images) the mean hit rate went 0.768 → 0.891 at K = 1 and 0.884 → 0.923 at
+    K = 8 (Pale_Skin 0.76 → 0.96, Brown_Hair 0.62 → 0.74), asked off 0.985 → 0.984."""
+    cand = ladder(ls, got.z, y)
+    again = select(ls.m, cand, y, mask, cost=distance(ls, cand, got.z))
+    keep = got.converged[:, None]
+    return Latents(torch.where(keep, got.z, again.z), got.converged | again.converged)
+
+
 @torch.no_grad()
 def actor_best(ls: LabelSetVersion, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, candidates: int) -> Latents:
     """G(z_p, y) on ``candidates`` prior draws z_p per row, then ``select``. The draws are the row's own z and
@@ -221,7 +250,10 @@ def latents(
 ) -> Latents:
     """The latents a request in ``mode`` decodes: z (n x d prior draws), y (n x K labels), mask (n x K bool);
     ``plan``: what energy mode samples (``energy.Plan``); ``candidates``: prior draws per row the actor selects
-    among (``actor_best``; 1: G(z, y) itself, always reported converged)."""
+    among (``actor_best``; 1: G(z, y) itself). With attributes, rows the critics reject are re-stepped (``restep``);
+    a label set of none (realism) keeps G(z, y), reported converged at K = 1."""
+    if mode == "actor" and ls.m.attr is not None:
+        return restep(ls, actor_best(ls, z, y, mask, candidates), y, mask)
     if mode == "actor" and candidates > 1:
         return actor_best(ls, z, y, mask, candidates)
     if mode == "optimize":

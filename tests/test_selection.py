@@ -1,6 +1,8 @@
 """Selection among latent candidates (``modes.select``): the actor on K prior draws per row (samples) or on K starts
 around an image's latent (edits), kept by the critic and D_attr; K = 1 is the plain actor."""
 
+import math
+
 import torch
 
 from conditioning import edits, energy, modes
@@ -49,8 +51,8 @@ def test_select_keeps_the_first_accepted_candidate_else_the_nearest():
 def test_actor_candidates_are_the_rows_own_draws_and_k1_is_the_plain_actor():
     ls = planted()
     z, y, mask = modes.draw(ls, {"a": 1}, 20, D, torch.Generator().manual_seed(0))
-    one = modes.latents("actor", ls, z, y, mask, candidates=1)
-    assert torch.equal(one.z, modes.actor(ls, z, y, mask)) and one.converged.all()
+    one = modes.latents("actor", ls, z, y, mask, candidates=1)  # the identity: re-stepping moves nothing
+    assert torch.equal(one.z, modes.actor(ls, z, y, mask)) and one.converged.tolist() == (z[:, 0] > 0).tolist()
     out, ok = modes.latents("actor", ls, z, y, mask, candidates=8)
     cand = energy.candidates(z, 8)
     first = (cand[..., 0] > 0).float().argmax(1)
@@ -112,3 +114,24 @@ def test_same_seed_same_latents_whatever_the_batch_with_candidates(service_bundl
     assert not torch.equal(together.z, modes.latents("actor", ls, z, y, mask).z)  # selection changed some rows
     e_alone = torch.cat([edits.edit(ls, z[i : i + 1], {"bag": 1}, candidates=8).z for i in range(3)])
     assert torch.equal(e_alone, edits.edit(ls, z, {"bag": 1}, candidates=8).z[:3])
+
+
+def test_samples_the_critics_reject_are_re_stepped_towards_their_labels():
+    ls = short_stepping()
+    z, y, mask = modes.draw(ls, {"a": 1}, 20, D, torch.Generator().manual_seed(0))
+    g = modes.actor(ls, z, y, mask)  # half way to 0.5: rows from z[0] < -0.5 stay without a
+    got = modes.latents("actor", ls, z, y, mask)
+    rejected = g[:, 0] <= 0
+    assert rejected.any() and (~rejected).any() and got.converged.all() and (got.z[:, 0] > 0).all()
+    assert torch.equal(got.z[~rejected], g[~rejected])  # accepted samples are served as the actor drew them
+    # a rejected one: the actor's step from its own sample at the shortest length D_attr reads a at ≥ 0.9 (100 z ≥ ln 9)
+    step, edge = 0.5 * (0.5 - g[rejected, 0]), math.log(9) / 100
+    lengths = [
+        next(s for s in modes.STEP_SCALES if x + s * d >= edge) for x, d in zip(g[rejected, 0], step, strict=True)
+    ]
+    first = torch.tensor(lengths)
+    assert 1.25 in lengths  # some need a longer step than the actor's own
+    assert torch.allclose(got.z[rejected, 0], g[rejected, 0] + first * step, atol=1e-6)
+    # without a D_attr (a realism label set) G(z, y) is served as it is
+    ls.m.attr = None
+    assert torch.equal(modes.latents("actor", ls, z, y, mask).z, g)
