@@ -53,12 +53,11 @@ def edit(
     realism: LabelSetVersion | None = None,
     candidates: int = 1,
 ) -> Edit:
-    """D_attr reads each latent's current labels, the target is the nearest label-table row honouring
-    the spec (see ``specs.nearest_rows``), and the latent moves to it by the actor, or by optimisation on the
-    spec's attributes from the actor's edit with a distance term to z0, or by the energy sampler from z0 with the
-    ``realism`` label set's critic (the only mode of a classifier label set). The actor's edit is its step from z0
-    taken as far as the critics need (``actor_step``); with ``candidates`` K > 1, rows no step length satisfies also
-    try the actor's edits of K − 1 draws around z0 (``actor_step``)."""
+    """D_attr reads each latent's current labels, the target is the nearest label-table row honouring the spec (see
+    ``specs.nearest_rows``), and the latent moves to it by the actor (its step from z0 taken as far as the critics
+    need, ``actor_step``; with ``candidates`` K > 1, rows no step length satisfies also try starts around z0), or by
+    optimisation on the spec's attributes from the actor's edit (K = 1) with a distance term to z0, or by the energy
+    sampler from z0 with the ``realism`` label set's critic (the only mode of a classifier label set)."""
     if ls.m.attr is None:
         raise ValueError("an edit needs a label set with attributes")
     n = len(z0)
@@ -71,7 +70,8 @@ def edit(
         z, ok = actor_step(ls, z0, target, mask, candidates)
         return Edit(z, target, ok)
     if mode == "optimize" and ls.m.actor is not None:
-        z, info = optimize_latents(ls.m, pad(z0), pad(target), pad(mask), cfg, ls.sigma_bar)
+        start = pad(actor_step(ls, z0, target, mask)[0]) if cfg.warm_start else None
+        z, info = optimize_latents(ls.m, pad(z0), pad(target), pad(mask), cfg, ls.sigma_bar, start)
         return Edit(z[:n], target, info["converged"][:n])
     if mode == "energy" and realism is not None:
         plan = energy.Plan(realism, energy.Rows(ls), ls.name)

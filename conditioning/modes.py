@@ -95,9 +95,10 @@ def optimize_latents(
     mask: torch.Tensor | None = None,
     cfg: OptimizeConfig = OptimizeConfig(),
     sigma_bar: torch.Tensor | None = None,
+    start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Move each latent, from the actor's G(z0, y) (``cfg.warm_start``) or from z0, until the critic finds it real
-    and D_attr reads the specified attributes; the distance term measures from z0.
+    """Move each latent, from ``start`` (default: the actor's G(z0, y) with ``cfg.warm_start``, else z0), until the
+    critic finds it real and D_attr reads the specified attributes; the distance term measures from z0.
 
     y: n x K target labels (float 0/1); mask: n x K bool, True where the attribute is specified
     (default all). Returns (z, info) with the steps each example took and whether it converged.
@@ -107,7 +108,8 @@ def optimize_latents(
     yy = y if k else None
     sb2 = (sigma_bar if sigma_bar is not None else torch.ones(z0.shape[1])).pow(2)
     with torch.no_grad():
-        start = m.actor(z0, yy) if cfg.warm_start else z0
+        if start is None:
+            start = m.actor(z0, yy) if cfg.warm_start else z0
     z = start.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=cfg.lr)
     done = torch.zeros(n, dtype=torch.bool)
@@ -221,9 +223,12 @@ def actor_best(ls: LabelSetVersion, z: torch.Tensor, y: torch.Tensor, mask: torc
 def optimize(
     ls: LabelSetVersion, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, cfg: OptimizeConfig = OptimizeConfig()
 ) -> Latents:
-    """Gradient steps on z against D(z, y) and D_attr on the masked attributes, from the actor's G(z, y)
-    (``warm_start``) or from z."""
-    out, info = optimize_latents(ls.m, pad(z), pad(y), pad(mask), cfg, ls.sigma_bar)
+    """Gradient steps on z against D(z, y) and D_attr on the masked attributes, from the actor's sample as the actor
+    mode serves it at K = 1 (``restep`` included; ``cfg.warm_start``) or from z."""
+    start = restep(ls, actor_best(ls, z, y, mask, 1), y, mask).z if cfg.warm_start and ls.m.attr is not None else None
+    out, info = optimize_latents(
+        ls.m, pad(z), pad(y), pad(mask), cfg, ls.sigma_bar, None if start is None else pad(start)
+    )
     return Latents(out[: len(z)].detach(), info["converged"][: len(z)])
 
 

@@ -135,3 +135,15 @@ def test_samples_the_critics_reject_are_re_stepped_towards_their_labels():
     # without a D_attr (a realism label set) G(z, y) is served as it is
     ls.m.attr = None
     assert torch.equal(modes.latents("actor", ls, z, y, mask).z, g)
+
+
+def test_optimisation_starts_from_what_the_actor_mode_serves():
+    """Optimisation (samples and edits) warm-starts from the actor's re-stepped sample or lengthened edit: where
+    that already passes the stop rule, optimisation returns it unmoved."""
+    ls = short_stepping()
+    z0 = torch.tensor([[-0.05, 0.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [-9.0, 0.0, 0.0, 0.0]])
+    actor, optimised = edits.edit(ls, z0, {"a": 1}), edits.edit(ls, z0, {"a": 1}, "optimize")
+    assert optimised.converged.all() and torch.equal(optimised.z, actor.z)
+    z, y, mask = modes.draw(ls, {"a": 1}, 20, D, torch.Generator().manual_seed(0))
+    served, optimised = modes.latents("actor", ls, z, y, mask), modes.latents("optimize", ls, z, y, mask)
+    assert optimised.converged.all() and torch.equal(optimised.z, served.z)
