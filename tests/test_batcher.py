@@ -35,7 +35,10 @@ class SlowBackbone:
 # a label-set version whose actor adds 1 and whose critic says 0.5, run through the real conditioning modes
 FAKE_LS = SimpleNamespace(
     m=SimpleNamespace(
-        actor=lambda z, y: z + 1, critic=lambda z, y: torch.zeros(len(z)), cfg=SimpleNamespace(n_labels=0)
+        actor=lambda z, y: z + 1,
+        critic=lambda z, y: torch.zeros(len(z)),
+        attr=None,  # no attributes: the actor's sample is served as drawn (a realism label set)
+        cfg=SimpleNamespace(n_labels=0),
     )
 )
 
