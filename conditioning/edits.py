@@ -85,7 +85,7 @@ def actor_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """z0 + s · (G(z0, y') − z0) (``modes.ladder``): the shortest step the critics accept (``modes.select``),
     else the one nearest to acceptance, reported unconverged. Why: the actor is trained against a distance penalty
-    and stops short of what the image shows (on the shipped avatars, its own step reached the target in 0.73 of
+    and stops short of what the image shows (avatars on stretch 5: its own step reached the target in 0.73 of
     edits, adding a smile in 0.27; lengthened until D_attr reads the target, 0.83 and 0.52, kept 0.96 either way).
     With ``candidates`` K > 1, rows whose own step no length satisfies fall back to the actor's edits of K − 1 starts
     z0 + σ̄_z · ε around it (ε seeded by z0, so a row's result does not depend on its batch: the posterior's spread,
