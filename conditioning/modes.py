@@ -40,7 +40,7 @@ Mode = Literal["prior", "actor", "optimize", "energy"]
 MODES: tuple[str, ...] = get_args(Mode)
 PAD_ROWS = 16
 # the actor's step lengths ``ladder`` tries, shortest first (edits: ``edits.actor_step``; samples: ``restep``). On the
-# shipped avatars edits (target reached, session 18): (1,) 0.729; (1, 1.5, 2, 3) 0.823; these 0.826
+# avatars edits of stretch 5 (target reached, session 18): (1,) 0.729; (1, 1.5, 2, 3) 0.823; these 0.826
 STEP_SCALES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
 
 
@@ -225,10 +225,8 @@ def optimize(
 ) -> Latents:
     """Gradient steps on z against D(z, y) and D_attr on the masked attributes, from the actor's sample as the actor
     mode serves it at K = 1 (``restep`` included; ``cfg.warm_start``) or from z."""
-    start = restep(ls, actor_best(ls, z, y, mask, 1), y, mask).z if cfg.warm_start and ls.m.attr is not None else None
-    out, info = optimize_latents(
-        ls.m, pad(z), pad(y), pad(mask), cfg, ls.sigma_bar, None if start is None else pad(start)
-    )
+    start = pad(latents("actor", ls, z, y, mask).z) if cfg.warm_start else None
+    out, info = optimize_latents(ls.m, pad(z), pad(y), pad(mask), cfg, ls.sigma_bar, start)
     return Latents(out[: len(z)].detach(), info["converged"][: len(z)])
 
 
