@@ -1,7 +1,7 @@
 """LitServe peer for bench.serve: the work of ``GET /sample?n=1`` behind LitServe, on the same model.
 
-    python -m bench.litserve_peer --bundle DIR --labelset faces --device auto --threads 0 --port 8001 \
-        --batch-timeout-ms 5
+    python -m bench.litserve_peer --bundle DIR --labelset faces --device auto --precision auto --threads 0 \
+        --port 8001 --workers 1 --batch-timeout-ms 5
 
 ``POST /predict`` with ``{"attrs": "smiling"}`` answers one image/png, doing per request what our route does: parse
 the spec, draw (z, y) from a fresh seed (``modes.draw``), then per batch the actor, the critic's realism score and
@@ -33,13 +33,13 @@ MAX_BATCH = 32
 
 
 class SampleAPI(ls.LitAPI):
-    def __init__(self, bundle: Path, labelset: str, threads: int, batch_timeout_s: float):
+    def __init__(self, bundle: Path, labelset: str, threads: int, precision: str, batch_timeout_s: float):
         super().__init__(max_batch_size=MAX_BATCH, batch_timeout=batch_timeout_s)
-        self.bundle, self.labelset, self.threads = bundle, labelset, threads
+        self.bundle, self.labelset, self.threads, self.precision = bundle, labelset, threads, precision
 
     def setup(self, device: str) -> None:
         """Loaded as bench.serve's bare() loads it, in the worker process."""
-        self.bb = Backbone(self.bundle, device, self.threads)
+        self.bb = Backbone(self.bundle, device, self.threads, self.precision)
         self.ls = LabelSetVersion.load(
             self.bundle / "labelsets" / self.labelset, self.bb.decoder_fingerprint, self.labelset, "bench"
         )
@@ -69,13 +69,13 @@ def main() -> None:
     p = argparse.ArgumentParser(
         prog="python -m bench.litserve_peer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    for flag in ("--bundle", "--labelset", "--device"):
+    for flag in ("--bundle", "--labelset", "--device", "--precision"):
         p.add_argument(flag, required=True)
     for flag in ("--threads", "--port", "--workers"):
         p.add_argument(flag, type=int, required=True)
     p.add_argument("--batch-timeout-ms", type=float, required=True)
     a = p.parse_args()
-    api = SampleAPI(Path(a.bundle), a.labelset, a.threads, a.batch_timeout_ms / 1000)
+    api = SampleAPI(Path(a.bundle), a.labelset, a.threads, a.precision, a.batch_timeout_ms / 1000)
     server = ls.LitServer(api, accelerator=resolve_device(a.device).type, devices=1, workers_per_device=a.workers)
     server.run(host="127.0.0.1", port=a.port, generate_client_file=False)
 

@@ -68,8 +68,11 @@ end
 """
 
 
-def bare(bundle: Path, labelset: str, device: str, threads: int, seconds: float) -> list[dict]:
-    bb = Backbone(bundle, device, threads)
+def bare(
+    bundle: Path, labelset: str, device: str, threads: int, precision: str, seconds: float
+) -> tuple[list[dict], str]:
+    """Images/s per batch size, and the engine (``cpu/bf16``...) every server under test runs."""
+    bb = Backbone(bundle, device, threads, precision)
     ls = LabelSetVersion.load(bundle / "labelsets" / labelset, bb.decoder_fingerprint, labelset, "bench")
 
     def run(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
@@ -98,7 +101,7 @@ def bare(bundle: Path, labelset: str, device: str, threads: int, seconds: float)
                 "cpu_ms_per_image": round(1000 * cpu / (n * b), 2),
             }
         )
-    return rows
+    return rows, bb.engine
 
 
 def need_wrk() -> str:
@@ -238,7 +241,8 @@ def load_levels(
 def ours(a: argparse.Namespace, data: str, log: Path) -> list[dict]:
     port = free_port()
     cmd = [sys.executable, "-m", "cli", "serve", "--bundle", a.bundle, "--data-dir", data, "--port", str(port)]
-    cmd += ["--device", a.device, "--threads", str(a.threads), "--max-wait-ms", str(a.max_wait_ms)]
+    cmd += ["--device", a.device, "--precision", a.precision, "--threads", str(a.threads)]
+    cmd += ["--max-wait-ms", str(a.max_wait_ms)]
     cmd += ["--model-workers", str(a.model_workers)]
     base = f"http://127.0.0.1:{port}"
     with running(cmd, base + "/readyz", log) as proc:
@@ -249,7 +253,7 @@ def ours(a: argparse.Namespace, data: str, log: Path) -> list[dict]:
 def litserve(a: argparse.Namespace, log: Path) -> list[dict]:
     port = free_port()
     cmd = [sys.executable, "-m", "bench.litserve_peer", "--bundle", a.bundle, "--labelset", a.labelset]
-    cmd += ["--device", a.device, "--threads", str(a.threads), "--port", str(port)]
+    cmd += ["--device", a.device, "--precision", a.precision, "--threads", str(a.threads), "--port", str(port)]
     cmd += ["--batch-timeout-ms", str(a.max_wait_ms), "--workers", str(a.model_workers)]
     base = f"http://127.0.0.1:{port}"
     body = json.dumps({"attrs": a.attrs})
@@ -292,8 +296,8 @@ def table(result: dict) -> list[str]:
     """The result as Markdown: printed, and written into the .md beside the JSON."""
     s = result["summary"]
     lines = [
-        f"`{result['command']}`: {result['date']}, {result['device']}, load average {result['load_average']} at "
-        f"start, uvicorn {result['uvicorn']}, wrk one thread",
+        f"`{result['command']}`: {result['date']}, {result['device']}, engine {result['engine']} (every server), "
+        f"load average {result['load_average']} at start, uvicorn {result['uvicorn']}, wrk one thread",
         "",
         "| bare batch | images/s | ms/batch | CPU ms/image |",
         "|---:|---:|---:|---:|",
@@ -357,6 +361,7 @@ def main() -> None:
     p.add_argument("--labelset", default="faces")
     p.add_argument("--attrs", default="smiling")
     p.add_argument("--device", default=ServerConfig.device)
+    p.add_argument("--precision", default=ServerConfig.precision, help="auto | bf16 | fp32, for every server")
     p.add_argument("--threads", type=int, default=ServerConfig.threads)
     p.add_argument("--seconds", type=float, default=10.0, help="per load point (whole s); bare: spread over sizes")
     p.add_argument("--connections", type=ints, default=[1, 8, 32], help="comma-separated; R_serve at the widest")
@@ -372,7 +377,7 @@ def main() -> None:
     a = p.parse_args()
     need_wrk()
     load = "/".join(f"{x:.1f}" for x in os.getloadavg())
-    b = bare(Path(a.bundle), a.labelset, a.device, a.threads, a.seconds)
+    b, engine = bare(Path(a.bundle), a.labelset, a.device, a.threads, a.precision, a.seconds)
     http, skipped = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         http["ours"] = ours(a, tmp + "/data", Path(tmp, "ours.log"))
@@ -388,6 +393,7 @@ def main() -> None:
     result = {
         "command": " ".join(["python", "-m", "bench.serve", *sys.argv[1:]]),
         "device": dev,
+        "engine": engine,
         "host": platform.node(),
         "load_average": load,
         "uvicorn": uvicorn_impl(),

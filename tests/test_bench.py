@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from bench.card_render import per_attribute_table
 from bench.model_card import asked_on_worst, balanced_over_decoder, bars
+from conditioning.runtime import resolve_precision
 
 
 def attr(on, off, bal, rec_recall, rec_spec=1.0, rec_bal=1.0):
@@ -157,6 +159,7 @@ def test_serve_bench_smoke(tmp_path):
     subprocess.run([*cmd, "--out", str(out)], check=True, timeout=300, capture_output=True)
     r = json.loads(out.read_text())
     assert {"bare", "http", "summary", "skipped", "uvicorn", "load_average"} <= r.keys()
+    assert r["engine"] == f"cpu/{resolve_precision(torch.device('cpu'))}"  # what every server under test ran
     assert r["summary"]["r_serve"] > 0 and r["summary"]["best_bare_images_per_s"] > 0
     servers = ["ours", "litserve"] if importlib.util.find_spec("litserve") else ["ours"]
     assert list(r["http"]) == servers and ("litserve" in r["skipped"]) == (len(servers) == 1)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from conditioning import backbone, edits, modes
-from conditioning.images import to_uint8
+from conditioning.images import png_bytes, to_uint8
 from conditioning.labelset import LabelSetVersion
 from conditioning.specs import SpecError
 from evaluation.samplers import SAMPLERS, build_sampler, load_labelset
@@ -130,6 +130,18 @@ def test_draw_is_the_request_semantics(service_bundle):
     assert mask[:, ls.attr_names.index("sandal")].all() and mask.sum() == 6
     with pytest.raises(SpecError):
         modes.draw(ls, {"sandal": 1, "bag": 1}, 2, 8, torch.Generator())
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 3), (28, 28, 1), (5, 7, 3), (1, 1, 1), (130, 198, 3)])
+def test_png_bytes_decode_to_the_same_pixels(shape):
+    """The server's own PNG writer: any reader (Pillow here) gets back exactly the array, grey or RGB."""
+    a = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    a[0] = 255  # a flat row above a noisy one: the Up filter's wrap-around modulo 256
+    data = png_bytes(a)
+    assert data == png_bytes(a.copy()) and data.startswith(b"\x89PNG\r\n\x1a\n")
+    im = Image.open(io.BytesIO(data))
+    assert im.mode == ("L" if shape[-1] == 1 else "RGB")
+    assert np.array_equal(np.asarray(im).reshape(shape), a)
 
 
 def test_fidelity_bench_measures_what_the_server_serves(srv, service_bundle, fashion_root, tmp_path):
