@@ -319,6 +319,9 @@ def add_evaluation(sub) -> None:
             "attrvec-mean | attrvec-lsq | fader",
             "artifact": "the mapper or baseline directory, if not at its default place in the bundle",
             "candidates": "actor edits: starts per image the critics select among (the server's setting)",
+            "edit_confidence": "actor edits: D_attr's probability of each asked attribute that accepts a step "
+            "(the server's setting)",
+            "fader_scale": "fader: the decoder is fed y + s (y' - y), s > 1 amplifying the change (the authors' alpha)",
             "attrvec_scale": "attribute vectors: a fixed step s in z + s (y' - y) V; 0: per image the smallest "
             "step (of 0.25, 0.5 .. 4) at which D_attr reads the target",
             "n": "test images, one edit each",

@@ -17,6 +17,10 @@ from models.latent_objective import attr_predict
 EditMode = Literal["actor", "optimize", "energy"]
 EDIT_OPTIMIZE = OptimizeConfig(dist_weight=1.0)  # optimisation edits keep z near the image's own latent
 EDIT_ENERGY = energy.EnergyConfig(space="latent", candidates=1, dist_weight=1.0)  # and so do energy edits
+# What accepts an actor edit: D_attr sure of each asked attribute at 0.999, where samples take 0.9. Why: an edit keeps
+# the shortest accepted step, which lands where D_attr has only just flipped and still over-reads the image (see
+# docs/edit_acceptance.md).
+EDIT_ACCEPT = OptimizeConfig(attr_confidence=0.999)
 
 
 class Edit(NamedTuple):
@@ -52,12 +56,14 @@ def edit(
     cfg: OptimizeConfig = EDIT_OPTIMIZE,
     realism: LabelSetVersion | None = None,
     candidates: int = 1,
+    accept: OptimizeConfig = EDIT_ACCEPT,
 ) -> Edit:
     """D_attr reads each latent's current labels, the target is the nearest label-table row honouring the spec (see
     ``specs.nearest_rows``), and the latent moves to it by the actor (its step from z0 taken as far as the critics
     need, ``actor_step``; with ``candidates`` K > 1, rows no step length satisfies also try starts around z0), or by
     optimisation on the spec's attributes from the actor's edit (K = 1) with a distance term to z0, or by the energy
-    sampler from z0 with the ``realism`` label set's critic (the only mode of a classifier label set)."""
+    sampler from z0 with the ``realism`` label set's critic (the only mode of a classifier label set). ``accept``: what
+    accepts an actor step (``EDIT_ACCEPT``)."""
     if ls.m.attr is None:
         raise ValueError("an edit needs a label set with attributes")
     n = len(z0)
@@ -67,10 +73,10 @@ def edit(
     mask = torch.zeros(target.shape, dtype=torch.bool)
     mask[:, [ls.attr_names.index(a) for a in spec]] = True
     if mode == "actor" and ls.m.actor is not None:
-        z, ok = actor_step(ls, z0, target, mask, candidates)
+        z, ok = actor_step(ls, z0, target, mask, candidates, accept)
         return Edit(z, target, ok)
     if mode == "optimize" and ls.m.actor is not None:
-        start = pad(actor_step(ls, z0, target, mask)[0]) if cfg.warm_start else None
+        start = pad(actor_step(ls, z0, target, mask, accept=accept)[0]) if cfg.warm_start else None
         z, info = optimize_latents(ls.m, pad(z0), pad(target), pad(mask), cfg, ls.sigma_bar, start)
         return Edit(z[:n], target, info["converged"][:n])
     if mode == "energy" and realism is not None:
@@ -81,7 +87,12 @@ def edit(
 
 
 def actor_step(
-    ls: LabelSetVersion, z0: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, candidates: int = 1
+    ls: LabelSetVersion,
+    z0: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    candidates: int = 1,
+    accept: OptimizeConfig = EDIT_ACCEPT,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """z0 + s · (G(z0, y') − z0) (``modes.ladder``): the shortest step the critics accept (``modes.select``),
     else the one nearest to acceptance, reported unconverged. Why: the actor is trained against a distance penalty
@@ -100,7 +111,7 @@ def actor_step(
         tier = torch.cat([tier, torch.ones(candidates - 1)])
     dist = distance(ls, cand, z0)
     # the row's own step first, then the starts around it; nearest z0 within a tier (the row's dist / (max + 1) < 1)
-    return select(ls.m, cand, target, mask, cost=tier + dist / (dist.amax(1, keepdim=True) + 1))
+    return select(ls.m, cand, target, mask, cost=tier + dist / (dist.amax(1, keepdim=True) + 1), cfg=accept)
 
 
 def edit_query(plan: energy.Plan, z0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -171,14 +171,19 @@ def actor(ls: LabelSetVersion, z: torch.Tensor, y: torch.Tensor, mask: torch.Ten
 
 @torch.no_grad()
 def select(
-    m: LatentMappers, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, cost: torch.Tensor | None = None
+    m: LatentMappers,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    mask: torch.Tensor,
+    cost: torch.Tensor | None = None,
+    cfg: OptimizeConfig = OptimizeConfig(),
 ) -> Latents:
-    """Per row, one of its k candidate latents (z: n x k x d; y, mask: the row's): the accepted one (``assess``) of
-    lowest ``cost`` (n x k; default the first: rejection sampling, which keeps the actor's own distribution over the
-    accepted ones), else the one nearest to acceptance, reported unconverged."""
+    """Per row, one of its k candidate latents (z: n x k x d; y, mask: the row's): the accepted one (``assess`` under
+    ``cfg``) of lowest ``cost`` (n x k; default the first: rejection sampling, which keeps the actor's own distribution
+    over the accepted ones), else the one nearest to acceptance, reported unconverged."""
     n, k, d = z.shape
     flat, yk, mk = pad(z.reshape(n * k, d)), pad(y.repeat_interleave(k, 0)), pad(mask.repeat_interleave(k, 0))
-    ok, near = (t[: n * k].reshape(n, k) for t in assess(m, flat, yk, mk))
+    ok, near = (t[: n * k].reshape(n, k) for t in assess(m, flat, yk, mk, cfg))
     cost = torch.arange(k, dtype=torch.float).expand(n, k) if cost is None else cost
     pick = torch.where(ok.any(1), cost.masked_fill(~ok, torch.inf).argmin(1), near.argmax(1))
     return Latents(z[torch.arange(n), pick], ok.any(1))

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from conditioning import backbone
-from conditioning.edits import edit, edit_target, read_labels
+from conditioning.edits import EDIT_ACCEPT, edit, edit_target, read_labels
 from conditioning.images import batch_to_float
 from conditioning.labelset import LabelSetVersion
+from conditioning.modes import OptimizeConfig
 from evaluation.samplers import baseline_dir, load_labelset, load_latent_baseline
 from models.latent_table import REALISM
 from models.vae import VAE
@@ -88,21 +89,28 @@ class AttributeVectorMove:
 
 
 class FaderEditor:
-    """A Fader network: E(x) once per image, decoded with each row's target (edits) or D_attr's reading (null edit)."""
+    """A Fader network: E(x) once per image, decoded with each row's target (edits) or D_attr's reading (null edit).
+    ``scale`` s feeds the decoder y + s · (y' − y) from D_attr's reading y: s > 1 pushes past the target, as the
+    authors amplify an attribute (their α), to trade identity for reach."""
 
     latent = False  # the latent does not move; the label row does
 
-    def __init__(self, ls: LabelSetVersion, model, z0: torch.Tensor, images: np.ndarray, dev: torch.device, path):
-        self.ls, self.model, self.z0, self.dev, self.path = ls, model.to(dev), z0, dev, path
+    def __init__(
+        self, ls: LabelSetVersion, model, z0: torch.Tensor, images: np.ndarray, dev: torch.device, path, scale=1.0
+    ):
+        self.ls, self.model, self.z0, self.dev, self.path, self.scale = ls, model.to(dev), z0, dev, path, scale
         with torch.no_grad():
             self.h = torch.cat(
                 [model.encode(batch_to_float(images[s : s + CHUNK], dev)) for s in range(0, len(images), CHUNK)]
             )
 
     def edit(self, rows: torch.Tensor, spec: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(label rows to decode with, target rows): the same."""
+        """(label rows to decode with, target rows)."""
         target = edit_target(self.ls, self.z0[rows], spec)
-        return target, target
+        if self.scale == 1:
+            return target, target
+        current = read_labels(self.ls, self.z0[rows])
+        return current + self.scale * (target - current), target
 
     @torch.no_grad()
     def images(self, labels: torch.Tensor) -> torch.Tensor:
@@ -115,7 +123,7 @@ class FaderEditor:
         return self.images(read_labels(self.ls, self.z0))
 
     def summary(self) -> dict:
-        return {"artifact": str(self.path)}
+        return {"artifact": str(self.path), "fader_scale": self.scale}
 
 
 def build_editor(
@@ -129,13 +137,16 @@ def build_editor(
     artifact: str | Path = "",
     candidates: int = 1,
     attrvec_scale: float = 0.0,
+    edit_confidence: float = EDIT_ACCEPT.attr_confidence,
+    fader_scale: float = 1.0,
 ):
     """The editor of ``mode`` for the images ``images`` encoded as ``z0``; ``artifact``: a baseline's directory when
     not where ``lcs train-baseline`` writes (the mapper's is ``ls``)."""
     if mode in LATENT_MODES:
         # energy edits (the only edits of a classifier label set) need the realism mapper's critic
         realism = load_labelset(bundle, REALISM) if mode == "energy" else None
-        move = lambda z, spec: edit(ls, z, spec, mode, realism=realism, candidates=candidates)[:2]  # noqa: E731
+        accept = OptimizeConfig(attr_confidence=edit_confidence)
+        move = lambda z, spec: edit(ls, z, spec, mode, realism=realism, candidates=candidates, accept=accept)[:2]  # noqa: E731
         return LatentEditor(vae, dev, z0, move)
     if mode not in BASELINES:
         raise ValueError(f"unknown edit mode {mode!r}; choose from {LATENT_MODES + BASELINES}")
@@ -149,7 +160,9 @@ def build_editor(
         b = model.cfg.backbone
         if (b.channels, b.image_size) != (vae.cfg.channels, vae.cfg.image_size):
             raise ValueError(f"{path} draws {b.channels} x {b.image_size} px images, not the bundle's")
-        return FaderEditor(ls, model, z0, images, dev, path)
+        if fader_scale <= 0:
+            raise ValueError(f"fader_scale must be > 0, got {fader_scale}")
+        return FaderEditor(ls, model, z0, images, dev, path, fader_scale)
     if attrvec_scale < 0:
         raise ValueError(f"attrvec_scale must be > 0 (a fixed step) or 0 (search), got {attrvec_scale}")
     model = load_latent_baseline(mode, bundle, ls.name, path)

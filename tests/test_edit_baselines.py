@@ -68,6 +68,16 @@ def test_baseline_edits_score_the_same_images_and_targets_as_the_actor(edit_bund
         assert fader["others_unchanged_vs_original"] is None and 0 <= fader["target_in_reconstruction"] <= 1
 
 
+def test_a_fader_network_amplified_is_fed_past_the_target_on_the_same_edits(edit_bundle, tmp_path):
+    plain = evaluate_edits(edit_bundle, "footwear", 40, "fader", device="cpu", out=tmp_path / "1")
+    amplified = evaluate_edits(edit_bundle, "footwear", 40, "fader", device="cpu", out=tmp_path / "2", fader_scale=2.0)
+    assert plain["fader_scale"] == 1.0 and amplified["fader_scale"] == 2.0
+    assert {k: v["n"] for k, v in amplified["per_edit"].items()} == {k: v["n"] for k, v in plain["per_edit"].items()}
+    assert amplified["pixel_mse_edit_vs_reconstruction"] > plain["pixel_mse_edit_vs_reconstruction"]
+    with pytest.raises(ValueError, match="fader_scale must be > 0"):
+        evaluate_edits(edit_bundle, "footwear", 10, "fader", device="cpu", out=tmp_path / "3", fader_scale=0.0)
+
+
 def test_baseline_edits_refuse_a_model_of_other_labels_or_method(edit_bundle, tmp_path):
     with pytest.raises(ValueError, match="not label set 'footwear'"):
         evaluate_edits(
@@ -91,3 +101,26 @@ def test_baseline_edits_refuse_a_model_of_other_labels_or_method(edit_bundle, tm
         )
     with pytest.raises(ValueError, match="unknown edit mode"):
         evaluate_edits(edit_bundle, label_set="footwear", n=10, mode="cvae", device="cpu", out=tmp_path)
+
+
+def test_fidelity_bench_edits_through_http_flip_what_the_judge_reads(edit_bundle, start_server, tmp_path):
+    """``bench.fidelity --edits``: real uploads to a real server, each asking the flip of what the judge reads on the
+    image; the directions asked follow from the judge's reading alone."""
+    import torch
+
+    from bench.fidelity import markdown, measure
+    from evaluation.judging import decide, predict
+    from models.judge import load_judge
+    from training.data import load_dataset
+
+    server = start_server(edit_bundle, tmp_path / "data")
+    r = measure(server.url, edit_bundle, "footwear", "actor", n=4, max_n=4, device="cpu", n_edits=12)
+    e = r["edits"]
+    judge, jman = load_judge(edit_bundle, "cpu")
+    data = load_dataset("fashion-mnist", **json.loads((edit_bundle / "vae.json").read_text())["dataset"]["params"])
+    images = data.images[data.indices("test")[:12]]
+    seen = decide(predict(judge, images, torch.device("cpu"))[0], jman, ["footwear"])[:, 0]
+    want = {f"footwear={v}": int((seen == 1 - v).sum()) for v in (0, 1) if (seen == 1 - v).any()}
+    assert e["n"] == 12 and {k: v["n"] for k, v in e["per_direction"].items()} == want
+    assert 0 <= e["reached"] <= 1 and 0 <= e["converged"] <= 1 and e["kept_vs_reconstruction"] is None  # 1 attr
+    assert f"| {e['worst_direction']} |" in markdown("t", r, "cmd") and "POST /transform" in markdown("t", r, "cmd")

@@ -95,10 +95,24 @@ def test_actor_edits_take_the_shortest_step_length_the_critics_accept():
     assert torch.allclose(got.z[:, 0], z0[:, 0] + torch.tensor([1.0, 1.5, 2.0, 1.0]) * step)
     assert torch.equal(got.z[:, 1:], z0[:, 1:])
     # asked off where the image is without it: the actor's own step (towards 0.5, still below 0) is accepted as is
-    off = edits.edit(ls, z0[1:3], {"a": 0})
+    # (at the samples' bar: below 0 the planted logit is 20 z, so -0.25 reads off at 0.993)
+    off = edits.edit(ls, z0[1:3], {"a": 0}, accept=modes.OptimizeConfig(attr_confidence=0.9))
     assert off.converged.all() and torch.allclose(off.z, ls.m.actor(z0[1:3], off.target))
     # with candidates the row's own step still comes first when a length of it is accepted
     assert torch.equal(edits.edit(ls, z0, {"a": 1}, candidates=8).z, got.z)
+
+
+def test_actor_edits_are_accepted_only_where_d_attr_is_sure_and_the_bar_is_a_setting():
+    """Edits keep the shortest accepted step, which lands where D_attr has only just flipped: they accept at
+    ``EDIT_ACCEPT`` (0.999), samples at 0.9. The planted D_attr's logit is 100 z[0]."""
+    ls = short_stepping()
+    z0 = torch.tensor([[-0.4, 0.0, 0.0, 0.0]])  # the actor's own step reaches z[0] = 0.05: p = σ(5) = 0.993
+    strict = edits.edit(ls, z0, {"a": 1})
+    assert edits.EDIT_ACCEPT.attr_confidence == 0.999 and strict.converged.all()
+    assert torch.allclose(strict.z[:, 0], torch.tensor([-0.4 + 1.25 * 0.45]))  # the next length: 0.1625
+    assert torch.sigmoid(ls.m.attr(strict.z))[0, 0] >= 0.999
+    loose = edits.edit(ls, z0, {"a": 1}, accept=modes.OptimizeConfig(attr_confidence=0.9))
+    assert loose.converged.all() and torch.allclose(loose.z[:, 0], torch.tensor([0.05]))
 
 
 def test_same_seed_same_latents_whatever_the_batch_with_candidates(service_bundle):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from conditioning import backbone
-from conditioning.edits import read_labels
+from conditioning.edits import EDIT_ACCEPT, read_labels
 from conditioning.images import batch_to_float, save_grid
 from conditioning.labelset import LabelSetVersion
 from evaluation.editors import BASELINES, build_editor
@@ -77,11 +77,15 @@ def evaluate_edits(
     artifact: str | Path = "",
     candidates: int = 1,
     attrvec_scale: float = 0.0,
+    edit_confidence: float = EDIT_ACCEPT.attr_confidence,
+    fader_scale: float = 1.0,
 ) -> dict:
     """``mode``: a latent-constraints edit mode or a baseline (``evaluation.editors``), on the same images, asked
     attributes and targets for the same seed; ``artifact``: the mapper or baseline directory, when not at its default
     place in the bundle; ``candidates``: the server's setting of that name (actor edits: starts per image to select
-    among); ``attrvec_scale``: attribute vectors' step s (0: per image the smallest that D_attr reads as the target)."""
+    among); ``attrvec_scale``: attribute vectors' step s (0: per image the smallest that D_attr reads as the target);
+    ``edit_confidence``: D_attr's probability of each asked attribute that accepts an actor edit (the server's);
+    ``fader_scale``: a Fader network's amplification s of the label change (``evaluation.editors.FaderEditor``)."""
     started = time.time()
     bundle, out, dev, vae, vman, judge, jman, data = open_bundle(bundle, device, out)
     ls = load_labelset(bundle, label_set, "" if mode in BASELINES else artifact)
@@ -89,7 +93,9 @@ def evaluate_edits(
     idx = np.sort(rng.choice(data.indices("test"), size=min(n, len(data.indices("test"))), replace=False))
     images = data.images[idx]
     z0 = backbone.encode(vae, images, dev)[0]
-    editor = build_editor(mode, bundle, ls, vae, dev, z0, images, artifact, candidates, attrvec_scale)
+    editor = build_editor(
+        mode, bundle, ls, vae, dev, z0, images, artifact, candidates, attrvec_scale, edit_confidence, fader_scale
+    )
     judge_of = lambda x: decide(predict(judge, x, dev)[0], jman, ls.attr_names)  # noqa: E731
     metrics = class_metrics if ls.kind == "categorical" else flip_metrics
     edited, recon, after, judged, asked, result = metrics(ls, editor, z0, images, judge_of, rng)
@@ -102,6 +108,7 @@ def evaluate_edits(
         "kind": ls.kind,
         "mode": mode,
         "candidates": candidates,
+        "edit_confidence": edit_confidence if mode in ("actor", "optimize") else None,
         "n": len(idx),
         "seed": seed,
         **result,

@@ -116,8 +116,10 @@ if [ "${PART:-all}" = all ] || [ "${PART}" = fidelity ]; then
     until curl -sf "http://127.0.0.1:$port/readyz" > /dev/null; do sleep 1; done
     for mode in actor optimize; do
       n=$([ $mode = actor ] && echo 64 || echo 32)
+      # edits through POST /transform as well, on every avatars test image (the actor: the server's default mode)
+      edits=$([ "${b%%:*}:$mode" = avatars:actor ] && echo 3200 || echo 0)
       step python -m bench.fidelity --url "http://127.0.0.1:$port" --bundle "$bundle" --labelset "$ls" --mode $mode \
-        --n $n --out docs --name "fidelity_${b%%:*}_$mode"
+        --n $n --out docs --name "fidelity_${b%%:*}_$mode" --edits $edits
     done
     kill $pid
     wait $pid || true
