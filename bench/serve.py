@@ -243,7 +243,7 @@ def ours(a: argparse.Namespace, data: str, log: Path) -> list[dict]:
     cmd = [sys.executable, "-m", "cli", "serve", "--bundle", a.bundle, "--data-dir", data, "--port", str(port)]
     cmd += ["--device", a.device, "--precision", a.precision, "--threads", str(a.threads)]
     cmd += ["--max-wait-ms", str(a.max_wait_ms)]
-    cmd += ["--model-workers", str(a.model_workers)]
+    cmd += ["--model-workers", str(a.model_workers), "--workers", str(a.workers)]
     base = f"http://127.0.0.1:{port}"
     with running(cmd, base + "/readyz", log) as proc:
         url = base + f"/sample?labelset={a.labelset}&attrs={a.attrs}&n={{n}}"
@@ -372,6 +372,12 @@ def main() -> None:
         type=int,
         default=ServerConfig.model_workers,
         help="ours: batches at once (lcs serve --model-workers); LitServe: workers_per_device, the same count",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=ServerConfig.workers,
+        help="ours: HTTP processes (lcs serve --workers); LitServe runs its own API and model processes",
     )
     p.add_argument("--out", default="docs/bench_serve.json")
     a = p.parse_args()

@@ -353,6 +353,8 @@ def add_serve(sub) -> None:
             "max_batch": "samples per decoder forward",
             "max_wait_ms": "how long a batch waits to fill",
             "model_workers": "batches run at once, one model thread each (with --threads 1: one per core)",
+            "workers": "HTTP processes on the one port, each a whole server (with --threads 1: one per core); "
+            "metrics are summed over them",
             "max_queue": "waiting samples before 429",
             "max_queue_wait_s": "estimated queue wait in seconds before /sample gets 429",
             "request_timeout_s": "per-request deadline in seconds (504 after)",

@@ -58,6 +58,7 @@ class State:
         self.degraded: dict[str, dict] = {}  # what stopped working after start-up, and since when (for /readyz)
         self.notice = asyncio.Event()  # set by a change notice: sync now rather than at the next poll
         self.stop_notices = threading.Event()
+        self.settled = asyncio.Event()  # start-up done, failed, or waiting on an unreachable registry
 
     @property
     def ready(self) -> bool:
@@ -88,6 +89,8 @@ async def _start(app: FastAPI, st: State) -> None:
     except Exception as e:  # noqa: BLE001 - reported by /readyz and the log; the process stays up to say so
         st.startup_error = f"{type(e).__name__}: {e}"
         log.exception("start-up failed")
+    finally:
+        st.settled.set()
 
 
 async def _first_sync(st: State) -> None:
@@ -111,6 +114,7 @@ async def _first_sync(st: State) -> None:
             if not st.pending["registry"].startswith("unreachable"):
                 log.warning("registry %s: %s; retrying every second", st.registry.url, e.message)
             st.pending["registry"] = f"unreachable: {e.message}"
+            st.settled.set()  # /readyz says why; a --workers process joins the port to say it
             await asyncio.sleep(1.0)
 
 
@@ -263,6 +267,8 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         app.state.tasks = []
         app.state.tasks.append(asyncio.create_task(_start(app, st)))
+        if cfg.workers > 1:  # one of several on the port: join it once start-up has settled (service.workers)
+            await st.settled.wait()
         yield
         for t in app.state.tasks:
             t.cancel()
@@ -331,15 +337,20 @@ def serve(cfg: ServerConfig) -> None:
     setup_logging()
     check_data_dir(cfg.data_dir)
     check_shared_token(cfg)
-    uvicorn.run(
-        create_app(cfg),
-        host=cfg.host,
-        port=cfg.port,
-        log_level="info",
-        timeout_graceful_shutdown=10,
+    options = {
+        "host": cfg.host,
+        "port": cfg.port,
+        "log_level": "info",
+        "timeout_graceful_shutdown": 10,
         # one HTTP stack, whatever else is installed (uvicorn picks httptools/uvloop when present): the limits
         # below are h11's, and the tests run on what production runs
-        http="h11",
-        loop="asyncio",
-        h11_max_incomplete_event_size=H11_MAX_EVENT_BYTES,
-    )
+        "http": "h11",
+        "loop": "asyncio",
+        "h11_max_incomplete_event_size": H11_MAX_EVENT_BYTES,
+    }
+    if cfg.workers > 1:
+        from service.workers import serve_workers
+
+        serve_workers(cfg, options)
+    else:
+        uvicorn.run(create_app(cfg), **options)

@@ -56,6 +56,10 @@ class SampleWork:
     mask: torch.Tensor  # n x K: which attributes the request named (optimisation and energy)
     plan: energy.Plan | None = None  # what energy mode samples
     candidates: int = 1  # actor mode: prior draws per row to select among (``modes.actor_best``)
+    # the response body's encoding of the request's images (n x H x W x C uint8), run on the model thread after the
+    # decode: PNG encoding was a fifth of the event loop's time at 32 connections (py-spy, issue 28), where the model
+    # thread sat idle three quarters of it
+    encode: Callable[[np.ndarray], object] | None = None
     deadline: float = 0.0
     future: asyncio.Future | None = None
     queued: bool = False  # counted in Batcher.waiting; False once taken into a batch or dropped
@@ -77,6 +81,7 @@ class SampleResult:
     converged: torch.Tensor  # n bool (see modes.Latents)
     batch_samples: int = 0
     timings: dict = field(default_factory=dict)
+    encoded: object = None  # what SampleWork.encode made of the images
 
 
 class Batcher:
@@ -300,7 +305,9 @@ class Batcher:
         images = to_uint8(self.backbone.decode(torch.cat(latents)))
         results, start, total = [], 0, len(images)
         for i, w in enumerate(batch):
-            results.append(SampleResult(images[start : start + w.n], scores[i], converged[i], total))
+            mine = images[start : start + w.n]
+            encoded = w.encode(mine) if w.encode else None
+            results.append(SampleResult(mine, scores[i], converged[i], total, encoded=encoded))
             start += w.n
         return results
 

@@ -30,6 +30,10 @@ class ServerConfig:
     # batches run at once, each on its own model thread: with threads 1, one per core puts a 2-core box's second core
     # to work (the event loop leaves most of it idle), and a row's bytes do not depend on the thread (service.batcher)
     model_workers: int = 1
+    # whole servers (event loop, model, registry sync) on the one port, a socket each (service/workers.py): one
+    # process is bound by its interpreter, 1.25 of 2 cores busy at 32 connections (issue 28). Default 1: each worker
+    # holds its own model, and a box with more memory than cores to spare is the caller's call
+    workers: int = 1
     # how long the batcher waits to fill a batch. 0: an idle model thread takes what is queued at once (requests
     # that arrive while it works form the next batch): one user p50 44 -> 37 ms, 32 connections 64 -> 79 req/s
     # against 5 ms on 2 AMD EPYC cores (issue 28)
