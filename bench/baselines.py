@@ -135,6 +135,7 @@ def main() -> None:
             entry = result["datasets"][name]
             if entry["profile"] != a.profile:
                 raise SystemExit(f"{name} was measured with profile {entry['profile']!r}; --only must use the same")
+            entry["profile_settings"] = prof  # a profile's settings can change; --only re-measures what they touch
         else:
             entry = {
                 "commands": [],

@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from conditioning.images import batch_to_float
-from conditioning.runtime import autocast, resolve_device
+from conditioning.runtime import autocast, memory_format, resolve_device
 from models.artifacts import load_manifest, save_artifact
 from models.attrvec import AttributeVectors, AttrVecConfig
 from models.bigan import BiGAN, BiGANConfig, save_as_vae
@@ -193,7 +193,8 @@ def train_image_model(
     unlabelled: np.ndarray | None = None,
 ) -> dict:
     """``unlabelled``: training rows a semi-supervised model (Triple-GAN) draws its unlabelled batch from."""
-    model.to(device).train()
+    fmt = memory_format(device)  # channels_last where autocast runs bf16 on the CPU: oneDNN's layout
+    model.to(device, memory_format=fmt).train()
     betas = getattr(model, "adam_betas", (0.9, 0.999))  # the GANs': their papers' (0.5, 0.999)
     opts = {g: torch.optim.Adam(p, lr=cfg.lr, betas=betas) for g, p in model.optim_groups().items()}
     decay = (cfg.lr_final / cfg.lr) ** (1 / max(cfg.steps, 1))
@@ -207,12 +208,12 @@ def train_image_model(
         ):
             t0 = time.process_time()
             idx = np.sort(rows[torch.randint(len(rows), (cfg.batch_size,), generator=gen).numpy()])
-            x = batch_to_float(data.images[idx], device)
+            x = batch_to_float(data.images[idx], device).contiguous(memory_format=fmt)
             y = torch.from_numpy(y_all[idx]).float().to(device)
             extra = ()
             if unlabelled is not None:
                 iu = np.sort(unlabelled[torch.randint(len(unlabelled), (cfg.batch_size,), generator=gen).numpy()])
-                extra = (batch_to_float(data.images[iu], device),)
+                extra = (batch_to_float(data.images[iu], device).contiguous(memory_format=fmt),)
             info = {}
             for opt in opts.values():
                 for pg in opt.param_groups:
