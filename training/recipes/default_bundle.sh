@@ -66,11 +66,12 @@ if [ "${PART:-all}" = all ] || [ "${PART}" = edit-baselines ]; then
     for m in attrvec-mean attrvec-lsq; do
       step lcs train-baseline --bundle $B/${b%%:*} --method $m --label-set ${b##*:} --threads "$T"
     done
-    # λ_E 1e-3 and 3,000 steps, measured on avatars: at the authors' 1e-4 and 1,500 steps the latent discriminator
-    # still read the attributes at 0.89 and the decoder ignored y (edits reached 0.065); here 0.83 and 0.377
-    # (docs/model_card.md). Fashion-MNIST's Fader takes the same settings; its card has no Fader row yet.
+    # λ_E 1e-3 and 8,000 steps, measured on avatars: at the authors' 1e-4 and 1,500 steps the latent discriminator
+    # still read the attributes at 0.89 and the decoder ignored y (edits reached 0.065); at 3,000 steps 0.83 and
+    # 0.377 (0.603 at LC's identity, amplified); at 8,000 0.83 and 0.544 (0.733): 27 min on one bf16 core
+    # (docs/model_card.md, docs/edit_tradeoff.md). Fashion-MNIST's Fader takes the same settings; no card row yet.
     step lcs train-baseline --bundle $B/${b%%:*} --method fader --label-set ${b##*:} --init $B/${b%%:*} \
-      --steps "${FADER_STEPS:-3000}" --adv-weight 1e-3 --batch-size 64 --threads 2
+      --steps "${FADER_STEPS:-8000}" --adv-weight 1e-3 --batch-size 64 --threads 2
   done
 fi
 edit_baselines() {  # eval-edits of the edit baselines a bundle has (PART=edit-baselines trains them), same n as LC's
