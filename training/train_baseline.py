@@ -233,13 +233,14 @@ def train_image_model(
                 log_file.write(json.dumps({"step": step, **mean, "cpu_s": round(cpu, 2)}) + "\n")
                 log_file.flush()
             if probe is not None and (step % probe_every == 0 or step == cfg.steps):
-                model.eval()
+                model.eval().to(memory_format=torch.contiguous_format)  # probed as it is saved and loaded
                 probes.append({"step": step, "cpu_s": cpu, **probe(step, model)})
-                model.train()
+                model.train().to(memory_format=fmt)
             if step % CKPT_EVERY == 0 and step < cfg.steps:
                 meta = {"step": step, "cpu_s": cpu, "probes": probes, "training": training_settings(cfg)}
                 save_checkpoint(out, model, opts, meta, gen)
     remove_checkpoint(out)  # the finished artifact supersedes it
+    model.to(memory_format=torch.contiguous_format)  # what a loader of the artifact gets
     return {"steps": cfg.steps, "cpu_seconds": round(cpu, 2), "probes": probes}
 
 
