@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,8 +13,11 @@ import torch
 from bench.protocol import BACKBONE_PARTS, sampler_of
 from conditioning.images import save_grid
 from evaluation.samplers import build_sampler
+from models.artifacts import ArtifactError
 from models.vae import load_vae
 from training.data import load_dataset
+
+log = logging.getLogger("lcs.bench")
 
 
 def figure(name: str, bundle: Path, spec: dict, work: Path, methods: list[str], out: Path) -> dict:
@@ -26,20 +30,25 @@ def figure(name: str, bundle: Path, spec: dict, work: Path, methods: list[str], 
     labels = torch.from_numpy(rows[np.argsort(-counts, kind="stable")[:10]]).float()
     if data.label_sets[ls].kind == "categorical":
         labels = labels[labels.argmax(1).argsort()]
-    images = []
+    images, drawn = [], []
     for method in methods:
         trained = method not in ("prior", "actor", "optimize")
-        if method in BACKBONE_PARTS:  # the actor on the GAN's own bundle
-            on = work / f"{method}-{ls}-s0"
-            smp = build_sampler("actor", on, ls, load_vae(on, "cpu")[0])
-        else:
-            smp = build_sampler(sampler_of(method), bundle, ls, vae, work / f"{method}-{ls}-s0" if trained else "")
+        try:
+            if method in BACKBONE_PARTS:  # the actor on the GAN's own bundle
+                on = work / f"{method}-{ls}-s0"
+                smp = build_sampler("actor", on, ls, load_vae(on, "cpu")[0])
+            else:
+                smp = build_sampler(sampler_of(method), bundle, ls, vae, work / f"{method}-{ls}-s0" if trained else "")
+        except ArtifactError as e:  # a row measured with another work dir (--only): its model is not in this one
+            log.warning("figure: %s left out (%s)", method, e)
+            continue
         images.append(smp.images(labels, torch.Generator().manual_seed(0), torch.device("cpu")))
+        drawn.append(method)
     path = save_grid(torch.cat(images), out / f"baselines_{name}.png", nrow=len(labels), scale=2)
     attrs = data.label_sets[ls].attrs
     return {
         "figure": path.name,
-        "rows": methods,
+        "rows": drawn,
         "columns": [",".join(a for a, v in zip(attrs, r.tolist(), strict=True) if v) or "(none)" for r in labels],
     }
 
