@@ -18,8 +18,8 @@ EditMode = Literal["actor", "optimize", "energy"]
 EDIT_OPTIMIZE = OptimizeConfig(dist_weight=1.0)  # optimisation edits keep z near the image's own latent
 EDIT_ENERGY = energy.EnergyConfig(space="latent", candidates=1, dist_weight=1.0)  # and so do energy edits
 # What accepts an actor edit: D_attr sure of each asked attribute at 0.999, where samples take 0.9. Why: an edit keeps
-# the shortest accepted step, which lands where D_attr has only just flipped and still over-reads the image (see
-# docs/edit_acceptance.md).
+# the shortest accepted step, which lands where D_attr has only just flipped and still over-reads the image (README,
+# "Why 0.999"; docs/edit_tradeoff.md).
 EDIT_ACCEPT = OptimizeConfig(attr_confidence=0.999)
 
 

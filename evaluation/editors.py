@@ -107,8 +107,6 @@ class FaderEditor:
     def edit(self, rows: torch.Tensor, spec: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(label rows to decode with, target rows)."""
         target = edit_target(self.ls, self.z0[rows], spec)
-        if self.scale == 1:
-            return target, target
         current = read_labels(self.ls, self.z0[rows])
         return current + self.scale * (target - current), target
 

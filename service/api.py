@@ -231,20 +231,24 @@ async def transform(
     async with st.decode_slots:  # each decode may hold up to uploads.MAX_DECODED_PIXELS: bound how many at once
         pixels = await run_in_threadpool(decode_image, data, c, size)
 
+    def body(z: torch.Tensor, z0: torch.Tensor):
+        """The edit and the reconstruction drawn and encoded on the model thread, as /sample's images are."""
+        images = to_uint8(st.backbone.decode(torch.cat([z, z0])))
+        return _pngs_base64(images) if format == "json" else png_bytes(images[0])
+
     def edit():
         z0 = st.backbone.encode(torch.from_numpy(pixels)[None])
         if plan is not None:
             z, ok = edits.edit_query(plan, z0)
-            score = modes.realism(plan.realism, z, torch.zeros(1, 0))
-            return to_uint8(st.backbone.decode(torch.cat([z, z0]))), None, score, ok
+            return body(z, z0), None, modes.realism(plan.realism, z, torch.zeros(1, 0)), ok
         try:
             z, target, ok = edits.edit(ls, z0, spec, mode, allow_unseen, realism=realism, candidates=st.cfg.candidates)
         except SpecError as e:
             raise spec_error(e, ls) from None
         score = modes.realism(realism, z, torch.zeros(1, 0)) if realism is not None else modes.realism(ls, z, target)
-        return to_uint8(st.backbone.decode(torch.cat([z, z0]))), target, score, ok
+        return body(z, z0), target, score, ok
 
-    images, target, realism_score, ok = await st.batcher.call(edit, timeout=st.cfg.request_timeout_s)
+    encoded, target, realism_score, ok = await st.batcher.call(edit, timeout=st.cfg.request_timeout_s)
     name = ls.name if ls is not None else "(query)"
     st.metrics.labelset_requests.labels(name, f"transform-{mode}").inc()
     st.metrics.realism.labels(name).observe(float(realism_score[0]))
@@ -260,7 +264,7 @@ async def transform(
             converged=f"{int(ok.sum())}/1",
         )
     if format == "json":
-        edited, recon = await run_in_threadpool(_pngs_base64, images)
+        edited, recon = encoded
         return JSONResponse(
             {
                 "labelset": ls and ls.name,
@@ -276,8 +280,7 @@ async def transform(
             },
             headers=h,
         )
-    body = await run_in_threadpool(png_bytes, images[0])
-    return Response(body, media_type="image/png", headers=h)
+    return Response(encoded, media_type="image/png", headers=h)
 
 
 # ---- operations -------------------------------------------------------------------------------
