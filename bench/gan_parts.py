@@ -16,7 +16,13 @@ from typing import Callable
 
 from bench.protocol import COMMAND, GAN_LR, LABEL_SHARES, LC_SAMPLING
 from training.encode import encode_dataset
-from training.train_baseline import ARTIFACT_STEM, TrainBaselineConfig, train_baseline, training_settings
+from training.train_baseline import (
+    ARTIFACT_STEM,
+    TrainBaselineConfig,
+    reexport_backbone,
+    train_baseline,
+    training_settings,
+)
 from training.train_labelset import TrainLabelSetConfig, train_labelset
 
 
@@ -97,6 +103,7 @@ def train_backbone_part(
     the actor on, the row's extras: cost, curve, the GAN's own prior samples' scores)."""
     gan, ls = method.removesuffix("-lc"), spec["label_set"]
     fresh, man = train_gan(name, gan, bundle, spec, prof, out, seed)
+    fresh = reexport_backbone(out, gan, bundle) or fresh  # a bundle exported by an older format: its LC too
     lc = out / "labelsets" / ls
     if fresh or not (lc / "mapper.json").exists():
         encode_dataset(out, device="cpu")

@@ -30,6 +30,7 @@ from models.vae import ARCH as VAE_ARCH
 from models.vae import VAE, Decoder, Encoder, HasBackbone, VAEConfig, conv_trunk
 
 ARCH = "conv-bigan-v1"
+EXPORT_FORMAT = 2  # 2: a model without a prior exports standardised latents (``Invertible.as_vae``); 1 did not
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Invertible(nn.Module):
     cfg: BiGANConfig  # or any config with ``backbone`` and ``sigma_z``
     encoder: Encoder
     decoder: Decoder
+    has_prior = True  # the decoder was trained on z ~ N(0, I) (BiGAN); GAIA's never saw a prior: see ``as_vae``
 
     @property
     def pinned_logvar(self) -> float | None:
@@ -67,27 +69,40 @@ class Invertible(nn.Module):
         """Images in [0, 1]."""
         return self.decoder(z)
 
-    def as_vae(self) -> VAE:
+    def as_vae(self, standardise: tuple[torch.Tensor, torch.Tensor] | None = None) -> VAE:
         """The (E, G) pair as a ``models.vae.VAE`` with the same encode/decode outputs. A deterministic encoder's
-        log σ² half of the head is pinned (zero weights, bias log sigma_z²), so the VAE reports the same fixed σ."""
+        log σ² half of the head is pinned (zero weights, bias log sigma_z²), so the VAE reports the same fixed σ.
+
+        ``standardise`` = (mean, std) of E's latents on the data, folded into E's head and G's first layer: the
+        exported latents are (μ − mean) / std and decode to the same images. For a model trained without a prior
+        (GAIA), whose latents sit far from the N(0, I) that latent constraints sample and scale σ̄ against."""
         vae = VAE(self.cfg.backbone)
         vae.load_state_dict({k: v for k, v in self.state_dict().items() if k.startswith(("encoder.", "decoder."))})
-        if self.pinned_logvar is not None:
-            d = self.cfg.backbone.latent_dim
-            with torch.no_grad():
+        d = self.cfg.backbone.latent_dim
+        with torch.no_grad():
+            if standardise is not None:
+                mean, std = (t.to(vae.decoder.fc.weight) for t in standardise)
+                head, fc = vae.encoder.head, vae.decoder.fc
+                head.weight[:d] /= std[:, None]
+                head.bias[:d] = (head.bias[:d] - mean) / std
+                fc.bias += fc.weight @ mean
+                fc.weight *= std[None, :]
+            if self.pinned_logvar is not None:
                 vae.encoder.head.weight[d:].zero_()
                 vae.encoder.head.bias[d:].fill_(self.pinned_logvar)
         return vae.eval().requires_grad_(False)
 
 
-def save_as_vae(model: Invertible, directory, manifest: dict) -> VAE:
-    """Write ``model.as_vae()`` as DIR/vae.safetensors + vae.json, the artifact ``lcs encode`` reads. ``manifest``
-    carries what ``train_vae`` records (``dataset`` with name and params is required by ``lcs encode`` without a
-    dataset argument; ``training``, ``command``, ``metrics``); kind, arch, config and the decoder fingerprint are set
-    here, ``exported_from`` names the source architecture."""
+def save_as_vae(
+    model: Invertible, directory, manifest: dict, standardise: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> VAE:
+    """Write ``model.as_vae(standardise)`` as DIR/vae.safetensors + vae.json, the artifact ``lcs encode`` reads.
+    ``manifest`` carries what ``train_vae`` records (``dataset`` with name and params is required by ``lcs encode``
+    without a dataset argument; ``training``, ``command``, ``metrics``); kind, arch, config and the decoder
+    fingerprint are set here, ``exported_from`` names the source architecture, ``export`` how it was exported."""
     from models.artifacts import fingerprint, save_artifact
 
-    vae = model.as_vae()
+    vae = model.as_vae(standardise)
     state = vae.state_dict()
     save_artifact(
         directory,
@@ -99,6 +114,7 @@ def save_as_vae(model: Invertible, directory, manifest: dict) -> VAE:
             "arch": VAE_ARCH,
             "config": vae.cfg.to_json(),
             "exported_from": sys.modules[type(model).__module__].ARCH,
+            "export": {"format": EXPORT_FORMAT, "standardised": standardise is not None},
             "decoder_fingerprint": fingerprint({k: v for k, v in state.items() if k.startswith("decoder.")}),
         },
     )

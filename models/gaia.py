@@ -13,7 +13,8 @@ space is convex (midpoints decode to realistic images) and latent constraints ca
   the critic from winning outright (it only pushes fakes' error up while they are within γ of the real error);
 - generator: L(x_r) + interp_weight·L(x_i) + rec_weight·|x − x_r| (its own L1 reconstruction error keeps the codes
   faithful to the inputs; interp_weight 0 leaves a BEGAN-trained autoencoder, the ablation without interpolations).
-``encode`` / ``decode`` / ``as_vae`` / ``save_as_vae`` as in ``models.bigan`` (σ reported: the fixed sigma_z).
+``encode`` / ``decode`` / ``as_vae`` / ``save_as_vae`` as in ``models.bigan`` (σ reported: the fixed sigma_z); no
+prior, so the exported latents are standardised on the data (mean 0, std 1 per dimension).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class CriticAutoencoder(nn.Module):
 
 class GAIA(Invertible):
     adam_betas = (0.5, 0.999)  # DCGAN's Adam setting for adversarial games, read by ``lcs train-baseline``
+    has_prior = False  # its latents are whatever reconstruction found: exported standardised (``as_vae``)
 
     def __init__(self, cfg: GAIAConfig):
         super().__init__()

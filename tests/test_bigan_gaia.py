@@ -275,3 +275,25 @@ def test_vae_export_loads_with_load_vae_and_encodes_and_decodes_the_same(kind, t
         assert torch.allclose(vae.encode(x)[1], torch.full((8, 3), m.cfg.sigma_z))
     z = torch.randn(5, 3)
     assert torch.equal(m.decode(z), vae.decode(z))
+
+
+def test_gaia_exports_standardised_latents_that_decode_to_the_same_images(tmp_path, seed):
+    """GAIA has no prior: the export folds its latents' mean and std into the encoder head and the decoder's first
+    layer, so latent constraints' N(0, I) draws and σ̄ live on the latents' own scale, and the images are the same."""
+    torch.manual_seed(seed)
+    m = build("gaia")
+    opt = torch.optim.Adam(m.optim_groups()["generator"], lr=1e-2)
+    x = blobs(64, seed)
+    for i in range(2):
+        step(m, opt, "generator", x, i)
+    m.eval()
+    with torch.no_grad():
+        mu = m.encoder(x)[0]
+        moments = (mu.mean(0) + 5, mu.std(0) * 20)  # moved far off N(0, I), as a trained GAIA's are
+        save_as_vae(m, tmp_path, {"dataset": {"name": "fashion-mnist", "params": {}}}, moments)
+        vae, manifest = load_vae(tmp_path)
+        u, sigma = vae.encode(x)
+        assert manifest["export"]["standardised"] and not m.has_prior and build("bigan").has_prior
+        assert torch.allclose(u, (mu - moments[0]) / moments[1], atol=1e-5)
+        assert torch.allclose(sigma, torch.full_like(sigma, m.cfg.sigma_z))  # σ̄ in the standardised units
+        assert torch.allclose(vae.decode(u), m.decode(mu), atol=1e-5)

@@ -7,16 +7,18 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conditioning.runtime import autocast
 from evaluation.samplers import build_sampler
+from models.bigan import EXPORT_FORMAT
 from models.cvaegan import load_conditional
 from models.infogan import load_infogan
 from models.triplegan import TripleGAN
 from models.vae import load_vae
 from training.encode import encode_dataset
 from training.evaluate import evaluate
-from training.train_baseline import TrainBaselineConfig, train_baseline
+from training.train_baseline import TrainBaselineConfig, reexport_backbone, train_baseline
 from training.train_labelset import TrainLabelSetConfig, train_labelset
 
 
@@ -97,6 +99,17 @@ def test_bigan_and_gaia_become_bundles_that_latent_constraints_train_on(judged_b
     mu, sigma = vae.encode(x)
     assert torch.allclose(sigma, torch.full_like(sigma, 0.1))  # a deterministic encoder reports its fixed σ
     encode_dataset(out, device="cpu")
+    # GAIA has no prior: its exported latents are standardised on the training images; BiGAN's keep G's N(0, I)
+    assert vman["export"] == {"format": EXPORT_FORMAT, "standardised": method == "gaia"}
+    if method == "gaia":
+        table = load_file(out / "latents.safetensors")
+        train_mu = table["mu"][table["split"] == 0].float()
+        assert train_mu.mean(0).abs().max() < 0.1 and (train_mu.std(0) - 1).abs().max() < 0.1
+    # a bundle exported by an older format is exported again from the trained weights, once
+    vman.pop("export")
+    (out / "vae.json").write_text(json.dumps(vman))
+    assert reexport_backbone(out, method, judged_bundle) and not reexport_backbone(out, method, judged_bundle)
+    assert load_vae(out)[1]["export"]["standardised"] == (method == "gaia")
     train_labelset(
         TrainLabelSetConfig(
             bundle=str(out),
