@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from isal import isal_zlib
 from PIL import Image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -19,9 +20,10 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return arr.transpose(0, 2, 3, 1)
 
 
-def grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> np.ndarray:
-    """Tile a batch into one H x W x C uint8 array with a white border."""
-    arr = to_uint8(images)
+def grid(images: torch.Tensor | np.ndarray, nrow: int = 8, pad: int = 2) -> np.ndarray:
+    """Tile a batch (N x C x H x W floats in [0, 1], or ``to_uint8``'s N x H x W x C) into one H x W x C uint8 array
+    with a white border."""
+    arr = images if isinstance(images, np.ndarray) else to_uint8(images)
     n, h, w, c = arr.shape
     ncol = max(1, min(nrow, n))
     rows = (n + ncol - 1) // ncol
@@ -37,9 +39,10 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def png_bytes(array: np.ndarray) -> bytes:
-    """H x W x C uint8 (C = 1 grey, 3 RGB) -> PNG: every row with the Up filter, zlib level 1. Written here, not by
-    Pillow, because it is the server's per-request hot path: Pillow tries five filters on every row, 0.42 ms for a
-    64 x 64 avatar against 0.15 ms here (measured on one core), for 16% more bytes (7.1 vs 6.1 KB)."""
+    """H x W x C uint8 (C = 1 grey, 3 RGB) -> PNG: every row with the Up filter, deflated by ISA-L at level 1. Written
+    here, not by Pillow, because it is the server's per-request hot path: Pillow tries five filters on every row,
+    0.42 ms for a 64 x 64 avatar against 0.15 ms here with zlib level 1; ISA-L (python-isal, the same zlib stream)
+    takes 0.05 ms of those 0.15 and writes 4% fewer bytes (measured on one core, session 21)."""
     h, w, c = array.shape
     rows = np.ascontiguousarray(array, dtype=np.uint8).reshape(h, w * c)
     raw = np.empty((h, w * c + 1), np.uint8)
@@ -47,7 +50,8 @@ def png_bytes(array: np.ndarray) -> bytes:
     raw[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])
     header = struct.pack(">IIBBBBB", w, h, 8, 0 if c == 1 else 2, 0, 0, 0)
-    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw.data, 1)) + _chunk(b"IEND", b"")
+    idat = isal_zlib.compress(raw.data, 1)
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int = 1) -> Path:

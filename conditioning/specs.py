@@ -93,6 +93,19 @@ def check_categorical(spec: dict[str, int], k: int) -> None:
         raise SpecError("contradictory_attributes", "every class is negated; leave at least one", {"spec": spec})
 
 
+def matching(
+    spec: dict[str, int], attr_names: list[str], table: torch.Tensor, kind: LabelKind, counts: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The table's rows that honour the spec, and their counts (None without ``counts``); a categorical spec checked."""
+    if kind == "categorical":
+        check_categorical(spec, len(attr_names))
+    cols = torch.tensor([attr_names.index(a) for a in spec], dtype=torch.long)
+    want = torch.tensor(list(spec.values()), dtype=torch.float32)
+    table = table.float()
+    match = (table[:, cols] == want).all(1) if len(cols) else torch.ones(len(table), dtype=torch.bool)
+    return table[match], None if counts is None else counts[match].float()
+
+
 def resolve(
     spec: dict[str, int],
     attr_names: list[str],
@@ -102,25 +115,21 @@ def resolve(
     kind: LabelKind = "binary",
     allow_unseen: bool = False,
     counts: torch.Tensor | None = None,
+    matched: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """n full label rows (float 0/1, n x K) honouring the spec, the rest drawn as documented above.
 
     ``table`` holds the data's label rows; or, with ``counts``, its distinct rows and how often each
-    occurs (``distinct_rows``): the same distribution, ~100x faster per request on a big table."""
+    occurs (``distinct_rows``): the same distribution, ~100x faster per request on a big table.
+    ``matched``: ``matching``'s answer for this spec where the caller keeps it (``LabelSetVersion.resolve``)."""
     k = len(attr_names)
     if k == 0:
         if spec:
             raise SpecError("unknown_attributes", "this label set has no attributes", {"valid": []})
         return torch.zeros(n, 0)
-    if kind == "categorical":
-        check_categorical(spec, k)
-    cols = torch.tensor([attr_names.index(a) for a in spec], dtype=torch.long)
-    want = torch.tensor(list(spec.values()), dtype=table.dtype)
-    table = table.float()
-    match = (table[:, cols] == want.float()).all(1) if len(cols) else torch.ones(len(table), dtype=torch.bool)
-    rows = table[match]
-    if len(rows) and counts is not None:
-        return rows[torch.multinomial(counts[match].float(), n, replacement=True, generator=generator)].clone()
+    rows, weights = matched or matching(spec, attr_names, table, kind, counts)
+    if len(rows) and weights is not None:
+        return rows[torch.multinomial(weights, n, replacement=True, generator=generator)].clone()
     if len(rows):
         return rows[torch.randint(len(rows), (n,), generator=generator)].clone()
     if not allow_unseen:
@@ -135,9 +144,10 @@ def resolve(
         allowed = torch.tensor([float(a in positive or (not positive and spec.get(a, 1))) for a in attr_names])
         pick = torch.multinomial(allowed.expand(n, -1), 1, generator=generator).squeeze(1)
         return torch.nn.functional.one_hot(pick, k).float()
+    table = table.float()
     marginals = table.mean(0) if counts is None else (table * counts[:, None]).sum(0) / counts.sum()
     out = (torch.rand(n, k, generator=generator) < marginals).float()
-    out[:, cols] = want.float()
+    out[:, [attr_names.index(a) for a in spec]] = torch.tensor(list(spec.values()), dtype=torch.float32)
     return out
 
 

@@ -68,7 +68,7 @@ def _png(images: np.ndarray) -> bytes:
     n = len(images)
     if n == 1:
         return png_bytes(images[0])
-    return png_bytes(grid(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, nrow=math.ceil(math.sqrt(n))))
+    return png_bytes(grid(images, nrow=math.ceil(math.sqrt(n))))
 
 
 def _pngs_base64(images: np.ndarray) -> list[str]:
