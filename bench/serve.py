@@ -3,15 +3,17 @@
     python -m bench.serve [--bundle DIR] [--labelset faces] [--attrs smiling] [--seconds 10] [--connections 1,8,32]
                           [--n 1,16] [--out docs/bench_serve.json]
 
-1. Bare: label-set actor (conditioning.modes.actor) + decoder on the loaded Backbone, batch 1..64, images/s
-   (decoded to uint8 as the server does; no HTTP, no PNG).
+1. Bare, in as many processes as ``lcs serve`` has workers (each with --threads), summed: the engine (label-set
+   actor + decoder to uint8, conditioning.modes.actor), and the route's model work (what the model thread does for
+   GET /sample's rows: the server's candidates and re-step, realism, decoder, a PNG per image), batch 1..64.
 2. Ours: a real ``lcs serve`` subprocess on 127.0.0.1; ``GET /sample?n=N`` from each of --connections keep-alive
    connections for --seconds; requests/s, images/s (= requests/s x n), p50/p99 latency, errors (status >= 400,
    and socket errors), and the server's CPU time per image (all its threads and processes; bare has it too).
 3. LitServe (bench/litserve_peer.py, when ``litserve`` is installed: pip install -e '.[bench]'): the same work
    for n = 1 in its own subprocess, same threads, batches of up to 32 with --max-wait-ms as its batch timeout.
-4. R_serve = ours' images/s at n = 1 and the widest --connections / best bare images/s (target >= 0.8), and ours
-   over LitServe at that load (target >= 1.5x the throughput at no worse p99).
+4. R_serve = ours' images/s at the widest --connections / the best bare images/s, at n = 1 and at the largest n
+   (target >= 0.8 at n = 16), against the engine and against the route's model work (the second is what serving
+   adds); ours over LitServe at n = 1 at that load (target >= 1.5x the throughput at no worse p99).
 The client is wrk (Debian: apt-get install -y wrk), one thread: compiled, it takes 1-2% of a core, where the Python
 client it replaces ate the CPU it measured (R_serve 0.28 with it, 0.47-0.52 with wrk: issue 17). Prints a table,
 writes the JSON (--out) and the table into the .md beside it, between the BENCH markers (the rest is kept).
@@ -24,6 +26,7 @@ import contextlib
 import importlib.metadata
 import importlib.util
 import json
+import multiprocessing
 import os
 import platform
 import resource
@@ -38,16 +41,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import torch
 
 from conditioning import modes
 from conditioning.backbone import Backbone
-from conditioning.images import to_uint8
+from conditioning.images import png_bytes, to_uint8
 from conditioning.labelset import LabelSetVersion
+from conditioning.specs import canonical_spec, split_spec
 from service.config import DEFAULT_BUNDLE, ServerConfig
 
 TARGET_R_SERVE = 0.8
+BARE_SIZES = (1, 2, 4, 8, 16, 32, 64)
 TARGET_VS_LITSERVE = 1.5
 READY_TIMEOUT_S = 180  # model load + warm-up; slow when the machine is busy
 STOP_GRACE_S = 3  # nothing a server holds here outlives the run (its data dir is temporary)
@@ -68,40 +72,82 @@ end
 """
 
 
-def bare(
-    bundle: Path, labelset: str, device: str, threads: int, precision: str, seconds: float
+def _bare_rows(
+    bundle: Path,
+    labelset: str,
+    attrs: str,
+    device: str,
+    threads: int,
+    precision: str,
+    seconds: float,
+    candidates: int,
+    barrier=None,
 ) -> tuple[list[dict], str]:
-    """Images/s per batch size, and the engine (``cpu/bf16``...) every server under test runs."""
+    """Per batch size, images/s of (a) the engine: the actor + the decoder to uint8; (b) the route's model work: what
+    the model thread does for ``GET /sample``'s rows (``modes.latents`` with the server's candidates and re-step,
+    the realism score, the decoder, a PNG per image). ``barrier``: wait there before each timed run, so bare
+    processes beside each other measure the same thing at the same time."""
     bb = Backbone(bundle, device, threads, precision)
     ls = LabelSetVersion.load(bundle / "labelsets" / labelset, bb.decoder_fingerprint, labelset, "bench")
+    spec = canonical_spec(split_spec(attrs), ls.attr_names)
 
-    def run(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    def engine(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> object:
         return to_uint8(bb.decode(modes.actor(ls, z, y, mask)))  # host uint8, so the GPU work is complete
 
+    def route(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> object:
+        got = modes.latents("actor", ls, z, y, mask, None, candidates)
+        modes.realism(ls, got.z, y)
+        return [png_bytes(im) for im in to_uint8(bb.decode(got.z))]
+
     rows = []
-    gen = torch.Generator().manual_seed(0)
-    for b in (1, 2, 4, 8, 16, 32, 64):
-        z = torch.randn(b, bb.latent_dim, generator=gen)
-        y = ls.table[torch.randint(len(ls.table), (b,), generator=gen)]
-        mask = torch.ones(y.shape, dtype=torch.bool)
-        for _ in range(3):
-            run(z, y, mask)
-        if bb.device.type == "cuda":
-            torch.cuda.synchronize()
-        n, t0, cpu0 = 0, time.perf_counter(), time.process_time()
-        while time.perf_counter() - t0 < seconds / 7:
-            run(z, y, mask)
-            n += 1
-        dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        rows.append(
-            {
-                "batch": b,
-                "images_per_s": round(n * b / dt, 1),
-                "ms_per_batch": round(1000 * dt / n, 2),
-                "cpu_ms_per_image": round(1000 * cpu / (n * b), 2),
-            }
-        )
+    for b in BARE_SIZES:
+        z, y, mask = modes.draw(ls, spec, b, bb.latent_dim, torch.Generator().manual_seed(b))
+        row = {"batch": b}
+        for key, run in (("", engine), ("route_", route)):
+            for _ in range(3):
+                run(z, y, mask)
+            if bb.device.type == "cuda":
+                torch.cuda.synchronize()
+            if barrier is not None:
+                barrier.wait()
+            n, t0, cpu0 = 0, time.perf_counter(), time.process_time()
+            while time.perf_counter() - t0 < seconds / (2 * len(BARE_SIZES)):
+                run(z, y, mask)
+                n += 1
+            dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            row[f"{key}images_per_s"] = round(n * b / dt, 1)
+            row[f"{key}ms_per_batch"] = round(1000 * dt / n, 2)
+            row[f"{key}cpu_ms_per_image"] = round(1000 * cpu / (n * b), 2)
+        rows.append(row)
     return rows, bb.engine
+
+
+def _bare_process(args: tuple, barrier, out) -> None:
+    out.put(_bare_rows(*args, barrier=barrier))
+
+
+def bare(args: tuple, processes: int) -> tuple[list[dict], str]:
+    """``_bare_rows(*args)`` in ``processes`` processes side by side (one per ``lcs serve`` worker, so the bare
+    engine has what the server has: that many processes of ``--threads`` threads), images/s summed per batch size."""
+    if processes == 1:
+        return _bare_rows(*args)
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=_bare_process, args=(args, barrier, out)) for _ in range(processes)]
+    for proc in procs:
+        proc.start()
+    parts = [out.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    rows = []
+    for same in zip(*(rows for rows, _ in parts), strict=True):
+        row = {"batch": same[0]["batch"]}
+        for key in ("", "route_"):
+            row[f"{key}images_per_s"] = round(sum(r[f"{key}images_per_s"] for r in same), 1)
+            for k in ("ms_per_batch", "cpu_ms_per_image"):
+                row[f"{key}{k}"] = round(sum(r[f"{key}{k}"] for r in same) / processes, 2)
+        rows.append(row)
+    return rows, parts[0][1]
 
 
 def need_wrk() -> str:
@@ -262,26 +308,31 @@ def litserve(a: argparse.Namespace, log: Path) -> list[dict]:
 
 
 def summarize(bare_rows: list[dict], http: dict[str, list[dict]]) -> dict:
-    """Adds each row's ratio columns (÷ best bare images/s; ÷ LitServe's req/s at the same n and connections) and
-    returns R_serve and ours over LitServe, at n = 1 and the widest load measured, with their targets."""
+    """Adds each row's ratio columns (÷ the best bare images/s of the engine and of the route's model work; ÷
+    LitServe's req/s at the same n and connections) and returns, at the widest load measured: R_serve at n = 1 and
+    at the largest n (issue 28's bar is at n = 16), each against the engine and the route's model work, and ours
+    over LitServe at n = 1, with their targets."""
     best = max(r["images_per_s"] for r in bare_rows)
+    route = max(r["route_images_per_s"] for r in bare_rows)
     peer = {(r["n"], r["connections"]): r["requests_per_s"] for r in http.get("litserve", [])}
     for name, rows in http.items():
         for r in rows:
             r["vs_bare"] = round(r["images_per_s"] / best, 3)
+            r["vs_route"] = round(r["images_per_s"] / route, 3)
             p = peer.get((r["n"], r["connections"])) if name != "litserve" else None
             r["vs_litserve"] = round(r["requests_per_s"] / p, 2) if p else None
     widest = max(r["connections"] for r in http["ours"])
-    o = next((r for r in http["ours"] if r["n"] == 1 and r["connections"] == widest), None)
+    at = {r["n"]: r for r in http["ours"] if r["connections"] == widest}
     lit = next((r for r in http.get("litserve", []) if r["connections"] == widest), None)
     out = {
         "best_bare_images_per_s": best,
+        "best_route_images_per_s": route,
         "at_connections": widest,
-        "r_serve": round(o["images_per_s"] / best, 3) if o else None,
+        "r_serve": {n: {"vs_engine": r["vs_bare"], "vs_route": r["vs_route"]} for n, r in sorted(at.items())},
         "target_r_serve": TARGET_R_SERVE,
         "vs_litserve": None,
     }
-    if o and lit:
+    if (o := at.get(1)) and lit:
         ratio = o["vs_litserve"]
         out["vs_litserve"] = {
             "throughput_ratio": ratio,
@@ -299,16 +350,17 @@ def table(result: dict) -> list[str]:
         f"`{result['command']}`: {result['date']}, {result['device']}, engine {result['engine']} (every server), "
         f"load average {result['load_average']} at start, uvicorn {result['uvicorn']}, wrk one thread",
         "",
-        "| bare batch | images/s | ms/batch | CPU ms/image |",
-        "|---:|---:|---:|---:|",
+        "| bare batch | engine images/s | ms/batch | CPU ms/image | route work images/s | ms/batch | CPU ms/image |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
         *(
-            f"| {r['batch']} | {r['images_per_s']} | {r['ms_per_batch']} | {r['cpu_ms_per_image']} |"
+            f"| {r['batch']} | {r['images_per_s']} | {r['ms_per_batch']} | {r['cpu_ms_per_image']} | "
+            f"{r['route_images_per_s']} | {r['route_ms_per_batch']} | {r['route_cpu_ms_per_image']} |"
             for r in result["bare"]
         ),
         "",
         "| server | n | connections | req/s | images/s | p50 ms | p99 ms | errors | server CPU ms/image | wrk CPU "
-        "| ÷ best bare | ÷ LitServe |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| ÷ best engine | ÷ best route work | ÷ LitServe |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, rows in result["http"].items():
         for r in rows:
@@ -317,11 +369,16 @@ def table(result: dict) -> list[str]:
             lines.append(
                 f"| {name} | {r['n']} | {r['connections']} | {r['requests_per_s']} | {r['images_per_s']} | "
                 f"{r['p50_ms']} | {r['p99_ms']} | {errors} | {r['server_cpu_ms_per_image']} | "
-                f"{r['client_cpu_share']:.0%} | {r['vs_bare']} | {vs} |"
+                f"{r['client_cpu_share']:.0%} | {r['vs_bare']} | {r['vs_route']} | {vs} |"
             )
     for name, why in result["skipped"].items():
-        lines.append(f"| {name} | skipped: {why} ||||||||||")
-    lines += ["", f"R_serve (n = 1, {s['at_connections']} connections) = {s['r_serve']} (target >= {TARGET_R_SERVE})"]
+        lines.append(f"| {name} | skipped: {why} |||||||||||")
+    lines.append("")
+    for n, r in s["r_serve"].items():
+        lines.append(
+            f"R_serve (n = {n}, {s['at_connections']} connections) = {r['vs_engine']} of the engine, "
+            f"{r['vs_route']} of the route's model work (target >= {TARGET_R_SERVE})"
+        )
     if v := s["vs_litserve"]:
         lines.append(
             f"ours / LitServe = {v['throughput_ratio']}x throughput (target >= {TARGET_VS_LITSERVE}x), p99 "
@@ -383,7 +440,8 @@ def main() -> None:
     a = p.parse_args()
     need_wrk()
     load = "/".join(f"{x:.1f}" for x in os.getloadavg())
-    b, engine = bare(Path(a.bundle), a.labelset, a.device, a.threads, a.precision, a.seconds)
+    args = (Path(a.bundle), a.labelset, a.attrs, a.device, a.threads, a.precision, a.seconds, ServerConfig.candidates)
+    b, engine = bare(args, a.workers)
     http, skipped = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         http["ours"] = ours(a, tmp + "/data", Path(tmp, "ours.log"))

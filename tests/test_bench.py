@@ -118,18 +118,31 @@ def test_serve_bench_ratios_from_planted_rows():
     def row(n, conns, rps, p99):
         return {"n": n, "connections": conns, "requests_per_s": rps, "images_per_s": rps * n, "p99_ms": p99}
 
-    bare = [{"batch": 1, "images_per_s": 25.0}, {"batch": 32, "images_per_s": 500.0}]
+    bare = [
+        {"batch": 1, "images_per_s": 25.0, "route_images_per_s": 20.0},
+        {"batch": 32, "images_per_s": 500.0, "route_images_per_s": 400.0},
+    ]
     http = {
-        "ours": [row(1, 1, 30.0, 40.0), row(1, 32, 400.0, 120.0), row(16, 32, 30.0, 900.0)],
+        "ours": [row(1, 1, 30.0, 40.0), row(1, 32, 400.0, 120.0), row(16, 32, 20.0, 900.0)],
         "litserve": [row(1, 1, 3.0, 400.0), row(1, 32, 200.0, 150.0)],
     }
     s = summarize(bare, http)
-    assert s["r_serve"] == 0.8 and s["at_connections"] == 32
+    assert s["at_connections"] == 32 and s["best_route_images_per_s"] == 400.0
+    assert s["r_serve"] == {1: {"vs_engine": 0.8, "vs_route": 1.0}, 16: {"vs_engine": 0.64, "vs_route": 0.8}}
     assert s["vs_litserve"]["throughput_ratio"] == 2.0 and s["vs_litserve"]["met"] is True
     assert http["ours"][0]["vs_litserve"] == 10.0 and http["ours"][2]["vs_litserve"] is None  # no n = 16 peer
-    assert http["ours"][2]["vs_bare"] == pytest.approx(0.96) and http["litserve"][1]["vs_litserve"] is None
+    assert http["ours"][2]["vs_bare"] == pytest.approx(0.64) and http["litserve"][1]["vs_litserve"] is None
     http["ours"][1]["p99_ms"] = 151.0  # faster but a worse tail: not met
     assert summarize(bare, http)["vs_litserve"]["met"] is False
+
+
+def test_serve_bench_bare_runs_one_process_per_server_worker_and_sums_them(service_bundle):
+    from bench.serve import BARE_SIZES, bare
+
+    args = (service_bundle, "category", "sandal", "cpu", 1, "fp32", 0.5, 2)
+    rows, engine = bare(args, 2)
+    assert [r["batch"] for r in rows] == list(BARE_SIZES) and engine == "cpu/fp32"
+    assert all(r["images_per_s"] > 0 and r["route_images_per_s"] > 0 and r["route_ms_per_batch"] > 0 for r in rows)
 
 
 def test_serve_bench_without_wrk_says_how_to_install_it(monkeypatch, tmp_path):
@@ -160,7 +173,8 @@ def test_serve_bench_smoke(tmp_path):
     r = json.loads(out.read_text())
     assert {"bare", "http", "summary", "skipped", "uvicorn", "load_average"} <= r.keys()
     assert r["engine"] == f"cpu/{resolve_precision(torch.device('cpu'))}"  # what every server under test ran
-    assert r["summary"]["r_serve"] > 0 and r["summary"]["best_bare_images_per_s"] > 0
+    assert r["summary"]["r_serve"]["1"]["vs_route"] > 0 and r["summary"]["best_bare_images_per_s"] > 0
+    assert all(row["route_images_per_s"] > 0 for row in r["bare"])
     servers = ["ours", "litserve"] if importlib.util.find_spec("litserve") else ["ours"]
     assert list(r["http"]) == servers and ("litserve" in r["skipped"]) == (len(servers) == 1)
     for name in servers:
