@@ -145,7 +145,10 @@ SYSTEMS = {
     "bigan-lc": "**BiGAN** gives an unconditional GAN with an encoder, so latent constraints condition it post hoc "
     "as they do the VAE: the row is an LC actor trained on the BiGAN's latent table.",
     "gaia-lc": "**GAIA** gives an autoencoder whose interpolations are pushed toward realism; latent constraints "
-    "condition it post hoc: the row is an LC actor trained on GAIA's latent table.",
+    "condition it post hoc: the row is an LC actor trained on GAIA's latent table. GAIA has no prior (its latents "
+    "are whatever reconstruction found, far from N(0, I)), so its bundle standardises them on the training images "
+    "(mean 0, std 1 per dimension; `models.bigan.Invertible.as_vae`); its own samples are draws from that diagonal "
+    "Gaussian.",
 }
 
 

@@ -84,14 +84,15 @@ def quality(name: str, bundle: Path, spec: dict, prof: dict, work: Path, parts: 
     """Rows for the quality table. ``actor-l0``: an LC actor trained here with λ_dist = 0 (the shipped mappers use 0.1,
     which serves edits); seeds of the shipped LC mappers are sampling seeds."""
     ls, rows, ev = spec["label_set"], [], evaluator(bundle, spec, prof, work)
-    for seed in range(max(prof["seeds"], prof["gan_seeds"], 2)):
+    gan_seeds = min(prof["gan_seeds"], spec.get("gan_seeds", prof["gan_seeds"]))
+    for seed in range(max(prof["seeds"], gan_seeds, 2)):
         for sampler in (p for p in ("prior", "actor", "optimize") if p in parts):
             rows.append(summarise(name, sampler, seed, ev(sampler, seed), {"trained_here": False}))
         # fits on the latent table cost seconds: always 2 seeds; trained networks: the profile's seeds, the GAN
         # systems' own count
         image = tuple(m for m in IMAGE_METHODS if m not in GAN_SYSTEMS)
         methods = LATENT_METHODS + (("actor-l0",) + image if seed < prof["seeds"] else ())
-        methods += GAN_SYSTEMS if seed < prof["gan_seeds"] else ()
+        methods += GAN_SYSTEMS if seed < gan_seeds else ()
         for method in (m for m in methods if m in parts):
             out, on = work / f"{method}-{ls}-s{seed}", bundle
             if method in BACKBONE_PARTS:
