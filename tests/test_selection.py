@@ -3,6 +3,7 @@ around an image's latent (edits), kept by the critic and D_attr; K = 1 is the pl
 
 import math
 
+import pytest
 import torch
 
 from conditioning import edits, energy, modes
@@ -161,3 +162,42 @@ def test_optimisation_starts_from_what_the_actor_mode_serves():
     z, y, mask = modes.draw(ls, {"a": 1}, 20, D, torch.Generator().manual_seed(0))
     served, optimised = modes.latents("actor", ls, z, y, mask), modes.latents("optimize", ls, z, y, mask)
     assert optimised.converged.all() and torch.equal(optimised.z, served.z)
+
+
+def test_a_versions_resolve_draws_what_specs_resolve_draws_and_keeps_a_bounded_match_cache(monkeypatch):
+    """The request path's label rows: the matching rows are kept per spec (no rematch per request), the draws stay
+    what ``specs.resolve`` gives for the same generator, and the kept specs are bounded."""
+    from conditioning import labelset
+    from conditioning.specs import SpecError, resolve
+
+    names = ["Smiling", "Eyeglasses", "Wearing_Hat"]
+    table = torch.tensor([[1, 0, 0]] * 30 + [[1, 0, 1]] * 10 + [[0, 1, 0]] * 5).float()
+    m = LatentMappers(LatentConfig(latent_dim=D, attr_names=names, kind="binary", width=4, depth=1, label_embed=2))
+    ls = LabelSetVersion("planted", "v1", m, {}, table, torch.ones(D))
+    for spec in ({"Smiling": 1}, {"Wearing_Hat": 0, "Smiling": 1}, {}):
+        for _ in range(2):  # the second from the kept match
+            got = ls.resolve(spec, 50, torch.Generator().manual_seed(3))
+            want = resolve(spec, names, ls.rows, 50, torch.Generator().manual_seed(3), counts=ls.counts)
+            assert torch.equal(got, want)
+    assert len(ls._matched) == 3
+    with pytest.raises(SpecError):
+        ls.resolve({"Smiling": 1, "Eyeglasses": 1}, 1, torch.Generator())
+    unseen = ls.resolve({"Smiling": 1, "Eyeglasses": 1}, 8, torch.Generator().manual_seed(0), allow_unseen=True)
+    assert (unseen[:, :2] == 1).all()
+    monkeypatch.setattr(labelset, "MATCHED_KEPT", 2)
+    ls.resolve({"Eyeglasses": 0}, 1, torch.Generator())
+    assert len(ls._matched) == 1  # full: emptied, then this one kept
+
+
+def test_restep_moves_only_the_rows_the_critics_rejected():
+    ls = planted()
+    z = torch.tensor([[2.0], [-3.0], [0.5]]) * torch.eye(D)[0]
+    y, mask = torch.tensor([[1.0, 0.0]] * 3), torch.tensor([[True, False]] * 3)
+    got = modes.Latents(z, torch.tensor([True, False, True]))
+    out = modes.restep(ls, got, y, mask)
+    assert torch.equal(out.z[[0, 2]], z[[0, 2]]) and out.converged[[0, 2]].all()
+    # the rejected row alone gives what it gives in the batch: a row's result is its own
+    alone = modes.restep(ls, modes.Latents(z[1:2], torch.tensor([False])), y[1:2], mask[1:2])
+    assert torch.equal(out.z[1:2], alone.z) and torch.equal(out.converged[1:2], alone.converged)
+    untouched = modes.Latents(z, torch.ones(3, dtype=torch.bool))
+    assert modes.restep(ls, untouched, y, mask) is untouched
