@@ -16,10 +16,10 @@ from typing import Callable
 
 from bench.protocol import COMMAND, GAN_LR, LABEL_SHARES, LC_SAMPLING
 from training.encode import encode_dataset
+from training.export_backbone import reexport_backbone
 from training.train_baseline import (
     ARTIFACT_STEM,
     TrainBaselineConfig,
-    reexport_backbone,
     train_baseline,
     training_settings,
 )

@@ -137,7 +137,7 @@ def test_serve_bench_ratios_from_planted_rows():
 
 
 def test_serve_bench_bare_runs_one_process_per_server_worker_and_sums_them(service_bundle):
-    from bench.serve import BARE_SIZES, bare
+    from bench.serve_bare import BARE_SIZES, bare
 
     args = (service_bundle, "category", "sandal", "cpu", 1, "fp32", 0.5, 2)
     rows, engine = bare(args, 2)

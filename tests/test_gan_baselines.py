@@ -18,7 +18,8 @@ from models.triplegan import TripleGAN
 from models.vae import load_vae
 from training.encode import encode_dataset
 from training.evaluate import evaluate
-from training.train_baseline import TrainBaselineConfig, reexport_backbone, train_baseline
+from training.export_backbone import reexport_backbone
+from training.train_baseline import TrainBaselineConfig, train_baseline
 from training.train_labelset import TrainLabelSetConfig, train_labelset
 
 

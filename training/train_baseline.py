@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -38,12 +37,12 @@ from conditioning.images import batch_to_float
 from conditioning.runtime import autocast, memory_format, resolve_device
 from models.artifacts import load_manifest, save_artifact
 from models.attrvec import AttributeVectors, AttrVecConfig
-from models.bigan import EXPORT_FORMAT, BiGAN, BiGANConfig, load_bigan, save_as_vae
+from models.bigan import BiGAN, BiGANConfig
 from models.checkpoint import checkpoint_meta, has_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from models.cvae import CVAE, CVAEConfig
 from models.cvaegan import CVAEGAN, CVAEGANConfig, load_conditional
 from models.fader import FaderConfig, FaderNetwork, load_fader
-from models.gaia import GAIA, GAIAConfig, load_gaia
+from models.gaia import GAIA, GAIAConfig
 from models.infogan import InfoGAN, InfoGANConfig, match_codes
 from models.latent import LabelKind
 from models.latent_gmm import LatentGMM, LatentGMMConfig
@@ -51,6 +50,7 @@ from models.latent_table import load_table
 from models.triplegan import TripleGAN, TripleGANConfig
 from models.vae import VAEConfig, load_vae
 from training.data import ImageDataset, load_dataset
+from training.export_backbone import export_backbone
 
 log = logging.getLogger("lcs.train_baseline")
 IMAGE_METHODS = ("cvae", "cvae-cmma", "cvae-gan", "triplegan")  # conditional generators: ``lcs eval`` samples them
@@ -279,44 +279,6 @@ def infogan_code_map(
     mapping, fit_acc = match_codes(codes(fit), classes(fit), y_all.shape[1])
     test_acc = float((mapping[codes(test)] == classes(test)).float().mean())
     return mapping, {"fit_images": len(fit), "fit_accuracy": round(fit_acc, 4), "test_accuracy": round(test_acc, 4)}
-
-
-def latent_moments(model: BiGAN | GAIA, data: ImageDataset, rows: np.ndarray, seed: int) -> tuple[torch.Tensor, ...]:
-    """Per-dimension mean and std of E's latents on (up to 10,000 of) the training images ROWS."""
-    idx = np.sort(np.random.default_rng(seed).permutation(rows)[:10_000])
-    with torch.no_grad():
-        mu = torch.cat(
-            [model.encoder(batch_to_float(data.images[idx[s : s + 512]]))[0] for s in range(0, len(idx), 512)]
-        )
-    return mu.mean(0), mu.std(0).clamp_min(1e-6)
-
-
-def export_backbone(
-    model: BiGAN | GAIA, out: Path, bundle: Path, manifest: dict, data: ImageDataset, seed: int
-) -> None:
-    """Make OUT a bundle on the model's (E, G): vae.* (``models.bigan.save_as_vae``; a model without a prior with its
-    latents standardised on the training images) and the source bundle's judge, which reads images whatever drew them.
-    ``lcs encode --bundle OUT`` and label-set training then run unchanged."""
-    moments = None if model.has_prior else latent_moments(model, data, data.indices("train"), seed)
-    save_as_vae(model, out, {k: manifest[k] for k in ("dataset", "training", "command", "metrics")}, moments)
-    for name in ("judge.json", "judge.safetensors"):
-        if (bundle / name).exists():
-            shutil.copyfile(bundle / name, out / name)
-
-
-def reexport_backbone(out: Path, method: str, bundle: Path) -> bool:
-    """Export OUT's trained ``bigan``/``gaia`` again where its vae.json predates ``EXPORT_FORMAT`` (no retraining).
-    -> exported now?"""
-    vae = json.loads((out / "vae.json").read_text())
-    if vae.get("export", {}).get("format") == EXPORT_FORMAT:
-        return False
-    model, manifest = (load_bigan if method == "bigan" else load_gaia)(out)
-    data = load_dataset(vae["dataset"]["name"], **vae["dataset"]["params"])
-    export_backbone(
-        model.eval(), out, bundle, {**manifest, "dataset": vae["dataset"]}, data, manifest["training"]["seed"]
-    )
-    log.info("re-exported %s as a bundle (export format %d)", out, EXPORT_FORMAT)
-    return True
 
 
 def fit_latent_model(cfg: TrainBaselineConfig, attrs: list[str], kind: LabelKind) -> tuple[torch.nn.Module, dict, dict]:
