@@ -169,6 +169,9 @@ def summarise(dataset: str, method: str, seed: int, r: dict, extra: dict) -> dic
         "frechet_real": r["frechet_real_test_vs_train"]["fd"],
         "precision": r["precision_recall"]["precision"],
         "recall": r["precision_recall"]["recall"],
+        # the judge on the backbone's reconstructions of real test images: what its encoder and decoder keep
+        "reconstruction_accuracy": r.get("reconstruction_mean_accuracy"),
+        "reconstruction_recall": {a: v["reconstruction"]["recall"] for a, v in r["per_attribute"].items()},
         **extra,
     }
 

@@ -143,6 +143,8 @@ def test_the_baselines_bench_measures_the_gan_systems_and_renders_their_section(
     # the GAIA row is the LC actor on GAIA's own bundle, its cost the GAN's and the label set's together
     assert (tmp_path / "gaia-lc-category-s0" / "labelsets" / "category" / "mapper.json").exists()
     assert got["gaia-lc"]["train_cpu_s"] > got["gaia-lc"]["gan_cpu_s"] > 0
+    # what GAIA's encoder and decoder keep, per class, beside the VAE's (read from the shipped actor's row)
+    assert len(got["gaia-lc"]["reconstruction_recall"]) == 10 and 0 <= got["gaia-lc"]["reconstruction_accuracy"] <= 1
     # a bench stopped midway resumes: the same configuration is not trained again, a changed one is
     from bench.gan_parts import train_sampler_part
 
@@ -161,7 +163,7 @@ def test_the_baselines_bench_measures_the_gan_systems_and_renders_their_section(
         "profile_settings": prof,
         "skipped": [],
         "label_set": "category",
-        "quality_raw": rows,
+        "quality_raw": rows + [{**got["actor-l0"], "method": "actor"}],
         "quality": aggregate(rows),
         "new_label_set": None,
         "wall_minutes": 1.0,
@@ -170,6 +172,7 @@ def test_the_baselines_bench_measures_the_gan_systems_and_renders_their_section(
     }
     text = markdown({"datasets": {"fashion-mnist": entry}})
     assert "### GAN systems" in text and "**InfoGAN**" in text and "**GAIA**" in text and "| 10% | 64 |" in text
+    assert "| backbone | accuracy | tshirt_top |" in text and "| VAE |" in text and "| GAIA |" in text
 
 
 def test_a_stopped_gan_run_resumes_from_its_checkpoint_as_if_never_stopped(judged_bundle, tmp_path, monkeypatch):
