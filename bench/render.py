@@ -152,6 +152,26 @@ SYSTEMS = {
 }
 
 
+DIVERGED_D_ACC = 0.99  # the discriminator tells every pair apart: the generator gets no usable signal
+
+
+def diverged_at(r: dict) -> int | None:
+    """The step from which a GAN run's discriminator won outright (accuracy >= DIVERGED_D_ACC at every later point of
+    its curve, the second half of training included), else None: such a row is reported as diverged."""
+    c = [p for p in r.get("curve") or [] if "d_acc" in p]
+    if not c or min(p["d_acc"] for p in c[len(c) // 2 :]) < DIVERGED_D_ACC:
+        return None
+    start = len(c)
+    while start and c[start - 1]["d_acc"] >= DIVERGED_D_ACC:
+        start -= 1
+    return c[start]["step"]
+
+
+def _diverged(raw: list[dict], method: str) -> str:
+    """ "seed S from step N, ..." for a method's diverged seeds, else ""."""
+    return ", ".join(f"seed {r['seed']} from step {n}" for r in raw if r["method"] == method and (n := diverged_at(r)))
+
+
 def _reconstruction_table(raw: list[dict], f: Callable[..., str]) -> list[str]:
     """Per attribute, the judge's recall on each backbone's reconstructions of real test images (seed 0): what an LC
     actor on that backbone can draw at best. The VAE's is read from the ``actor`` row (scored on the shipped bundle)."""
@@ -206,6 +226,14 @@ def _gan_section(d: dict, f: Callable[..., str]) -> list[str]:
         if method not in agg:
             continue
         r = agg[method]
+        if bad := _diverged(d["quality_raw"], method):
+            lines += [
+                text + f" Its run diverged ({bad}: the discriminator's accuracy stayed >= {DIVERGED_D_ACC} to the "
+                "end, so the generator had no usable signal); the row is reported for the record, not as what the "
+                "system can do here.",
+                "",
+            ]
+            continue
         versus = (
             f" Against the LC actor on the VAE (`{lc['method']}`): accuracy {f(r['accuracy'])} vs {f(lc['accuracy'])}, "
             f"FD {f(r['frechet'], 2)} vs {f(lc['frechet'], 2)}, training {f(r['train_cpu_s'], 0)} CPU-s vs "
@@ -274,8 +302,10 @@ def markdown(result: dict) -> str:
         ]
         for r in d["quality"]:
             pm = lambda k, p=3, r=r: f(r[k], p) + (f" ± {f(r[k + '_spread'], p)}" if r.get(k + "_spread") else "")  # noqa: E731
+            bad = _diverged(d["quality_raw"], r["method"])
             lines.append(
-                f"| {r['method']} | {pm('accuracy')} | {pm('accuracy_over_ceiling')} | {pm('exact_match')} | "
+                f"| {r['method']}{f' (diverged: {bad})' if bad else ''} | {pm('accuracy')} | "
+                f"{pm('accuracy_over_ceiling')} | {pm('exact_match')} | "
                 f"{pm('exact_match_3attr')} | {pm('frechet', 2)} | {pm('precision')} | {pm('recall')} | "
                 f"{f(r['train_cpu_s'], 0) if r['train_cpu_s'] is not None else '–'} | "
                 f"{r['params_stored'] if r['params_stored'] is not None else '–'} |"

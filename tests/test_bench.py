@@ -319,3 +319,45 @@ def test_quality_trains_the_gan_systems_on_their_own_seed_count(tmp_path, monkey
         ("triplegan", 1),
     ]
     assert ("actor", 1) in rows and len(rows) == len(trained) + 2
+
+
+def test_a_gan_whose_discriminator_won_outright_is_reported_as_diverged():
+    from bench.render import diverged_at, markdown
+
+    def curve(accs):
+        return [{"step": 100 * (i + 1), "d_acc": a} for i, a in enumerate(accs)]
+
+    won = curve([0.7, 0.9, 0.995, 1.0, 1.0, 1.0])
+    assert diverged_at({"curve": won}) == 300
+    assert diverged_at({"curve": curve([0.7, 1.0, 1.0, 0.9, 0.8, 0.85])}) is None  # recovered: a game, not a rout
+    assert diverged_at({"curve": [{"step": 1, "convergence": 0.1}]}) is None  # GAIA reports BEGAN's measure
+    base = {
+        "dataset": "avatars",
+        "seed": 0,
+        "trained_here": True,
+        "train_cpu_s": 1.0,
+        "params_stored": 1,
+        "frechet_real": 1.0,
+    }
+    scores = {k: 0.5 for k in ("accuracy", "accuracy_over_ceiling", "exact_match", "frechet", "precision", "recall")}
+    raw = [
+        {**base, **scores, "method": "bigan-lc", "steps": 600, "curve": won, "exact_match_3attr": None},
+        {**base, **scores, "method": "actor-l0", "exact_match_3attr": None},
+    ]
+    from bench.protocol import aggregate
+
+    entry = {
+        "commands": ["test"],
+        "profile": "smoke",
+        "profile_settings": {},
+        "skipped": [],
+        "label_set": "faces",
+        "quality_raw": raw,
+        "quality": aggregate(raw),
+        "new_label_set": None,
+        "wall_minutes": 1.0,
+        "machine": "test",
+    }
+    text = markdown({"datasets": {"avatars": entry}})
+    assert "| bigan-lc (diverged: seed 0 from step 300) | 0.500 |" in text and "| actor-l0 | 0.500 |" in text
+    assert "Its run diverged (seed 0 from step 300" in text and "Against the LC actor" not in text
