@@ -151,6 +151,8 @@ def main() -> None:
         _measure(name, bundle, spec, prof, work, parts, entry, out)
         entry["wall_minutes"] += (time.time() - started) / 60
         entry["commands"].append(command)
+        # merged into the file as it is now: a run on another dataset may have written it meanwhile
+        result = json.loads(path.read_text()) if path.exists() else {"datasets": {}}
         result["datasets"][name] = entry
         path.write_text(json.dumps(result, indent=2) + "\n")
         (out / "baselines.md").write_text(markdown(result) + "\n")

@@ -361,3 +361,38 @@ def test_a_gan_whose_discriminator_won_outright_is_reported_as_diverged():
     text = markdown({"datasets": {"avatars": entry}})
     assert "| bigan-lc (diverged: seed 0 from step 300) | 0.500 |" in text and "| actor-l0 | 0.500 |" in text
     assert "Its run diverged (seed 0 from step 300" in text and "Against the LC actor" not in text
+
+
+def test_baselines_runs_on_two_datasets_at_once_keep_each_others_results(tmp_path, monkeypatch):
+    """Each run writes its dataset into the file as it is when it finishes, not as it was when it started."""
+    import bench.baselines as bb
+
+    out = tmp_path / "docs"
+    out.mkdir()
+    old = {
+        "commands": [],
+        "profile": "smoke",
+        "quality_raw": [],
+        "quality": [],
+        "new_label_set": None,
+        "wall_minutes": 0,
+    }
+    (out / "baselines.json").write_text(json.dumps({"datasets": {"fashion-mnist": old, "avatars": old}}))
+
+    def measure(name, bundle, spec, prof, work, parts, entry, out_dir):
+        # meanwhile, another run finished the other dataset
+        doc = json.loads((out / "baselines.json").read_text())
+        doc["datasets"]["avatars"] = {**old, "commands": ["the other run"]}
+        (out / "baselines.json").write_text(json.dumps(doc))
+        entry["quality"] = [{"method": "measured"}]
+
+    monkeypatch.setattr(bb, "_measure", measure)
+    monkeypatch.setattr(bb, "markdown", lambda result: "md")
+    monkeypatch.setattr(bb, "bundle_dir", lambda name: tmp_path)
+    (tmp_path / "latents.safetensors").write_bytes(b"")
+    argv = ["bench.baselines", "--datasets", "fashion-mnist", "--profile", "smoke", "--only", "prior"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(out), "--work", str(tmp_path / "work")])
+    bb.main()
+    doc = json.loads((out / "baselines.json").read_text())
+    assert doc["datasets"]["avatars"]["commands"] == ["the other run"]
+    assert doc["datasets"]["fashion-mnist"]["quality"] == [{"method": "measured"}]
