@@ -41,9 +41,13 @@ wait_ready() {  # URL SECONDS [CONTAINER: its log's tail when not ready]
   return 1
 }
 put_labelset() {  # URL NAME MANIFEST: register a version of the shipped faces weights; prints the version id
-  curl -sf -H "Authorization: Bearer $TOKEN" -X PUT -F manifest=@"$3" \
-    -F weights=@service/bundles/avatars/labelsets/faces/mapper.safetensors "$1/labelsets/$2" \
-    | python3 -c "import json, sys; print(json.load(sys.stdin)['version'])"
+  local out code
+  out=$(curl -s -w '\n%{http_code}' -H "Authorization: Bearer $TOKEN" -X PUT -F manifest=@"$3" \
+    -F weights=@service/bundles/avatars/labelsets/faces/mapper.safetensors "$1/labelsets/$2")
+  code=${out##*$'\n'}
+  # a refusal says what it was (stderr: stdout is the version id)
+  [ "$code" = 201 ] || { echo "PUT $1/labelsets/$2 answered $code: ${out%$'\n'*}" >&2; return 1; }
+  printf '%s' "${out%$'\n'*}" | python3 -c "import json, sys; print(json.load(sys.stdin)['version'])"
 }
 wait_version() {  # VERSION T0_NS NAME=URL...: ms from T0 until each replica's /labelsets serves VERSION; fail after 10 s
   local v=$1 t0=$2 r p rc=0 pids=(); shift 2
@@ -148,8 +152,13 @@ t0=$(date +%s%N)
 v1=$(put_labelset "${A#*=}" faces-ci service/bundles/avatars/labelsets/faces/mapper.json)
 echo "registered faces-ci $v1 on lcs-a: the PUT answered after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
 wait_version "$v1" "$t0" "$A" "$B" "$C"
-for r in "$B" "$C"; do
-  curl -sf -o /tmp/lcs-ci-cluster.png "${r#*=}/sample?labelset=faces-ci&attrs=smiling"
+for r in "$B" "$C"; do  # a refusal says what it was, and the replica's log says why
+  code=$(curl -s -o /tmp/lcs-ci-cluster.png -w '%{http_code}' "${r#*=}/sample?labelset=faces-ci&attrs=smiling")
+  if [ "$code" != 200 ]; then
+    echo "${r%%=*} answered $code: $(head -c 600 /tmp/lcs-ci-cluster.png)"
+    podman logs --tail 40 "lcsci_${r%%=*}_1"
+    exit 1
+  fi
   python3 -c "from PIL import Image; assert Image.open('/tmp/lcs-ci-cluster.png').format == 'PNG'"
 done
 # a replacement is another version: the same weights under another manifest name (versions are content hashes)

@@ -232,3 +232,21 @@ def test_sweep_removes_staging_untouched_for_long_and_keeps_live_writers(tmp_pat
     os.utime(live, (old, old))  # the directory is old but a file in it was just written: a writer at work
     assert reg.sweep() == 1
     assert not dead.exists() and live.exists()
+
+
+def test_sweep_waits_for_a_live_pointer_write_and_removes_a_dead_ones_temp(tmp_path):
+    """Replicas sharing DATA: one's sweep must not delete the temp file another is about to rename over
+    current.json (the rename then fails and that replica's start-up with it)."""
+    import threading
+
+    reg = Registry(tmp_path / "data")
+    publish(reg, "s", make_artifact(tmp_path / "a"))
+    tmp = reg.root / "s" / ".current.json.live.tmp"
+    with reg._writing():  # a writer between writing its temp file and renaming it
+        tmp.write_text("{}")
+        sweeper = threading.Thread(target=reg.sweep)
+        sweeper.start()
+        sweeper.join(0.5)
+        assert sweeper.is_alive() and tmp.exists()
+    sweeper.join(10)
+    assert not sweeper.is_alive() and not tmp.exists()  # once no writer holds the lock, a temp is a dead one's

@@ -122,9 +122,13 @@ class Registry(RegistryBase):
             if p.name.startswith("deleted-") or now - last_touched(p) > self.stale_s:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
                 n += 1
-        for p in self.root.glob("*/.current.json.*.tmp"):  # a pointer write cut short
-            p.unlink(missing_ok=True)
-            n += 1
+        # a pointer write cut short. Pointers are written under the writers' flock, so while the sweep holds it a
+        # temp file is a dead writer's: without it, a replica starting beside one that was seeding deleted that
+        # replica's temp before its rename, and that replica's start-up failed (seen in CI's two-replica check)
+        with self._writing():
+            for p in self.root.glob("*/.current.json.*.tmp"):
+                p.unlink(missing_ok=True)
+                n += 1
         return n
 
     def _seeded(self) -> bool:
