@@ -316,10 +316,10 @@ def write_md(path: Path, lines: list[str]) -> None:
 
 
 def uvicorn_impl() -> str:
-    """The HTTP stacks under test: ``lcs serve`` pins h11 and runs on uvloop where installed (service.app.serve);
-    LitServe takes uvicorn's "auto", i.e. uvloop and httptools when installed (the bench extra brings them)."""
+    """The HTTP stacks under test: ``lcs serve`` runs httptools (bounded, service.http_protocol) on uvloop where
+    installed (service.app.serve); LitServe takes uvicorn's "auto", i.e. uvloop and httptools when installed."""
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    return f"ours h11 + {loop}, LitServe {'httptools' if importlib.util.find_spec('httptools') else 'h11'} + {loop}"
+    return f"ours httptools + {loop}, LitServe {'httptools' if importlib.util.find_spec('httptools') else 'h11'} + {loop}"
 
 
 def ints(text: str) -> list[int]:

@@ -367,6 +367,7 @@ def add_serve(sub) -> None:
             "poll_interval_s": "registry sync period in seconds",
             "job_workers": "training jobs at once",
             "job_threads": "torch threads per training job",
+            "access_log": "log a line per request (uvicorn's access log)",
             **DEVICE_HELP,
         },
         skip=("seed_bundle_labelsets",),
