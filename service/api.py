@@ -11,9 +11,10 @@ from typing import Literal
 
 import numpy as np
 import torch
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, Field
 
 from conditioning import edits, modes, query
 from conditioning.images import grid, png_bytes, to_uint8
@@ -25,7 +26,9 @@ from service.request_meaning import (
     Attrs,
     default_mode,
     energy_plan,
+    openapi_query,
     pick_labelset,
+    query_params,
     query_plan,
     served_realism,
     spec_error,
@@ -79,6 +82,27 @@ def _pngs_base64(images: np.ndarray) -> list[str]:
 BODY_ENCODERS = {"png": _png, "json": _pngs_base64}
 
 
+class SampleQuery(BaseModel):
+    """/sample's query parameters (``request_meaning.query_params`` validates them, the OpenAPI document lists them)."""
+
+    attrs: str | None = Field(None, description="comma-separated attributes, '-' negates: smiling,-eyeglasses")
+    q: str | None = Field(
+        None,
+        max_length=query.MAX_QUERY_CHARS,
+        json_schema_extra=QUERY_PATTERN,
+        description="a query over every served label set, e.g. smiling and (eyeglasses or wearing_hat) and not bald "
+        "(terms: attr, labelset.attr, rule:NAME; not > and > or); answered by the energy sampler",
+    )
+    labelset: str | None = Field(
+        None, description="inferred when the attributes name exactly one label set; with q=, where bare names go first"
+    )
+    n: int = Field(1, ge=1, description="images (a grid when > 1); at most the server's max_n")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="same seed, same bytes")
+    mode: modes.Mode | None = Field(None, description="default: actor (energy for q= and classifier label sets)")
+    format: Literal["png", "json"] = "png"
+    allow_unseen: bool = Field(False, description="allow attribute combinations the data never shows")
+
+
 @router.get(
     "/sample",
     summary="Conditional (or realism-mapped) samples as PNG or JSON",
@@ -86,26 +110,11 @@ BODY_ENCODERS = {"png": _png, "json": _pngs_base64}
         200: {"content": PNG, "description": "a PNG (a grid when n > 1), or with format=json the images and labels"},
         **documented(404, 422, 429, 503, 504),
     },
+    openapi_extra=openapi_query(SampleQuery),
 )
-async def sample(
-    request: Request,
-    attrs: str | None = Query(None, description="comma-separated attributes, '-' negates: smiling,-eyeglasses"),
-    q: str | None = Query(
-        None,
-        max_length=query.MAX_QUERY_CHARS,
-        json_schema_extra=QUERY_PATTERN,
-        description="a query over every served label set, e.g. smiling and (eyeglasses or wearing_hat) and not bald "
-        "(terms: attr, labelset.attr, rule:NAME; not > and > or); answered by the energy sampler",
-    ),
-    labelset: str | None = Query(
-        None, description="inferred when the attributes name exactly one label set; with q=, where bare names go first"
-    ),
-    n: int = Query(1, ge=1, description="images (a grid when > 1); at most the server's max_n"),
-    seed: int | None = Query(None, ge=0, le=2**63 - 1, description="same seed, same bytes"),
-    mode: modes.Mode | None = Query(None, description="default: actor (energy for q= and classifier label sets)"),
-    format: Literal["png", "json"] = "png",
-    allow_unseen: bool = Query(False, description="allow attribute combinations the data never shows"),
-):
+async def sample(request: Request):
+    p = query_params(request, SampleQuery)
+    attrs, q, labelset, n, seed, mode = p.attrs, p.q, p.labelset, p.n, p.seed, p.mode
     st = state(request)
     if n > st.cfg.max_n:
         raise ApiError(422, "n_out_of_range", f"n must be between 1 and {st.cfg.max_n}", {"max": st.cfg.max_n})
@@ -129,12 +138,13 @@ async def sample(
             plan = energy_plan(st, ls)
     seed = secrets.randbits(63) if seed is None else seed
     spec = spec_for(ls, asked) if ls is not None else {}
+    generator = torch.Generator().manual_seed(seed)
     try:
-        z, y, mask = modes.draw(ls, spec, n, st.backbone.latent_dim, torch.Generator().manual_seed(seed), allow_unseen)
+        z, y, mask = modes.draw(ls, spec, n, st.backbone.latent_dim, generator, p.allow_unseen)
     except SpecError as e:
         raise spec_error(e, ls) from None
     result = await st.batcher.sample(
-        SampleWork(ls, mode, z, y, mask, plan, st.cfg.candidates, BODY_ENCODERS[format]),
+        SampleWork(ls, mode, z, y, mask, plan, st.cfg.candidates, BODY_ENCODERS[p.format]),
         st.cfg.request_timeout_s,
         st.cfg.max_queue_wait_s,
         request.receive,
@@ -150,7 +160,7 @@ async def sample(
     h = headers(st, ls, mode, seed=seed, batch_samples=result.batch_samples, converged=f"{sum(converged)}/{n}")
     if q is not None:
         h["X-LCS-Query"] = plan.text
-    if format == "json":
+    if p.format == "json":
         pngs = result.encoded
         body = {
             "labelset": ls and ls.name,

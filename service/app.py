@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib.util
 import logging
 import os
@@ -30,14 +31,16 @@ from service.batcher import Batcher
 from service.config import ServerConfig
 from service.domain import Kind
 from service.hotswap import LiveLabelSets
+from service.http_protocol import BoundedHttpToolsProtocol
 from service.jobs import JobManager
 from service.metrics import Metrics
 from service.registry import RegistryError, open_registry
+from service.request_meaning import refuse_repeated
 
 log = logging.getLogger("lcs.service")
 SWEEP_EVERY_S = 30.0
 MAX_QUERY_BYTES = 8 << 10
-H11_MAX_EVENT_BYTES = 1 << 20
+GC_GEN0_THRESHOLD = 10_000  # allocations between young-generation collections (Python's default: 700)
 
 
 class State:
@@ -75,6 +78,7 @@ async def _start(app: FastAPI, st: State) -> None:
         await _first_sync(st)
         st.pending.pop("registry")
         await asyncio.to_thread(_warmup, st)
+        _settle_gc()
         st.pending.pop("warmup")
         st.batcher = Batcher(st.backbone, st.metrics, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue, cfg.model_workers)
         st.batcher.start()
@@ -131,6 +135,16 @@ def _warmup(st: State) -> None:
         modes.actor(ls, z[:2], y, y.bool())
 
 
+def _settle_gc() -> None:
+    """Move what start-up made (torch, the models, the framework: ~10^5 objects) out of the garbage collector's view,
+    and collect the youngest generation less often: each collection of the old generations walked all of it, and
+    collections took 5-8% of a worker's throughput at n = 1, 32 connections (py-spy; A/B, issue 28). What start-up
+    made stays alive for the process anyway; what comes later (label-set versions, requests) is collected as ever."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+
+
 async def _poll(st: State) -> None:
     """Pick up other replicas' registry writes (and deletes) at once on a change notice, else within a poll period.
     While the store is unreachable the loaded label sets keep serving and /readyz reports it under ``degraded``."""
@@ -178,23 +192,18 @@ async def _sweep(st: State) -> None:
 
 
 async def single_valued_query(request: Request) -> None:
-    """Every query parameter a route declares takes one value: ``seed=1&seed=2`` is a 422, not whichever value the
-    framework keeps (routes that declare query parameters document their 422). Async: FastAPI runs a plain
-    function in its thread pool, a hop per request that cost the event loop 6% of its time (py-spy, issue 28)."""
+    """Every query parameter a route declares takes one value (routes that declare query parameters document their
+    422; /sample checks its own in ``request_meaning.query_params``). Async: FastAPI runs a plain function in its
+    thread pool, a hop per request that cost the event loop 6% of its time (py-spy, issue 28)."""
     route = request.scope.get("route")
-    declared = {p.alias for p in route.dependant.query_params} if hasattr(route, "dependant") else set()
-    keys = [k for k, _ in request.query_params.multi_items() if k in declared]
-    repeated = sorted({k for k in keys if keys.count(k) > 1})
-    if repeated:
-        raise errors.ApiError(
-            422, "repeated_parameter", f"{', '.join(repeated)} given more than once", {"parameters": repeated}
-        )
+    if hasattr(route, "dependant") and route.dependant.query_params:
+        refuse_repeated(request, {p.alias for p in route.dependant.query_params})
 
 
 class BodyLimit:
     """Refuse request bodies over the route's limit with 413, by Content-Length or while streaming, and query strings
-    over MAX_QUERY_BYTES with 414 (uvicorn hands the app request lines up to H11_MAX_EVENT_BYTES, so these get the
-    envelope; beyond that uvicorn's own plain 400 protects the process)."""
+    over MAX_QUERY_BYTES with 414 (the HTTP protocol hands the app request heads up to
+    ``http_protocol.MAX_HEAD_BYTES`` and refuses longer ones itself)."""
 
     def __init__(self, app, cfg: ServerConfig):
         self.app, self.cfg = app, cfg
@@ -290,6 +299,8 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
         description="Conditional samples and identity-preserving edits from a frozen VAE with latent constraints "
         "(Engel, Hoffman, Roberts, ICLR 2018). Label sets are hot-registered without a restart.",
         dependencies=[Depends(single_valued_query)],
+        # FastAPI's own OpenTelemetry hooks off: /metrics is Prometheus's, and the check ran on every request
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.lcs = st
     app.state.admin_token = admin_token(cfg.data_dir)
@@ -343,14 +354,13 @@ def serve(cfg: ServerConfig) -> None:
         "host": cfg.host,
         "port": cfg.port,
         "log_level": "info",
+        "access_log": cfg.access_log,
         "timeout_graceful_shutdown": 10,
-        # one HTTP stack, whatever else is installed (uvicorn picks httptools when present): the limits below are
-        # h11's (httptools bounds no request line), and the tests run on what production runs. The loop is uvloop
-        # (a dependency; asyncio where it has no wheel, Windows): 5% less server CPU a request at n = 1, 32
-        # connections (bench.serve, issue 28)
-        "http": "h11",
+        # one HTTP stack, whatever else is installed: httptools with a bound on the request head (service.http_protocol)
+        # on uvloop (a dependency; asyncio where it has no wheel, Windows), so the tests run on what production runs.
+        # Against h11 + asyncio: 5% (uvloop) and 7-9% (httptools) more requests/s at n = 1, 32 connections (issue 28)
+        "http": BoundedHttpToolsProtocol,
         "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        "h11_max_incomplete_event_size": H11_MAX_EVENT_BYTES,
     }
     if cfg.workers > 1:
         from service.workers import serve_workers

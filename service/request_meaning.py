@@ -1,9 +1,16 @@
-"""What a request means before any model work: its ``attrs=`` (split once), the label set it names or implies, the
-spec, the mode and the energy plan. Every failure is an ApiError with a machine code, so routes stay thin."""
+"""What a request means before any model work: its query parameters, its ``attrs=`` (split once), the label set it
+names or implies, the spec, the mode and the energy plan. Every failure is an ApiError with a machine code (or
+FastAPI's validation error, which becomes the envelope too), so routes stay thin."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
+from typing import TypeVar
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 
 from conditioning import energy
 from conditioning.celeba import celeba_hint
@@ -12,6 +19,42 @@ from conditioning.specs import SpecError, canonical_spec, split_spec
 from models.latent_table import REALISM
 from service.errors import ApiError
 from service.registry import check_name
+
+Params = TypeVar("Params", bound=BaseModel)
+
+
+def refuse_repeated(request: Request, names: Collection[str]) -> None:
+    """Each of ``names`` takes one value: ``seed=1&seed=2`` is a 422, not whichever value the framework keeps."""
+    keys = [k for k, _ in request.query_params.multi_items() if k in names]
+    if len(keys) != len(set(keys)):
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        raise ApiError(
+            422, "repeated_parameter", f"{', '.join(repeated)} given more than once", {"parameters": repeated}
+        )
+
+
+def query_params(request: Request, model: type[Params]) -> Params:
+    """A hot route's query parameters as one model, validated in one pydantic pass; FastAPI's solving of declared
+    parameters took ~60 us of a /sample request's ~1.2 ms of CPU (8 parameters; py-spy, issue 28). Errors are
+    FastAPI's own validation error (``loc`` ``["query", name]``), so clients see the same envelope."""
+    refuse_repeated(request, model.model_fields)
+    try:
+        return model.model_validate({k: v for k, v in request.query_params.items() if k in model.model_fields})
+    except ValidationError as e:
+        errors = [{**err, "loc": ("query", *err["loc"])} for err in e.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
+def openapi_query(model: type[BaseModel]) -> dict:
+    """``openapi_extra`` documenting ``model``'s fields as query parameters, as FastAPI documents declared ones."""
+    schema = model.model_json_schema()
+    parameters = []
+    for name, prop in schema["properties"].items():
+        parameters.append(
+            {"name": name, "in": "query", "required": name in schema.get("required", ()), "schema": prop}
+            | ({"description": prop["description"]} if "description" in prop else {})
+        )
+    return {"parameters": parameters}
 
 
 class Attrs:

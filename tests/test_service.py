@@ -362,6 +362,25 @@ def test_admin_routes_answer_401_before_reading_the_body(srv):
         assert answer.startswith(b"HTTP/1.1 401"), answer[:300]
 
 
+def test_lcs_serve_bounds_the_request_head(srv):
+    """One header streamed without end: `lcs serve` runs the bounded protocol (tests/test_http_protocol.py)."""
+    import socket
+
+    from service.http_protocol import MAX_HEAD_BYTES
+
+    host, port = srv.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+            for _ in range(4 * MAX_HEAD_BYTES // 8192):
+                sock.sendall(b"h" * 8192)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:300]
+    assert b'"header_fields_too_large"' in answer
+
+
 def test_a_zip_bomb_job_is_refused_before_anything_inflates(srv):
     """One 64 MB member of zeros (64 KB deflated): refused by its declared size, 413, no job created."""
     zbuf = io.BytesIO()
