@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conditioning import backbone
 from conditioning.backbone import Backbone
 from conditioning.images import to_uint8
 from conditioning.modes import PAD_ROWS, pad
@@ -151,6 +152,24 @@ def test_a_rows_bytes_do_not_depend_on_its_batch(service_bundle, which, precisio
     finally:
         torch.set_num_threads(before)
     assert len(pad(z[:3])) == PAD_ROWS and len(pad(z)) == 70 and len(pad(z[:1], 2)) == 2
+
+
+@pytest.mark.parametrize("which", ["tiny", "avatars"])
+def test_the_bf16_engine_runs_a_bf16_copy_with_autocasts_bytes(service_bundle, which):
+    """The bf16 engine decodes and encodes with weights cast once (not by autocast on every call): the same bytes as
+    autocast on the stored weights, which stay as stored (the decoder's fingerprint)."""
+    before = torch.get_num_threads()
+    try:
+        bb = Backbone(service_bundle if which == "tiny" else SHIPPED_AVATARS, "cpu", 1, "bf16")
+        assert next(bb.net.parameters()).dtype == torch.bfloat16 and next(bb.vae.parameters()).dtype == torch.float32
+        z = torch.randn(20, bb.latent_dim, generator=torch.Generator().manual_seed(5))
+        images = bb.decode(z)
+        assert torch.equal(images, backbone.decode(bb.vae, z, bb.device, precision="bf16", rows=bb.decode_rows))
+        uint8 = torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2)  # N x C x H x W, as the routes give it
+        assert torch.equal(bb.encode(uint8), backbone.encode(bb.vae, uint8, bb.device, precision="bf16")[0])
+        assert bb.live_decoder_fingerprint() == bb.decoder_fingerprint
+    finally:
+        torch.set_num_threads(before)
 
 
 class CountingBackbone(SlowBackbone):
