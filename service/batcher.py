@@ -1,11 +1,16 @@
 """Asyncio dynamic batcher: concurrent /sample requests share one decoder forward.
 
-Requests wait at most ``max_wait_ms`` for company (default none: what queues while a batch runs is the next batch),
-up to ``max_batch`` samples. Each batch runs on a model thread (so the event loop never blocks): every (label set,
-mode) group goes through its mapper on its own sub-batch, then the whole batch goes through the decoder once. With
-``workers`` model threads, that many batches run at once, each on its own core when the torch threads are 1 (an op
-then runs on the calling thread, so a row's bytes are the same on any worker). Why: with one model thread and one
-torch thread, a 2-core box left most of its second core idle under load (py-spy: the event loop used ~35% of it).
+A free model thread takes what is queued, up to ``max_batch`` samples; it waits up to ``max_wait_ms`` for more only
+while fewer are queued than were in flight since it last took a batch (the clients just answered are expected back),
+so a lone client never waits. Why: at 32 keep-alive connections on two workers the queue otherwise settled into two
+halves taking turns (8.8 samples a batch, the model at its batch-8 cost); waiting for the rest made batches of 15.7
+and cut the CPU per request by a fifth (issue 28).
+
+Each batch runs on a model thread (so the event loop never blocks): every (label set, mode) group goes through its
+mapper on its own sub-batch, then the whole batch goes through the decoder once. With ``workers`` model threads,
+that many batches run at once, each on its own core when the torch threads are 1 (an op then runs on the calling
+thread, so a row's bytes are the same on any worker). Why: with one model thread and one torch thread, a 2-core box
+left most of its second core idle under load (py-spy: the event loop used ~35% of it).
 
 Overload is answered at admission, fast: a request gets 429 with Retry-After when its estimated wait
 (the samples ahead of it and its own, at the throughput the model thread has measured) exceeds the
@@ -100,6 +105,9 @@ class Batcher:
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="lcs-model")
         self.items: collections.deque[SampleWork] = collections.deque()
         self.waiting = 0
+        self.in_flight = 0  # samples admitted and not yet answered
+        self.peak = 0  # the most in flight since the last batch was taken
+        self.expected = 0  # ... and before that: what the next batch waits for
         self.runs: dict[int, tuple[int, float]] = {}  # batches on the model threads: samples and since when
         self.sec_per_sample = INITIAL_SEC_PER_SAMPLE
         self._wakeup = asyncio.Event()
@@ -171,6 +179,8 @@ class Batcher:
         would outlast ``timeout`` is refused anyway: 429 now beats 504 later). ``receive``, the request's ASGI
         receive channel, tells when the client leaves: its work is dropped rather than drawn for nobody."""
         self._admit(work.units, timeout if max_queue_wait_s is None else min(max_queue_wait_s, timeout))
+        self.in_flight += work.units
+        self.peak = max(self.peak, self.in_flight)
         loop = asyncio.get_running_loop()
         work.deadline, work.future, work.queued = time.monotonic() + timeout, loop.create_future(), True
         self.items.append(work)
@@ -195,6 +205,7 @@ class Batcher:
                 gone.cancel()
             work.future.cancel()  # no-op once answered; else the model loop must not answer nobody
             self._unqueue(work)
+            self.in_flight -= work.units
 
     async def call(self, fn, *args, timeout: float):
         """Other model work (edits) on the same model threads, with the same deadline rule."""
@@ -236,14 +247,16 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             await self._slots.acquire()  # a free model thread; what queues meanwhile joins this batch
-            first_seen = time.monotonic()
-            while self.waiting < self.max_batch and (left := self.max_wait - (time.monotonic() - first_seen)) > 0:
+            first_seen, running = time.monotonic(), sum(k for k, _ in self.runs.values())
+            target = min(self.max_batch, self.expected - running)
+            while self.waiting < target and (left := self.max_wait - (time.monotonic() - first_seen)) > 0:
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), left)
                 except TimeoutError:
                     break
             batch = self._take()
+            self.expected, self.peak = self.peak, self.in_flight
             if not batch:
                 self._slots.release()
                 continue

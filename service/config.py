@@ -34,10 +34,11 @@ class ServerConfig:
     # process is bound by its interpreter, 1.25 of 2 cores busy at 32 connections (issue 28). Default 1: each worker
     # holds its own model, and a box with more memory than cores to spare is the caller's call
     workers: int = 1
-    # how long the batcher waits to fill a batch. 0: an idle model thread takes what is queued at once (requests
-    # that arrive while it works form the next batch): one user p50 44 -> 37 ms, 32 connections 64 -> 79 req/s
-    # against 5 ms on 2 AMD EPYC cores (issue 28)
-    max_wait_ms: float = 0.0
+    # the longest a free model thread waits for the requests it expects (as many as were in flight since its last
+    # batch; service.batcher): a lone client never waits. 0: take what is queued at once. A fixed 5 ms wait cost one
+    # user 44 -> 37 ms p50 on 2 AMD EPYC cores (issue 28); waiting only for expected requests, 32 connections on two
+    # workers got batches of 15.7 samples instead of 8.8
+    max_wait_ms: float = 2.0
     max_queue: int = 1024  # samples waiting; beyond this requests get 429
     # estimated seconds a /sample request would wait in the queue before 429: a quick 429 with Retry-After lets a
     # client back off or go elsewhere, where a samples-only cap let admitted requests wait 9.7 s under load

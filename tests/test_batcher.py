@@ -91,6 +91,50 @@ def test_batches_respect_max_batch():
     assert sum(eng.decode_rows) == 18 and max(eng.decode_rows) <= 8
 
 
+def test_a_lone_client_never_waits_for_company():
+    """Nothing else in flight: a free model thread takes the one request at once, however long max_wait_ms is."""
+    eng = SlowBackbone()
+
+    async def go():
+        b = Batcher(eng, Metrics(), max_batch=64, max_wait_ms=2000)
+        b.start()
+        took = []
+        for i in range(3):
+            t0 = time.monotonic()
+            await b.sample(work(1, float(i)), 5)
+            took.append(time.monotonic() - t0)
+        await b.stop()
+        return took
+
+    took = run(go())
+    assert max(took) < 0.5, took  # a wait for company would take 2 s
+    assert eng.decode_rows == [1, 1, 1]
+
+
+def test_clients_just_answered_are_waited_for():
+    """Four clients in a loop, coming back 0-30 ms after their answers: each batch waits for all four (they were in
+    flight before), rather than taking whoever is back first and leaving the rest for the next batch."""
+    eng = SlowBackbone(delay=0.05)
+
+    async def client(b, i):
+        for r in range(3):
+            await b.sample(work(1, float(i)), 5)
+            await asyncio.sleep(0.01 * i)
+
+    async def go():
+        b = Batcher(eng, Metrics(), max_batch=64, max_wait_ms=500)
+        b.start()
+        t0 = time.monotonic()
+        await asyncio.gather(*[client(b, i) for i in range(4)])
+        took = time.monotonic() - t0
+        await b.stop()
+        return took
+
+    took = run(go())
+    assert eng.decode_rows == [4, 4, 4]
+    assert took < 1.0, took  # three batches of 50 ms and waits of ~30 ms, not the 500 ms cap
+
+
 def test_full_queue_gives_429_with_retry_after():
     async def go():
         b = Batcher(SlowBackbone(delay=0.3), Metrics(), max_batch=2, max_wait_ms=1, max_queue=4)
