@@ -10,7 +10,8 @@
    connections for --seconds; requests/s, images/s (= requests/s x n), p50/p99 latency, errors (status >= 400,
    and socket errors), and the server's CPU time per image (all its threads and processes; bare has it too).
 3. LitServe (bench/litserve_peer.py, when ``litserve`` is installed: pip install -e '.[bench]'): the same work
-   for n = 1 in its own subprocess, same threads, batches of up to 32 with --max-wait-ms as its batch timeout.
+   for n = 1 in its own subprocess, same threads, batches of up to 32, --peer-batch-timeout-ms as its batch timeout
+   (default LitServe's own, 0: it gained nothing from ours, a 2 ms cap, which it would wait out on every batch).
 4. R_serve = ours' images/s at the widest --connections / the best bare images/s, at n = 1 and at the largest n
    (target >= 0.8 at n = 16), against the engine and against the route's model work (the second is what serving
    adds); ours over LitServe at n = 1 at that load (target >= 1.5x the throughput at no worse p99).
@@ -216,7 +217,7 @@ def litserve(a: argparse.Namespace, log: Path) -> list[dict]:
     port = free_port()
     cmd = [sys.executable, "-m", "bench.litserve_peer", "--bundle", a.bundle, "--labelset", a.labelset]
     cmd += ["--device", a.device, "--precision", a.precision, "--threads", str(a.threads), "--port", str(port)]
-    cmd += ["--batch-timeout-ms", str(a.max_wait_ms), "--workers", str(a.model_workers)]
+    cmd += ["--batch-timeout-ms", str(a.peer_batch_timeout_ms), "--workers", str(a.model_workers)]
     base = f"http://127.0.0.1:{port}"
     body = json.dumps({"attrs": a.attrs})
     with running(cmd, base + "/health", log) as proc:
@@ -264,7 +265,8 @@ def table(result: dict) -> list[str]:
     s = result["summary"]
     lines = [
         f"`{result['command']}`: {result['date']}, {result['device']}, engine {result['engine']} (every server), "
-        f"load average {result['load_average']} at start, uvicorn {result['uvicorn']}, wrk one thread",
+        f"load average {result['load_average']} at start, uvicorn {result['uvicorn']}, wrk one thread, "
+        f"batch waits (ms): {result.get('max_wait_ms', '?')}",
         "",
         "| bare batch | engine images/s | ms/batch | CPU ms/image | route work images/s | ms/batch | CPU ms/image |",
         "|---:|---:|---:|---:|---:|---:|---:|",
@@ -319,7 +321,8 @@ def uvicorn_impl() -> str:
     """The HTTP stacks under test: ``lcs serve`` runs httptools (bounded, service.http_protocol) on uvloop where
     installed (service.app.serve); LitServe takes uvicorn's "auto", i.e. uvloop and httptools when installed."""
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    return f"ours httptools + {loop}, LitServe {'httptools' if importlib.util.find_spec('httptools') else 'h11'} + {loop}"
+    peer = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return f"ours httptools + {loop}, LitServe {peer} + {loop}"
 
 
 def ints(text: str) -> list[int]:
@@ -339,7 +342,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="per load point (whole s); bare: spread over sizes")
     p.add_argument("--connections", type=ints, default=[1, 8, 32], help="comma-separated; R_serve at the widest")
     p.add_argument("--n", type=ints, default=[1, 16], help="images per request for ours (LitServe: n = 1)")
-    p.add_argument("--max-wait-ms", type=float, default=ServerConfig.max_wait_ms, help="ours, and LitServe's timeout")
+    p.add_argument("--max-wait-ms", type=float, default=ServerConfig.max_wait_ms, help="ours (lcs serve's flag)")
+    p.add_argument("--peer-batch-timeout-ms", type=float, default=0.0, help="LitServe's batch timeout (its default)")
     p.add_argument(
         "--model-workers",
         type=int,
@@ -384,6 +388,7 @@ def main() -> None:
         "labelset": a.labelset,
         "attrs": a.attrs,
         "seconds": a.seconds,
+        "max_wait_ms": {"ours": a.max_wait_ms, "litserve_batch_timeout": a.peer_batch_timeout_ms},
         "bare": b,
         "http": http,
         "skipped": skipped,
