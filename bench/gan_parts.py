@@ -1,9 +1,10 @@
 """The baselines bench's GAN systems (issue 29): how each is trained and scored beside latent constraints.
 
 - ``triplegan`` and ``infogan`` are samplers on the served bundle, trained like the other image methods;
-- ``bigan-lc`` and ``gaia-lc`` are backbones: the GAN is trained, exported as a bundle (``lcs train-baseline``), its
-  latent table encoded, and an LC label set trained on it with the sampling recipe; the row is that actor, and the
-  GAN's own unconditional samples are scored beside it (``gan_prior``), so a row never hides an untrained GAN;
+- ``bigan-lc``, ``ali-lc`` and ``gaia-lc`` are backbones: the GAN is trained, exported as a bundle
+  (``lcs train-baseline``), its latent table encoded, and an LC label set trained on it with the sampling recipe;
+  the row is that actor, and the GAN's own unconditional samples are scored beside it (``gan_prior``), so a row
+  never hides an untrained GAN;
 - every GAN row carries its training curve (the discriminator's accuracy and the losses, from train_log.jsonl);
 - ``triplegan-labels``: Triple-GAN and an LC actor with the same 1%, 10% and 100% of the labels (label efficiency).
 """
@@ -14,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from bench.protocol import COMMAND, GAN_LR, LABEL_SHARES, LC_SAMPLING
+from bench.protocol import COMMAND, GAN_LR, GAN_LRS, LABEL_SHARES, LC_SAMPLING
 from training.encode import encode_dataset
 from training.export_backbone import reexport_backbone
 from training.train_baseline import (
@@ -65,7 +66,7 @@ def train_lc(bundle: Path, label_set: str, out: Path, steps: int, seed: int, tag
 def train_gan(
     name: str, method: str, bundle: Path, spec: dict, prof: dict, out: Path, seed: int = 0, labelled: int = 0
 ) -> tuple[bool, dict]:
-    """Train a GAN system on the quality label set at the GAN learning rate for the profile's ``gan_steps`` (once: see
+    """Train a GAN system on the quality label set at its GAN learning rate for the profile's ``gan_steps`` (once: see
     ``train_once``). -> (trained now?, its manifest)."""
     cfg = TrainBaselineConfig(
         bundle=str(bundle),
@@ -75,8 +76,8 @@ def train_gan(
         steps=prof["gan_steps"],
         seed=seed,
         batch_size=spec["batch"],
-        lr=GAN_LR,
-        lr_final=GAN_LR,
+        lr=GAN_LRS.get(method, GAN_LR),
+        lr_final=GAN_LRS.get(method, GAN_LR),
         device="cpu",
         out=str(out),
         resume=True,  # a row stopped midway (a session's end) continues from its checkpoint
@@ -99,8 +100,8 @@ def row_extras(man: dict, out: Path) -> dict:
 def train_backbone_part(
     name: str, method: str, bundle: Path, spec: dict, prof: dict, out: Path, seed: int, ev: Callable
 ) -> tuple[Path, dict]:
-    """Train ``bigan``/``gaia`` into OUT (a bundle), encode it, train the LC label set on it. -> (the bundle to score
-    the actor on, the row's extras: cost, curve, the GAN's own prior samples' scores)."""
+    """Train ``bigan``/``ali``/``gaia`` into OUT (a bundle), encode it, train the LC label set on it. -> (the bundle
+    to score the actor on, the row's extras: cost, curve, the GAN's own prior samples' scores)."""
     gan, ls = method.removesuffix("-lc"), spec["label_set"]
     fresh, man = train_gan(name, gan, bundle, spec, prof, out, seed)
     fresh = reexport_backbone(out, gan, bundle) or fresh  # a bundle exported by an older format: its LC too

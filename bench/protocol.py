@@ -75,11 +75,13 @@ LC_SAMPLING = {"lambda_dist": 0.0}  # conditional sampling only: no distance pen
 
 # the GAN systems (bench/gan_parts.py): InfoGAN samples through its code -> class map; BiGAN and GAIA are backbones
 # that an LC label set is trained on (the row is that actor)
-BACKBONE_PARTS = ("bigan-lc", "gaia-lc")
+BACKBONE_PARTS = ("bigan-lc", "ali-lc", "gaia-lc")
 GAN_PARTS = ("infogan",) + BACKBONE_PARTS
 GAN_SYSTEMS = ("triplegan",) + GAN_PARTS  # issue 29's systems: trained on the profile's (or dataset's) gan_seeds
 ADVERSARIAL = ("cvae-gan",) + GAN_SYSTEMS  # trained for the profile's gan_steps
 GAN_LR = 2e-4  # the GAN systems' (not the CVAE-GAN's): DCGAN's, with Adam β1 0.5 (the models' adam_betas), constant
+# ALI's paper (Dumoulin et al. 2017): Adam 1e-4, β1 0.5; the avatars BiGAN at GAN_LR diverged (issue 29)
+GAN_LRS = {"ali": 1e-4}
 QUALITY_PARTS = ("prior", "actor", "optimize", "actor-l0") + LATENT_METHODS + IMAGE_METHODS + GAN_PARTS
 NEW_PARTS = ("new:floor", "new:lc", "new:lc-l0", "new:cvae", "new:efficiency")
 STUDY_PARTS = ("triplegan-labels",)  # Triple-GAN vs LC with 1%, 10%, 100% of the labels

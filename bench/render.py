@@ -144,6 +144,9 @@ SYSTEMS = {
     "for: the codes are whatever the game found.",
     "bigan-lc": "**BiGAN** gives an unconditional GAN with an encoder, so latent constraints condition it post hoc "
     "as they do the VAE: the row is an LC actor trained on the BiGAN's latent table.",
+    "ali-lc": "**ALI** is BiGAN with a stochastic encoder (q(z|x) sampled with reparameterisation) and its paper's "
+    "learning rate (Adam 1e-4, β1 0.5), the settings a diverged BiGAN is rerun with; the row is an LC actor trained "
+    "on its latent table (the encoder's means).",
     "gaia-lc": "**GAIA** gives an autoencoder whose interpolations are pushed toward realism; latent constraints "
     "condition it post hoc: the row is an LC actor trained on GAIA's latent table. GAIA has no prior (its latents "
     "are whatever reconstruction found, far from N(0, I)), so its bundle standardises them on the training images "
@@ -176,7 +179,7 @@ def _reconstruction_table(raw: list[dict], f: Callable[..., str]) -> list[str]:
     """Per attribute, the judge's recall on each backbone's reconstructions of real test images (seed 0): what an LC
     actor on that backbone can draw at best. The VAE's is read from the ``actor`` row (scored on the shipped bundle)."""
     rows = {r["method"]: r for r in raw if r["seed"] == 0 and r.get("reconstruction_recall")}
-    names = (("VAE", "actor"), ("BiGAN", "bigan-lc"), ("GAIA", "gaia-lc"))
+    names = (("VAE", "actor"), ("BiGAN", "bigan-lc"), ("ALI", "ali-lc"), ("GAIA", "gaia-lc"))
     backbones = [(name, rows[m]) for name, m in names if m in rows]
     if len(backbones) < 2:
         return []
@@ -271,7 +274,8 @@ def markdown(result: dict) -> str:
         "Samplers: `prior` (unconditional VAE, the floor), `actor` / `optimize` (LC, the shipped mappers), "
         "`attrvec-*` (attribute vectors), `gmm` (per-condition latent GMM), `cvae` / `cvae-cmma` (learned prior) / "
         "`cvae-gan` / `triplegan` (retrained conditional models on the same backbone), `infogan` (through its code ↔ "
-        "class map), `bigan-lc` / `gaia-lc` (an LC actor on the BiGAN's / GAIA's own latent space). Accuracy: judge "
+        "class map), `bigan-lc` / `ali-lc` / `gaia-lc` (an LC actor on the BiGAN's / ALI's / GAIA's own latent space). "
+        "Accuracy: judge "
         "accuracy of the requested labels (top-1 for categorical sets, mean over attributes for binary ones); FD and "
         "precision/recall (k = 3) in judge "
         "features against real training images. ± is the spread (max − min) over seeds where more than one ran; "

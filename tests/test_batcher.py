@@ -117,7 +117,7 @@ def test_clients_just_answered_are_waited_for():
     eng = SlowBackbone(delay=0.05)
 
     async def client(b, i):
-        for r in range(3):
+        for _ in range(3):
             await b.sample(work(1, float(i)), 5)
             await asyncio.sleep(0.01 * i)
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from conditioning.runtime import autocast
 from evaluation.samplers import build_sampler
-from models.bigan import EXPORT_FORMAT
+from models.bigan import EXPORT_FORMAT, load_bigan
 from models.cvaegan import load_conditional
 from models.infogan import load_infogan
 from models.triplegan import TripleGAN
@@ -90,15 +90,18 @@ def test_infogan_needs_a_categorical_label_set_and_gans_cannot_be_fine_tuned(jud
         train(judged_bundle, "bigan", tmp_path / "b", init=str(judged_bundle))
 
 
-@pytest.mark.parametrize("method", ["bigan", "gaia"])
-def test_bigan_and_gaia_become_bundles_that_latent_constraints_train_on(judged_bundle, method, tmp_path, seed):
+@pytest.mark.parametrize("method", ["bigan", "ali", "gaia"])
+def test_bigan_ali_and_gaia_become_bundles_that_latent_constraints_train_on(judged_bundle, method, tmp_path, seed):
     out = train(judged_bundle, method, tmp_path / method)
     vae, vman = load_vae(out)
-    assert vman["exported_from"].startswith(f"conv-{method}") and vman["dataset"]["label_sets"]["category"]
-    assert (out / "judge.json").exists() and (out / f"{method}.json").exists()
+    stem = "bigan" if method == "ali" else method  # ALI: a BiGAN with a stochastic encoder
+    assert vman["exported_from"].startswith(f"conv-{stem}") and vman["dataset"]["label_sets"]["category"]
+    assert (out / "judge.json").exists() and (out / f"{stem}.json").exists()
+    assert method != "ali" or load_bigan(out)[0].cfg.stochastic
     x = torch.rand(4, 1, 28, 28)
     mu, sigma = vae.encode(x)
-    assert torch.allclose(sigma, torch.full_like(sigma, 0.1))  # a deterministic encoder reports its fixed σ
+    fixed = torch.allclose(sigma, torch.full_like(sigma, 0.1))  # a deterministic encoder reports its fixed σ
+    assert fixed == (method != "ali")  # ALI's is its posterior's own
     encode_dataset(out, device="cpu")
     # GAIA has no prior: its exported latents are standardised on the training images; BiGAN's keep G's N(0, I)
     assert vman["export"] == {"format": EXPORT_FORMAT, "standardised": method == "gaia"}

@@ -44,12 +44,12 @@ def export_backbone(
 
 
 def reexport_backbone(out: Path, method: str, bundle: Path) -> bool:
-    """Export OUT's trained ``bigan``/``gaia`` again where its vae.json predates ``EXPORT_FORMAT`` (no retraining).
-    -> exported now?"""
+    """Export OUT's trained ``bigan``/``ali``/``gaia`` again where its vae.json predates ``EXPORT_FORMAT`` (no
+    retraining). -> exported now?"""
     vae = json.loads((out / "vae.json").read_text())
     if vae.get("export", {}).get("format") == EXPORT_FORMAT:
         return False
-    model, manifest = (load_bigan if method == "bigan" else load_gaia)(out)
+    model, manifest = (load_gaia if method == "gaia" else load_bigan)(out)
     data = load_dataset(vae["dataset"]["name"], **vae["dataset"]["params"])
     export_backbone(
         model.eval(), out, bundle, {**manifest, "dataset": vae["dataset"]}, data, manifest["training"]["seed"]

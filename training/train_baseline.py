@@ -55,8 +55,8 @@ from training.export_backbone import export_backbone
 log = logging.getLogger("lcs.train_baseline")
 IMAGE_METHODS = ("cvae", "cvae-cmma", "cvae-gan", "triplegan")  # conditional generators: ``lcs eval`` samples them
 EDIT_METHODS = ("fader",)  # trained on images like them, but scored by ``lcs eval-edits`` only
-UNSUPERVISED_METHODS = ("infogan", "bigan", "gaia")  # trained on images without labels
-BACKBONE_METHODS = ("bigan", "gaia")  # exported as a bundle's backbone (see the module's docstring)
+UNSUPERVISED_METHODS = ("infogan", "bigan", "ali", "gaia")  # trained on images without labels
+BACKBONE_METHODS = ("bigan", "ali", "gaia")  # exported as a bundle's backbone (see the module's docstring)
 LATENT_METHODS = ("attrvec-mean", "attrvec-lsq", "gmm")
 METHODS = IMAGE_METHODS + EDIT_METHODS + UNSUPERVISED_METHODS + LATENT_METHODS
 ARTIFACT_STEM = {
@@ -67,6 +67,7 @@ ARTIFACT_STEM = {
     "fader": "fader",
     "infogan": "infogan",
     "bigan": "bigan",
+    "ali": "bigan",  # a BiGAN with a stochastic encoder (models.bigan)
     "gaia": "gaia",
     "attrvec-mean": "attrvec",
     "attrvec-lsq": "attrvec",
@@ -161,6 +162,7 @@ def build_image_model(
         return {
             "infogan": lambda: InfoGAN(InfoGANConfig(backbone, n_categories=len(attrs))),
             "bigan": lambda: BiGAN(BiGANConfig(backbone)),
+            "ali": lambda: BiGAN(BiGANConfig(backbone, stochastic=True)),
             "gaia": lambda: GAIA(GAIAConfig(backbone)),
             "triplegan": lambda: TripleGAN(TripleGANConfig(backbone, attrs, kind)),
         }[cfg.method]()
