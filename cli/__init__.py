@@ -351,7 +351,7 @@ def add_serve(sub) -> None:
             "registry_endpoint": "S3 endpoint URL (MinIO, SeaweedFS, Ceph...); credentials from AWS_* variables",
             "notify": "redis://HOST:PORT/DB: change notices between replicas (pointer polling stays the fallback)",
             "max_batch": "samples per decoder forward",
-            "max_wait_ms": "how long a batch waits to fill",
+            "max_wait_ms": "the longest a free model thread waits for requests it expects (a lone client never waits)",
             "model_workers": "batches run at once, one model thread each (with --threads 1: one per core)",
             "workers": "HTTP processes on the one port, each a whole server (with --threads 1: one per core); "
             "metrics are summed over them",
