@@ -266,7 +266,8 @@ def table(result: dict) -> list[str]:
     lines = [
         f"`{result['command']}`: {result['date']}, {result['device']}, engine {result['engine']} (every server), "
         f"load average {result['load_average']} at start, uvicorn {result['uvicorn']}, wrk one thread, "
-        f"batch waits (ms): {result.get('max_wait_ms', '?')}",
+        f"batch waits: ours up to {result['max_wait_ms']['ours']} ms, "
+        f"LitServe's timeout {result['max_wait_ms']['litserve_batch_timeout']} ms",
         "",
         "| bare batch | engine images/s | ms/batch | CPU ms/image | route work images/s | ms/batch | CPU ms/image |",
         "|---:|---:|---:|---:|---:|---:|---:|",

@@ -114,7 +114,7 @@ class SampleQuery(BaseModel):
 )
 async def sample(request: Request):
     p = query_params(request, SampleQuery)
-    attrs, q, labelset, n, seed, mode = p.attrs, p.q, p.labelset, p.n, p.seed, p.mode
+    attrs, q, labelset, n, seed, mode, allow_unseen = p.attrs, p.q, p.labelset, p.n, p.seed, p.mode, p.allow_unseen
     st = state(request)
     if n > st.cfg.max_n:
         raise ApiError(422, "n_out_of_range", f"n must be between 1 and {st.cfg.max_n}", {"max": st.cfg.max_n})
@@ -138,9 +138,8 @@ async def sample(request: Request):
             plan = energy_plan(st, ls)
     seed = secrets.randbits(63) if seed is None else seed
     spec = spec_for(ls, asked) if ls is not None else {}
-    generator = torch.Generator().manual_seed(seed)
     try:
-        z, y, mask = modes.draw(ls, spec, n, st.backbone.latent_dim, generator, p.allow_unseen)
+        z, y, mask = modes.draw(ls, spec, n, st.backbone.latent_dim, torch.Generator().manual_seed(seed), allow_unseen)
     except SpecError as e:
         raise spec_error(e, ls) from None
     result = await st.batcher.sample(
