@@ -24,7 +24,10 @@ the markdown and figures in bench/render.py; this module only runs them.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import multiprocessing
+import os
 import sys
 import time
 from pathlib import Path
@@ -84,6 +87,52 @@ def _measure(name: str, bundle: Path, spec: dict, prof: dict, work: Path, parts:
         entry["new_label_set"]["equal_accuracy"] = equal_accuracy(entry["new_label_set"])
 
 
+def _run_dataset(name: str, a: argparse.Namespace, parts: list[str], skip: list[str], command: str) -> None:
+    """Measure one dataset and merge its entry into OUT/baselines.json (under a lock: with ``--jobs`` another dataset's
+    process writes the same file), then re-render baselines.md."""
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    started, prof, only = time.time(), PROFILES[a.profile], bool(a.only)
+    spec, bundle, out = DATASETS[name], bundle_dir(name), Path(a.out)
+    path, work = out / "baselines.json", Path(a.work) / name
+    parts = [p for p in parts if only or p not in spec.get("skip", {})]  # --only asks for a part by name
+    if not (bundle / "latents.safetensors").exists():
+        encode_dataset(bundle, device="cpu")
+    if only:
+        result = json.loads(path.read_text()) if path.exists() else {"datasets": {}}
+        if name not in result["datasets"]:
+            raise SystemExit(f"--only merges into existing results; run {name} in full first")
+        entry = result["datasets"][name]
+        if entry["profile"] != a.profile:
+            raise SystemExit(f"{name} was measured with profile {entry['profile']!r}; --only must use the same")
+        entry["profile_settings"] = prof  # a profile's settings can change; --only re-measures what they touch
+    else:
+        entry = {
+            "commands": [],
+            "profile": a.profile,
+            "profile_settings": prof,
+            "skipped": skip + [p for p in spec.get("skip", {}) if p not in skip],
+            "skip_reasons": spec.get("skip", {}),
+            "label_set": spec["label_set"],
+            "quality_raw": [],
+            "new_label_set": None,
+            "wall_minutes": 0.0,
+        }
+    entry["machine"] = f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"
+    _measure(name, bundle, spec, prof, work, parts, entry, out)
+    entry["wall_minutes"] += (time.time() - started) / 60
+    entry["commands"].append(command)
+    lock = os.open(out, os.O_RDONLY)  # the directory: no lock file left behind
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # merged into the file as it is now: another dataset may have written it
+        result = json.loads(path.read_text()) if path.exists() else {"datasets": {}}
+        result["datasets"][name] = entry
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        (out / "baselines.md").write_text(markdown(result) + "\n")
+    finally:
+        os.close(lock)  # closing releases the lock
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.baselines", description=__doc__.split("\n")[0])
     p.add_argument("--datasets", default="fashion-mnist,avatars")
@@ -95,11 +144,12 @@ def main() -> None:
         help="comma-separated parts to (re)measure, merged into the dataset's existing results; "
         f"parts: {', '.join(QUALITY_PARTS + NEW_PARTS + STUDY_PARTS)}",
     )
-    p.add_argument("--work", default="runs/bench-baselines")
+    p.add_argument("--work", default="runs/bench-baselines", help="trained models; reused where settings match")
     p.add_argument(
         "--out", default="docs", help="baselines.json there is updated per dataset run; baselines.md re-rendered"
     )
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads per dataset's process (0: torch's default)")
+    p.add_argument("--jobs", type=int, default=1, help="datasets measured side by side, a process each")
     p.add_argument(
         "--figures-only",
         action="store_true",
@@ -107,10 +157,7 @@ def main() -> None:
     )
     a = p.parse_args()
     setup_logging("WARNING")
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    prof, skip = PROFILES[a.profile], [m for m in a.skip.split(",") if m]
-    only = [m for m in a.only.split(",") if m]
+    skip, only = [m for m in a.skip.split(",") if m], [m for m in a.only.split(",") if m]
     unknown = [m for m in skip + only if m not in QUALITY_PARTS + NEW_PARTS + STUDY_PARTS]
     if unknown:
         raise SystemExit(f"unknown parts {unknown}; parts: {', '.join(QUALITY_PARTS + NEW_PARTS + STUDY_PARTS)}")
@@ -118,45 +165,25 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "baselines.json"
-    result = json.loads(path.read_text()) if path.exists() else {"datasets": {}}
-    command = " ".join([*COMMAND, *sys.argv[1:]])
     if a.figures_only:
-        _redraw_figures(result, Path(a.work), out, path)
+        _redraw_figures(json.loads(path.read_text()), Path(a.work), out, path)
         return
-    for name in a.datasets.split(","):
-        started = time.time()
-        spec, bundle = DATASETS[name], bundle_dir(name)
-        work = Path(a.work) / name
-        if not (bundle / "latents.safetensors").exists():
-            encode_dataset(bundle, device="cpu")
-        if only:
-            if name not in result["datasets"]:
-                raise SystemExit(f"--only merges into existing results; run {name} in full first")
-            entry = result["datasets"][name]
-            if entry["profile"] != a.profile:
-                raise SystemExit(f"{name} was measured with profile {entry['profile']!r}; --only must use the same")
-            entry["profile_settings"] = prof  # a profile's settings can change; --only re-measures what they touch
-        else:
-            entry = {
-                "commands": [],
-                "profile": a.profile,
-                "profile_settings": prof,
-                "skipped": skip,
-                "label_set": spec["label_set"],
-                "quality_raw": [],
-                "new_label_set": None,
-                "wall_minutes": 0.0,
-            }
-        entry["machine"] = f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"
-        _measure(name, bundle, spec, prof, work, parts, entry, out)
-        entry["wall_minutes"] += (time.time() - started) / 60
-        entry["commands"].append(command)
-        # merged into the file as it is now: a run on another dataset may have written it meanwhile
-        result = json.loads(path.read_text()) if path.exists() else {"datasets": {}}
-        result["datasets"][name] = entry
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        (out / "baselines.md").write_text(markdown(result) + "\n")
-    print(markdown(result))
+    command, names = " ".join([*COMMAND, *sys.argv[1:]]), a.datasets.split(",")
+    if a.jobs > 1 and len(names) > 1:
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=_run_dataset, args=(n, a, parts, skip, command)) for n in names]
+        for i in range(0, len(procs), a.jobs):
+            for proc in procs[i : i + a.jobs]:
+                proc.start()
+            for proc in procs[i : i + a.jobs]:
+                proc.join()
+        failed = [n for n, proc in zip(names, procs, strict=True) if proc.exitcode]
+        if failed:
+            raise SystemExit(f"measuring {', '.join(failed)} failed (see above)")
+    else:
+        for name in names:
+            _run_dataset(name, a, parts, skip, command)
+    print(markdown(json.loads(path.read_text())))
 
 
 if __name__ == "__main__":

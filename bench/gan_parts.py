@@ -24,7 +24,7 @@ from training.train_baseline import (
     train_baseline,
     training_settings,
 )
-from training.train_labelset import TrainLabelSetConfig, train_labelset
+from training.train_labelset import TrainLabelSetConfig, labelset_settings, train_labelset
 
 
 def curve(out: Path, points: int = 20) -> list[dict]:
@@ -48,19 +48,24 @@ def train_once(cfg: TrainBaselineConfig, command: list[str]) -> bool:
 
 
 def train_lc(bundle: Path, label_set: str, out: Path, steps: int, seed: int, tag: list[str], labelled: int = 0) -> Path:
-    return train_labelset(
-        TrainLabelSetConfig(
-            bundle=str(bundle),
-            label_set=label_set,
-            out=str(out),
-            steps=steps,
-            seed=seed,
-            labelled=labelled,
-            diag_every=10**9,
-            **LC_SAMPLING,
-        ),
-        command=[*COMMAND, *tag],
+    """An LC label set with the sampling recipe into OUT, once: a mapper OUT holds from the same settings on this
+    bundle's decoder is reused (as ``train_once`` reuses a model)."""
+    cfg = TrainLabelSetConfig(
+        bundle=str(bundle),
+        label_set=label_set,
+        out=str(out),
+        steps=steps,
+        seed=seed,
+        labelled=labelled,
+        diag_every=10**9,
+        **LC_SAMPLING,
     )
+    man = out / "mapper.json"
+    if man.exists():
+        had, decoder = json.loads(man.read_text()), json.loads((bundle / "latents.json").read_text())
+        if had["training"] == labelset_settings(cfg) and had["decoder_fingerprint"] == decoder["decoder_fingerprint"]:
+            return out
+    return train_labelset(cfg, command=[*COMMAND, *tag])
 
 
 def train_gan(
@@ -106,9 +111,9 @@ def train_backbone_part(
     fresh, man = train_gan(name, gan, bundle, spec, prof, out, seed)
     fresh = reexport_backbone(out, gan, bundle) or fresh  # a bundle exported by an older format: its LC too
     lc = out / "labelsets" / ls
-    if fresh or not (lc / "mapper.json").exists():
+    if fresh or not (out / "latents.json").exists():
         encode_dataset(out, device="cpu")
-        train_lc(out, ls, lc, prof["lc_steps"], seed, [name, method, f"seed={seed}"])
+    train_lc(out, ls, lc, prof["lc_steps"], seed, [name, method, f"seed={seed}"])
     lc_cpu = json.loads((lc / "mapper.json").read_text())["metrics"].get("cpu_seconds", 0.0)
     prior = ev("prior", seed, "", out)
     return out, {
@@ -137,8 +142,7 @@ def label_efficiency(name: str, bundle: Path, spec: dict, prof: dict, work: Path
         tg = work / (f"triplegan-{ls}-n{n}" if n else f"triplegan-{ls}-s0")
         train_gan(name, "triplegan", bundle, spec, prof, tg, labelled=n)
         lc = work / (f"lc-l0-{ls}-n{n}" if n else f"actor-l0-{ls}-s0")
-        if not (lc / "mapper.json").exists():
-            train_lc(bundle, ls, lc, prof["lc_steps"], 0, [name, "lc-l0", f"labelled={n or 'all'}"], labelled=n)
+        train_lc(bundle, ls, lc, prof["lc_steps"], 0, [name, "lc-l0", f"labelled={n or 'all'}"], labelled=n)
         t, a = ev("triplegan", 0, tg), ev("actor", 0, lc)
         out.append(
             {

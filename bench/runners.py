@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from bench.flops import image_step_flops, lc_step_flops
-from bench.gan_parts import label_efficiency, train_backbone_part, train_sampler_part
+from bench.gan_parts import label_efficiency, train_backbone_part, train_lc, train_once, train_sampler_part
 from bench.protocol import (
     ADVERSARIAL,
     BACKBONE_PARTS,
@@ -39,13 +39,15 @@ CPU = torch.device("cpu")
 
 
 def lc_images(vae, m: LatentMappers, labels: torch.Tensor, seed: int = 1) -> torch.Tensor:
-    """Images of the actor mode for ``labels`` from mappers in training (the probe of an LC run), as the server runs
-    it."""
+    """Images of the actor mode for ``labels`` from mappers in training (the probe of an LC run), as ``lcs eval``
+    scores the quality table's actor rows and the server runs it at ``--candidates 1``: G(z, y), and rows the critics
+    reject re-stepped (``modes.latents``). Why not G(z, y) alone: that is not what a user of the label set gets."""
     ls = LabelSetVersion(
         name="probe", version="training", m=m, manifest={}, table=None, sigma_bar=torch.ones(m.cfg.latent_dim)
     )
     z = torch.randn(len(labels), m.cfg.latent_dim, generator=torch.Generator().manual_seed(seed))
-    return backbone.decode(vae, modes.actor(ls, z, labels, torch.ones(labels.shape, dtype=torch.bool)), CPU)
+    mask = torch.ones(labels.shape, dtype=torch.bool)
+    return backbone.decode(vae, modes.latents("actor", ls, z, labels, mask).z, CPU)
 
 
 def cvae_images(model, labels: torch.Tensor, attrs: list[str], rows, counts, seed: int = 1) -> torch.Tensor:
@@ -111,26 +113,16 @@ def quality(name: str, bundle: Path, spec: dict, prof: dict, work: Path, parts: 
 
 
 def _train_part(name: str, method: str, bundle: Path, spec: dict, prof: dict, out: Path, seed: int) -> dict:
-    """Train an LC actor (``actor-l0``), fit a latent baseline or train a CVAE-family model into OUT; -> the row's
-    cost: CPU-seconds, steps, stored parameters."""
+    """Train an LC actor (``actor-l0``), fit a latent baseline or train a CVAE-family model into OUT, once (a model
+    OUT holds from the same settings is reused: ``train_once``, ``train_lc``); -> the row's cost: CPU-seconds, steps,
+    stored parameters (as measured when it was trained)."""
     ls = spec["label_set"]
     if method == "actor-l0":
-        train_labelset(
-            TrainLabelSetConfig(
-                bundle=str(bundle),
-                label_set=ls,
-                out=str(out),
-                steps=prof["lc_steps"],
-                seed=seed,
-                diag_every=10**9,
-                **LC_SAMPLING,
-            ),
-            command=[*COMMAND, name, method, f"seed={seed}"],
-        )
+        train_lc(bundle, ls, out, prof["lc_steps"], seed, [name, method, f"seed={seed}"])
         man = json.loads((out / "mapper.json").read_text())
         stored = sum(t.numel() for t in _tensors(out / "mapper.safetensors").values())
     else:
-        train_baseline(
+        train_once(
             TrainBaselineConfig(
                 bundle=str(bundle),
                 method=method,
@@ -141,7 +133,7 @@ def _train_part(name: str, method: str, bundle: Path, spec: dict, prof: dict, ou
                 device="cpu",
                 out=str(out),
             ),
-            command=[*COMMAND, name, method, f"seed={seed}"],
+            [*COMMAND, name, method, f"seed={seed}"],
         )
         man = json.loads((out / f"{ARTIFACT_STEM[method]}.json").read_text())
         stored = man["metrics"]["params_stored"]

@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -361,6 +362,9 @@ def test_a_gan_whose_discriminator_won_outright_is_reported_as_diverged():
     text = markdown({"datasets": {"avatars": entry}})
     assert "| bigan-lc (diverged: seed 0 from step 300) | 0.500 |" in text and "| actor-l0 | 0.500 |" in text
     assert "Its run diverged (seed 0 from step 300" in text and "Against the LC actor" not in text
+    # a part a dataset leaves out says why (bench.protocol.DATASETS' "skip")
+    entry = {**entry, "skipped": ["triplegan-labels"], "skip_reasons": {"triplegan-labels": "an hour of a core"}}
+    assert "; skipped: triplegan-labels (an hour of a core))" in markdown({"datasets": {"avatars": entry}})
 
 
 def test_baselines_runs_on_two_datasets_at_once_keep_each_others_results(tmp_path, monkeypatch):
@@ -396,3 +400,52 @@ def test_baselines_runs_on_two_datasets_at_once_keep_each_others_results(tmp_pat
     doc = json.loads((out / "baselines.json").read_text())
     assert doc["datasets"]["avatars"]["commands"] == ["the other run"]
     assert doc["datasets"]["fashion-mnist"]["quality"] == [{"method": "measured"}]
+
+
+def test_the_bench_reuses_a_model_trained_with_the_same_settings_and_retrains_on_any_change(
+    service_bundle, tmp_path, monkeypatch
+):
+    """One command regenerates docs/baselines.md because a trained model in the work dir is reused when its settings
+    (and a label set's decoder) match: an LC label set (``train_lc``) and an image method (``_train_part`` through
+    ``train_once``), with the trainers counted."""
+    from bench import gan_parts, runners
+
+    calls = []
+    real = gan_parts.train_labelset
+    monkeypatch.setattr(gan_parts, "train_labelset", lambda cfg, **kw: calls.append(cfg.steps) or real(cfg, **kw))
+    out = tmp_path / "lc"
+    for steps in (3, 3, 4):
+        gan_parts.train_lc(service_bundle, "category", out, steps, 0, ["test"])
+    assert calls == [3, 4]  # the second call reused the first's mapper; a changed setting retrained
+    man = json.loads((out / "mapper.json").read_text())
+    man["decoder_fingerprint"] = "another decoder"
+    (out / "mapper.json").write_text(json.dumps(man))
+    gan_parts.train_lc(service_bundle, "category", out, 4, 0, ["test"])
+    assert calls == [3, 4, 4]  # same settings on another decoder: retrained
+
+    trained = []
+    monkeypatch.setattr(gan_parts, "train_baseline", lambda cfg, command: trained.append(cfg.steps) or _fake(cfg))
+    spec, prof = {"label_set": "category", "batch": 8}, {"image_steps": 5, "gan_steps": 7}
+    for steps in (5, 5, 6):
+        prof["image_steps"] = steps
+        row = runners._train_part("fashion-mnist", "cvae", service_bundle, spec, prof, tmp_path / "cvae", 0)
+    assert trained == [5, 6] and row["train_cpu_s"] == 1.5
+
+
+def _fake(cfg):
+    """A CVAE manifest as ``train_baseline`` writes it (what ``train_once`` and ``_train_part`` read)."""
+    from training.train_baseline import training_settings
+
+    man = {"training": training_settings(cfg), "metrics": {"cpu_seconds": 1.5, "steps": cfg.steps, "params_stored": 9}}
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.out) / "cvae.json").write_text(json.dumps(man))
+
+
+def test_a_runs_final_accuracy_is_the_mean_of_its_last_probes_not_the_last_dip():
+    """The avatars hold-one-out read LC's last probe, a dip (0.76 -> 0.57), as its final accuracy (session 22)."""
+    from bench.protocol import to_95
+
+    probes = [{"step": s, "cpu_s": s / 10, "accuracy": a} for s, a in ((50, 0.3), (100, 0.72), (150, 0.75), (200, 0.6))]
+    got = to_95(probes)
+    assert got["final_accuracy"] == pytest.approx(0.69)  # mean of 0.72, 0.75, 0.6
+    assert got["steps_to_95"] == 100 and got["cpu_s_to_95"] == 10.0  # first >= 0.6555

@@ -477,6 +477,27 @@ def test_projection_critic_learns_the_known_answer(gmm_bundle, tmp_path, seed):
     assert (quadrant(z) == 3).float().mean() > 0.9
 
 
+def test_a_probe_reads_the_actor_that_would_ship(gmm_bundle, tmp_path, seed):
+    """With ``actor_ema`` a probe scores the averaged actor (what the run would ship at that step), not the live one:
+    the last probe of a run equals the shipped actor's output."""
+    z = torch.randn(64, DIM, generator=torch.Generator().manual_seed(5))
+    y = torch.tensor([[1.0, 0.0]]).repeat(64, 1)
+    seen = []
+
+    def probe(step, m):
+        with torch.no_grad():
+            seen.append(m.actor(z, y).clone())
+        return {"accuracy": 0.0}
+
+    cfg = fast_cfg(gmm_bundle, "sides", out=str(tmp_path / "ema"), seed=seed, steps=30, actor_ema=0.9)
+    shipped = load_mappers(train_labelset(cfg, probe=probe, probe_every=30), FINGERPRINT)[0]
+    with torch.no_grad():
+        assert torch.equal(seen[-1], shipped.actor(z, y))
+    cfg = fast_cfg(gmm_bundle, "sides", out=str(tmp_path / "last"), seed=seed, steps=30)
+    load_mappers(train_labelset(cfg, probe=probe, probe_every=30), FINGERPRINT)
+    assert not torch.equal(seen[-1], seen[0])  # the same run without the average: its live actor differs
+
+
 def test_actor_ema_ships_averaged_weights_and_trains_the_same(gmm_bundle, tmp_path, seed):
     runs = {}
     for ema in (0.0, 0.9):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from conditioning.runtime import resolve_device
@@ -171,7 +172,7 @@ def train_labelset(
                         e.lerp_(p, 1 - cfg.actor_ema)
             cpu += time.process_time() - t0
             if probe is not None and (step % probe_every == 0 or step == cfg.steps):
-                probes.append({"step": step, "cpu_s": cpu, **probe(step, m)})
+                probes.append({"step": step, "cpu_s": cpu, **_probe_shipped(probe, step, m, ema)})
             if progress is not None:
                 progress(step, cfg.steps)
             if step % cfg.diag_every == 0 or step == cfg.steps:
@@ -200,6 +201,18 @@ def train_labelset(
         **({"probes": probes} if probes else {}),
     }
     return _save(out, m, t, train_rows, cfg, command, metrics)
+
+
+def _probe_shipped(probe: Callable, step: int, m: LatentMappers, ema: nn.Module | None) -> dict:
+    """``probe`` on the mappers as they would ship now: with ``actor_ema``, the averaged actor in the live one's
+    place."""
+    if ema is None:
+        return probe(step, m)
+    live, m.actor = m.actor, ema
+    try:
+        return probe(step, m)
+    finally:
+        m.actor = live
 
 
 def _train_classifier(cfg, m, t, train_rows, out, gen, command, progress, probe, probe_every) -> Path:
@@ -243,6 +256,11 @@ def _train_classifier(cfg, m, t, train_rows, out, gen, command, progress, probe,
     return _save(out, m, t, train_rows, cfg, command, metrics)
 
 
+def labelset_settings(cfg: TrainLabelSetConfig) -> dict:
+    """What a label set is trained with, as its manifest records it (not where from or to)."""
+    return {k: v for k, v in cfg.__dict__.items() if k not in ("bundle", "out", "table")}
+
+
 def _save(out: Path, m: LatentMappers, t: LatentTable, train_rows, cfg, command, metrics: dict) -> Path:
     """OUT/mapper.*: the networks, the training label rows and σ̄_z; the manifest says what was trained and how."""
     train_labels = t.labels[train_rows].to(torch.int8)  # only the rows it was trained on
@@ -253,7 +271,7 @@ def _save(out: Path, m: LatentMappers, t: LatentTable, train_rows, cfg, command,
         "arch": ARCH,
         "config": m.cfg.to_json(),
         "lambda_dist": cfg.lambda_dist,
-        "training": {k: v for k, v in cfg.__dict__.items() if k not in ("bundle", "out", "table")},
+        "training": labelset_settings(cfg),
         "data_fingerprint": t.data_fingerprint,
         "decoder_fingerprint": t.decoder_fingerprint,
         **({"rule": t.rule} if t.rule else {}),
