@@ -449,3 +449,16 @@ def test_a_runs_final_accuracy_is_the_mean_of_its_last_probes_not_the_last_dip()
     got = to_95(probes)
     assert got["final_accuracy"] == pytest.approx(0.69)  # mean of 0.72, 0.75, 0.6
     assert got["steps_to_95"] == 100 and got["cpu_s_to_95"] == 10.0  # first >= 0.6555
+
+
+def test_the_hold_out_says_how_to_read_r_register_when_the_cvae_levels_off_low():
+    """The avatars CVAE reached its own 0.59 in 10 CPU-s and LC its 0.90 in 190 (R_register 19.7), while its samples
+    scored FD 619: the section says so rather than leave the ratio alone."""
+    from bench.render import _plateaus
+
+    f = lambda v, p=3: f"{v:.{p}f}"  # noqa: E731  (as markdown formats)
+    h = {"lc_l0": {"final_accuracy": 0.9}, "cvae_retrain": {"final_accuracy": 0.6}}
+    quality = [{"method": "cvae", "frechet": 619.0}, {"method": "actor-l0", "frechet": 53.0}]
+    text = " ".join(_plateaus(h, quality, f))
+    assert "levels off at 0.600 here against LC's 0.900" in text and "FD 619.00 for the CVAE's samples" in text
+    assert _plateaus({**h, "cvae_retrain": {"final_accuracy": 0.88}}, quality, f) == []  # level with LC: no caveat
