@@ -1,7 +1,11 @@
 """Baselines side by side with latent constraints (LC), and what a new label set costs.
 
     python -m bench.baselines                                   # the full protocol, both datasets
+    python -m bench.baselines --profile small --threads 1 --jobs 2  # docs/baselines.md: both datasets side by side
     python -m bench.baselines --datasets fashion-mnist --profile small
+
+A model the work directory holds from the same settings is reused (``train_once``, ``train_lc``), so a run stopped
+midway resumes and a rerun retrains only what its settings changed.
 
 For each dataset, on the shipped bundle's backbone and data (service/bundles/DATASET):
 1. Quality on the served label set: LC actor and optimisation mode (the shipped mappers) and every
