@@ -36,20 +36,29 @@ def curve(out: Path, points: int = 20) -> list[dict]:
     return [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in keep]
 
 
+def _reusable(manifest: Path, settings: dict, bundle: Path) -> bool:
+    """Whether the model a manifest describes was trained with these settings and, where it read the bundle's latent
+    table (a label set, a latent baseline: their manifests name the decoder), on this bundle's decoder."""
+    if not manifest.exists():
+        return False
+    had = json.loads(manifest.read_text())
+    decoder = had.get("decoder_fingerprint")
+    on_this = decoder is None or decoder == json.loads((bundle / "latents.json").read_text())["decoder_fingerprint"]
+    return had.get("training") == settings and on_this
+
+
 def train_once(cfg: TrainBaselineConfig, command: list[str]) -> bool:
-    """Train unless OUT already holds a model trained with exactly this configuration, so a bench stopped midway (a
-    GAN row costs up to an hour on 2 cores) resumes where it was, a row stopped midway from its checkpoint; any changed
-    setting retrains. -> trained now?"""
-    man = Path(cfg.out) / f"{ARTIFACT_STEM[cfg.method]}.json"
-    if man.exists() and json.loads(man.read_text()).get("training") == training_settings(cfg):
+    """Train unless OUT already holds a model trained with exactly this configuration (``_reusable``), so a bench
+    stopped midway (a GAN row costs up to an hour on 2 cores) resumes where it was, a row stopped midway from its
+    checkpoint; any changed setting retrains. -> trained now?"""
+    if _reusable(Path(cfg.out) / f"{ARTIFACT_STEM[cfg.method]}.json", training_settings(cfg), Path(cfg.bundle)):
         return False
     train_baseline(cfg, command=command)
     return True
 
 
 def train_lc(bundle: Path, label_set: str, out: Path, steps: int, seed: int, tag: list[str], labelled: int = 0) -> Path:
-    """An LC label set with the sampling recipe into OUT, once: a mapper OUT holds from the same settings on this
-    bundle's decoder is reused (as ``train_once`` reuses a model)."""
+    """An LC label set with the sampling recipe into OUT, once (``_reusable``, as ``train_once``)."""
     cfg = TrainLabelSetConfig(
         bundle=str(bundle),
         label_set=label_set,
@@ -60,11 +69,8 @@ def train_lc(bundle: Path, label_set: str, out: Path, steps: int, seed: int, tag
         diag_every=10**9,
         **LC_SAMPLING,
     )
-    man = out / "mapper.json"
-    if man.exists():
-        had, decoder = json.loads(man.read_text()), json.loads((bundle / "latents.json").read_text())
-        if had["training"] == labelset_settings(cfg) and had["decoder_fingerprint"] == decoder["decoder_fingerprint"]:
-            return out
+    if _reusable(out / "mapper.json", labelset_settings(cfg), bundle):
+        return out
     return train_labelset(cfg, command=[*COMMAND, *tag])
 
 

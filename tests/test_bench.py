@@ -430,6 +430,10 @@ def test_the_bench_reuses_a_model_trained_with_the_same_settings_and_retrains_on
         prof["image_steps"] = steps
         row = runners._train_part("fashion-mnist", "cvae", service_bundle, spec, prof, tmp_path / "cvae", 0)
     assert trained == [5, 6] and row["train_cpu_s"] == 1.5
+    man = json.loads((tmp_path / "cvae" / "cvae.json").read_text())  # as a latent baseline's: fitted on the latents
+    (tmp_path / "cvae" / "cvae.json").write_text(json.dumps({**man, "decoder_fingerprint": "another decoder"}))
+    runners._train_part("fashion-mnist", "cvae", service_bundle, spec, prof, tmp_path / "cvae", 0)
+    assert trained == [5, 6, 6]  # same settings, another decoder's latents: refitted
 
 
 def _fake(cfg):
