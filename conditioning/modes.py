@@ -15,12 +15,14 @@ request named) into latents for the decoder:
   dist_weight · mean(log(1 + (z − z0)²) / σ̄_z²); an example stops (its z is frozen) once D(z, y) > threshold
   and D_attr gives every specified attribute at least attr_confidence; the rest are reported unconverged.
 
-Every forward is padded to at least ``PAD_ROWS`` rows. Why: BLAS picks other kernels for very
-small batches, which changes results in the last float bits, so the same seed could give other
-bytes depending on what it was batched with. From about 12 rows on, each row's result no longer
-depends on the batch (measured on CPU); padding makes responses reproducible under dynamic
-batching, and makes the server's latents equal to the evaluation's. (The decoder's convolutions need fewer rows
-where the machine allows: ``conditioning.backbone.invariant_rows`` measures it.)
+Every forward is padded to at least ``PAD_ROWS`` rows, and to a multiple of ``PAD_MULTIPLE``. Why: BLAS picks other
+kernels for very small batches, and for the critic's one output column at row counts that are not a multiple of 8
+(fp32: 182 of the sizes 17-299 gave another logit in the last bits; bf16 copies: none), which changes results in the
+last float bits, so the same seed could give other bytes depending on what it was batched with. From about 12 rows
+on, and at multiples of 8, each row's result no longer depends on the batch (measured on CPU); padding makes
+responses reproducible under dynamic batching, and makes the server's latents equal to the evaluation's. (The
+decoder's convolutions need fewer rows where the machine allows: ``conditioning.backbone.invariant_rows`` measures
+it.)
 """
 
 from __future__ import annotations
@@ -38,14 +40,18 @@ from models.latent import LatentMappers
 Mode = Literal["prior", "actor", "optimize", "energy"]
 MODES: tuple[str, ...] = get_args(Mode)
 PAD_ROWS = 16
+PAD_MULTIPLE = 8
 # the actor's step lengths ``ladder`` tries, shortest first (edits: ``edits.actor_step``; samples: ``restep``). On the
 # avatars edits of stretch 5 (target reached, session 18): (1,) 0.729; (1, 1.5, 2, 3) 0.823; these 0.826
 STEP_SCALES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
 
 
-def pad(x: torch.Tensor, rows: int = PAD_ROWS) -> torch.Tensor:
-    """At least ``rows`` rows (zeros appended); callers keep the first len(x) rows of the result."""
-    if len(x) >= rows:
+def pad(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
+    """At least PAD_ROWS rows, a multiple of ``multiple`` (zeros appended); callers keep the first len(x) rows. The
+    VAE pads with ``multiple`` 1: its layers are probed as they run (``backbone.invariant_rows``), and the tiny test
+    VAE's fully connected layer gave other bits at 24 rows than at 17 or 64."""
+    rows = -(-max(len(x), PAD_ROWS) // multiple) * multiple
+    if len(x) == rows:
         return x
     return torch.cat([x, x.new_zeros(rows - len(x), *x.shape[1:])])
 

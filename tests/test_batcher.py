@@ -195,7 +195,7 @@ def test_a_rows_bytes_do_not_depend_on_its_batch(service_bundle, which, precisio
         assert np.array_equal(shuffled, alone), bb.decode_rows
     finally:
         torch.set_num_threads(before)
-    assert len(pad(z[:3])) == PAD_ROWS and len(pad(z)) == 70 and len(pad(z[:1], 2)) == 2
+    assert len(pad(z[:3])) == PAD_ROWS and len(pad(z)) == 72 and len(pad(z, 1)) == 70
 
 
 @pytest.mark.parametrize("which", ["tiny", "avatars"])
@@ -212,6 +212,24 @@ def test_the_bf16_engine_runs_a_bf16_copy_with_autocasts_bytes(service_bundle, w
         uint8 = torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2)  # N x C x H x W, as the routes give it
         assert torch.equal(bb.encode(uint8), backbone.encode(bb.vae, uint8, bb.device, precision="bf16")[0])
         assert bb.live_decoder_fingerprint() == bb.decoder_fingerprint
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_cpu_decodes_a_large_batch_in_forwards_of_32_rows_with_the_same_bytes():
+    """Two workers side by side decoded 64 rows 20% faster in two forwards than in one (their shared cache): the CPU
+    decodes in chunks of ``backbone.CHUNK`` rows, which a row's bytes do not depend on."""
+    before = torch.get_num_threads()
+    try:
+        bb = Backbone(SHIPPED_AVATARS, "cpu", 1, "auto")
+        rows: list[int] = []
+        hook = bb.net.decoder.conv.register_forward_pre_hook(lambda _, args: rows.append(len(args[0])))
+        z = torch.randn(70, bb.latent_dim, generator=torch.Generator().manual_seed(4))
+        images = bb.decode(z)
+        hook.remove()
+        assert rows == [32, 32, max(6, bb.decode_rows)]
+        whole = backbone.decode(bb.net, z, bb.device, chunk=70, precision=bb.precision, rows=bb.decode_rows)
+        assert torch.equal(images, whole)
     finally:
         torch.set_num_threads(before)
 
