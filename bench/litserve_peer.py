@@ -41,11 +41,7 @@ class SampleAPI(ls.LitAPI):
         """Loaded as bench.serve's bare() loads it, in the worker process."""
         self.bb = Backbone(self.bundle, device, self.threads, self.precision)
         self.ls = LabelSetVersion.load(
-            self.bundle / "labelsets" / self.labelset,
-            self.bb.decoder_fingerprint,
-            self.labelset,
-            "bench",
-            self.precision,
+            self.bundle / "labelsets" / self.labelset, self.bb.decoder_fingerprint, self.labelset, "bench"
         )
 
     def decode_request(self, request: dict) -> tuple[torch.Tensor, ...]:

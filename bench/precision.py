@@ -1,6 +1,5 @@
 """fp32 against bf16 on this machine, in one run (issue 26 item 1; issue 28 item 1): the shipped VAE's training step
-and its decoder as the server runs it, plus what bf16 changes in the images (the judge's scores on both decodes), and
-what the label set's bf16 copy changes in served samples (the judge's hit rates, the mappers' time).
+and its decoder as the server runs it, plus what bf16 changes in the images (the judge's scores on both decodes).
 
     python -m bench.precision --out docs              # docs/precision.md + .json
 
@@ -21,15 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.selection import hit_rates
-from conditioning import backbone, modes
-from conditioning.backbone import Backbone
-from conditioning.labelset import LabelSetVersion
+from conditioning import backbone
 from conditioning.runtime import autocast, cpu_has_bf16, job_threads, memory_format
 from evaluation.judging import predict
 from models.judge import load_judge
 from models.vae import VAE, load_vae
-from service.config import DEFAULT_BUNDLE, ServerConfig
+from service.config import DEFAULT_BUNDLE
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -70,38 +66,12 @@ def train_step_seconds(vae_cfg, precision: str, batch: int, repeats: int) -> flo
     return timed(step, repeats)
 
 
-def mappers(bundle: Path, labelset: str, n: int, repeats: int) -> dict:
-    """Served samples (``GET /sample?attrs=A`` for each attribute A asked on alone, ``n`` each, the server's
-    candidates and re-step) from the label set's mappers in fp32 and as the bf16 copy, the same draws decoded by the
-    same engine (``--precision auto``), read by the judge; and the mappers' milliseconds for a batch of 32 rows."""
-    bb = Backbone(bundle, "cpu", torch.get_num_threads())
-    judge, jman = load_judge(bundle, bb.device)
-    k = ServerConfig.candidates
-    out = {"labelset": labelset, "n": n, "candidates": k, "decoder_engine": bb.engine}
-    for precision in PRECISIONS:
-        ls = LabelSetVersion.load(bundle / "labelsets" / labelset, bb.decoder_fingerprint, labelset, "bench", precision)
-        per = hit_rates(bb, ls, judge, jman, n, k)
-        z, y, mask = modes.draw(ls, {ls.attr_names[0]: 1}, 32, bb.latent_dim, torch.Generator().manual_seed(32))
-        ms = 1000 * timed(
-            lambda ls=ls, z=z, y=y, mask=mask: modes.latents("actor", ls, z, y, mask, candidates=k), repeats
-        )
-        out[precision] = {
-            "hit": statistics.mean(v["hit"] for v in per.values()),
-            "per_attribute": {a: v["hit"] for a, v in per.items()},
-            "latents_32_ms": ms,
-        }
-        print(json.dumps({precision: out[precision]}), flush=True)
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
     p.add_argument("--threads", type=int, default=0, help="0 = every core")
     p.add_argument("--steps", type=int, default=5, help="timed repeats per figure")
     p.add_argument("--judge-n", type=int, default=512, help="prior samples decoded both ways for the judge")
-    p.add_argument("--labelset", default="faces", help="the label set whose mappers are compared ('' to skip)")
-    p.add_argument("--mapper-n", type=int, default=200, help="served samples per attribute asked on, per precision")
     p.add_argument("--out", default="docs")
     a = p.parse_args()
     torch.set_num_threads(job_threads(a.threads))
@@ -141,7 +111,6 @@ def main() -> None:
         "rows": rows,
         "bf16_speedup": {k: fp[k] / bf[k] for k in fp if k != "precision"},
         "images": images,
-        "mappers": mappers(Path(a.bundle), a.labelset, a.mapper_n, a.steps) if a.labelset else None,
         "command": "python -m bench.precision " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()),
     }
     out = Path(a.out)
@@ -179,21 +148,6 @@ def report(r: dict) -> str:
         f"per attribute (lowest: {worst[0]}), its probabilities differ by at most {im['judge_prob_max_diff']:.3f}.",
         "",
     ]
-    if m := r.get("mappers"):
-        fp, bf = m["fp32"], m["bf16"]
-        lines += [
-            f"What the label set's bf16 copy changes in served samples (`{m['labelset']}`, each attribute asked on "
-            f"alone, {m['n']} samples each, {m['candidates']} candidates and the re-step as `/sample` runs them, "
-            f"decoded on {m['decoder_engine']}): the judge's hit rate {fp['hit']:.3f} with fp32 mappers, "
-            f"{bf['hit']:.3f} with bf16; the mappers' work for 32 rows {fp['latents_32_ms']:.2f} ms against "
-            f"{bf['latents_32_ms']:.2f} ms ({fp['latents_32_ms'] / bf['latents_32_ms']:.2f}×).",
-            "",
-            "| asked on | " + " | ".join(fp["per_attribute"]) + " |",
-            "|---|" + "---:|" * len(fp["per_attribute"]),
-        ]
-        for name, row in (("fp32 mappers", fp), ("bf16 mappers", bf)):
-            lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row["per_attribute"].values()) + " |")
-        lines.append("")
     return "\n".join(lines)
 
 

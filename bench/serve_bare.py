@@ -34,7 +34,7 @@ def _bare_rows(
     the realism score, the decoder, a PNG per image). ``barrier``: wait there before each timed run, so bare
     processes beside each other measure the same thing at the same time."""
     bb = Backbone(bundle, device, threads, precision)
-    ls = LabelSetVersion.load(bundle / "labelsets" / labelset, bb.decoder_fingerprint, labelset, "bench", precision)
+    ls = LabelSetVersion.load(bundle / "labelsets" / labelset, bb.decoder_fingerprint, labelset, "bench")
     spec = canonical_spec(split_spec(attrs), ls.attr_names)
 
     def engine(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> object:

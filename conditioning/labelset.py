@@ -8,13 +8,11 @@ label set, ``training.data.LabelSet``: a named group of attribute columns.)
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from conditioning.runtime import resolve_precision
 from conditioning.specs import distinct_rows, matching, resolve
 from models.latent import LabelKind, LatentMappers, load_mappers
 
@@ -31,28 +29,15 @@ class LabelSetVersion:
     sigma_bar: torch.Tensor
     rows: torch.Tensor | None = None  # the table's distinct rows and their counts: fast request resolution
     counts: torch.Tensor | None = None
-    # what the mappers run in (``runtime.resolve_precision`` on the CPU, where they run on every device): under bf16 a
-    # bf16 copy of ``m``, the stored weights untouched. Why: with the server's 8 candidates a row they were a quarter
-    # of the route's model time; one thread, bf16 units, ``modes.latents`` for 64 rows 9.4 -> 6.0 ms, 32 rows 5.3 ->
-    # 4.0, one row 0.9 -> 1.1 (oneDNN's fixed cost per bf16 product); the judge's hit rates unchanged (issue 28)
-    precision: str = "auto"
     _matched: dict = field(default_factory=dict, repr=False)  # spec -> ``specs.matching``'s rows and counts
 
     def __post_init__(self):
         if self.table is not None and self.rows is None:
             self.rows, self.counts = distinct_rows(self.table)
-        self.precision = resolve_precision(torch.device("cpu"), self.precision)
-        if self.precision == "bf16":
-            self.m = copy.deepcopy(self.m).to(torch.bfloat16)
 
     @classmethod
     def load(
-        cls,
-        directory: str | Path,
-        decoder_fingerprint: str | None,
-        name: str = "",
-        version: str = "",
-        precision: str = "auto",
+        cls, directory: str | Path, decoder_fingerprint: str | None, name: str = "", version: str = ""
     ) -> LabelSetVersion:
         """mapper.json + mapper.safetensors from ``directory``, refused if trained for another decoder."""
         m, manifest, extra = load_mappers(directory, decoder_fingerprint)
@@ -63,7 +48,6 @@ class LabelSetVersion:
             manifest=manifest,
             table=extra["label_table"].float() if m.cfg.n_labels else None,
             sigma_bar=extra["sigma_bar"].float(),
-            precision=precision,
         )
 
     def resolve(self, spec: dict[str, int], n: int, generator: torch.Generator, allow_unseen: bool = False):

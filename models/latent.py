@@ -53,12 +53,6 @@ def mlp(d_in: int, width: int, depth: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _dtype(net: nn.Module) -> torch.dtype:
-    """The weights' dtype, which a network's inputs are cast to; its outputs are float32 whatever it runs in. Why: a
-    label set's bf16 copy (``conditioning.labelset``) serves the same callers as the float32 weights."""
-    return next(net.parameters()).dtype
-
-
 class _Conditioned(nn.Module):
     """[z, Linear(y)] input shared by critic and actor; y has K = 0 columns for the realism mapper
     (``concat`` False: the MLP sees z alone, the projection critic's φ)."""
@@ -74,10 +68,9 @@ class _Conditioned(nn.Module):
             raise ValueError(
                 f"labels must be {len(z)} x {self.cfg.n_labels}, got {None if y is None else tuple(y.shape)}"
             )
-        return y.to(_dtype(self))
+        return y.to(z.dtype)
 
     def inputs(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        z = z.to(_dtype(self))
         if self.embed is None:
             return z
         return torch.cat([z, self.embed(self.labels(z, y))], 1)
@@ -98,9 +91,9 @@ class Critic(_Conditioned):
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Realism logit per row (positive: looks like a real encoding with these labels)."""
         if self.project is None:
-            return self.net(self.inputs(z, y)).squeeze(1).float()
-        phi = F.leaky_relu(self.net(self.inputs(z, y)), 0.2)
-        return (self.psi(phi).squeeze(1) + (self.project(self.labels(z, y)) * phi).sum(1)).float()
+            return self.net(self.inputs(z, y)).squeeze(1)
+        phi = F.leaky_relu(self.net(z), 0.2)
+        return self.psi(phi).squeeze(1) + (self.project(self.labels(z, y)) * phi).sum(1)
 
 
 class Actor(_Conditioned):
@@ -108,7 +101,7 @@ class Actor(_Conditioned):
         super().__init__(cfg, 2 * cfg.latent_dim)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        dz, gate_logits = self.net(self.inputs(z, y)).float().chunk(2, dim=1)
+        dz, gate_logits = self.net(self.inputs(z, y)).chunk(2, dim=1)
         gate = torch.sigmoid(gate_logits)
         return (1 - gate) * z + gate * dz
 
@@ -119,7 +112,7 @@ class AttrClassifier(nn.Module):
         self.net = mlp(cfg.latent_dim, cfg.width, max(cfg.depth - 2, 1), max(cfg.n_labels, 1))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z.to(_dtype(self))).float()
+        return self.net(z)
 
 
 class LatentMappers(nn.Module):

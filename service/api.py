@@ -312,7 +312,6 @@ async def info(request: Request):
         )
     if st.live is not None:
         out["labelsets"] = {k: v.version for k, v in sorted(st.live.sets.items())}
-        out["mapper_engine"] = f"cpu/{st.live.precision}"  # the label sets' networks run on the CPU on every device
     return out
 
 

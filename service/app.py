@@ -74,7 +74,7 @@ async def _start(app: FastAPI, st: State) -> None:
     try:
         st.backbone = await asyncio.to_thread(Backbone, cfg.bundle, cfg.device, cfg.threads, cfg.precision)
         st.pending.pop("decoder")
-        st.live = LiveLabelSets(st.registry, st.backbone.decoder_fingerprint, cfg.precision)
+        st.live = LiveLabelSets(st.registry, st.backbone.decoder_fingerprint)
         await _first_sync(st)
         st.pending.pop("registry")
         await asyncio.to_thread(_warmup, st)

@@ -14,10 +14,7 @@ from __future__ import annotations
 import logging
 import weakref
 
-import torch
-
 from conditioning.labelset import LabelSetVersion
-from conditioning.runtime import resolve_precision
 from models.artifacts import ArtifactError
 from service.registry import RegistryBase, RegistryError
 
@@ -25,10 +22,8 @@ log = logging.getLogger("lcs.hotswap")
 
 
 class LiveLabelSets:
-    def __init__(self, registry: RegistryBase, decoder_fingerprint: str, precision: str = "auto"):
+    def __init__(self, registry: RegistryBase, decoder_fingerprint: str):
         self.registry, self.decoder_fingerprint = registry, decoder_fingerprint
-        # what the label sets' mappers run in (``LabelSetVersion.precision``): the server's --precision, on the CPU
-        self.precision = resolve_precision(torch.device("cpu"), precision)
         self.sets: dict[str, LabelSetVersion] = {}
         self._alive: weakref.WeakSet[LabelSetVersion] = weakref.WeakSet()
         self.failed: dict[str, str] = {}  # name -> why its current version can never be loaded ("VID: reason")
@@ -81,6 +76,6 @@ class LiveLabelSets:
 
     def _load(self, name: str, vid: str) -> LabelSetVersion:
         d = self.registry.version_dir(name, vid)
-        ls = LabelSetVersion.load(d, self.decoder_fingerprint, name, vid, self.precision)
+        ls = LabelSetVersion.load(d, self.decoder_fingerprint, name, vid)
         self._alive.add(ls)
         return ls

@@ -466,38 +466,3 @@ def test_the_hold_out_says_how_to_read_r_register_when_the_cvae_levels_off_low()
     text = " ".join(_plateaus(h, quality, f))
     assert "levels off at 0.600 here against LC's 0.900" in text and "FD 619.00 for the CVAE's samples" in text
     assert _plateaus({**h, "cvae_retrain": {"final_accuracy": 0.88}}, quality, f) == []  # level with LC: no caveat
-
-
-def test_the_precision_bench_compares_the_label_sets_mappers_on_the_same_draws(judged_bundle):
-    """bench.precision's mapper section: served samples from fp32 and bf16 mappers (the same draws, the same
-    decoder), judged per attribute, and their time; the report shows both rows."""
-    from bench.precision import mappers, report
-
-    m = mappers(judged_bundle, "category", n=4, repeats=1)
-    assert m["candidates"] == 8 and m["labelset"] == "category"
-    for p in ("fp32", "bf16"):
-        hits = m[p]["per_attribute"]
-        assert len(hits) == 10 and all(0 <= v <= 1 for v in hits.values()) and m[p]["latents_32_ms"] > 0
-        assert m[p]["hit"] == pytest.approx(sum(hits.values()) / len(hits))
-    row = {"train_step_s": 1.0, **{f"decode_{n}_ms": 1.0 for n in (1, 16, 64)}}
-    text = report(
-        {
-            "command": "c",
-            "cpu": "x",
-            "cpu_has_bf16": True,
-            "threads": 1,
-            "torch": "t",
-            "repeats": 1,
-            "rows": [{"precision": "fp32", **row}, {"precision": "bf16", **row}],
-            "bf16_speedup": {k: 1.0 for k in row},
-            "bundle": "b",
-            "mappers": m,
-            "images": {
-                "mean_pixel_diff": 0,
-                "max_pixel_diff": 0,
-                "judge_prob_max_diff": 0,
-                "judge_decisions_agree": {"a": 1.0},
-            },
-        }
-    )
-    assert "| fp32 mappers |" in text and "| bf16 mappers |" in text and f"{m['bf16']['hit']:.3f}" in text

@@ -94,7 +94,6 @@ def test_sample_png_json_headers(srv):
     assert r.headers["x-lcs-decoder-fingerprint"] == info["decoder_fingerprint"] == info["live_decoder_fingerprint"]
     # the engine chosen at start-up (--precision auto): bf16 only where the CPU has bf16 units
     assert info["engine"] == f"cpu/{resolve_precision(torch.device('cpu'))}"
-    assert info["mapper_engine"] == info["engine"]  # the label sets' networks too (on CPU, the same choice)
     labels = r.headers["x-lcs-labels"]  # categorical: the asked class, one-hot
     assert labels == "0000010000"
     grid = Image.open(io.BytesIO(httpx.get(f"{srv.url}/sample", params={"n": 4, "seed": 1}).content))
