@@ -30,7 +30,7 @@ DATASETS = {
         # parts a full run leaves out here, and why (``--only`` still runs one by name)
         "skip": {
             "infogan": "its categorical code is matched to classes, and faces is a binary label set",
-            "triplegan-labels": "two more Triple-GAN runs (1% and 10% of the labels), ~30 min of a core each",
+            "triplegan-labels": "two more Triple-GAN runs, at 1% and 10% of the labels, ~30 min of a core each",
         },
     },
 }
