@@ -51,8 +51,7 @@ STEP_SCALES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
 
 def pad(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
     """At least PAD_ROWS rows, a multiple of ``multiple`` (zeros appended); callers keep the first len(x) rows. The
-    VAE pads with ``multiple`` 1: its layers are probed as they run (``backbone.invariant_rows``), and the tiny test
-    VAE's fully connected layer gave other bits at 24 rows than at 17 or 64."""
+    VAE pads with ``multiple`` 1, as it always has: ``backbone.invariant_rows`` probes its layers as they run."""
     rows = -(-max(len(x), PAD_ROWS) // multiple) * multiple
     if len(x) == rows:
         return x
