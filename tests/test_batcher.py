@@ -228,8 +228,8 @@ def test_the_cpu_decodes_a_large_batch_in_forwards_of_32_rows_with_the_same_byte
         images = bb.decode(z)
         hook.remove()
         assert rows == [32, 32, max(6, bb.decode_rows)]
-        whole = backbone.decode(bb.net, z, bb.device, chunk=70, precision=bb.precision, rows=bb.decode_rows)
-        assert torch.equal(images, whole)
+        picked = [0, 31, 32, 63, 64, 69]  # each chunk's first and last rows: the same bytes as each decoded alone
+        assert torch.equal(images[picked], torch.cat([bb.decode(z[i : i + 1]) for i in picked]))
     finally:
         torch.set_num_threads(before)
 
