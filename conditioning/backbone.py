@@ -25,9 +25,10 @@ from models.artifacts import fingerprint
 from models.vae import VAE, load_vae
 
 log = logging.getLogger("lcs.backbone")
-# rows per forward: on CPU 32, where two processes side by side (``lcs serve --workers 2``) decoded a batch of 64 at
-# 0.46 ms an image in one forward and 0.37 in two (shared cache; alone, even); a GPU takes whole batches
-CHUNK = {"cpu": 32, "cuda": 256}
+CHUNK = 256  # rows per forward
+# ... but 32 for the CPU's decoder: two processes side by side (``lcs serve --workers 2``) decoded a batch of 64 at
+# 0.46 ms an image in one forward and 0.37 in two (shared cache; alone, even)
+CPU_DECODE_CHUNK = 32
 
 
 @torch.no_grad()
@@ -41,8 +42,8 @@ def decode(
 ) -> torch.Tensor:
     """Latents (n x d) -> images n x C x H x W, CPU floats in [0, 1]. The fully connected layer runs on at least
     PAD_ROWS rows (a matrix product of few rows takes other kernels: measured), the convolutions on at least
-    ``rows``; ``chunk``: rows per forward (0: the device's ``CHUNK``)."""
-    out, chunk = [], chunk or CHUNK.get(device.type, 256)
+    ``rows``; ``chunk``: rows per forward (0: CPU_DECODE_CHUNK on the CPU, else CHUNK)."""
+    out, chunk = [], chunk or (CPU_DECODE_CHUNK if device.type == "cpu" else CHUNK)
     for s in range(0, len(z), chunk):
         part = z[s : s + chunk].to(device)
         with autocast(device, precision):
@@ -77,7 +78,7 @@ def encode(
     vae: VAE,
     images: np.ndarray | torch.Tensor,
     device: torch.device,
-    chunk: int = 256,
+    chunk: int = CHUNK,
     progress: str = "",
     precision: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -218,7 +218,7 @@ def test_the_bf16_engine_runs_a_bf16_copy_with_autocasts_bytes(service_bundle, w
 
 def test_the_cpu_decodes_a_large_batch_in_forwards_of_32_rows_with_the_same_bytes():
     """Two workers side by side decoded 64 rows 20% faster in two forwards than in one (their shared cache): the CPU
-    decodes in chunks of ``backbone.CHUNK`` rows, which a row's bytes do not depend on."""
+    decodes in chunks of ``backbone.CPU_DECODE_CHUNK`` rows, which a row's bytes do not depend on."""
     before = torch.get_num_threads()
     try:
         bb = Backbone(SHIPPED_AVATARS, "cpu", 1, "auto")
