@@ -26,16 +26,18 @@ from conditioning.images import png_bytes, to_uint8
 from conditioning.labelset import LabelSetVersion
 from conditioning.runtime import resolve_device
 from conditioning.specs import parse_spec
-from service.config import ServerConfig
 
 # The configuration the issue measured: at least one request per connection of the widest load (32) fits one batch.
 MAX_BATCH = 32
 
 
 class SampleAPI(ls.LitAPI):
-    def __init__(self, bundle: Path, labelset: str, threads: int, precision: str, batch_timeout_s: float):
+    def __init__(
+        self, bundle: Path, labelset: str, threads: int, precision: str, batch_timeout_s: float, candidates: int
+    ):
         super().__init__(max_batch_size=MAX_BATCH, batch_timeout=batch_timeout_s)
         self.bundle, self.labelset, self.threads, self.precision = bundle, labelset, threads, precision
+        self.candidates = candidates
 
     def setup(self, device: str) -> None:
         """Loaded as bench.serve's bare() loads it, in the worker process."""
@@ -54,7 +56,7 @@ class SampleAPI(ls.LitAPI):
 
     def predict(self, x: tuple[torch.Tensor, ...]):
         z, y, mask = x
-        out, _ = modes.latents("actor", self.ls, z, y, mask, None, ServerConfig.candidates)  # as our route
+        out, _ = modes.latents("actor", self.ls, z, y, mask, None, self.candidates)  # as our route
         modes.realism(self.ls, out, y)  # our route computes it for its metrics; the same cost here
         return to_uint8(self.bb.decode(out))
 
@@ -71,11 +73,11 @@ def main() -> None:
     )
     for flag in ("--bundle", "--labelset", "--device", "--precision"):
         p.add_argument(flag, required=True)
-    for flag in ("--threads", "--port", "--workers"):
+    for flag in ("--threads", "--port", "--workers", "--candidates"):
         p.add_argument(flag, type=int, required=True)
     p.add_argument("--batch-timeout-ms", type=float, required=True)
     a = p.parse_args()
-    api = SampleAPI(Path(a.bundle), a.labelset, a.threads, a.precision, a.batch_timeout_ms / 1000)
+    api = SampleAPI(Path(a.bundle), a.labelset, a.threads, a.precision, a.batch_timeout_ms / 1000, a.candidates)
     server = ls.LitServer(api, accelerator=resolve_device(a.device).type, devices=1, workers_per_device=a.workers)
     server.run(host="127.0.0.1", port=a.port, generate_client_file=False)
 

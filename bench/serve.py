@@ -1,7 +1,7 @@
 """Serving benchmark: the bare model, ``lcs serve`` and LitServe on the same model, loaded by wrk.
 
     python -m bench.serve [--bundle DIR] [--labelset faces] [--attrs smiling] [--seconds 10] [--connections 1,8,32]
-                          [--n 1,16] [--out docs/bench_serve.json]
+                          [--n 1,16] [--candidates 8] [--out docs/bench_serve.json]
 
 1. Bare, in as many processes as ``lcs serve`` has workers (each with --threads), summed: the engine (label-set
    actor + decoder to uint8, conditioning.modes.actor), and the route's model work (what the model thread does for
@@ -15,6 +15,8 @@
 4. R_serve = ours' images/s at the widest --connections / the best bare images/s, at n = 1 and at the largest n
    (target >= 0.8 at n = 16), against the engine and against the route's model work (the second is what serving
    adds); ours over LitServe at n = 1 at that load (target >= 1.5x the throughput at no worse p99).
+--candidates K sets the actor's candidates per image for every server and the bare route (lcs serve --candidates;
+default the server's), so what the quality knob costs is measured through HTTP.
 The client is wrk (Debian: apt-get install -y wrk), one thread: compiled, it takes 1-2% of a core, where the Python
 client it replaces ate the CPU it measured (R_serve 0.28 with it, 0.47-0.52 with wrk: issue 17). Prints a table,
 writes the JSON (--out) and the table into the .md beside it, between the BENCH markers (the rest is kept).
@@ -205,7 +207,7 @@ def ours(a: argparse.Namespace, data: str, log: Path) -> list[dict]:
     port = free_port()
     cmd = [sys.executable, "-m", "cli", "serve", "--bundle", a.bundle, "--data-dir", data, "--port", str(port)]
     cmd += ["--device", a.device, "--precision", a.precision, "--threads", str(a.threads)]
-    cmd += ["--max-wait-ms", str(a.max_wait_ms)]
+    cmd += ["--max-wait-ms", str(a.max_wait_ms), "--candidates", str(a.candidates)]
     cmd += ["--model-workers", str(a.model_workers), "--workers", str(a.workers)]
     base = f"http://127.0.0.1:{port}"
     with running(cmd, base + "/readyz", log) as proc:
@@ -218,6 +220,7 @@ def litserve(a: argparse.Namespace, log: Path) -> list[dict]:
     cmd = [sys.executable, "-m", "bench.litserve_peer", "--bundle", a.bundle, "--labelset", a.labelset]
     cmd += ["--device", a.device, "--precision", a.precision, "--threads", str(a.threads), "--port", str(port)]
     cmd += ["--batch-timeout-ms", str(a.peer_batch_timeout_ms), "--workers", str(a.model_workers)]
+    cmd += ["--candidates", str(a.candidates)]
     base = f"http://127.0.0.1:{port}"
     body = json.dumps({"attrs": a.attrs})
     with running(cmd, base + "/health", log) as proc:
@@ -265,6 +268,7 @@ def table(result: dict) -> list[str]:
     s = result["summary"]
     lines = [
         f"`{result['command']}`: {result['date']}, {result['device']}, engine {result['engine']} (every server), "
+        f"{result['candidates']} actor candidates an image, "
         f"load average {result['load_average']} at start, uvicorn {result['uvicorn']}, wrk one thread, "
         f"batch waits: ours up to {result['max_wait_ms']['ours']} ms, "
         f"LitServe's timeout {result['max_wait_ms']['litserve_batch_timeout']} ms",
@@ -357,11 +361,17 @@ def main() -> None:
         default=ServerConfig.workers,
         help="ours: HTTP processes (lcs serve --workers); LitServe runs its own API and model processes",
     )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=ServerConfig.candidates,
+        help="actor candidates per image, for every server and the bare route (lcs serve --candidates)",
+    )
     p.add_argument("--out", default="docs/bench_serve.json")
     a = p.parse_args()
     need_wrk()
     load = "/".join(f"{x:.1f}" for x in os.getloadavg())
-    args = (Path(a.bundle), a.labelset, a.attrs, a.device, a.threads, a.precision, a.seconds, ServerConfig.candidates)
+    args = (Path(a.bundle), a.labelset, a.attrs, a.device, a.threads, a.precision, a.seconds, a.candidates)
     b, engine = bare(args, a.workers)
     http, skipped = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -389,6 +399,7 @@ def main() -> None:
         "labelset": a.labelset,
         "attrs": a.attrs,
         "seconds": a.seconds,
+        "candidates": a.candidates,
         "max_wait_ms": {"ours": a.max_wait_ms, "litserve_batch_timeout": a.peer_batch_timeout_ms},
         "bare": b,
         "http": http,

@@ -167,9 +167,11 @@ def test_serve_bench_rewrites_only_its_block_of_the_markdown(tmp_path):
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="the serving bench needs wrk: apt-get install -y wrk")
 def test_serve_bench_smoke(tmp_path):
-    """One short run end to end: ours (and LitServe when installed) answer PNGs at a positive rate."""
+    """One short run end to end: ours (and LitServe when installed) answer PNGs at a positive rate, with the
+    candidates asked for (the cost of the quality knob is measured at any setting)."""
     out = tmp_path / "serve.json"
     cmd = [sys.executable, "-m", "bench.serve", "--seconds", "1", "--connections", "2", "--n", "1", "--threads", "1"]
+    cmd += ["--candidates", "2"]
     subprocess.run([*cmd, "--out", str(out)], check=True, timeout=300, capture_output=True)
     r = json.loads(out.read_text())
     assert {"bare", "http", "summary", "skipped", "uvicorn", "load_average"} <= r.keys()
@@ -182,7 +184,8 @@ def test_serve_bench_smoke(tmp_path):
         (row,) = r["http"][name]
         assert row["images_per_s"] > 0 and row["errors_status"] == row["errors_socket"] == 0, row
         assert 0 < row["p50_ms"] <= row["p99_ms"]
-    assert "| ours | 1 | 2 |" in out.with_suffix(".md").read_text()
+    md = out.with_suffix(".md").read_text()
+    assert "| ours | 1 | 2 |" in md and r["candidates"] == 2 and "2 actor candidates an image" in md
 
 
 def test_abuse_probes_get_their_statuses_with_bounded_memory(service_bundle):
