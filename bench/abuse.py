@@ -35,6 +35,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from bench.ports import free_port
 from service.config import DEFAULT_BUNDLE
 
 TOKEN = "abuse-token"
@@ -230,9 +231,7 @@ def probes(url: str, scale: float, attr: str):
 
 def start(bundle: Path, threads: int) -> tuple[subprocess.Popen, str, Path]:
     data = Path(tempfile.mkdtemp(prefix="lcs-abuse-"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "cli", "serve", "--bundle", str(bundle), "--data-dir", str(data), "--port", str(port)]
     cmd += ["--threads", str(threads), "--job-workers", "0"]  # jobs accepted stay queued: this is about HTTP
     log = open(data / "serve.log", "wb")  # noqa: SIM115 - the server's for as long as it runs

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import httpx
 
-from bench.serve import free_port, running
+from bench.ports import free_port
+from bench.serve import running
 from bench.stores import CREDENTIALS, RedisServer, SeaweedS3
 from service.config import DEFAULT_BUNDLE
 

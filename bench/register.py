@@ -30,7 +30,8 @@ import httpx
 import numpy as np
 import torch
 
-from bench.serve import free_port, running
+from bench.ports import free_port
+from bench.serve import running
 from models.artifacts import load_artifact
 from service.config import ServerConfig
 

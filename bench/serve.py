@@ -34,7 +34,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from pathlib import Path
 import httpx
 import torch
 
+from bench.ports import free_port
 from bench.serve_bare import bare
 from service.config import DEFAULT_BUNDLE, ServerConfig
 
@@ -78,12 +78,6 @@ def need_wrk() -> str:
             "brew install wrk (macOS)"
         )
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.serve import free_port
+from bench.ports import free_port
 
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "lcs-test",  # SeaweedFS without an identities file accepts any key pair

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from bench.ports import free_port
+
 # Every test that trains something is deterministic: a fixed seed and one intra-op thread, whatever the machine's
 # core count. That makes a run repeat exactly on one machine, not across machines: a CPU with other SIMD kernels takes
 # another training path from the same seed (ATEN_CPU_CAPABILITY=avx2 or =default shows it here). So every statistical
@@ -153,14 +155,6 @@ def judged_bundle(service_bundle, tmp_path_factory, seed):
         )
     )
     return out
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

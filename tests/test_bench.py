@@ -469,3 +469,13 @@ def test_the_hold_out_says_how_to_read_r_register_when_the_cvae_levels_off_low()
     text = " ".join(_plateaus(h, quality, f))
     assert "levels off at 0.600 here against LC's 0.900" in text and "FD 619.00 for the CVAE's samples" in text
     assert _plateaus({**h, "cvae_retrain": {"final_accuracy": 0.88}}, quality, f) == []  # level with LC: no caveat
+
+
+def test_free_ports_lie_below_the_kernels_ephemeral_range_and_are_never_handed_out_twice():
+    """A port from bind(0) is one the kernel also gives outgoing connections, so a server's own clients could take it
+    before the server binds it (CI: SeaweedFS's volume server, "address already in use")."""
+    from bench.ports import _ephemeral_low, free_port
+
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert all(1024 <= p < _ephemeral_low() for p in ports), sorted(ports)[-3:]
