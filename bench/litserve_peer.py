@@ -1,12 +1,13 @@
 """LitServe peer for bench.serve: the work of ``GET /sample?n=1`` behind LitServe, on the same model.
 
     python -m bench.litserve_peer --bundle DIR --labelset faces --device auto --precision auto --threads 0 \
-        --port 8001 --workers 1 --batch-timeout-ms 5
+        --port 8001 --workers 1 --batch-timeout-ms 5 --candidates 8
 
 ``POST /predict`` with ``{"attrs": "smiling"}`` answers one image/png, doing per request what our route does: parse
-the spec, draw (z, y) from a fresh seed (``modes.draw``), then per batch the actor, the critic's realism score and
-one decoder forward (as ``service.batcher``), then PNG (``conditioning.images.png_bytes``). LitServe runs all of
-it in its inference-worker process; its HTTP process only parses, queues and answers. Started by bench.serve, which
+the spec, draw (z, y) from a fresh seed (``modes.draw``), then per batch the actor on --candidates draws per row and
+the re-step (``modes.latents``), the critic's realism score and one decoder forward (as ``service.batcher``), then
+PNG (``conditioning.images.png_bytes``). LitServe runs all of it in its inference-worker process; its HTTP process
+only parses, queues and answers. Started by bench.serve, which
 holds every default; the LitServe settings are its defaults but for batching.
 """
 

@@ -7,26 +7,35 @@ import socket
 from pathlib import Path
 
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+# Picked from 10000 up, below Kubernetes' NodePorts (30000-32767) and outside the kernel's ephemeral range
+PICK_FROM, PICK_BELOW = 10000, 30000
 _handed_out: set[int] = set()
 
 
-def _ephemeral_low() -> int:
-    """The lowest port the kernel hands to outgoing connections (Linux; 32768, its default, elsewhere)."""
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands to outgoing connections (Linux; its default, 32768-60999, elsewhere)."""
     try:
-        return int(EPHEMERAL_RANGE.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
+        low, high = (int(x) for x in EPHEMERAL_RANGE.read_text().split()[:2])
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def pickable() -> list[range]:
+    """The port ranges ``free_port`` draws from: none where the ephemeral range covers them all."""
+    low, high = ephemeral_range()
+    spans = (range(PICK_FROM, min(low, PICK_BELOW)), range(max(high + 1, PICK_FROM), 65536))
+    return [r for r in spans if len(r)]
 
 
 def free_port() -> int:
-    """A port free on 127.0.0.1 now, below the kernel's ephemeral range and not handed out before in this process.
-    Why below: a port from bind(0) lies in the range the kernel also gives outgoing connections, so between the
+    """A port free on 127.0.0.1 now, outside the kernel's ephemeral range and not handed out before in this process.
+    Why outside: a port from bind(0) lies in the range the kernel also gives outgoing connections, so between the
     pick and the server's bind a client could take it: SeaweedFS's own processes dialling each other took its
-    volume server's port once in CI ("bind: address already in use")."""
-    low = _ephemeral_low()
-    rng = random.SystemRandom()
+    volume server's port once in CI ("bind: address already in use"). Where no port is outside, bind(0)'s."""
+    spans, rng = pickable(), random.SystemRandom()
     for _ in range(200):
-        port = rng.randrange(10000, low) if low > 11000 else 0
+        port = rng.choice(rng.choices(spans, weights=[len(r) for r in spans])[0]) if spans else 0
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -36,4 +45,4 @@ def free_port() -> int:
         if port not in _handed_out:
             _handed_out.add(port)
             return port
-    raise RuntimeError(f"no free port below {low} on 127.0.0.1")
+    raise RuntimeError(f"no free port on 127.0.0.1 in {spans or 'the ephemeral range'}")

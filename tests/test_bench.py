@@ -471,11 +471,30 @@ def test_the_hold_out_says_how_to_read_r_register_when_the_cvae_levels_off_low()
     assert _plateaus({**h, "cvae_retrain": {"final_accuracy": 0.88}}, quality, f) == []  # level with LC: no caveat
 
 
-def test_free_ports_lie_below_the_kernels_ephemeral_range_and_are_never_handed_out_twice():
+def test_free_ports_lie_outside_the_kernels_ephemeral_range_and_are_never_handed_out_twice():
     """A port from bind(0) is one the kernel also gives outgoing connections, so a server's own clients could take it
     before the server binds it (CI: SeaweedFS's volume server, "address already in use")."""
-    from bench.ports import _ephemeral_low, free_port
+    from bench.ports import ephemeral_range, free_port, pickable
 
+    if not pickable():
+        pytest.skip("this host's ephemeral range covers every port free_port would pick")
+    low, high = ephemeral_range()
     ports = [free_port() for _ in range(200)]
     assert len(set(ports)) == len(ports)
-    assert all(1024 <= p < _ephemeral_low() for p in ports), sorted(ports)[-3:]
+    assert all(1024 <= p < 65536 and not low <= p <= high for p in ports), sorted(ports)[-3:]
+
+
+def test_free_ports_are_picked_on_either_side_of_an_ephemeral_range_and_never_past_65535(tmp_path, monkeypatch):
+    from bench import ports
+
+    cases = {
+        "20000 40000": [range(10000, 20000), range(40001, 65536)],
+        "70000 80000": [range(10000, 30000)],  # below it, up to Kubernetes' NodePorts
+        "1024 65535": [],  # nothing outside: bind(0)'s port
+    }
+    for text, want in cases.items():
+        (tmp_path / "range").write_text(text + "\n")
+        monkeypatch.setattr(ports, "EPHEMERAL_RANGE", tmp_path / "range")
+        assert ports.pickable() == want, text
+        port = ports.free_port()
+        assert 0 < port < 65536 and (not want or any(port in r for r in want)), (text, port)

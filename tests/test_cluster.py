@@ -12,8 +12,9 @@ import time
 import httpx
 import pytest
 
+from bench.ports import free_port
 from bench.stores import CREDENTIALS, RedisServer, SeaweedS3
-from tests.conftest import Server, free_port
+from tests.conftest import Server
 from tests.test_service import Samplers, footwear, put, variant  # noqa: F401 - footwear is a fixture
 
 SLOW_POLL = "5"  # with notices a replica needs no fast polling: a 5 s poll proves the notice did it

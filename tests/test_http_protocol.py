@@ -11,8 +11,8 @@ import time
 import pytest
 import uvicorn
 
+from bench.ports import free_port
 from service.http_protocol import MAX_HEAD_BYTES, BoundedHttpToolsProtocol
-from tests.conftest import free_port
 
 
 async def echo(scope, receive, send):

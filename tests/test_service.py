@@ -17,10 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.ports import free_port
 from conditioning.runtime import resolve_precision
 from service.client import Client, ServiceError
 from service.config import ServerConfig
-from tests.conftest import Server, free_port
+from tests.conftest import Server
 from training.data.fashion_mnist import CLASS_ATTRS
 from training.train_labelset import TrainLabelSetConfig, train_labelset
 
