@@ -1,6 +1,7 @@
 """The ``lcs`` entry point as a user runs it: real subprocesses, exit codes, one-line errors."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -30,6 +31,21 @@ def test_missing_fashion_mnist_is_one_clear_line(tmp_path):
 def test_eval_on_a_missing_bundle_is_clear(tmp_path):
     r = lcs("eval", "--bundle", str(tmp_path / "nope"))
     assert r.returncode == 2 and "vae.json does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_refuses_settings_it_cannot_run_with_before_it_starts(tmp_path):
+    """--candidates 0 started a server that answered every actor request with a 500 (select among no candidates)."""
+    from service.config import ServerConfig
+
+    r = lcs("serve", "--candidates", "0", "--data-dir", str(tmp_path), timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "lcs serve: error: candidates must be at least 1, got 0" in r.stderr
+    r = lcs("serve", "--data-dir", str(tmp_path), env={**os.environ, "LCS_TIMEOUT": "0"}, timeout=120)
+    assert r.returncode == 2 and "request_timeout_s must be above 0, got 0.0" in r.stderr
+    for bad in ({"max_n": 0}, {"workers": 0}, {"max_wait_ms": -1}, {"poll_interval_s": float("nan")}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ServerConfig(**bad)
+    ServerConfig(threads=0, job_workers=0, max_wait_ms=0)  # 0 means something there: PyTorch's threads, no jobs
 
 
 def test_bad_data_arg_syntax():
