@@ -18,16 +18,26 @@ log = logging.getLogger("lcs")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+def check_device(name: str) -> torch.device:
+    """The device ``name`` names on this machine (``auto``: CUDA when present, else CPU), or a ValueError that says
+    why not, before anything loads."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"device {name!r} is not a device: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for, but PyTorch sees no CUDA device")
+    return device
+
+
 def resolve_device(name: str = "auto", threads: int = 0) -> torch.device:
     """``auto`` picks CUDA when present, else CPU. ``threads`` intra-op threads if > 0; 0 leaves PyTorch's choice
     (offline jobs pass ``job_threads``: every core)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but PyTorch sees no CUDA device")
+    device = check_device(name)
     if threads > 0:
         torch.set_num_threads(threads)
-    device = torch.device(name)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

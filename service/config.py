@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from conditioning.runtime import check_device, resolve_precision
+
 DEFAULT_BUNDLE = Path(__file__).parent / "bundles" / "avatars"
 # glibc malloc arenas for `lcs serve`, set as MALLOC_ARENA_MAX before the process starts (the CLI re-runs itself with
 # it; the images and manifests set it) unless the environment has it already (0 there: glibc's default, 8 per core).
@@ -71,3 +73,4 @@ class ServerConfig:
         for name in ("max_queue_wait_s", "request_timeout_s", "poll_interval_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be above 0, got {getattr(self, name)}")
+        resolve_precision(check_device(self.device), self.precision)  # a ValueError for a device or precision unknown

@@ -34,7 +34,8 @@ def test_eval_on_a_missing_bundle_is_clear(tmp_path):
 
 
 def test_serve_refuses_settings_it_cannot_run_with_before_it_starts(tmp_path):
-    """--candidates 0 started a server that answered every actor request with a 500 (select among no candidates)."""
+    """--candidates 0 started a server that answered every actor request with a 500 (select among no candidates);
+    --precision fp16 one that stayed up not ready, its error in the log."""
     from service.config import ServerConfig
 
     r = lcs("serve", "--candidates", "0", "--data-dir", str(tmp_path), timeout=120)
@@ -42,7 +43,10 @@ def test_serve_refuses_settings_it_cannot_run_with_before_it_starts(tmp_path):
     assert "lcs serve: error: candidates must be at least 1, got 0" in r.stderr
     r = lcs("serve", "--data-dir", str(tmp_path), env={**os.environ, "LCS_TIMEOUT": "0"}, timeout=120)
     assert r.returncode == 2 and "request_timeout_s must be above 0, got 0.0" in r.stderr
-    for bad in ({"max_n": 0}, {"workers": 0}, {"max_wait_ms": -1}, {"poll_interval_s": float("nan")}):
+    r = lcs("serve", "--precision", "fp16", "--device", "cpu", "--data-dir", str(tmp_path), timeout=120)
+    assert r.returncode == 2 and "precision must be one of auto, bf16, fp32, got 'fp16'" in r.stderr
+    bad_values = ({"max_n": 0}, {"workers": 0}, {"max_wait_ms": -1}, {"poll_interval_s": float("nan")})
+    for bad in (*bad_values, {"device": "tpu"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             ServerConfig(**bad)
     ServerConfig(threads=0, job_workers=0, max_wait_ms=0)  # 0 means something there: PyTorch's threads, no jobs
