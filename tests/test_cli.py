@@ -52,6 +52,17 @@ def test_serve_refuses_settings_it_cannot_run_with_before_it_starts(tmp_path):
     ServerConfig(threads=0, job_workers=0, max_wait_ms=0)  # 0 means something there: PyTorch's threads, no jobs
 
 
+def test_offline_jobs_refuse_counts_they_cannot_run_with(tmp_path):
+    """train-labelset --steps 0 wrote an untrained label set and exited 0; eval --n 0 said only that torch.cat had
+    no tensors."""
+    r = lcs("train-labelset", "--bundle", str(tmp_path), "--steps", "0", "--out", str(tmp_path / "ls"))
+    assert r.returncode == 2 and "must be at least 1, got steps 0" in r.stderr and not (tmp_path / "ls").exists()
+    r = lcs("eval", "--bundle", str(tmp_path), "--n", "0")
+    assert r.returncode == 2 and "n, n_spec3 and n_single must be at least 1, got 0" in r.stderr
+    r = lcs("eval-edits", "--bundle", str(tmp_path), "--candidates", "0")
+    assert r.returncode == 2 and "n and candidates must be at least 1, got 1000 and 0" in r.stderr
+
+
 def test_bad_data_arg_syntax():
     r = lcs("data", "--dataset", "avatars", "--data-arg", "n")
     assert r.returncode != 0 and "KEY=VALUE" in r.stderr

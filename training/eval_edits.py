@@ -86,6 +86,8 @@ def evaluate_edits(
     among); ``attrvec_scale``: attribute vectors' step s (0: per image the smallest that D_attr reads as the target);
     ``edit_confidence``: D_attr's probability of each asked attribute that accepts an actor edit (the server's);
     ``fader_scale``: a Fader network's amplification s of the label change (``evaluation.editors.FaderEditor``)."""
+    if min(n, candidates) < 1:
+        raise ValueError(f"n and candidates must be at least 1, got {n} and {candidates}")
     started = time.time()
     bundle, out, dev, vae, vman, judge, jman, data = open_bundle(bundle, device, out)
     ls = load_labelset(bundle, label_set, "" if mode in BASELINES else artifact)

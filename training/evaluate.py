@@ -121,6 +121,8 @@ def evaluate(
     command: list[str] | None = None,
     artifact: str | Path = "",
 ) -> dict:
+    if min(n, n_spec3, n_single) < 1:
+        raise ValueError(f"n, n_spec3 and n_single must be at least 1, got {n}, {n_spec3}, {n_single}")
     started = time.time()
     bundle, out, dev, vae, vman, judge, jman, data = open_bundle(bundle, device, out)
     label_set = label_set or next(iter(data.label_sets))

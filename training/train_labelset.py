@@ -91,6 +91,12 @@ class TrainLabelSetConfig:
     def objective(self) -> LatentObjective:
         return LatentObjective(**{f.name: getattr(self, f.name) for f in fields(LatentObjective)})
 
+    def __post_init__(self) -> None:
+        """A run that cannot train refuses to start: ``--steps 0`` wrote an untrained label set, and exited 0."""
+        sizes = ("steps", "critic_steps", "batch_size", "width", "depth", "classifier_steps")
+        if bad := [f"{k} {getattr(self, k)}" for k in sizes if getattr(self, k) < 1]:
+            raise ValueError(f"{', '.join(sizes)} must be at least 1, got {', '.join(bad)}")
+
 
 @torch.no_grad()
 def diagnostics(m: LatentMappers, t: LatentTable, gen: torch.Generator, n: int = 2000) -> dict:
