@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conditioning.runtime import check_device, resolve_precision
+from conditioning.settings import require_at_least
 
 DEFAULT_BUNDLE = Path(__file__).parent / "bundles" / "avatars"
 # glibc malloc arenas for `lcs serve`, set as MALLOC_ARENA_MAX before the process starts (the CLI re-runs itself with
@@ -66,10 +67,8 @@ class ServerConfig:
         a 500 on every request: ``--candidates 0`` selected among no candidates."""
         counts = ("candidates", "max_batch", "model_workers", "workers", "max_n", "max_queue", "max_decodes")
         sizes = ("job_threads", "max_image_bytes", "max_artifact_bytes", "max_job_bytes")
-        at_least = {"threads": 0, "job_workers": 0, "port": 0, "max_wait_ms": 0, **dict.fromkeys(counts + sizes, 1)}
-        for name, low in at_least.items():
-            if getattr(self, name) < low:
-                raise ValueError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        zero_means_something = ("threads", "job_workers", "port", "max_wait_ms")
+        require_at_least(self, dict.fromkeys(counts + sizes, 1) | dict.fromkeys(zero_means_something, 0))
         for name in ("max_queue_wait_s", "request_timeout_s", "poll_interval_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be above 0, got {getattr(self, name)}")

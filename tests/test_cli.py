@@ -53,10 +53,15 @@ def test_serve_refuses_settings_it_cannot_run_with_before_it_starts(tmp_path):
 
 
 def test_offline_jobs_refuse_counts_they_cannot_run_with(tmp_path):
-    """train-labelset --steps 0 wrote an untrained label set and exited 0; eval --n 0 said only that torch.cat had
-    no tensors."""
+    """train-labelset --steps 0, train-baseline --steps 0 and train-judge --epochs 0 wrote untrained artifacts and
+    exited 0; eval --n 0 said only that torch.cat had no tensors."""
     r = lcs("train-labelset", "--bundle", str(tmp_path), "--steps", "0", "--out", str(tmp_path / "ls"))
-    assert r.returncode == 2 and "must be at least 1, got steps 0" in r.stderr and not (tmp_path / "ls").exists()
+    assert r.returncode == 2 and "steps must be at least 1, got 0" in r.stderr and not (tmp_path / "ls").exists()
+    r = lcs("train-baseline", "--bundle", str(tmp_path), "--method", "cvae", "--label-set", "x", "--steps", "0")
+    assert r.returncode == 2 and "steps must be at least 1, got 0" in r.stderr
+    r = lcs("train-judge", "--dataset", "avatars", "--out", str(tmp_path / "j"), "--epochs", "0", "--width", "0")
+    assert r.returncode == 2 and "epochs must be at least 1, got 0; width must be at least 1, got 0" in r.stderr
+    assert not (tmp_path / "j").exists() and "Traceback" not in r.stderr
     r = lcs("eval", "--bundle", str(tmp_path), "--n", "0")
     assert r.returncode == 2 and "n, n_spec3 and n_single must be at least 1, got 0" in r.stderr
     r = lcs("eval-edits", "--bundle", str(tmp_path), "--candidates", "0")

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from conditioning.backbone import Backbone
 from conditioning.runtime import job_threads
+from conditioning.settings import require_at_least
 from evaluation.judging import decide, predict
 from models import latent_objective as objective
 from models.artifacts import ArtifactError, fingerprint, save_artifact
@@ -55,6 +56,10 @@ class RefineAttrConfig:
     device: str = "auto"  # the VAE and labeler; the latent MLPs train on CPU (train-labelset's reasoning)
     precision: str = "auto"
     threads: int = 0
+
+    def __post_init__(self) -> None:
+        """A round of no drawn rows or no D_attr steps refines nothing."""
+        require_at_least(self, {"rounds": 1, "n": 2, "n_check": 1, "attr_steps": 1, "actor_steps": 0, "batch_size": 1})
 
 
 @dataclass

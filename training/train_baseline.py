@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from conditioning.images import batch_to_float
 from conditioning.runtime import autocast, memory_format, resolve_device
+from conditioning.settings import require_at_least
 from models.artifacts import load_manifest, save_artifact
 from models.attrvec import AttributeVectors, AttrVecConfig
 from models.bigan import BiGAN, BiGANConfig
@@ -97,6 +98,10 @@ class TrainBaselineConfig:
     device: str = "auto"
     threads: int = 0
     resume: bool = False  # image methods: continue from OUT/checkpoint.* when it was trained with the same settings
+
+    def __post_init__(self) -> None:
+        """``--steps 0`` wrote an untrained CVAE and exited 0."""
+        require_at_least(self, {"steps": 1, "batch_size": 1, "components": 1, "min_count": 1, "labelled": 0})
 
 
 CKPT_EVERY = 100  # image methods: steps between checkpoints (a GAN step takes 1-2.5 s on one of these CPU cores)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from conditioning.images import batch_to_float
 from conditioning.runtime import autocast, job_threads, memory_format, resolve_device, resolve_precision
+from conditioning.settings import require_at_least
 from evaluation.judging import decide, predict
 from evaluation.statistics import auc, best_threshold, binary_metrics
 from models.artifacts import save_artifact
@@ -51,6 +52,10 @@ class TrainJudgeConfig:
     precision: str = "auto"  # auto (bf16 where the device has it in hardware) | bf16 | fp32: conditioning.runtime
     threads: int = 0  # 0 = every core
     max_steps: int = 0
+
+    def __post_init__(self) -> None:
+        """``--epochs 0`` wrote an untrained judge and exited 0."""
+        require_at_least(self, {"epochs": 1, "batch_size": 1, "width": 1, "max_steps": 0})
 
 
 def ceiling(judge_probs: np.ndarray, target: np.ndarray, manifest: dict, data: ImageDataset) -> dict:

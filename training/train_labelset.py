@@ -21,6 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from conditioning.runtime import resolve_device
+from conditioning.settings import require_at_least
 from models import latent_objective as objective
 from models.artifacts import save_artifact
 from models.latent import ARCH, LatentConfig, LatentMappers
@@ -94,8 +95,7 @@ class TrainLabelSetConfig:
     def __post_init__(self) -> None:
         """A run that cannot train refuses to start: ``--steps 0`` wrote an untrained label set, and exited 0."""
         sizes = ("steps", "critic_steps", "batch_size", "width", "depth", "classifier_steps")
-        if bad := [f"{k} {getattr(self, k)}" for k in sizes if getattr(self, k) < 1]:
-            raise ValueError(f"{', '.join(sizes)} must be at least 1, got {', '.join(bad)}")
+        require_at_least(self, dict.fromkeys(sizes, 1))
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from conditioning.images import batch_to_float, save_grid
 from conditioning.runtime import autocast, job_threads, memory_format, resolve_device, resolve_precision
+from conditioning.settings import require_at_least
 from evaluation.reconstruction import evaluate_mse
 from models.artifacts import fingerprint, load_manifest, save_artifact
 from models.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
@@ -72,6 +73,10 @@ class TrainVAEConfig:
     # Wall-clock budget (0 = none): the run shortens itself to the steps that fit (re-estimated as it goes), so
     # candidates compared at equal cost each get a schedule that completes (issue 15's lever runs).
     max_minutes: float = 0.0
+
+    def __post_init__(self) -> None:
+        """``--epochs 0`` would write an untrained VAE and exit 0."""
+        require_at_least(self, {"epochs": 1, "batch_size": 1, "width": 1, "latent_dim": 1, "max_steps": 0})
 
 
 def recorded_lineage(man: dict) -> list[dict]:
