@@ -5,12 +5,15 @@ instead of failing deep inside with a message about tensors, or writing an untra
 from __future__ import annotations
 
 
-def require_at_least(settings: object, least: dict[str, float]) -> None:
-    """ValueError naming each field of ``settings`` below its least value in ``least`` (NaN counts as below)."""
-    bad = [
-        f"{name} must be at least {low}, got {getattr(settings, name)}"
-        for name, low in least.items()
-        if not getattr(settings, name) >= low
-    ]
+def require_at_least(settings: object, least: dict[str, float], above: dict[str, float] | None = None) -> None:
+    """ValueError naming each field of ``settings`` below its least value in ``least``, or not above its bound in
+    ``above`` (NaN fails both)."""
+    bad = []
+    for name, low in least.items():
+        if not (got := getattr(settings, name)) >= low:
+            bad.append(f"{name} must be at least {low}, got {got}")
+    for name, low in (above or {}).items():
+        if not (got := getattr(settings, name)) > low:
+            bad.append(f"{name} must be above {low}, got {got}")
     if bad:
         raise ValueError("; ".join(bad))

@@ -68,8 +68,7 @@ class ServerConfig:
         counts = ("candidates", "max_batch", "model_workers", "workers", "max_n", "max_queue", "max_decodes")
         sizes = ("job_threads", "max_image_bytes", "max_artifact_bytes", "max_job_bytes")
         zero_means_something = ("threads", "job_workers", "port", "max_wait_ms")
-        require_at_least(self, dict.fromkeys(counts + sizes, 1) | dict.fromkeys(zero_means_something, 0))
-        for name in ("max_queue_wait_s", "request_timeout_s", "poll_interval_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be above 0, got {getattr(self, name)}")
+        periods = ("max_queue_wait_s", "request_timeout_s", "poll_interval_s")
+        at_least = dict.fromkeys(counts + sizes, 1) | dict.fromkeys(zero_means_something, 0)
+        require_at_least(self, at_least, above=dict.fromkeys(periods, 0))
         resolve_precision(check_device(self.device), self.precision)  # a ValueError for a device or precision unknown
